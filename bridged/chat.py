@@ -1,0 +1,162 @@
+"""One chat as OCP sees it: its numbered events, its binding to a connection, its inbox.
+
+A :class:`Chat` is what every side of bridged shares about a chat:
+
+* the backend's actor reads the visitor's commands from :attr:`Chat.inbox` and reports
+  facts with :meth:`Chat.emit`;
+* :meth:`Chat.emit` numbers each event (``seq`` 1, 2, ...) and holds it in the outbox
+  until OCP acknowledges it, so that an ``attach`` can replay it;
+* the connection the chat is bound to (a :class:`Link`) is asked to flush the chat; the
+  link's single writer pulls the events it has not sent yet, in ``seq`` order. Pulling
+  (rather than pushing events into the link) is what makes a rebind atomic: ``attach``
+  moves the binding and the replay point in one synchronous step, and the old link's
+  writer sees that the chat is no longer its own.
+
+Backpressure: the outbox is bounded (``max_held``). While it is full the actor does not
+poll Salesforce for more, so Salesforce keeps the agent's messages instead of bridged.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Chat", "Command", "Link"]
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol, TypeAlias, Union
+
+from bridged import envelopes as env
+from bridged import facts
+from bridged.mailbox import Mailbox
+from bridged.texts import render
+from bridged.webchat import WebchatConfig
+
+Command: TypeAlias = Union[env.Message, env.Typing]
+
+
+class Link(Protocol):
+    """What a chat (and the dispatcher) needs of the connection it is bound to."""
+
+    id: str
+    chats: set[str]  # ids of the chats bound to this link
+
+    def schedule(self, chat: Chat) -> None:
+        """The chat has events this link has not sent yet."""
+
+    def post_error(self, error: env.Error) -> None:
+        """Send an ``error`` (not numbered, not held for replay)."""
+
+
+class Chat:
+    """The shared state of one live (or just ended) chat.
+
+    Args:
+        chat_id: OCP's id of the chat.
+        webchat: the effective webchat configuration.
+        start: the ``start`` envelope that began it.
+        inbox_size: bound of the visitor's command inbox.
+        max_held: bound of the events held for replay.
+    """
+
+    def __init__(self, chat_id: str, webchat: WebchatConfig, start: env.Start, *,
+                 inbox_size: int, max_held: int) -> None:
+        self.id = chat_id
+        self.webchat = webchat
+        self.start = start
+        self.created = time.time()
+        self.last_activity = self.created
+        self.inbox: Mailbox[Command] = Mailbox(inbox_size, on_put=self.wake)
+        self.max_held = max_held
+        self.held: deque[env.ChatEvent] = deque()
+        self.next_seq = 1
+        self.link: Link | None = None
+        self.sent_upto = 0  # the highest seq the bound link has written
+        self.bind_epoch = 0  # +1 at every bind, so a writer can tell it was rebound
+        self.end_requested: facts.Ended | None = None
+        self.finished = False
+        self.state = "starting"  # for the admin view and metrics; set by the actor
+        self.agent: str | None = None
+        self.delivered_ids: set[str] = set()
+        self.pending_ids: set[str] = set()
+        self.waker: Callable[[], None] | None = None
+        self.on_finished: Callable[[Chat, facts.Ended], None] | None = None
+        self.on_event: Callable[[env.ChatEvent], None] | None = None
+
+    # --- the actor's side -------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Tell the actor that something changed (a command, an ack, an end)."""
+        if self.waker is not None:
+            self.waker()
+
+    def has_room(self) -> bool:
+        """Whether more events can be held; the actor polls Salesforce only while true."""
+        return len(self.held) < self.max_held
+
+    def emit(self, fact: facts.Fact) -> None:
+        """Report a fact: number it, hold it, have the bound link send it."""
+        if self.finished:
+            return
+        if isinstance(fact, facts.Undelivered):
+            self.pending_ids.discard(fact.id)
+            if self.link is not None:
+                self.link.post_error(env.Error(code="unknown_chat", detail=fact.detail,
+                                               chat=self.id, ref=fact.id))
+            return
+        if isinstance(fact, facts.Delivered):
+            self.pending_ids.discard(fact.id)
+            self.delivered_ids.add(fact.id)
+        elif isinstance(fact, (facts.AgentJoined, facts.Transferred)):
+            self.agent = fact.agent
+        event = render(fact, self.id, self.next_seq, self.webchat)
+        self.next_seq += 1
+        self.held.append(event)
+        self.last_activity = time.time()
+        if self.on_event is not None:
+            self.on_event(event)
+        if self.link is not None:
+            self.link.schedule(self)
+        if isinstance(fact, facts.Ended):
+            self.finished = True
+            self.inbox.close()
+            if self.on_finished is not None:
+                self.on_finished(self, fact)
+
+    # --- the connections' side --------------------------------------------------------
+
+    def bind(self, link: Link, after: int) -> None:
+        """Bind to ``link`` and have it send every held event with ``seq > after``."""
+        self.link = link
+        self.bind_epoch += 1
+        self.sent_upto = min(after, self.next_seq - 1)
+        link.schedule(self)
+
+    def unbind(self, link: Link) -> bool:
+        """Forget ``link`` if it is the bound one; ``True`` if it was."""
+        if self.link is not link:
+            return False
+        self.link = None
+        return True
+
+    def unsent(self, limit: int) -> list[env.ChatEvent]:
+        """Up to ``limit`` held events the bound link has not written yet, in order."""
+        if not self.held:
+            return []
+        # Held events have consecutive numbers, so the first unsent one is found by offset.
+        start = max(0, self.sent_upto + 1 - self.held[0].seq)
+        return list(itertools.islice(self.held, start, start + limit))
+
+    def ack(self, seq: int) -> None:
+        """OCP has processed every event up to ``seq``: forget them, and make room."""
+        was_full = not self.has_room()
+        while self.held and self.held[0].seq <= seq:
+            self.held.popleft()
+        if was_full and self.has_room():
+            self.wake()
+
+    def request_end(self, reason: facts.EndReason, detail: str = "") -> None:
+        """Ask the actor to end the chat toward Salesforce, then report ``reason``."""
+        if self.end_requested is None and not self.finished:
+            self.end_requested = facts.Ended(reason=reason, detail=detail)
+            self.wake()

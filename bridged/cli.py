@@ -1,0 +1,176 @@
+"""The ``bridged`` command line.
+
+    bridged run --config PATH        the daemon, in the foreground (as systemd runs it)
+    bridged check --config PATH      validate a config and print it, secrets redacted
+    bridged version
+    bridged demo                     bridged + the built-in simulator + a terminal chat
+    bridged simulator                the built-in Live Agent simulator alone
+    bridged chat --url URL ...       a terminal chat client for the OCP side
+
+Exit codes: 0 done, 1 runtime failure, 2 bad usage or bad config. A bad config is one line
+on stderr naming the key, never a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["main"]
+
+import argparse
+import asyncio
+import sys
+import uuid
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import msgspec
+
+from bridged import __version__
+from bridged.config import load_config, redacted, split_listen
+from bridged.errors import ConfigError
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run ``coro`` on uvloop (asyncio.Runner: ``asyncio.run(loop_factory=)`` is 3.12+)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        try:
+            return runner.run(coro)
+        except KeyboardInterrupt:
+            return 130
+
+
+def _load(path: str) -> Any:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"bridged: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bridged.daemon import serve
+    from bridged.logs import setup_logging
+
+    config = _load(args.config)
+    setup_logging(args.log_level or config.logging.level)
+    return _run(serve(config, config_path=args.config))
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(redacted(config))).decode() + "\n")
+    print(f"bridged: {args.config} is valid", file=sys.stderr)
+    return 0
+
+
+def _cmd_version(_args: argparse.Namespace) -> int:
+    print(f"bridged {__version__}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from bridged.demo import run_demo
+
+    return _run(run_demo(profile=args.profile, port=args.port, serve_only=args.serve))
+
+
+def _cmd_simulator(args: argparse.Namespace) -> int:
+    from bridged.logs import setup_logging
+    from bridged.simulator import SimulatorOptions, serve_forever
+
+    try:
+        host, port = split_listen(args.listen)
+    except ConfigError as exc:
+        print(f"bridged: {exc}".replace("server.listen", "--listen"), file=sys.stderr)
+        return 2
+    setup_logging(args.log_level)
+    options = SimulatorOptions(hold_s=args.hold_s, join_delay_s=args.join_delay_s)
+    print(f"Live Agent simulator on http://{host}:{port}/chat/rest/", file=sys.stderr)
+    return _run(_forever(serve_forever(options, host, port)))
+
+
+async def _forever(coro: Coroutine[Any, Any, Any]) -> int:
+    await coro
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from bridged.chatclient import run_chat_client
+
+    start: dict[str, Any] = {}
+    if args.profile:
+        start["profile"] = args.profile
+    if args.config_json:
+        try:
+            start["config"] = msgspec.json.decode(args.config_json)
+        except msgspec.DecodeError as exc:
+            print(f"bridged: --config-json: {exc}", file=sys.stderr)
+            return 2
+    if args.visitor_name:
+        start["visitor_name"] = args.visitor_name
+    for pair in args.ocpvar or []:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            print(f"bridged: --ocpvar expects NAME=VALUE, got {pair!r}", file=sys.stderr)
+            return 2
+        start.setdefault("ocpvars", {})[name] = value
+    chat_id = args.chat or f"cli-{uuid.uuid4().hex[:12]}"
+    return _run(run_chat_client(args.url, args.token, chat_id, start))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bridged", description=(
+        "Hands OCP bot chats over to Salesforce Live Agent agents."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", required=True, metavar="PATH", help="the TOML config file")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                     help="overrides [logging] level")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check", help="validate a config; print it with secrets redacted")
+    check.add_argument("--config", required=True, metavar="PATH")
+    check.set_defaults(func=_cmd_check)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=_cmd_version)
+
+    demo = sub.add_parser("demo", help="bridged with its Live Agent simulator, and a chat")
+    demo.add_argument("--profile", default="queue",
+                      help="echo, queue, no_agent, fail or agent_ends (default: queue)")
+    demo.add_argument("--port", type=int, default=8710, help="bridged's port (0: any free)")
+    demo.add_argument("--serve", action="store_true",
+                      help="only run bridged and the simulator; chat from another terminal")
+    demo.set_defaults(func=_cmd_demo)
+
+    sim = sub.add_parser("simulator", help="run the built-in Live Agent simulator")
+    sim.add_argument("--listen", default="127.0.0.1:8711", metavar="HOST:PORT")
+    sim.add_argument("--hold-s", type=float, default=30.0, help="idle poll hold (s)")
+    sim.add_argument("--join-delay-s", type=float, default=1.0, help="agent join delay (s)")
+    sim.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error"])
+    sim.set_defaults(func=_cmd_simulator)
+
+    chat = sub.add_parser("chat", help="chat through bridged as the visitor")
+    chat.add_argument("--url", default="ws://127.0.0.1:8710/v1/chat")
+    chat.add_argument("--token", required=True, help="one of server.tokens")
+    chat.add_argument("--profile", help="a [profiles.NAME] of bridged's config")
+    chat.add_argument("--config-json", help="an inline webchat configuration, as JSON")
+    chat.add_argument("--ocpvar", action="append", metavar="NAME=VALUE")
+    chat.add_argument("--visitor-name")
+    chat.add_argument("--chat", help="the chat id (default: a new random one)")
+    chat.set_defaults(func=_cmd_chat)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bridged`` console script."""
+    args = _parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

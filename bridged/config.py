@@ -1,0 +1,193 @@
+"""The daemon's config file: frozen msgspec Structs decoded from TOML, validated once.
+
+The keys of PROTOCOL.md section 5 are fixed; every other key is bridged's own and has a
+default. Unknown keys are errors, so that a typo never silently means "use the default".
+Each component receives only its own sub-config.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Config",
+    "HistoryConfig",
+    "LoggingConfig",
+    "SalesforceConfig",
+    "ServerConfig",
+    "StateConfig",
+    "load_config",
+    "parse_config",
+    "split_listen",
+]
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from bridged.errors import ConfigError, describe_validation_error
+from bridged.webchat import ProfileFields, check_profile
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every config section: frozen, keyword-only, unknown keys refused."""
+
+
+class ServerConfig(_Section):
+    """``[server]``: the WebSocket front and its HTTP endpoints."""
+
+    listen: str = "127.0.0.1:8710"
+    tokens: list[str] = []
+    max_chats: PositiveInt = 20000
+    detach_grace_s: NonNegativeFloat = 120.0
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65536
+    tls_cert: str = ""
+    tls_key: str = ""
+    # bridged's own keys
+    node: str = ""  # this instance's name in ``hello``; empty means the host name
+    heartbeat_s: PositiveFloat = 20.0
+    mailbox_size: PositiveInt = 64
+    max_pending_messages: PositiveInt = 200
+    max_held_events: Annotated[int, msgspec.Meta(ge=16)] = 1000
+    outbound_queue_size: PositiveInt = 1024
+    shutdown_budget_s: PositiveFloat = 8.0
+
+
+class SalesforceConfig(_Section):
+    """``[salesforce]``: how bridged speaks to Live Agent."""
+
+    allowed_hosts: list[str] = msgspec.field(default_factory=lambda: ["*.salesforceliveagent.com"])
+    # bridged's own keys
+    api_version: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}(\.0)?$")] = "66"
+    request_timeout_s: PositiveFloat = 30.0
+    max_connections: PositiveInt = 30000
+    user_agent: str = "bridged"
+    screen_resolution: str = "1920x1080"
+
+
+class HistoryConfig(_Section):
+    """``[history]``: where OCP's bot history is fetched from (optional)."""
+
+    base_url: str = ""
+    personal_access_token: str = ""
+    bearer_token: str = ""
+    timeout_s: PositiveFloat = 5.0
+
+
+class StateConfig(_Section):
+    """``[state]``: where chats are kept across restarts."""
+
+    dir: str = "/var/lib/bridged"
+
+
+class LoggingConfig(_Section):
+    """``[logging]``: bridged's own section."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Section):
+    """The whole config file."""
+
+    server: ServerConfig = ServerConfig()
+    salesforce: SalesforceConfig = SalesforceConfig()
+    history: HistoryConfig = HistoryConfig()
+    state: StateConfig = StateConfig()
+    logging: LoggingConfig = LoggingConfig()
+    profiles: dict[str, ProfileFields] = {}
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:8710`` for IPv6) into its parts.
+
+    Raises:
+        ConfigError: naming ``server.listen`` when the value is not ``host:port``.
+    """
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    # Port 0 asks the OS for a free port (tests and the demo use it).
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError("server.listen", f"expected host:port, got {listen!r}")
+    return host, int(port)
+
+
+def _check(config: Config) -> None:
+    """Cross-field rules that a type alone cannot say."""
+    split_listen(config.server.listen)
+    if not config.server.tokens:
+        raise ConfigError("server.tokens", "at least one token is required")
+    for i, token in enumerate(config.server.tokens):
+        if len(token) < 8 or token != token.strip():
+            raise ConfigError(
+                f"server.tokens[{i}]", "a token needs at least 8 characters and no spaces"
+            )
+    if bool(config.server.tls_cert) != bool(config.server.tls_key):
+        raise ConfigError("server.tls_cert", "set both tls_cert and tls_key, or neither")
+    if config.history.personal_access_token and config.history.bearer_token:
+        raise ConfigError(
+            "history.bearer_token", "set personal_access_token or bearer_token, not both"
+        )
+    for name, fields in config.profiles.items():
+        problem = check_profile(fields)
+        if problem is not None:
+            field, reason = problem
+            raise ConfigError(f"profiles.{name}.{field}", reason)
+
+
+def parse_config(text: str | bytes) -> Config:
+    """Decode and validate a config file's TOML text.
+
+    Raises:
+        ConfigError: naming the first key at fault.
+    """
+    try:
+        config = msgspec.toml.decode(text, type=Config)
+    except msgspec.ValidationError as exc:
+        key, reason = describe_validation_error(str(exc))
+        if key.startswith("profiles[...]"):
+            key, reason = _locate_profile_error(text)
+        if "unknown field" in reason:
+            reason = "unknown key"
+        raise ConfigError(key, reason) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError("", f"not valid TOML: {exc}") from None
+    _check(config)
+    return config
+
+
+def _locate_profile_error(text: str | bytes) -> tuple[str, str]:
+    """msgspec cannot name a dict key in its error path; find the profile at fault."""
+    profiles = msgspec.toml.decode(text).get("profiles", {})
+    for name, fields in profiles.items():
+        try:
+            msgspec.convert(fields, ProfileFields)
+        except msgspec.ValidationError as exc:
+            key, reason = describe_validation_error(str(exc))
+            return f"profiles.{name}.{key}" if key else f"profiles.{name}", reason
+    return "profiles", "invalid"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, decode and validate the config file at ``path``.
+
+    Raises:
+        ConfigError: the file cannot be read, or a key is wrong, missing or bad.
+    """
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_config(text)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The config as plain data with every secret replaced, for ``bridged check`` and logs."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    data["server"]["tokens"] = ["<redacted>"] * len(config.server.tokens)
+    for key in ("personal_access_token", "bearer_token"):
+        if data["history"].get(key):
+            data["history"][key] = "<redacted>"
+    return data

@@ -1,0 +1,152 @@
+"""The composition root: builds bridged from its config, runs it, and stops it in order.
+
+Start order: metrics, transport, backend, supervisor, dispatcher, front, listener.
+Stop order (under ``server.shutdown_budget_s``), the reverse, with a drain first:
+
+1. drain: ``/readyz`` answers 503 and ``start`` gets ``capacity``;
+2. close every OCP connection with 1001;
+3. stop the actors (cancelled; chats are not ended toward Salesforce);
+4. close the Salesforce connection pool;
+5. close the listener.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Daemon", "serve"]
+
+import asyncio
+import logging
+import signal
+import socket
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+
+from bridged._log import log_event
+from bridged.backend import Backend
+from bridged.config import Config, load_config, split_listen
+from bridged.dispatcher import Dispatcher
+from bridged.envelopes import ChatEvent, Ended
+from bridged.errors import ConfigError
+from bridged.front import Front
+from bridged.liveagent.actor import LiveAgentBackend
+from bridged.liveagent.transport import AiohttpTransport, Transport
+from bridged.metrics import Metrics
+from bridged.supervisor import ChatSupervisor
+
+log = logging.getLogger("bridged.daemon")
+
+
+class Daemon:
+    """One bridged instance.
+
+    Args:
+        config: the validated config.
+        transport: the Salesforce transport (tests inject one); a real one by default.
+        config_path: where SIGHUP reloads the config from.
+    """
+
+    def __init__(self, config: Config, *, transport: Transport | None = None,
+                 config_path: str | Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self._transport = transport or AiohttpTransport(config.salesforce.max_connections)
+        self.backend: Backend = LiveAgentBackend(
+            self._transport, config.salesforce,
+            max_pending=config.server.max_pending_messages)
+        self.supervisor = ChatSupervisor(self.backend.run_chat)
+        self.dispatcher = Dispatcher(config, self.supervisor, on_chat_event=self._count_event)
+        self.dispatcher.on_chat_started = self.metrics.chats_started.inc
+        self.metrics.track_live(lambda: len(self.dispatcher.live))
+        self.node = config.server.node or socket.gethostname()
+        self.front = Front(config.server, self.dispatcher, self.metrics, self.node)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self._stopped = False
+
+    def _count_event(self, event: ChatEvent) -> None:
+        if isinstance(event, Ended):
+            self.metrics.chats_ended.inc(event.reason)
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL OCP connects to."""
+        host, _ = split_listen(self.config.server.listen)
+        scheme = "wss" if self.config.server.tls_cert else "ws"
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{self.port}/v1/chat"
+
+    async def start(self) -> None:
+        """Listen. Raises ``OSError`` if the address cannot be bound."""
+        server = self.config.server
+        host, port = split_listen(server.listen)
+        ssl_context = None
+        if server.tls_cert:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(server.tls_cert, server.tls_key)
+        self._runner = web.AppRunner(self.front.app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context,
+                           backlog=4096, reuse_address=True)
+        await site.start()
+        addresses = self._runner.addresses  # the bound port, when the config asked for 0
+        self.port = addresses[0][1] if addresses else port
+        log_event(log, logging.INFO, "listening", url=self.url, node=self.node)
+
+    async def stop(self) -> None:
+        """Drain and stop, in the documented order, within the budget. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        budget = self.config.server.shutdown_budget_s
+        self.dispatcher.draining = True
+        log_event(log, logging.INFO, "draining", live_chats=len(self.dispatcher.live))
+        try:
+            async with asyncio.timeout(budget / 2):
+                await self.front.close_connections()
+        except TimeoutError:
+            log_event(log, logging.WARNING, "connections_not_closed_in_time")
+        await self.supervisor.aclose(budget / 4)
+        await self.backend.aclose()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log_event(log, logging.INFO, "stopped")
+
+    def reload(self) -> None:
+        """Re-read the config file: new profiles and tokens; a bad file changes nothing."""
+        if self.config_path is None:
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log_event(log, logging.ERROR, "reload_refused", detail=str(exc))
+            return
+        # Only what can change safely in a running process changes.
+        self.config = new
+        self.dispatcher.reconfigure(new)
+        self.front.reconfigure(new.server)
+        log_event(log, logging.INFO, "reloaded", profiles=len(new.profiles),
+                  tokens=len(new.server.tokens))
+
+
+async def serve(config: Config, config_path: str | Path | None = None) -> int:
+    """Run bridged until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit code."""
+    daemon = Daemon(config, config_path=config_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    try:
+        await daemon.start()
+    except OSError as exc:
+        log_event(log, logging.ERROR, "cannot_listen", listen=config.server.listen,
+                  detail=exc.strerror or str(exc))
+        await daemon.stop()
+        return 1
+    await stop.wait()
+    await daemon.stop()
+    return 0

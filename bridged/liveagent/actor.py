@@ -1,0 +1,284 @@
+"""The Live Agent backend: one actor per chat drives a sans-I/O session over a transport.
+
+The actor is the shell around :class:`LiveAgentSession`. It owns what the session must
+not: the clock, the tasks that wait for HTTP answers, retries with backoff, and the link to
+the rest of bridged (the chat's inbox and :meth:`Chat.emit`).
+
+One task runs the actor's loop; at most one more waits for the long poll and one for the
+POST in flight (the session's two lanes). The loop sleeps on a single event that is set
+by whatever can change its mind: a command in the inbox, an answer, an ack that makes
+room, a backoff timer. Each turn it takes answers, takes commands, reports facts and starts
+the requests the session wants, all synchronously.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ChatActor", "LiveAgentBackend", "session_params"]
+
+import asyncio
+import logging
+import time
+
+from bridged import envelopes as env
+from bridged import facts
+from bridged._log import log_event
+from bridged.chat import Chat
+from bridged.config import SalesforceConfig
+from bridged.errors import TransportError
+from bridged.liveagent import wire
+from bridged.liveagent.protocol import (
+    HttpRequest,
+    HttpResponse,
+    Lane,
+    LiveAgentSession,
+    SessionParams,
+)
+from bridged.liveagent.transport import Transport
+from bridged.policy import RetryPolicy, retry_delay
+from bridged.webchat import WebchatConfig
+
+log = logging.getLogger("bridged.liveagent")
+
+_Result = HttpResponse | TransportError
+
+
+def session_params(webchat: WebchatConfig, salesforce: SalesforceConfig) -> SessionParams:
+    """What a Live Agent session asks for, from a chat's webchat configuration."""
+    return SessionParams(
+        api_version=salesforce.api_version.removesuffix(".0"),
+        organization_id=webchat.organization_id,
+        deployment_id=webchat.deployment_id,
+        button_id=webchat.button_id,
+        language=webchat.language,
+        visitor_name=webchat.displayed_username,
+        user_agent=salesforce.user_agent,
+        screen_resolution=salesforce.screen_resolution,
+        prechat_details=[
+            wire.CustomDetail(
+                label=d.label,
+                value=d.value,
+                # Required by the docs' type table: an empty list when none is configured.
+                transcript_fields=d.transcript_fields,
+                display_to_agent=d.display_to_agent,
+            )
+            for d in webchat.prechat_details
+        ],
+    )
+
+
+class ChatActor:
+    """Drives one chat's Live Agent session until it is over.
+
+    Args:
+        chat: the chat it serves.
+        session: the sans-I/O session.
+        transport: how requests are made.
+        request_timeout: the timeout of a POST (a poll's comes from the session).
+        max_pending: how many visitor commands the session may hold unsent.
+        retry: backoff and retry budget.
+    """
+
+    def __init__(self, chat: Chat, session: LiveAgentSession, transport: Transport, *,
+                 request_timeout: float, max_pending: int, retry: RetryPolicy) -> None:
+        self.chat = chat
+        self.session = session
+        self._transport = transport
+        self._base_url = chat.webchat.endpoint.base_url
+        self._request_timeout = request_timeout
+        self._max_pending = max_pending
+        self._retry = retry
+        self._wake = asyncio.Event()
+        self._tasks: dict[Lane, asyncio.Task[_Result] | None] = {Lane.POLL: None, Lane.POST: None}
+        self._not_before = {Lane.POLL: 0.0, Lane.POST: 0.0}
+        self._failures = {Lane.POLL: 0, Lane.POST: 0}
+        self._failing_since: dict[Lane, float | None] = {Lane.POLL: None, Lane.POST: None}
+        self._timer: asyncio.TimerHandle | None = None
+        self._end_passed = False
+        chat.waker = self._wake.set
+
+    async def run(self) -> None:
+        """Run the chat until its session is over; the last fact reported is ``Ended``."""
+        self.session.start()
+        log_event(log, logging.INFO, "chat_requested", chat=self.chat.id,
+                  host=self.chat.webchat.endpoint.host, button=self.chat.webchat.button_id)
+        try:
+            while True:
+                self._wake.clear()
+                self._collect()
+                self._take_commands()
+                self._report()
+                if self.session.is_finished:
+                    return
+                self._send()
+                await self._wake.wait()
+        finally:
+            await self._cancel_requests()
+
+    # --- one turn -----------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        """Hand the answers that came to the session."""
+        now = time.monotonic()
+        for lane, task in self._tasks.items():
+            if task is None or not task.done():
+                continue
+            self._tasks[lane] = None
+            request = self.session.in_flight(lane)
+            assert request is not None
+            result = task.result()
+            if isinstance(result, TransportError) or (
+                result.status >= 500 and result.status != 503
+            ):
+                self._failed(lane, request, result, now)
+            else:
+                self._failures[lane] = 0
+                self._failing_since[lane] = None
+            if isinstance(result, TransportError):
+                self.session.receive_failure(request)
+            else:
+                self.session.receive_response(request, result)
+            if self._give_up_reason is not None:
+                self.session.give_up(self._give_up_reason)
+
+    _give_up_reason: str | None = None
+
+    def _failed(self, lane: Lane, request: HttpRequest, result: _Result, now: float) -> None:
+        """Count a failure of ``lane``; back off, or give up once the session cannot live."""
+        detail = str(result) if isinstance(result, TransportError) else f"HTTP {result.status}"
+        self._failures[lane] += 1
+        since = self._failing_since[lane]
+        if since is None:
+            since = self._failing_since[lane] = now
+        # A session outlives a silent client for connectionTimeout (ChatRequestSuccess);
+        # before that is known, the policy's budget stands in.
+        budget = self.session.connection_timeout or self._retry.budget_s
+        log_event(log, logging.WARNING, "salesforce_request_failed", chat=self.chat.id,
+                  resource=request.purpose.value, attempt=self._failures[lane], detail=detail)
+        if now - since >= budget:
+            self._give_up_reason = (
+                f"no answer from Salesforce for {budget:g} s ({request.purpose.value}: {detail})"
+            )
+        else:
+            self._not_before[lane] = now + retry_delay(self._retry, self._failures[lane])
+
+    def _take_commands(self) -> None:
+        """Move the visitor's commands from the inbox into the session, within its bound."""
+        session, inbox = self.session, self.chat.inbox
+        if session.is_finished:
+            return
+        ending = self.chat.end_requested is not None
+        # While ending, take everything: what was sent before ``end`` goes out before it.
+        while inbox and (ending or session.pending_activity < self._max_pending):
+            command = inbox.get_nowait()
+            if isinstance(command, env.Message):
+                session.send_text(command.id, command.text)
+            else:
+                session.set_typing(command.active, command.text)
+        if ending and not self._end_passed:
+            self._end_passed = True
+            assert self.chat.end_requested is not None
+            session.end(self.chat.end_requested.reason, self.chat.end_requested.detail)
+
+    def _report(self) -> None:
+        """Pass the session's facts to the chat, and its notices to the log."""
+        for event, detail in self.session.notices_received():
+            log_event(log, logging.INFO, event, chat=self.chat.id, detail=detail)
+        for fact in self.session.facts_received():
+            if isinstance(fact, facts.Ended):
+                self._refuse_inbox()
+                log_event(log, logging.INFO, "chat_ended", chat=self.chat.id,
+                          reason=fact.reason, detail=fact.detail)
+            self.chat.emit(fact)
+        self.chat.state = self.session.state.value
+
+    def _refuse_inbox(self) -> None:
+        """Messages still in the inbox when the chat ends will never be sent."""
+        for command in self.chat.inbox.drain():
+            if isinstance(command, env.Message):
+                self.chat.emit(facts.Undelivered(
+                    id=command.id, detail="the chat ended before the message was sent"))
+
+    def _send(self) -> None:
+        """Start the requests the session wants, lane by lane, when the lane may go."""
+        now = time.monotonic()
+        for lane in (Lane.POST, Lane.POLL):
+            if self._tasks[lane] is not None:
+                continue
+            if now < self._not_before[lane]:
+                self._wake_at(self._not_before[lane])
+                continue
+            # A full outbox stops the poll: Salesforce keeps the agent's messages meanwhile.
+            if lane is Lane.POLL and not self.chat.has_room():
+                continue
+            request = self.session.next_request(lane)
+            if request is None:
+                continue
+            timeout = (self.session.poll_timeout if lane is Lane.POLL
+                       else self._request_timeout)
+            task = asyncio.create_task(self._exchange(request, timeout),
+                                       name=f"chat:{self.chat.id}:{lane.value}")
+            task.add_done_callback(self._on_answer)
+            self._tasks[lane] = task
+
+    def _on_answer(self, _task: asyncio.Task[_Result]) -> None:
+        self._wake.set()
+
+    def _wake_at(self, when: float) -> None:
+        if self._timer is not None and self._timer.when() <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + max(0.0, when - time.monotonic()),
+                                   self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    async def _exchange(self, request: HttpRequest, timeout: float) -> _Result:
+        try:
+            return await self._transport.exchange(self._base_url, request, timeout)
+        except TransportError as exc:
+            return exc
+
+    async def _cancel_requests(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        pending = [t for t in self._tasks.values() if t is not None and not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self.chat.waker = None
+
+
+class LiveAgentBackend:
+    """The legacy Live Agent (Chat REST API) backend.
+
+    Args:
+        transport: shared by every chat.
+        salesforce: the ``[salesforce]`` section.
+        max_pending: how many visitor commands one chat may hold unsent.
+        retry: backoff and retry budget for requests that get no answer.
+    """
+
+    name = "salesforce"
+
+    def __init__(self, transport: Transport, salesforce: SalesforceConfig, *,
+                 max_pending: int, retry: RetryPolicy | None = None) -> None:
+        self._transport = transport
+        self._salesforce = salesforce
+        self._max_pending = max_pending
+        self._retry = retry or RetryPolicy()
+
+    async def run_chat(self, chat: Chat) -> None:
+        """Serve ``chat`` until it ends; the last fact it emits is ``Ended``."""
+        session = LiveAgentSession(session_params(chat.webchat, self._salesforce))
+        actor = ChatActor(chat, session, self._transport,
+                          request_timeout=self._salesforce.request_timeout_s,
+                          max_pending=self._max_pending, retry=self._retry)
+        await actor.run()
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()

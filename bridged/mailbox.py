@@ -1,0 +1,157 @@
+"""A bounded mailbox with ``close()``: the one buffer type between tasks in bridged.
+
+Python 3.11 has no ``asyncio.Queue.shutdown()`` (3.13), so this is written along the lines
+of websockets' ``SimpleQueue``: a deque and at most one waiting reader. Every mailbox is
+bounded; ``put_nowait`` refuses rather than grows (trio: "a full buffer slows the producer
+down"), and ``put`` waits for room.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Mailbox", "MailboxStatistics"]
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, NamedTuple, TypeVar
+
+from bridged.errors import MailboxClosed, MailboxFull
+
+T = TypeVar("T")
+
+
+class MailboxStatistics(NamedTuple):
+    """A snapshot of a mailbox, for metrics (trio and anyio's ``statistics()``)."""
+
+    size: int
+    maxsize: int
+    waiting_readers: int
+    waiting_writers: int
+    closed: bool
+
+
+class Mailbox(Generic[T]):
+    """A bounded FIFO between producers and one consumer.
+
+    Args:
+        maxsize: how many items it holds at most (>= 1).
+        on_put: called after every accepted item; lets a consumer that waits on several
+            sources at once be woken without a task per source.
+    """
+
+    def __init__(self, maxsize: int, on_put: Callable[[], None] | None = None) -> None:
+        if maxsize < 1:
+            raise ValueError("a mailbox holds at least one item")
+        self.maxsize = maxsize
+        self._items: deque[T] = deque()
+        self._on_put = on_put
+        self._reader: asyncio.Future[None] | None = None
+        self._writers: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def full(self) -> bool:
+        return len(self._items) >= self.maxsize
+
+    def put_nowait(self, item: T) -> None:
+        """Add ``item`` now.
+
+        Raises:
+            MailboxFull: no room; the item was not accepted.
+            MailboxClosed: the mailbox is closed.
+        """
+        if self._closed:
+            raise MailboxClosed("the mailbox is closed")
+        if self.full():
+            raise MailboxFull(f"the mailbox holds {self.maxsize} items already")
+        self._items.append(item)
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
+        if self._on_put is not None:
+            self._on_put()
+
+    async def put(self, item: T) -> None:
+        """Add ``item``, waiting for room.
+
+        Raises:
+            MailboxClosed: the mailbox is or becomes closed.
+        """
+        while self.full() and not self._closed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._writers.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._writers:
+                    self._writers.remove(waiter)
+        self.put_nowait(item)
+
+    def get_nowait(self) -> T:
+        """Take the oldest item.
+
+        Raises:
+            IndexError: the mailbox is empty.
+        """
+        item = self._items.popleft()
+        self._wake_writer()
+        return item
+
+    def drain(self, limit: int | None = None) -> list[T]:
+        """Take up to ``limit`` items (all when ``None``), oldest first."""
+        count = len(self._items) if limit is None else min(limit, len(self._items))
+        out = [self._items.popleft() for _ in range(count)]
+        for _ in range(count):
+            self._wake_writer()
+        return out
+
+    async def get(self) -> T:
+        """Take the oldest item, waiting for one.
+
+        Raises:
+            MailboxClosed: the mailbox is closed and empty.
+        """
+        while not self._items:
+            if self._closed:
+                raise MailboxClosed("the mailbox is closed")
+            if self._reader is not None:
+                raise RuntimeError("a mailbox has one reader")
+            self._reader = asyncio.get_running_loop().create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+        return self.get_nowait()
+
+    def close(self) -> None:
+        """Accept nothing more; wake the reader and the writers. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
+        while self._writers:
+            waiter = self._writers.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def statistics(self) -> MailboxStatistics:
+        return MailboxStatistics(
+            size=len(self._items),
+            maxsize=self.maxsize,
+            waiting_readers=int(self._reader is not None),
+            waiting_writers=len(self._writers),
+            closed=self._closed,
+        )
+
+    def _wake_writer(self) -> None:
+        while self._writers:
+            waiter = self._writers.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return

@@ -1,0 +1,309 @@
+"""OCP's Salesforce webchat configuration (PROTOCOL.md section 3): merge, template, check.
+
+A chat's effective configuration is built in four steps, each pure:
+
+1. merge: the named profile's fields, then the inline ``config`` of ``start`` over them,
+   field by field (a list such as ``prechat_details`` is replaced whole);
+2. template: ``{{ocpvars:NAME}}`` in every string, however deep, becomes ``ocpvars[NAME]``
+   (the empty string for a name that is not given);
+3. check: required fields present and non-empty, every value of the right shape
+   (``bad_config`` naming the field);
+4. the Live Agent base URL is normalised to its REST endpoint and checked against
+   ``salesforce.allowed_hosts`` (``host_not_allowed``) only *after* templating, so that no
+   ocpvar can smuggle a host past the allowlist.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_TEXTS",
+    "Endpoint",
+    "PrechatDetail",
+    "ProfileFields",
+    "WebchatConfig",
+    "WebchatFields",
+    "check_profile",
+    "host_allowed",
+    "parse_endpoint",
+    "render_template",
+    "resolve_webchat",
+]
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from bridged.errors import BadWebchatConfig, HostNotAllowed, describe_validation_error
+
+DEFAULT_TEXTS = {
+    "no_agent_available_message": (
+        "There is no agent available right now. Please contact us again later."
+    ),
+    "agent_session_ended_message": "The agent has ended the chat.",
+    "chat_request_failed_message": "Chat request failed to Salesforce. Reason:",
+    "position_message": "You are in position:",
+    "estimated_time_message": "Estimated wait time:",
+}
+
+
+class PrechatDetail(msgspec.Struct, frozen=True, kw_only=True):
+    """One prechat detail, sent to Salesforce as a ``CustomDetail``."""
+
+    label: str
+    value: str
+    display_to_agent: bool = True
+    transcript_fields: list[str] = []
+
+
+class WebchatFields(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A partial webchat configuration: a profile, or the inline ``config`` of ``start``.
+
+    Every field is optional here; the merge of profile and inline fields must be complete.
+    """
+
+    type: str | msgspec.UnsetType = msgspec.UNSET
+    live_agent_base_url: str | msgspec.UnsetType = msgspec.UNSET
+    deployment_id: str | msgspec.UnsetType = msgspec.UNSET
+    organization_id: str | msgspec.UnsetType = msgspec.UNSET
+    button_id: str | msgspec.UnsetType = msgspec.UNSET
+    language: str | msgspec.UnsetType = msgspec.UNSET
+    displayed_username: str | msgspec.UnsetType = msgspec.UNSET
+    no_agent_available_message: str | msgspec.UnsetType = msgspec.UNSET
+    agent_session_ended_message: str | msgspec.UnsetType = msgspec.UNSET
+    chat_request_failed_message: str | msgspec.UnsetType = msgspec.UNSET
+    position_message: str | msgspec.UnsetType = msgspec.UNSET
+    estimated_time_message: str | msgspec.UnsetType = msgspec.UNSET
+    prechat_details: list[PrechatDetail] | msgspec.UnsetType = msgspec.UNSET
+
+
+class ProfileFields(WebchatFields, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A ``[profiles.NAME]`` section: as :class:`WebchatFields`, but a typo is an error.
+
+    (Inline configs from OCP ignore unknown fields, as every envelope does: OCP may send its
+    whole webchat configuration object, with fields bridged has no use for.)
+    """
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """A Live Agent REST endpoint: ``{scheme}://{host}:{port}/chat/rest/``."""
+
+    scheme: Literal["https", "http"]
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        """The REST endpoint; every resource is relative to it."""
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        netloc = host if self.port == default else f"{host}:{self.port}"
+        return f"{self.scheme}://{netloc}/chat/rest/"
+
+
+NonEmpty = msgspec.Meta(min_length=1)
+
+
+class WebchatConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A chat's effective, complete and checked webchat configuration."""
+
+    type: Literal["salesforce"] = "salesforce"
+    live_agent_base_url: str
+    endpoint: Endpoint
+    deployment_id: str
+    organization_id: str
+    button_id: str
+    language: str = "en-US"
+    displayed_username: str = "Visitor"
+    no_agent_available_message: str = DEFAULT_TEXTS["no_agent_available_message"]
+    agent_session_ended_message: str = DEFAULT_TEXTS["agent_session_ended_message"]
+    chat_request_failed_message: str = DEFAULT_TEXTS["chat_request_failed_message"]
+    position_message: str = DEFAULT_TEXTS["position_message"]
+    estimated_time_message: str = DEFAULT_TEXTS["estimated_time_message"]
+    prechat_details: list[PrechatDetail] = []
+
+
+_REQUIRED = ("live_agent_base_url", "deployment_id", "organization_id", "button_id")
+_TEMPLATE = re.compile(r"\{\{\s*ocpvars:([^{}]*?)\s*\}\}")
+# Salesforce record ids are 15 or 18 base-62 characters.
+_SF_ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_REST_PATHS = {"", "/", "/chat", "/chat/", "/chat/rest", "/chat/rest/"}
+
+
+def render_template(text: str, ocpvars: Mapping[str, str]) -> str:
+    """Replace every ``{{ocpvars:NAME}}`` with ``ocpvars[NAME]`` (``""`` when not given).
+
+    The replacement is not scanned again, so an ocpvar cannot inject another template.
+    """
+    if "{{" not in text:
+        return text
+    return _TEMPLATE.sub(lambda m: ocpvars.get(m.group(1), ""), text)
+
+
+def _render_all(value: Any, ocpvars: Mapping[str, str]) -> Any:
+    """Template every string in a tree of dicts and lists."""
+    if isinstance(value, str):
+        return render_template(value, ocpvars)
+    if isinstance(value, dict):
+        return {k: _render_all(v, ocpvars) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_all(v, ocpvars) for v in value]
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    """Normalise a ``live_agent_base_url`` to its REST endpoint.
+
+    ``https://HOST/chat`` (the deployment snippet's ``liveagent.init`` URL), ``HOST`` alone,
+    and ``https://HOST/chat/rest[/]`` all mean ``https://HOST/chat/rest/``.
+
+    Raises:
+        BadWebchatConfig: the URL is not one of those shapes (userinfo, query, fragment,
+            another path or scheme).
+        HostNotAllowed: plain http to a host that is not loopback.
+    """
+    field = "live_agent_base_url"
+    text = url.strip()
+    if "://" not in text:
+        text = "https://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise BadWebchatConfig(f"{field}: not a URL ({exc})") from None
+    if parts.scheme not in ("https", "http"):
+        raise BadWebchatConfig(f"{field}: the scheme must be https, got {parts.scheme!r}")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise BadWebchatConfig(f"{field}: must not carry user information")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise BadWebchatConfig(f"{field}: must not carry a query or a fragment")
+    if parts.path not in _REST_PATHS:
+        raise BadWebchatConfig(f"{field}: expected https://HOST/chat, got path {parts.path!r}")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise BadWebchatConfig(f"{field}: has no host")
+    try:
+        host = ipaddress.ip_address(host).compressed
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise BadWebchatConfig(f"{field}: {host!r} is not a valid host name") from None
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise HostNotAllowed(f"{field}: plain http is allowed only for loopback hosts, not {host}")
+    default = 443 if parts.scheme == "https" else 80
+    return Endpoint(scheme=parts.scheme, host=host, port=port or default)  # type: ignore[arg-type]
+
+
+def host_allowed(endpoint: Endpoint, allowed_hosts: Sequence[str]) -> bool:
+    """Whether ``endpoint`` is named by an ``allowed_hosts`` entry.
+
+    An entry is ``HOST``, ``HOST:PORT`` or ``HOST:*``; ``HOST`` may start with ``*.`` to mean
+    any subdomain (at any depth, never the bare domain). Without a port an entry allows only
+    the scheme's default port, so an odd port cannot slip through.
+    """
+    default = 443 if endpoint.scheme == "https" else 80
+    for entry in allowed_hosts:
+        pattern = entry.strip().lower()
+        port_text = ""
+        if pattern.startswith("["):  # [::1]:port
+            pattern, _, rest = pattern[1:].partition("]")
+            port_text = rest.lstrip(":")
+        elif pattern.count(":") == 1:
+            pattern, port_text = pattern.split(":")
+        if port_text == "*":
+            port_ok = True
+        elif port_text:
+            port_ok = port_text.isdigit() and int(port_text) == endpoint.port
+        else:
+            port_ok = endpoint.port == default
+        if not port_ok:
+            continue
+        if pattern.startswith("*."):
+            if endpoint.host.endswith(pattern[1:]) and len(endpoint.host) > len(pattern) - 1:
+                return True
+        elif endpoint.host == pattern:
+            return True
+    return False
+
+
+def check_profile(fields: WebchatFields) -> tuple[str, str] | None:
+    """Check what can be checked in a profile on its own (before ocpvars are known).
+
+    Returns:
+        ``(field, reason)`` for the first problem, or ``None``.
+    """
+    if fields.type is not msgspec.UNSET and fields.type != "salesforce":
+        return "type", f"the only type is 'salesforce', got {fields.type!r}"
+    url = fields.live_agent_base_url
+    if url is not msgspec.UNSET and "{{" not in url:
+        try:
+            parse_endpoint(url)
+        except (BadWebchatConfig, HostNotAllowed) as exc:
+            field, _, reason = exc.detail.partition(": ")
+            return field, reason
+    return None
+
+
+def resolve_webchat(
+    profile: WebchatFields | None,
+    inline: WebchatFields | None,
+    ocpvars: Mapping[str, str],
+    allowed_hosts: Sequence[str],
+    visitor_name: str | None = None,
+) -> WebchatConfig:
+    """Build a chat's effective webchat configuration (merge, template, check).
+
+    Args:
+        profile: the fields of the ``[profiles.NAME]`` named by ``start``, if any.
+        inline: the ``config`` of ``start``, if any; wins field by field.
+        ocpvars: values for ``{{ocpvars:NAME}}``.
+        allowed_hosts: ``salesforce.allowed_hosts``.
+        visitor_name: ``start.visitor_name``; overrides ``displayed_username``.
+
+    Raises:
+        BadWebchatConfig: a field is missing, empty or invalid after templating.
+        HostNotAllowed: the Live Agent host is not in ``allowed_hosts``.
+    """
+    merged: dict[str, Any] = {}
+    for part in (profile, inline):
+        if part is not None:
+            merged.update(msgspec.to_builtins(part))
+    merged = _render_all(merged, ocpvars)
+    if visitor_name is not None:
+        merged["displayed_username"] = visitor_name
+    for field in _REQUIRED:
+        if not str(merged.get(field, "")).strip():
+            raise BadWebchatConfig(f"{field}: required, and missing or empty after templating")
+    for field in ("organization_id", "deployment_id", "button_id"):
+        merged[field] = merged[field].strip()
+        if not _SF_ID.match(merged[field]):
+            raise BadWebchatConfig(
+                f"{field}: expected a 15 or 18 character Salesforce id, got {merged[field]!r}"
+            )
+    if merged.get("type", "salesforce") != "salesforce":
+        raise BadWebchatConfig(f"type: the only type is 'salesforce', got {merged['type']!r}")
+    endpoint = parse_endpoint(merged["live_agent_base_url"])
+    if not host_allowed(endpoint, allowed_hosts):
+        raise HostNotAllowed(
+            f"live_agent_base_url: host {endpoint.host} (port {endpoint.port}) is not in"
+            " salesforce.allowed_hosts"
+        )
+    merged["endpoint"] = msgspec.to_builtins(endpoint)
+    merged["live_agent_base_url"] = endpoint.base_url
+    try:
+        return msgspec.convert(merged, WebchatConfig)
+    except msgspec.ValidationError as exc:
+        field, reason = describe_validation_error(str(exc))
+        raise BadWebchatConfig(f"{field}: {reason}") from None
