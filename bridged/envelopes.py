@@ -229,7 +229,9 @@ def _context(data: bytes | str, fmt: Format) -> tuple[str | None, str | None]:
     chat = loose.get("chat")
     if not _valid_chat(chat):
         chat = None
-    ref = loose.get("id") if isinstance(loose.get("id"), str) else loose.get("type")
+    ref = loose.get("id")
+    if not (isinstance(ref, str) and ref):
+        ref = loose.get("type")
     return chat, ref[:64] if isinstance(ref, str) else None
 
 

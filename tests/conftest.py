@@ -1,0 +1,73 @@
+"""Shared fixtures: the simulator and bridged on 127.0.0.1, and OCP clients to talk to them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Awaitable
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from bridged.config import Config
+from bridged.daemon import Daemon
+from bridged.demo import DEMO_DEPLOYMENT, DEMO_ORG, DEMO_PROFILES
+from bridged.simulator import Simulator, SimulatorOptions, running_simulator
+from tests.ocp import OcpClient, connect
+
+TOKEN = "test-token-0123456789"
+# Short timings: every wait in a test is a fraction of a second, never the strictness.
+FAST = SimulatorOptions(hold_s=0.5, client_poll_timeout=5, join_delay_s=0.05,
+                        reply_delay_s=0.02, queue_step_s=0.05)
+
+
+def bridged_config(sim: Simulator, tmp_path: Any, **server: Any) -> Config:
+    """A config whose profiles (named as in the demo) point at ``sim``."""
+    profiles = {
+        name: {"live_agent_base_url": sim.base_url, "organization_id": DEMO_ORG,
+               "deployment_id": DEMO_DEPLOYMENT, "button_id": button}
+        for name, button in DEMO_PROFILES.items()
+    }
+    return msgspec.convert({
+        "server": {"listen": "127.0.0.1:0", "tokens": [TOKEN], "detach_grace_s": 5, **server},
+        "salesforce": {"allowed_hosts": ["127.0.0.1:*"]},
+        "state": {"dir": str(tmp_path / "state")},
+        "profiles": profiles,
+    }, Config)
+
+
+@contextlib.asynccontextmanager
+async def running_bridged(config: Config) -> AsyncIterator[Daemon]:
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with running_simulator(FAST) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def bridged(sim: Simulator, tmp_path: Any) -> AsyncIterator[Daemon]:
+    async with running_bridged(bridged_config(sim, tmp_path)) as daemon:
+        yield daemon
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def ocp(bridged: Daemon, http: aiohttp.ClientSession) -> Callable[..., Awaitable[OcpClient]]:
+    """A factory of connections to the ``bridged`` fixture; all closed at the end."""
+    async def factory(fmt: str | None = "bridged.v1+json") -> OcpClient:
+        return await connect(http, bridged.url, TOKEN, fmt)
+    return factory
