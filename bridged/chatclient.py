@@ -61,7 +61,7 @@ class ChatClient:
         if self._ws is None or self._ws.closed:
             self._print("! not connected right now; try again in a moment")
             return
-        await self._ws.send_bytes(msgspec.json.encode(envelope))
+        await self._ws.send_str(msgspec.json.encode(envelope).decode())
 
     async def say(self, text: str) -> None:
         await self.send({"type": "message", "chat": self.chat_id, "id": f"m{next(self._ids)}",
