@@ -14,7 +14,10 @@ from bridged.config import Config
 from bridged.daemon import Daemon
 from bridged.demo import DEMO_DEPLOYMENT, DEMO_ORG, DEMO_PROFILES
 from bridged.simulator import Simulator, SimulatorOptions, running_simulator
+from tests import aioresponses_compat
 from tests.ocp import OcpClient, connect
+
+aioresponses_compat.install()
 
 TOKEN = "test-token-0123456789"
 # Short timings: every wait in a test is a fraction of a second, never the strictness.
