@@ -24,7 +24,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol, TypeAlias, Union
+from typing import Protocol, TypeAlias
 
 from bridged import envelopes as env
 from bridged import facts
@@ -32,7 +32,7 @@ from bridged.mailbox import Mailbox
 from bridged.texts import render
 from bridged.webchat import WebchatConfig
 
-Command: TypeAlias = Union[env.Message, env.Typing]
+Command: TypeAlias = env.Message | env.Typing
 
 
 class Link(Protocol):

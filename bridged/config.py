@@ -36,7 +36,7 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Base of every config section: frozen, keyword-only, unknown keys refused."""
 
 
-class ServerConfig(_Section):
+class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[server]``: the WebSocket front and its HTTP endpoints."""
 
     listen: str = "127.0.0.1:8710"
@@ -56,7 +56,7 @@ class ServerConfig(_Section):
     shutdown_budget_s: PositiveFloat = 8.0
 
 
-class SalesforceConfig(_Section):
+class SalesforceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[salesforce]``: how bridged speaks to Live Agent."""
 
     allowed_hosts: list[str] = msgspec.field(default_factory=lambda: ["*.salesforceliveagent.com"])
@@ -68,7 +68,7 @@ class SalesforceConfig(_Section):
     screen_resolution: str = "1920x1080"
 
 
-class HistoryConfig(_Section):
+class HistoryConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[history]``: where OCP's bot history is fetched from (optional)."""
 
     base_url: str = ""
@@ -77,19 +77,19 @@ class HistoryConfig(_Section):
     timeout_s: PositiveFloat = 5.0
 
 
-class StateConfig(_Section):
+class StateConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[state]``: where chats are kept across restarts."""
 
     dir: str = "/var/lib/bridged"
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[logging]``: bridged's own section."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class Config(_Section):
+class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole config file."""
 
     server: ServerConfig = ServerConfig()

@@ -74,6 +74,7 @@ async def run_demo(profile: str, port: int, serve_only: bool) -> int:
                                    queue_step_s=2.0)
         async with running_simulator(options, host="127.0.0.1", port=0) as sim:
             token = secrets.token_urlsafe(16)
+            assert sim.base_url is not None
             config = demo_config(sim.base_url, token, port, str(workdir / "state"))
             daemon = Daemon(config)
             try:

@@ -38,7 +38,7 @@ __all__ = [
     "encode",
 ]
 
-from typing import Annotated, Any, Literal, TypeAlias, Union
+from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 
@@ -46,10 +46,10 @@ from bridged.errors import BadEnvelope, TooLarge, describe_validation_error
 from bridged.webchat import WebchatFields
 
 UNSET = msgspec.UNSET
-JSON = "bridged.v1+json"
-MSGPACK = "bridged.v1+msgpack"
-SUBPROTOCOLS = (JSON, MSGPACK)
 Format: TypeAlias = Literal["bridged.v1+json", "bridged.v1+msgpack"]
+JSON: Format = "bridged.v1+json"
+MSGPACK: Format = "bridged.v1+msgpack"
+SUBPROTOCOLS = (JSON, MSGPACK)
 
 MAX_TEXT = 10000
 CHAT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -67,7 +67,7 @@ class _Envelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 # --- OCP -> bridged: commands ---------------------------------------------------------
 
 
-class Start(_Envelope, tag="start", kw_only=True):
+class Start(_Envelope, tag="start", frozen=True, kw_only=True):
     """Hand this chat over to a Salesforce agent."""
 
     chat: ChatId
@@ -79,7 +79,7 @@ class Start(_Envelope, tag="start", kw_only=True):
     history_token: str | None = None
 
 
-class Message(_Envelope, tag="message", kw_only=True):
+class Message(_Envelope, tag="message", frozen=True, kw_only=True):
     """The visitor says something."""
 
     chat: ChatId
@@ -87,7 +87,7 @@ class Message(_Envelope, tag="message", kw_only=True):
     text: Text
 
 
-class Typing(_Envelope, tag="typing", kw_only=True):
+class Typing(_Envelope, tag="typing", frozen=True, kw_only=True):
     """The visitor's typing indicator, with the draft for sneak peek."""
 
     chat: ChatId
@@ -95,32 +95,32 @@ class Typing(_Envelope, tag="typing", kw_only=True):
     text: str | None = None
 
 
-class End(_Envelope, tag="end", kw_only=True):
+class End(_Envelope, tag="end", frozen=True, kw_only=True):
     """The visitor or OCP ends the chat."""
 
     chat: ChatId
 
 
-class Attach(_Envelope, tag="attach", kw_only=True):
+class Attach(_Envelope, tag="attach", frozen=True, kw_only=True):
     """Bind the chat to this connection and replay the held events after ``after``."""
 
     chat: ChatId
     after: Seq
 
 
-class Ack(_Envelope, tag="ack", kw_only=True):
+class Ack(_Envelope, tag="ack", frozen=True, kw_only=True):
     """The client has processed every event up to ``seq``."""
 
     chat: ChatId
     seq: Seq
 
 
-Inbound: TypeAlias = Union[Start, Message, Typing, End, Attach, Ack]
+Inbound: TypeAlias = Start | Message | Typing | End | Attach | Ack
 
 # --- bridged -> OCP: facts --------------------------------------------------------------
 
 
-class Hello(_Envelope, tag="hello", kw_only=True):
+class Hello(_Envelope, tag="hello", frozen=True, kw_only=True):
     """Sent right after the upgrade."""
 
     version: int = 1
@@ -128,7 +128,7 @@ class Hello(_Envelope, tag="hello", kw_only=True):
     max_frame_bytes: int
 
 
-class Queued(_Envelope, tag="queued", kw_only=True):
+class Queued(_Envelope, tag="queued", frozen=True, kw_only=True):
     """The chat request waits in the queue (again at every queue update)."""
 
     chat: str
@@ -138,7 +138,7 @@ class Queued(_Envelope, tag="queued", kw_only=True):
     text: str
 
 
-class AgentJoined(_Envelope, tag="agent_joined", kw_only=True):
+class AgentJoined(_Envelope, tag="agent_joined", frozen=True, kw_only=True):
     """An agent accepted the chat."""
 
     chat: str
@@ -146,7 +146,7 @@ class AgentJoined(_Envelope, tag="agent_joined", kw_only=True):
     agent: str
 
 
-class AgentMessage(_Envelope, tag="agent_message", kw_only=True):
+class AgentMessage(_Envelope, tag="agent_message", frozen=True, kw_only=True):
     """The agent said something."""
 
     chat: str
@@ -155,7 +155,7 @@ class AgentMessage(_Envelope, tag="agent_message", kw_only=True):
     text: str
 
 
-class AgentTyping(_Envelope, tag="agent_typing", kw_only=True):
+class AgentTyping(_Envelope, tag="agent_typing", frozen=True, kw_only=True):
     """The agent's typing indicator."""
 
     chat: str
@@ -163,7 +163,7 @@ class AgentTyping(_Envelope, tag="agent_typing", kw_only=True):
     active: bool
 
 
-class Transferred(_Envelope, tag="transferred", kw_only=True):
+class Transferred(_Envelope, tag="transferred", frozen=True, kw_only=True):
     """The chat moved to another agent."""
 
     chat: str
@@ -171,7 +171,7 @@ class Transferred(_Envelope, tag="transferred", kw_only=True):
     agent: str
 
 
-class Delivered(_Envelope, tag="delivered", kw_only=True):
+class Delivered(_Envelope, tag="delivered", frozen=True, kw_only=True):
     """Salesforce accepted the visitor's message ``id``."""
 
     chat: str
@@ -179,7 +179,7 @@ class Delivered(_Envelope, tag="delivered", kw_only=True):
     id: str
 
 
-class Ended(_Envelope, tag="ended", kw_only=True):
+class Ended(_Envelope, tag="ended", frozen=True, kw_only=True):
     """The chat is over; its id is free again."""
 
     chat: str
@@ -189,7 +189,7 @@ class Ended(_Envelope, tag="ended", kw_only=True):
     detail: str | msgspec.UnsetType = msgspec.UNSET
 
 
-class Error(_Envelope, tag="error", kw_only=True):
+class Error(_Envelope, tag="error", frozen=True, kw_only=True):
     """An envelope was refused."""
 
     code: str
@@ -198,10 +198,10 @@ class Error(_Envelope, tag="error", kw_only=True):
     ref: str | msgspec.UnsetType = msgspec.UNSET
 
 
-ChatEvent: TypeAlias = Union[
-    Queued, AgentJoined, AgentMessage, AgentTyping, Transferred, Delivered, Ended
-]
-Outbound: TypeAlias = Union[Hello, Error, ChatEvent]
+ChatEvent: TypeAlias = (
+    Queued | AgentJoined | AgentMessage | AgentTyping | Transferred | Delivered | Ended
+)
+Outbound: TypeAlias = Hello | Error | ChatEvent
 
 _json_decoder = msgspec.json.Decoder(Inbound)
 _msgpack_decoder = msgspec.msgpack.Decoder(Inbound)
@@ -218,7 +218,7 @@ def encode(envelope: Outbound, fmt: Format) -> bytes:
     return _json_encoder.encode(envelope)
 
 
-def _context(data: bytes | str, fmt: Format) -> tuple[str | None, str | None]:
+def _context(data: bytes, fmt: Format) -> tuple[str | None, str | None]:
     """Best effort ``(chat, ref)`` of an envelope that failed to decode, for the error."""
     try:
         loose: Any = (_msgpack_loose if fmt == MSGPACK else _json_loose).decode(data)
@@ -243,7 +243,7 @@ def _valid_chat(chat: object) -> bool:
     return True
 
 
-def decode_inbound(data: bytes | str, fmt: Format) -> Inbound:
+def decode_inbound(data: bytes, fmt: Format) -> Inbound:
     """Decode one frame from OCP into a command envelope.
 
     Args:
@@ -256,7 +256,7 @@ def decode_inbound(data: bytes | str, fmt: Format) -> Inbound:
         TooLarge: a ``text`` over 10000 characters.
     """
     try:
-        envelope = (_msgpack_decoder if fmt == MSGPACK else _json_decoder).decode(data)
+        envelope: Inbound = (_msgpack_decoder if fmt == MSGPACK else _json_decoder).decode(data)
     except msgspec.ValidationError as exc:
         chat, ref = _context(data, fmt)
         field, reason = describe_validation_error(str(exc))
@@ -269,10 +269,10 @@ def decode_inbound(data: bytes | str, fmt: Format) -> Inbound:
         raise BadEnvelope(f"frame: not valid {kind} ({exc})") from None
     text = getattr(envelope, "text", None)
     if text is not None and len(text) > MAX_TEXT:
-        ref = envelope.id if isinstance(envelope, Message) else envelope.__struct_config__.tag
+        too_large_ref = envelope.id if isinstance(envelope, Message) else "typing"
         raise TooLarge(
             f"text: {len(text)} characters, at most {MAX_TEXT}",
-            chat=envelope.chat,  # type: ignore[union-attr]
-            ref=str(ref),
+            chat=envelope.chat,
+            ref=too_large_ref,
         )
     return envelope

@@ -20,7 +20,7 @@ __all__ = [
     "Undelivered",
 ]
 
-from typing import Literal, TypeAlias, Union
+from typing import Literal, TypeAlias
 
 import msgspec
 
@@ -71,6 +71,13 @@ class Ended(msgspec.Struct, frozen=True, kw_only=True):
     detail: str = ""
 
 
-Fact: TypeAlias = Union[
-    Queued, AgentJoined, AgentMessage, AgentTyping, Transferred, Delivered, Undelivered, Ended
-]
+Fact: TypeAlias = (
+    Queued
+    | AgentJoined
+    | AgentMessage
+    | AgentTyping
+    | Transferred
+    | Delivered
+    | Undelivered
+    | Ended
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = ["Metrics"]
 
 from collections.abc import Callable
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
@@ -26,7 +27,7 @@ class _Labelled:
     def inc(self, label: str, amount: float = 1.0) -> None:
         child = self._children.get(label)
         if child is None:
-            child = self._children[label] = self._metric.labels(label)  # type: ignore[assignment]
+            child = self._children[label] = cast(Counter, self._metric.labels(label))
         child.inc(amount)
 
 

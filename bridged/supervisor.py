@@ -78,6 +78,6 @@ class ChatSupervisor:
         for task in tasks:
             task.cancel()
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=budget)
+            _, pending = await asyncio.wait(tasks, timeout=budget)
             if pending:
                 log_event(log, logging.WARNING, "actors_not_stopped", count=len(pending))

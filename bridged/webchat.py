@@ -130,7 +130,8 @@ _REQUIRED = ("live_agent_base_url", "deployment_id", "organization_id", "button_
 _TEMPLATE = re.compile(r"\{\{\s*ocpvars:([^{}]*?)\s*\}\}")
 # Salesforce record ids are 15 or 18 base-62 characters.
 _SF_ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _REST_PATHS = {"", "/", "/chat", "/chat/", "/chat/rest", "/chat/rest/"}
 
 

@@ -16,7 +16,7 @@ Connect = Callable[..., Awaitable[OcpClient]]
 
 def session_of(sim: Simulator, visitor_name: str | None = None) -> object:
     (session,) = [s for s in sim.sessions.values()
-                  if visitor_name is None or s.init and s.init["visitorName"] == visitor_name]
+                  if visitor_name is None or (s.init and s.init["visitorName"] == visitor_name)]
     return session
 
 
@@ -32,7 +32,7 @@ async def test_happy_path_with_default_texts_and_seq_numbering(
     assert (joined["seq"], joined["agent"]) == (2, "Ada Agent")
     await client.send({"type": "message", "chat": "chat-1", "id": "m1", "text": "hello"})
     events = await client.events("chat-1", until="agent_message")
-    assert [e["type"] for e in events][0] == "delivered"
+    assert events[0]["type"] == "delivered"
     assert events[0]["id"] == "m1"
     reply = events[-1]
     assert (reply["agent"], reply["text"]) == ("Ada Agent", "Echo: hello")

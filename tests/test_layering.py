@@ -79,6 +79,8 @@ def test_the_simulator_is_independent_of_the_rest_of_bridged() -> None:
 
 
 def test_no_unbounded_queue_anywhere() -> None:
-    unbounded = re.compile(r"\b(asyncio\.)?(Queue|LifoQueue|PriorityQueue)\(\s*(maxsize\s*=\s*0\s*)?\)")
+    unbounded = re.compile(
+        r"\b(asyncio\.)?(Queue|LifoQueue|PriorityQueue)\(\s*(maxsize\s*=\s*0\s*)?\)"
+    )
     for path in PACKAGE.rglob("*.py"):
         assert not unbounded.search(path.read_text()), path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 __all__ = ["AiohttpTransport", "Transport"]
 
-import asyncio
 from typing import Protocol
 
 import aiohttp
@@ -77,7 +76,7 @@ class AiohttpTransport:
             ) as response:
                 body = await response.read()
                 return HttpResponse(status=response.status, body=body)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise TransportTimeout(
                 f"{request.purpose.value}: no answer within {timeout:g} s") from exc
         except (aiohttp.ClientError, OSError) as exc:

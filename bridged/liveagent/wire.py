@@ -41,7 +41,7 @@ __all__ = [
     "encode_body",
 ]
 
-from typing import Any, TypeAlias, Union
+from typing import Any, TypeAlias
 
 import msgspec
 
@@ -55,7 +55,7 @@ class _Payload(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 # --- requests ---------------------------------------------------------------------------
 
 
-class CustomDetail(_Payload, kw_only=True):
+class CustomDetail(_Payload, frozen=True, kw_only=True):
     """An item of ``prechatDetails`` (docs: ``transcriptFields`` is required)."""
 
     label: str
@@ -64,7 +64,7 @@ class CustomDetail(_Payload, kw_only=True):
     display_to_agent: bool
 
 
-class ChasitorInit(_Payload, kw_only=True):
+class ChasitorInit(_Payload, frozen=True, kw_only=True):
     """The body of ``POST Chasitor/ChasitorInit`` (SALESFORCE.md 4.3)."""
 
     organization_id: str
@@ -84,7 +84,7 @@ class ChasitorInit(_Payload, kw_only=True):
 # --- responses --------------------------------------------------------------------------
 
 
-class SessionIdBody(_Payload, kw_only=True):
+class SessionIdBody(_Payload, frozen=True, kw_only=True):
     """The 200 body of ``GET System/SessionId``.
 
     ``clientPollTimeout`` is a number in real answers and a string in the docs' example.
@@ -107,7 +107,7 @@ class _RawMessages(msgspec.Struct, frozen=True):
     offset: int | None = None
 
 
-class ChatRequestSuccess(_Payload, kw_only=True):
+class ChatRequestSuccess(_Payload, frozen=True, kw_only=True):
     """Queued and routed; not accepted yet."""
 
     queue_position: int | None = None
@@ -116,20 +116,20 @@ class ChatRequestSuccess(_Payload, kw_only=True):
     visitor_id: str | None = None
 
 
-class ChatRequestFail(_Payload, kw_only=True):
+class ChatRequestFail(_Payload, frozen=True, kw_only=True):
     """The chat request failed; ``reason`` is Unavailable, InternalFailure, NoPost, ..."""
 
     reason: str = "Unknown"
 
 
-class QueueUpdate(_Payload, kw_only=True):
+class QueueUpdate(_Payload, frozen=True, kw_only=True):
     """A new queue position (only with ``receiveQueueUpdates``)."""
 
     position: int | None = None
     estimated_wait_time: float | None = None
 
 
-class ChatEstablished(_Payload, kw_only=True):
+class ChatEstablished(_Payload, frozen=True, kw_only=True):
     """An agent accepted the chat."""
 
     name: str = ""
@@ -137,26 +137,26 @@ class ChatEstablished(_Payload, kw_only=True):
     sneak_peek_enabled: bool = False
 
 
-class ChatMessage(_Payload, kw_only=True):
+class ChatMessage(_Payload, frozen=True, kw_only=True):
     """The agent said something."""
 
     name: str = ""
     text: str
 
 
-class AgentTyping(_Payload, kw_only=True):
+class AgentTyping(_Payload, frozen=True, kw_only=True):
     """The agent is typing."""
 
 
-class AgentNotTyping(_Payload, kw_only=True):
+class AgentNotTyping(_Payload, frozen=True, kw_only=True):
     """The agent stopped typing."""
 
 
-class AgentDisconnect(_Payload, kw_only=True):
+class AgentDisconnect(_Payload, frozen=True, kw_only=True):
     """The agent dropped; the session stays alive and another agent may pick it up."""
 
 
-class ChatTransferred(_Payload, kw_only=True):
+class ChatTransferred(_Payload, frozen=True, kw_only=True):
     """The chat moved to another agent."""
 
     name: str = ""
@@ -164,49 +164,49 @@ class ChatTransferred(_Payload, kw_only=True):
     sneak_peek_enabled: bool = False
 
 
-class ChatEnded(_Payload, kw_only=True):
+class ChatEnded(_Payload, frozen=True, kw_only=True):
     """The chat is over; ``reason`` is agent, client, agentsUnavailable, ..."""
 
     reason: str = "unknown"
 
 
-class ChasitorSessionData(_Payload, kw_only=True):
+class ChasitorSessionData(_Payload, frozen=True, kw_only=True):
     """First message after ReconnectSession."""
 
     queue_position: int | None = None
     sneak_peek_enabled: bool | None = None
 
 
-class CustomEvent(_Payload, kw_only=True):
+class CustomEvent(_Payload, frozen=True, kw_only=True):
     """A custom event from the agent's console."""
 
     type: str = ""
     data: str = ""
 
 
-class SensitiveDataRules(_Payload, kw_only=True):
+class SensitiveDataRules(_Payload, frozen=True, kw_only=True):
     """Rules the agent console applies to visitor text."""
 
     sensitive_data_rules: list[dict[str, Any]] = []
 
 
-class SwitchServer(_Payload, kw_only=True):
+class SwitchServer(_Payload, frozen=True, kw_only=True):
     """The org moved: send later requests to ``newUrl``."""
 
     new_url: str
 
 
-class TransferToButtonInitiated(_Payload, kw_only=True):
+class TransferToButtonInitiated(_Payload, frozen=True, kw_only=True):
     """A transfer to another button has begun (fields undocumented)."""
 
 
-class FileTransfer(_Payload, kw_only=True):
+class FileTransfer(_Payload, frozen=True, kw_only=True):
     """The agent asks the visitor for a file (bridged cannot upload one)."""
 
     type: str = ""
 
 
-class NewVisitorBreadcrumb(_Payload, kw_only=True):
+class NewVisitorBreadcrumb(_Payload, frozen=True, kw_only=True):
     """The visitor's page changed (not relevant to a bot visitor)."""
 
     location: str = ""
@@ -218,26 +218,26 @@ class UnknownMessage(msgspec.Struct, frozen=True):
     type: str
 
 
-ServerMessage: TypeAlias = Union[
-    ChatRequestSuccess,
-    ChatRequestFail,
-    QueueUpdate,
-    ChatEstablished,
-    ChatMessage,
-    AgentTyping,
-    AgentNotTyping,
-    AgentDisconnect,
-    ChatTransferred,
-    ChatEnded,
-    ChasitorSessionData,
-    CustomEvent,
-    SensitiveDataRules,
-    SwitchServer,
-    TransferToButtonInitiated,
-    FileTransfer,
-    NewVisitorBreadcrumb,
-    UnknownMessage,
-]
+ServerMessage: TypeAlias = (
+    ChatRequestSuccess
+    | ChatRequestFail
+    | QueueUpdate
+    | ChatEstablished
+    | ChatMessage
+    | AgentTyping
+    | AgentNotTyping
+    | AgentDisconnect
+    | ChatTransferred
+    | ChatEnded
+    | ChasitorSessionData
+    | CustomEvent
+    | SensitiveDataRules
+    | SwitchServer
+    | TransferToButtonInitiated
+    | FileTransfer
+    | NewVisitorBreadcrumb
+    | UnknownMessage
+)
 
 # One typed decoder per Salesforce message type, built once: the type name is the class name.
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
