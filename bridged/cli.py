@@ -86,7 +86,6 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level)
     options = SimulatorOptions(hold_s=args.hold_s, join_delay_s=args.join_delay_s)
-    print(f"Live Agent simulator on http://{host}:{port}/chat/rest/", file=sys.stderr)
     return _run(_forever(serve_forever(options, host, port)))
 
 
