@@ -136,3 +136,17 @@ async def test_a_frame_over_max_frame_bytes_closes_with_1009(
     msg = await client.ws.receive(timeout=5)
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert client.ws.close_code == 1009
+
+
+async def test_draining_refuses_new_chats_and_readyz_says_so(
+        bridged: Daemon, ocp: Connect, http: aiohttp.ClientSession) -> None:
+    client = await ocp()
+    bridged.dispatcher.draining = True
+    await client.start("late-1", profile="echo")
+    error = await client.expect("error")
+    assert (error["code"], error["chat"]) == ("capacity", "late-1")
+    base = bridged.url.replace("ws://", "http://").removesuffix("/v1/chat")
+    async with http.get(base + "/readyz") as response:
+        assert response.status == 503
+    async with http.get(base + "/healthz") as response:
+        assert response.status == 200
