@@ -18,7 +18,9 @@ from __future__ import annotations
 __all__ = [
     "DEFAULT_TEXTS",
     "Endpoint",
+    "EntityFieldMap",
     "PrechatDetail",
+    "PrechatEntity",
     "ProfileFields",
     "WebchatConfig",
     "WebchatFields",
@@ -59,6 +61,27 @@ class PrechatDetail(msgspec.Struct, frozen=True, kw_only=True):
     transcript_fields: list[str] = []
 
 
+class EntityFieldMap(msgspec.Struct, frozen=True, kw_only=True):
+    """How one prechat detail (by ``label``) finds or fills a field of a record."""
+
+    field_name: str
+    label: str
+    do_find: bool = False
+    is_exact_match: bool = False
+    do_create: bool = False
+
+
+class PrechatEntity(msgspec.Struct, frozen=True, kw_only=True):
+    """A record Salesforce finds or creates from the prechat details (``prechatEntities``)."""
+
+    entity_name: str
+    entity_fields_maps: list[EntityFieldMap]
+    show_on_create: bool = False
+    link_to_entity_name: str = ""
+    link_to_entity_field: str = ""
+    save_to_transcript: str = ""
+
+
 class WebchatFields(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A partial webchat configuration: a profile, or the inline ``config`` of ``start``.
 
@@ -78,6 +101,15 @@ class WebchatFields(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     position_message: str | msgspec.UnsetType = msgspec.UNSET
     estimated_time_message: str | msgspec.UnsetType = msgspec.UNSET
     prechat_details: list[PrechatDetail] | msgspec.UnsetType = msgspec.UNSET
+    # bridged's own fields (PROTOCOL.md leaves them to the project), each with a default.
+    prechat_entities: list[PrechatEntity] | msgspec.UnsetType = msgspec.UNSET
+    check_availability: bool | msgspec.UnsetType = msgspec.UNSET
+    history_prechat: bool | msgspec.UnsetType = msgspec.UNSET
+    history_prechat_label: str | msgspec.UnsetType = msgspec.UNSET
+    history_transcript_field: str | msgspec.UnsetType = msgspec.UNSET
+    history_messages: bool | msgspec.UnsetType = msgspec.UNSET
+    history_header: str | msgspec.UnsetType = msgspec.UNSET
+    history_unavailable_message: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class ProfileFields(WebchatFields, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -124,6 +156,14 @@ class WebchatConfig(msgspec.Struct, frozen=True, kw_only=True):
     position_message: str = DEFAULT_TEXTS["position_message"]
     estimated_time_message: str = DEFAULT_TEXTS["estimated_time_message"]
     prechat_details: list[PrechatDetail] = []
+    prechat_entities: list[PrechatEntity] = []
+    check_availability: bool = False
+    history_prechat: bool = True
+    history_prechat_label: str = "Bot conversation"
+    history_transcript_field: str = ""
+    history_messages: bool = True
+    history_header: str = "Conversation with the bot before this chat:"
+    history_unavailable_message: str = "The conversation with the bot is not available."
 
 
 _REQUIRED = ("live_agent_base_url", "deployment_id", "organization_id", "button_id")
@@ -304,7 +344,32 @@ def resolve_webchat(
     merged["endpoint"] = msgspec.to_builtins(endpoint)
     merged["live_agent_base_url"] = endpoint.base_url
     try:
-        return msgspec.convert(merged, WebchatConfig)
+        webchat = msgspec.convert(merged, WebchatConfig)
     except msgspec.ValidationError as exc:
         field, reason = describe_validation_error(str(exc))
         raise BadWebchatConfig(f"{field}: {reason}") from None
+    _check_entities(webchat)
+    return webchat
+
+
+def _check_entities(webchat: WebchatConfig) -> None:
+    """Prechat entities must name a record type and map only prechat details that exist.
+
+    D-TYPES: an EntityFieldsMaps ``label`` "must equal the ``label`` of a prechatDetails
+    item"; entity and field names are case-sensitive and may not be empty.
+    """
+    labels = {detail.label for detail in webchat.prechat_details}
+    for i, entity in enumerate(webchat.prechat_entities):
+        where = f"prechat_entities[{i}]"
+        if not entity.entity_name.strip():
+            raise BadWebchatConfig(f"{where}.entity_name: required, and empty")
+        if not entity.entity_fields_maps:
+            raise BadWebchatConfig(f"{where}.entity_fields_maps: at least one field map")
+        for j, field_map in enumerate(entity.entity_fields_maps):
+            if not field_map.field_name.strip():
+                raise BadWebchatConfig(
+                    f"{where}.entity_fields_maps[{j}].field_name: required, and empty")
+            if field_map.label not in labels:
+                raise BadWebchatConfig(
+                    f"{where}.entity_fields_maps[{j}].label: {field_map.label!r} is not the"
+                    " label of a prechat detail")

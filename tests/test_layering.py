@@ -12,9 +12,10 @@ PACKAGE = Path(__file__).parent.parent / "bridged"
 
 LAYERS = {
     0: {"errors", "config", "webchat", "envelopes", "facts", "policy", "texts", "_log",
-        "liveagent.wire", "liveagent.protocol"},
-    1: {"mailbox", "chat", "supervisor", "dispatcher", "backend"},
-    2: {"liveagent.transport", "liveagent.actor", "front", "metrics", "chatclient"},
+        "history", "liveagent.wire", "liveagent.protocol"},
+    1: {"mailbox", "gate", "chat", "supervisor", "dispatcher", "backend"},
+    2: {"liveagent.transport", "liveagent.actor", "front", "metrics", "chatclient",
+        "historyclient"},
     3: {"daemon", "cli", "logs", "demo", "__main__"},
 }
 FORBIDDEN = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -42,8 +43,14 @@ def params(**overrides: object) -> SessionParams:
     return SessionParams(**values)  # type: ignore[arg-type]
 
 
-def messages(*items: tuple[str, dict[str, object]], sequence: int = 1,
+_sequences = itertools.count(1)
+
+
+def messages(*items: tuple[str, dict[str, object]], sequence: int | None = None,
              offset: int | None = 100) -> HttpResponse:
+    """A 200 Messages answer; its sequence grows from batch to batch unless given."""
+    if sequence is None:
+        sequence = next(_sequences) + 1000
     body: dict[str, object] = {
         "messages": [{"type": t, "message": m} for t, m in items], "sequence": sequence}
     if offset is not None:
@@ -304,7 +311,7 @@ def test_agent_end_reports_undelivered_messages_before_the_end() -> None:
     session.send_text("m1", "hi")
     session.send_text("m2", "there")
     session.next_request(Lane.POST)  # m1 on the wire, m2 queued
-    answer(session, Lane.POLL, messages(("ChatEnded", {"reason": "agent"}), sequence=2))
+    answer(session, Lane.POLL, messages(("ChatEnded", {"reason": "agent"})))
     out = session.facts_received()
     assert [type(f) for f in out] == [facts.Undelivered, facts.Undelivered, facts.Ended]
     assert [f.id for f in out[:2]] == ["m1", "m2"]  # type: ignore[union-attr]

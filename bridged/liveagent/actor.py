@@ -24,7 +24,8 @@ from bridged import facts
 from bridged._log import log_event
 from bridged.chat import Chat
 from bridged.config import SalesforceConfig
-from bridged.errors import TransportError
+from bridged.errors import BadWebchatConfig, HostNotAllowed, TransportError
+from bridged.gate import Gate
 from bridged.liveagent import wire
 from bridged.liveagent.protocol import (
     HttpRequest,
@@ -35,7 +36,7 @@ from bridged.liveagent.protocol import (
 )
 from bridged.liveagent.transport import Transport
 from bridged.policy import RetryPolicy, retry_delay
-from bridged.webchat import WebchatConfig
+from bridged.webchat import WebchatConfig, host_allowed, parse_endpoint
 
 log = logging.getLogger("bridged.liveagent")
 
@@ -63,6 +64,23 @@ def session_params(webchat: WebchatConfig, salesforce: SalesforceConfig) -> Sess
             )
             for d in webchat.prechat_details
         ],
+        prechat_entities=[
+            wire.Entity(
+                entity_name=e.entity_name,
+                show_on_create=e.show_on_create,
+                link_to_entity_name=e.link_to_entity_name,
+                link_to_entity_field=e.link_to_entity_field,
+                save_to_transcript=e.save_to_transcript,
+                entity_fields_maps=[
+                    wire.EntityFieldsMap(field_name=m.field_name, label=m.label,
+                                         do_find=m.do_find, is_exact_match=m.is_exact_match,
+                                         do_create=m.do_create)
+                    for m in e.entity_fields_maps
+                ],
+            )
+            for e in webchat.prechat_entities
+        ],
+        check_availability=webchat.check_availability,
     )
 
 
@@ -79,11 +97,16 @@ class ChatActor:
     """
 
     def __init__(self, chat: Chat, session: LiveAgentSession, transport: Transport, *,
-                 request_timeout: float, max_pending: int, retry: RetryPolicy) -> None:
+                 request_timeout: float, max_pending: int, retry: RetryPolicy,
+                 start_gate: Gate, allowed_hosts: list[str]) -> None:
         self.chat = chat
         self.session = session
         self._transport = transport
         self._base_url = chat.webchat.endpoint.base_url
+        self._start_gate = start_gate
+        self._allowed_hosts = allowed_hosts
+        self._sent_at = {Lane.POLL: 0.0, Lane.POST: 0.0}
+        self._abandoned: set[asyncio.Task[_Result]] = set()
         self._request_timeout = request_timeout
         self._max_pending = max_pending
         self._retry = retry
@@ -105,6 +128,7 @@ class ChatActor:
             while True:
                 self._wake.clear()
                 self._collect()
+                self._move_host()
                 self._take_commands()
                 self._report()
                 if self.session.is_finished:
@@ -112,6 +136,7 @@ class ChatActor:
                 self._send()
                 await self._wake.wait()
         finally:
+            self._start_gate.leave(self.chat.id)
             await self._cancel_requests()
 
     # --- one turn -----------------------------------------------------------------------
@@ -119,7 +144,7 @@ class ChatActor:
     def _collect(self) -> None:
         """Hand the answers that came to the session."""
         now = time.monotonic()
-        for lane, task in self._tasks.items():
+        for lane, task in list(self._tasks.items()):
             if task is None or not task.done():
                 continue
             self._tasks[lane] = None
@@ -139,8 +164,39 @@ class ChatActor:
                 self.session.receive_response(request, result)
             if self._give_up_reason is not None:
                 self.session.give_up(self._give_up_reason)
+            self._cancel_abandoned()
+        if not self.session.creating:
+            self._start_gate.leave(self.chat.id)
 
     _give_up_reason: str | None = None
+
+    def _cancel_abandoned(self) -> None:
+        """Cancel the requests the session gave up on (the held poll, at a server switch)."""
+        for lane in self.session.abandoned_lanes():
+            task = self._tasks[lane]
+            self._tasks[lane] = None
+            if task is not None:
+                task.cancel()
+                self._abandoned.add(task)
+                task.add_done_callback(self._abandoned.discard)
+
+    def _move_host(self) -> None:
+        """``SwitchServer``: follow Salesforce to its new host, if the allowlist allows it."""
+        url = self.session.take_switch_url()
+        if url is None:
+            return
+        try:
+            endpoint = parse_endpoint(url)
+            allowed = host_allowed(endpoint, self._allowed_hosts)
+        except (BadWebchatConfig, HostNotAllowed):
+            allowed = False
+        if not allowed:
+            self.session.give_up(
+                f"Salesforce moved the chat to {url}, which salesforce.allowed_hosts does not allow")
+            return
+        log_event(log, logging.INFO, "salesforce_host_moved", chat=self.chat.id,
+                  host=endpoint.host)
+        self._base_url = endpoint.base_url
 
     def _failed(self, lane: Lane, request: HttpRequest, result: _Result, now: float) -> None:
         """Count a failure of ``lane``; back off, or give up once the session cannot live."""
@@ -158,8 +214,16 @@ class ChatActor:
             self._give_up_reason = (
                 f"no answer from Salesforce for {budget:g} s ({request.purpose.value}: {detail})"
             )
-        else:
-            self._not_before[lane] = now + retry_delay(self._retry, self._failures[lane])
+            return
+        not_before = now + retry_delay(self._retry, self._failures[lane])
+        if lane is Lane.POLL and isinstance(result, TransportError):
+            # The lost poll may still be held by the server, and a second poll while one is
+            # outstanding ends the session (409). The server answers a held poll within its
+            # hold time, which is below clientPollTimeout: wait until then, but not so long
+            # that the session, which lives clientPollTimeout past that answer, runs out.
+            held_until = self._sent_at[lane] + 0.9 * self.session.client_poll_timeout
+            not_before = max(not_before, held_until)
+        self._not_before[lane] = not_before
 
     def _take_commands(self) -> None:
         """Move the visitor's commands from the inbox into the session, within its bound."""
@@ -210,6 +274,10 @@ class ChatActor:
             # A full outbox stops the poll: Salesforce keeps the agent's messages meanwhile.
             if lane is Lane.POLL and not self.chat.has_room():
                 continue
+            # A burst of new chats is admitted to Salesforce a few at a time.
+            if lane is Lane.POST and self.session.creating and not self._start_gate.try_enter(
+                    self.chat.id, self._wake.set):
+                continue
             request = self.session.next_request(lane)
             if request is None:
                 continue
@@ -219,6 +287,7 @@ class ChatActor:
                                        name=f"chat:{self.chat.id}:{lane.value}")
             task.add_done_callback(self._on_answer)
             self._tasks[lane] = task
+            self._sent_at[lane] = now
 
     def _on_answer(self, _task: asyncio.Task[_Result]) -> None:
         self._wake.set()
@@ -246,6 +315,7 @@ class ChatActor:
         if self._timer is not None:
             self._timer.cancel()
         pending = [t for t in self._tasks.values() if t is not None and not t.done()]
+        pending += [t for t in self._abandoned if not t.done()]
         for task in pending:
             task.cancel()
         if pending:
@@ -271,13 +341,20 @@ class LiveAgentBackend:
         self._salesforce = salesforce
         self._max_pending = max_pending
         self._retry = retry or RetryPolicy()
+        self.start_gate = Gate(salesforce.max_concurrent_starts)
+
+    def reconfigure(self, salesforce: SalesforceConfig) -> None:
+        """Use new ``[salesforce]`` settings for chats started from now on (SIGHUP)."""
+        self._salesforce = salesforce
 
     async def run_chat(self, chat: Chat) -> None:
         """Serve ``chat`` until it ends; the last fact it emits is ``Ended``."""
         session = LiveAgentSession(session_params(chat.webchat, self._salesforce))
         actor = ChatActor(chat, session, self._transport,
                           request_timeout=self._salesforce.request_timeout_s,
-                          max_pending=self._max_pending, retry=self._retry)
+                          max_pending=self._max_pending, retry=self._retry,
+                          start_gate=self.start_gate,
+                          allowed_hosts=self._salesforce.allowed_hosts)
         await actor.run()
 
     async def aclose(self) -> None:

@@ -6,29 +6,43 @@ Theory of operation
 Salesforce answer means*, and nothing that waits: no sockets, clocks, sleeps or tasks.
 The actor (``bridged.liveagent.actor``) is the shell around it.
 
-Inputs are commands (:meth:`start`, :meth:`send_text`, :meth:`set_typing`, :meth:`end`)
-and answers (:meth:`receive_response`, :meth:`receive_failure`). Outputs are drained:
-:meth:`next_request` gives the next HTTP request of a lane, :meth:`facts_received` the
-facts for OCP, :meth:`notices_received` things worth a log line.
+Inputs are commands (:meth:`start`, :meth:`send_text`, :meth:`set_typing`,
+:meth:`send_history`, :meth:`end`) and answers (:meth:`receive_response`,
+:meth:`receive_failure`). Outputs are drained: :meth:`next_request` gives the next HTTP
+request of a lane, :meth:`facts_received` the facts for OCP, :meth:`notices_received` things
+worth a log line, :meth:`abandoned_lanes` the requests the shell must cancel, and
+:attr:`switch_url` a host Salesforce asked to move to.
 
 Requests travel in two lanes, because Live Agent has two kinds of traffic:
 
 * the **poll lane** holds the one ``GET System/Messages`` long poll. "Keep exactly one
   Messages request outstanding per session" (SALESFORCE.md 7.1): the lane is either empty
   or holds one request.
-* the **post lane** carries everything else, one request at a time, in order: SessionId,
-  ChasitorInit, then the visitor's activity and finally ChatEnd. They go one by one
-  because each sequenced POST carries ``X-LIVEAGENT-SEQUENCE`` = previous + 1, and two in
-  flight could arrive swapped and be refused as "Out of sync".
+* the **post lane** carries everything else, one request at a time, in order: the
+  availability check, SessionId, ChasitorInit, the visitor's activity, the requests of a
+  server switch, and finally ChatEnd. They go one by one because each sequenced POST carries
+  ``X-LIVEAGENT-SEQUENCE`` = previous + 1, and two in flight could arrive swapped and be
+  refused as "Out of sync".
 
 States and their transitions (every transition happens inside one method call, so no
 other task can see a half-done one)::
 
+    IDLE --start()--> CHECKING --available--> CREATING      (CHECKING only when configured)
+    CHECKING --no agent available--> ENDED (no_agent)
     IDLE --start()--> CREATING --SessionId 200--> INITIATING --ChasitorInit 2xx--> WAITING
     WAITING --ChatEstablished--> CHATTING
+    WAITING | CHATTING | ENDING --503--> RECONNECTING --resynced--> (the state before)
     WAITING | CHATTING --ChatRequestFail | ChatEnded | 403 | 409--> ENDED
     any live state --end()--> ENDING (after the post in flight) --answer--> ENDED
     any state --protocol violation--> ERROR (poisoned; the supervisor decides)
+
+The server switch (RECONNECTING), as SALESFORCE.md section 6 prescribes it: "Cancel every
+in-flight inbound and outbound request, keep unsent outbound data, call ReconnectSession,
+store the new affinityToken, reset the sequence, poll Messages, process ChasitorSessionData,
+POST ChasitorResyncState, then resend the held outbound data." One deliberate deviation: a
+POST already on the wire is not cancelled but answered, because only its answer tells
+whether Salesforce applied it; cancelling it and sending it again could show the agent a
+message twice. Its answer comes before ReconnectSession, since the post lane is serial.
 
 Sequencing rules, quoted from SALESFORCE.md:
 
@@ -45,6 +59,7 @@ Sequencing rules, quoted from SALESFORCE.md:
 from __future__ import annotations
 
 __all__ = [
+    "MAX_SWITCHES",
     "HttpRequest",
     "HttpResponse",
     "Lane",
@@ -52,6 +67,7 @@ __all__ = [
     "Purpose",
     "SessionParams",
     "State",
+    "SwitchPhase",
     "map_chat_ended",
     "map_request_fail",
 ]
@@ -59,24 +75,35 @@ __all__ = [
 import enum
 import re
 from collections import deque
-from typing import Any
-
 import msgspec
 
 from bridged import facts
 from bridged.errors import LocalProtocolError, RemoteProtocolError
 from bridged.liveagent import wire
 
+# A session that Salesforce keeps moving is given up after this many switches.
+MAX_SWITCHES = 5
+
 
 class State(enum.Enum):
     IDLE = "idle"
+    CHECKING = "checking"
     CREATING = "creating"
     INITIATING = "initiating"
     WAITING = "waiting"
     CHATTING = "chatting"
+    RECONNECTING = "reconnecting"
     ENDING = "ending"
     ENDED = "ended"
     ERROR = "error"
+
+
+class SwitchPhase(enum.Enum):
+    """The steps of a server switch, in order."""
+
+    RECONNECT = "reconnect"  # GET System/ReconnectSession
+    SESSION_DATA = "session_data"  # poll until ChasitorSessionData
+    RESYNC = "resync"  # POST Chasitor/ChasitorResyncState
 
 
 class Lane(enum.Enum):
@@ -87,6 +114,7 @@ class Lane(enum.Enum):
 class Purpose(enum.Enum):
     """What a request is for; the value is the resource name, for logs and metrics."""
 
+    AVAILABILITY = "Availability"
     SESSION_ID = "SessionId"
     CHASITOR_INIT = "ChasitorInit"
     MESSAGES = "Messages"
@@ -94,6 +122,8 @@ class Purpose(enum.Enum):
     TYPING = "ChasitorTyping"
     NOT_TYPING = "ChasitorNotTyping"
     SNEAK_PEEK = "ChasitorSneakPeek"
+    RECONNECT = "ReconnectSession"
+    RESYNC = "ChasitorResyncState"
     CHAT_END = "ChatEnd"
     DELETE_SESSION = "DeleteSession"
 
@@ -103,8 +133,8 @@ _ACTIVITY = {Purpose.CHAT_MESSAGE, Purpose.TYPING, Purpose.NOT_TYPING, Purpose.S
 _TYPING = {Purpose.TYPING, Purpose.NOT_TYPING, Purpose.SNEAK_PEEK}
 _OUT_OF_SYNC = re.compile(r"Actual\s+(-?\d+)")
 _EXPIRED = facts.Ended(reason="failed", detail="the Salesforce session expired")
-# The 503 server switch (ReconnectSession) is not spoken yet: the chat fails clearly.
-_MOVED = facts.Ended(reason="failed", detail="Salesforce moved the session to another server")
+# "estimatedWaitTime ... (>= 47)" (D-TYPES): older API versions have no estimate.
+_ESTIMATE_SINCE = 47
 
 
 class HttpRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,7 +170,8 @@ class SessionParams(msgspec.Struct, frozen=True, kw_only=True):
     user_agent: str
     screen_resolution: str
     prechat_details: list[wire.CustomDetail] = []
-    prechat_entities: list[dict[str, Any]] = []
+    prechat_entities: list[wire.Entity] = []
+    check_availability: bool = False
 
 
 class _Activity(msgspec.Struct, kw_only=True):
@@ -178,9 +209,9 @@ def _position(value: int | None) -> int | None:
     return value if value is not None and value > 0 else None
 
 
-def _wait(value: float | None) -> int | None:
-    # "-1 if unknown" (D-TYPES); only sent at API version 47 and later.
-    return round(value) if value is not None and value >= 0 else None
+def _same_id(a: str, b: str) -> bool:
+    """Salesforce ids compare on their first 15 characters (the 18-char form adds a suffix)."""
+    return a[:15] == b[:15]
 
 
 class LiveAgentSession:
@@ -204,14 +235,21 @@ class LiveAgentSession:
         self.agent: str | None = None
         self.agent_joined = False
         self.sneak_peek = False
+        self.switches = 0
+        self.switch_phase: SwitchPhase | None = None
+        self.switch_url: str | None = None
+        self._estimates = int(params.api_version.split(".")[0]) >= _ESTIMATE_SINCE
+        self._resume = State.WAITING
         self._activity: deque[_Activity] = deque()
         self._in_flight: dict[Lane, HttpRequest | None] = {Lane.POLL: None, Lane.POST: None}
+        self._abandoned: list[Lane] = []
         self._retry: HttpRequest | None = None
         self._end: facts.Ended | None = None
         self._ended = False
         self._facts: list[facts.Fact] = []
         self._notices: list[tuple[str, str]] = []
         self._unknown_types: set[str] = set()
+        self._masks: list[tuple[re.Pattern[str], str]] = []
 
     # --- predicates -------------------------------------------------------------------
 
@@ -230,6 +268,11 @@ class LiveAgentSession:
         """How many visitor messages and typing changes wait to be sent."""
         return len(self._activity)
 
+    @property
+    def creating(self) -> bool:
+        """Whether the session is still being created (SessionId or ChasitorInit to come)."""
+        return self.state in (State.IDLE, State.CHECKING, State.CREATING, State.INITIATING)
+
     def in_flight(self, lane: Lane) -> HttpRequest | None:
         """The request outstanding on ``lane``, if any."""
         return self._in_flight[lane]
@@ -237,16 +280,29 @@ class LiveAgentSession:
     # --- commands ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Ask for a chat: create a Live Agent session, then request a chat on the button."""
+        """Ask for a chat: check availability (if configured), create a session, request."""
         if self.state is not State.IDLE:
             raise LocalProtocolError(f"start() in state {self.state.value}")
-        self.state = State.CREATING
+        self.state = State.CHECKING if self.params.check_availability else State.CREATING
 
-    def send_text(self, message_id: str, text: str) -> None:
-        """Queue a visitor message; it goes out once an agent has joined."""
+    def send_text(self, message_id: str | None, text: str) -> None:
+        """Queue a visitor message; it goes out once an agent has joined.
+
+        The agent console's sensitive-data rules (``SensitiveDataRules``) are applied first.
+        ``message_id`` is ``None`` for text bridged sends on its own (the bot history).
+        """
         self._check_live("send_text")
+        for pattern, replacement in self._masks:
+            text = pattern.sub(replacement, text)
         body = wire.encode_body({"text": text})
         self._activity.append(_Activity(purpose=Purpose.CHAT_MESSAGE, body=body, ref=message_id))
+
+    def send_history(self, texts: list[str]) -> None:
+        """Queue the bot's conversation for the agent, ahead of the visitor's messages."""
+        self._check_live("send_history")
+        for text in reversed(texts):
+            body = wire.encode_body({"text": text})
+            self._activity.appendleft(_Activity(purpose=Purpose.CHAT_MESSAGE, body=body))
 
     def set_typing(self, active: bool, text: str | None = None) -> None:
         """Queue a typing change. With sneak peek enabled, a draft goes out as SneakPeek.
@@ -276,11 +332,13 @@ class LiveAgentSession:
         if self.session_key is None and self._in_flight[Lane.POST] is None:
             # No Salesforce session exists (nor is one being created): nothing to end there.
             self._finish(self._end)
+        elif self.state is State.RECONNECTING:
+            self._resume = State.ENDING  # after the switch
         elif self.state is not State.CREATING:
             self.state = State.ENDING
 
     def give_up(self, detail: str) -> None:
-        """The shell cannot reach Salesforce any more: the chat fails with ``detail``."""
+        """The shell cannot go on (no answer, a forbidden host): the chat fails with ``detail``."""
         self._finish(facts.Ended(reason="failed", detail=detail))
 
     # --- outputs ----------------------------------------------------------------------
@@ -309,6 +367,16 @@ class LiveAgentSession:
         out, self._notices = self._notices, []
         return out
 
+    def abandoned_lanes(self) -> list[Lane]:
+        """Drain the lanes whose request the shell must cancel (and never answer)."""
+        out, self._abandoned = self._abandoned, []
+        return out
+
+    def take_switch_url(self) -> str | None:
+        """The ``newUrl`` of a ``SwitchServer`` message, once; the shell moves there."""
+        url, self.switch_url = self.switch_url, None
+        return url
+
     # --- answers ----------------------------------------------------------------------
 
     def receive_response(self, request: HttpRequest, response: HttpResponse) -> None:
@@ -316,7 +384,11 @@ class LiveAgentSession:
         if not self._release(request):
             return
         try:
-            if request.lane is Lane.POLL:
+            if response.status == 503 and request.purpose is not Purpose.AVAILABILITY:
+                # "affinity token changed (server hand-over)"; "Any request type can get
+                # the 503" (D-RECON).
+                self._begin_switch(request)
+            elif request.lane is Lane.POLL:
                 self._receive_poll(response)
             else:
                 self._receive_post(request, response)
@@ -337,11 +409,12 @@ class LiveAgentSession:
 
     # --- internals: requests ----------------------------------------------------------
 
-    def _headers(self, *, affinity: bool = True, key: bool = True, sequence: int | None = None,
-                 body: bool = False) -> tuple[tuple[str, str], ...]:
-        headers = [("X-LIVEAGENT-API-VERSION", self.params.api_version)]
-        if affinity:
-            headers.append(("X-LIVEAGENT-AFFINITY", self.affinity))
+    def _headers(self, *, affinity: str | None = None, key: bool = True,
+                 sequence: int | None = None, body: bool = False) -> tuple[tuple[str, str], ...]:
+        headers = [
+            ("X-LIVEAGENT-API-VERSION", self.params.api_version),
+            ("X-LIVEAGENT-AFFINITY", self.affinity if affinity is None else affinity),
+        ]
         if key and self.session_key is not None:
             headers.append(("X-LIVEAGENT-SESSION-KEY", self.session_key))
         if sequence is not None:
@@ -352,9 +425,12 @@ class LiveAgentSession:
         return tuple(headers)
 
     def _next_poll(self) -> HttpRequest | None:
-        if self.state not in (State.WAITING, State.CHATTING, State.ENDING):
+        if self.state is State.RECONNECTING:
+            if self.switch_phase is SwitchPhase.RECONNECT:
+                return None  # the new server is not known yet
+        elif self.state not in (State.WAITING, State.CHATTING, State.ENDING):
             return None
-        if self.state is State.ENDING and self.sequence == 0:
+        if self.sequence == 0 and self.state is State.ENDING:
             return None  # ChasitorInit never went through: nothing to poll
         return HttpRequest(
             method="GET",
@@ -383,31 +459,67 @@ class LiveAgentSession:
         if self._retry is not None:
             retry, self._retry = self._retry, None
             return retry
-        if self.state is State.CREATING:
-            # SessionId: "X-LIVEAGENT-AFFINITY: null" (the literal string) and no key yet.
-            return HttpRequest(
-                method="GET",
-                path="System/SessionId",
-                headers=self._headers(key=False),
-                purpose=Purpose.SESSION_ID,
-                lane=Lane.POST,
-            )
-        if self.state is State.INITIATING:
-            return self._sequenced(Purpose.CHASITOR_INIT, "Chasitor/ChasitorInit",
-                                   wire.encode_body(self._chasitor_init()))
-        if self.state is State.ENDING:
-            # Messages the visitor sent before ending still reach a joined agent first.
-            while self.agent_joined and self._activity:
+        match self.state:
+            case State.CHECKING:
+                return self._availability_request()
+            case State.CREATING:
+                # SessionId: "X-LIVEAGENT-AFFINITY: null" (the literal string), no key yet.
+                return HttpRequest(method="GET", path="System/SessionId",
+                                   headers=self._headers(affinity="null", key=False),
+                                   purpose=Purpose.SESSION_ID, lane=Lane.POST)
+            case State.INITIATING:
+                return self._sequenced(Purpose.CHASITOR_INIT, "Chasitor/ChasitorInit",
+                                       wire.encode_body(self._chasitor_init()))
+            case State.RECONNECTING:
+                return self._switch_request()
+            case State.ENDING:
+                # Messages the visitor sent before ending still reach a joined agent first.
+                while self.agent_joined and self._activity:
+                    head = self._activity.popleft()
+                    if head.purpose is Purpose.CHAT_MESSAGE:
+                        return self._sequenced(head.purpose, "Chasitor/ChatMessage", head.body,
+                                               head.ref)
+                return self._end_request()
+            case State.CHATTING if self._activity:
                 head = self._activity.popleft()
-                if head.purpose is Purpose.CHAT_MESSAGE:
-                    return self._sequenced(head.purpose, "Chasitor/ChatMessage", head.body,
-                                           head.ref)
-            return self._end_request()
-        if self.state is State.CHATTING and self._activity:
-            head = self._activity.popleft()
-            return self._sequenced(head.purpose, f"Chasitor/{head.purpose.value}", head.body,
-                                   head.ref)
+                return self._sequenced(head.purpose, f"Chasitor/{head.purpose.value}",
+                                       head.body, head.ref)
         return None
+
+    def _availability_request(self) -> HttpRequest:
+        p = self.params
+        query = [
+            ("org_id", p.organization_id),
+            # "deployment_id=<15-char deployment>" (SALESFORCE.md 4.12)
+            ("deployment_id", p.deployment_id[:15]),
+            ("Availability.ids", f"[{p.button_id}]"),
+        ]
+        if self._estimates:
+            query.append(("Availability.needEstimatedWaitTime", "1"))
+        # Visitor resources take only X-LIVEAGENT-API-VERSION (SALESFORCE.md 2.2).
+        return HttpRequest(
+            method="GET", path="Visitor/Availability", query=tuple(query),
+            headers=(("X-LIVEAGENT-API-VERSION", p.api_version), ("Accept", "application/json")),
+            purpose=Purpose.AVAILABILITY, lane=Lane.POST,
+        )
+
+    def _switch_request(self) -> HttpRequest | None:
+        if self.switch_phase is SwitchPhase.RECONNECT:
+            # "ReconnectSession.offset=<offset of the most recent poll response that carried
+            # messages>"; the docs example sends the affinity as the literal null.
+            return HttpRequest(
+                method="GET", path="System/ReconnectSession",
+                query=(("ReconnectSession.offset", str(self.offset or 0)),),
+                headers=self._headers(affinity="null"),
+                purpose=Purpose.RECONNECT, lane=Lane.POST,
+            )
+        if self.switch_phase is SwitchPhase.RESYNC:
+            # IBM: "do not send sequence header for this call".
+            body = wire.encode_body({"organizationId": self.params.organization_id})
+            return HttpRequest(method="POST", path="Chasitor/ChasitorResyncState",
+                               headers=self._headers(body=True), body=body,
+                               purpose=Purpose.RESYNC, lane=Lane.POST)
+        return None  # SESSION_DATA: the poll brings ChasitorSessionData first
 
     def _end_request(self) -> HttpRequest:
         if self.sequence == 0:
@@ -454,6 +566,10 @@ class LiveAgentSession:
         status = response.status
         if status == 200:
             body = wire.decode_messages(response.body)
+            if body.sequence is not None and 0 <= body.sequence <= self.ack:
+                # Already processed: a batch Salesforce delivered again (11.7).
+                self._notices.append(("redelivered_batch_skipped", str(body.sequence)))
+                return
             if body.messages and body.offset is not None:
                 self.offset = body.offset  # for ReconnectSession.offset
             self._process(body.messages)
@@ -466,8 +582,6 @@ class LiveAgentSession:
         elif status == 409:
             self._finish(facts.Ended(
                 reason="failed", detail="Salesforce ended the session (duplicate long poll)"))
-        elif status == 503:
-            self._finish(_MOVED)
         elif status >= 500:
             pass  # a server hiccup: poll again, with the same ack
         else:
@@ -480,6 +594,9 @@ class LiveAgentSession:
             # Whatever the answer (403 included: already over), the session is ended.
             assert self._end is not None
             self._finish(self._end)
+            return
+        if purpose is Purpose.AVAILABILITY:
+            self._receive_availability(response)
             return
         if 200 <= status < 300:
             if request.sequence is not None:
@@ -496,15 +613,48 @@ class LiveAgentSession:
             self._retry = self._sequenced(purpose, request.path, request.body, request.ref)
         elif status == 403:
             self._finish(_EXPIRED, request)
-        elif status == 503:
-            self._finish(_MOVED, request)
         elif status >= 500:
             # Includes D-GS's 500 for activity the server thinks came before the agent
             # joined; that answer does not use up the number (11.3), so the very same
             # request, number and all, is sent again after a pause.
             self._retry = request
+        elif purpose is Purpose.RECONNECT:
+            self._finish(facts.Ended(
+                reason="failed",
+                detail=f"Salesforce refused to reconnect the session (HTTP {status})"))
         else:
             raise RemoteProtocolError(f"{purpose.value} answered HTTP {status}", status)
+
+    def _receive_availability(self, response: HttpResponse) -> None:
+        """No agent for the button: end without creating a session. Otherwise go on.
+
+        The check only saves Salesforce a session that would fail; when it cannot be read,
+        the chat is requested anyway (the request itself will tell).
+        """
+        if response.status != 200:
+            self._notices.append(("availability_unknown", f"HTTP {response.status}"))
+            self.state = State.CREATING
+            return
+        try:
+            body = wire.decode_messages(response.body)
+        except RemoteProtocolError as exc:
+            self._notices.append(("availability_unknown", str(exc)))
+            self.state = State.CREATING
+            return
+        for message in body.messages:
+            if isinstance(message, wire.SwitchServer):
+                self._take_switch(message)
+                return  # ask again, at the new host
+            if isinstance(message, wire.Availability):
+                for result in message.results:
+                    if _same_id(result.id, self.params.button_id):
+                        if result.is_available:
+                            self.state = State.CREATING
+                        else:
+                            self._finish(facts.Ended(reason="no_agent"))
+                        return
+        self._notices.append(("availability_unknown", "the button is not in the answer"))
+        self.state = State.CREATING
 
     def _accepted(self, request: HttpRequest, response: HttpResponse) -> None:
         purpose = request.purpose
@@ -525,6 +675,65 @@ class LiveAgentSession:
                 self.state = State.WAITING
         elif purpose is Purpose.CHAT_MESSAGE and request.ref is not None:
             self._facts.append(facts.Delivered(id=request.ref))
+        elif purpose is Purpose.RECONNECT:
+            self._receive_reconnect(response)
+        elif purpose is Purpose.RESYNC:
+            self.state = self._resume
+            self.switch_phase = None
+            self._notices.append(("server_switch_done", f"switch {self.switches}"))
+
+    def _begin_switch(self, request: HttpRequest) -> None:
+        """A 503: Salesforce moved the session to another server (SALESFORCE.md 6)."""
+        if self.state in (State.CHECKING, State.CREATING, State.INITIATING):
+            # There is no chat to carry over yet: requests at this stage cannot be resumed.
+            self._finish(facts.Ended(reason="failed",
+                                     detail="Salesforce moved the session before the chat began"),
+                         request)
+            return
+        self.switches += 1
+        if self.switches > MAX_SWITCHES:
+            self._finish(facts.Ended(
+                reason="failed",
+                detail=f"Salesforce moved the session {MAX_SWITCHES} times; giving up"), request)
+            return
+        if self.state is not State.RECONNECTING:
+            self._resume = self.state
+        self.state = State.RECONNECTING
+        self.switch_phase = SwitchPhase.RECONNECT
+        self._notices.append(("server_switch", f"switch {self.switches}"))
+        # "keep unsent outbound data": the refused POST goes back to the head of the queue
+        # (a typing change is not worth keeping), a failed one waiting for retry too.
+        for kept in (self._retry, request):
+            if kept is not None and kept.purpose is Purpose.CHAT_MESSAGE:
+                self._activity.appendleft(_Activity(purpose=kept.purpose, body=kept.body,
+                                                    ref=kept.ref))
+        self._retry = None
+        # "Cancel every in-flight inbound ... request": the held poll will never be answered
+        # by the old server. A POST in flight is left to be answered (see the module doc).
+        if self._in_flight[Lane.POLL] is not None:
+            self._in_flight[Lane.POLL] = None
+            self._abandoned.append(Lane.POLL)
+
+    def _receive_reconnect(self, response: HttpResponse) -> None:
+        body = wire.decode_messages(response.body)
+        for message in body.messages:
+            if isinstance(message, wire.ReconnectSession):
+                self.affinity = message.affinity_token
+                # "resetSequence ... Reset the outgoing X-LIVEAGENT-SEQUENCE" (D-RECON); the
+                # next sequenced POST carries 1 (strict reading 11.2).
+                if message.reset_sequence is not False:
+                    self.sequence = 0
+                self.switch_phase = SwitchPhase.SESSION_DATA
+                return
+        raise RemoteProtocolError("ReconnectSession answer carries no ReconnectSession message")
+
+    def _take_switch(self, message: wire.SwitchServer) -> None:
+        self.switches += 1
+        if self.switches > MAX_SWITCHES:
+            self.give_up(f"Salesforce moved the session {MAX_SWITCHES} times; giving up")
+            return
+        self.switch_url = message.new_url
+        self._notices.append(("switch_server", message.new_url))
 
     def _process(self, messages: list[wire.ServerMessage]) -> None:
         # IBM saw AgentTyping and AgentNotTyping swapped within one batch: when both are
@@ -535,23 +744,29 @@ class LiveAgentSession:
                 return
             self._process_one(message, stopped)
 
+    def _queued(self, position: int | None, wait: float | None) -> None:
+        wait_s = None
+        if self._estimates and wait is not None and wait >= 0:  # "-1 if unknown" (D-TYPES)
+            wait_s = round(wait)
+        self._facts.append(facts.Queued(position=_position(position), wait_s=wait_s))
+
     def _process_one(self, message: wire.ServerMessage, typing_stopped: bool) -> None:
         match message:
             case wire.ChatRequestSuccess():
                 if message.connection_timeout:
                     self.connection_timeout = message.connection_timeout / 1000
-                self._facts.append(facts.Queued(position=_position(message.queue_position),
-                                                wait_s=_wait(message.estimated_wait_time)))
+                self._queued(message.queue_position, message.estimated_wait_time)
             case wire.QueueUpdate():
-                if self.state is State.WAITING:
-                    self._facts.append(facts.Queued(position=_position(message.position),
-                                                    wait_s=_wait(message.estimated_wait_time)))
+                if not self.agent_joined:
+                    self._queued(message.position, message.estimated_wait_time)
             case wire.ChatEstablished():
                 self.agent = message.name
                 self.agent_joined = True
                 self.sneak_peek = message.sneak_peek_enabled
                 if self.state is State.WAITING:
                     self.state = State.CHATTING
+                elif self.state is State.RECONNECTING and self._resume is State.WAITING:
+                    self._resume = State.CHATTING
                 self._facts.append(facts.AgentJoined(agent=message.name))
             case wire.ChatMessage():
                 self._facts.append(facts.AgentMessage(agent=message.name or self.agent or "",
@@ -569,15 +784,44 @@ class LiveAgentSession:
                 self._finish(map_request_fail(message.reason))
             case wire.ChatEnded():
                 self._finish(map_chat_ended(message.reason))
+            case wire.ChasitorSessionData():
+                if message.sneak_peek_enabled is not None:
+                    self.sneak_peek = message.sneak_peek_enabled
+                if self.switch_phase is SwitchPhase.SESSION_DATA:
+                    # "Until you have processed it, send nothing after a 503"; now resync.
+                    self.switch_phase = SwitchPhase.RESYNC
+                else:
+                    self._notices.append(("message_ignored", "ChasitorSessionData"))
+            case wire.SwitchServer():
+                self._take_switch(message)
+            case wire.SensitiveDataRules():
+                self._take_rules(message.sensitive_data_rules)
             case wire.AgentDisconnect():
                 # "the chat session stays alive on the server; another agent may pick it up"
                 self._notices.append(("agent_disconnected", self.agent or ""))
+            case wire.FileTransfer():
+                # bridged's visitor is a bot platform's chat: it has no file to upload.
+                self._notices.append(("file_transfer_not_supported", message.type))
             case wire.UnknownMessage():
                 if message.type not in self._unknown_types:
                     self._unknown_types.add(message.type)
                     self._notices.append(("unknown_message_type", message.type))
             case _:
+                # CustomEvent, TransferToButtonInitiated, NewVisitorBreadcrumb: nothing for
+                # OCP; Availability and ReconnectSession do not belong in Messages.
                 self._notices.append(("message_ignored", type(message).__name__))
+
+    def _take_rules(self, rules: list[wire.SensitiveDataRule]) -> None:
+        """Mask what the agent console wants masked in visitor text, from now on."""
+        masks = []
+        for rule in rules:
+            if rule.action_type.lower() != "replace" or not rule.pattern:
+                continue
+            try:
+                masks.append((re.compile(rule.pattern), rule.replacement))
+            except re.error as exc:  # a Java pattern Python cannot read
+                self._notices.append(("sensitive_data_rule_skipped", f"{rule.name}: {exc}"))
+        self._masks = masks
 
     def _check_live(self, what: str) -> None:
         if self.state is State.IDLE or self.is_finished or self._end is not None:
@@ -592,13 +836,14 @@ class LiveAgentSession:
             return
         self._ended = True
         self.state = State.ENDED
+        self.switch_phase = None
         unconfirmed = [lost, self._in_flight[Lane.POST], self._retry]
         refs = [r.ref for r in unconfirmed if r is not None and r.purpose is Purpose.CHAT_MESSAGE]
         refs += [item.ref for item in self._activity if item.ref is not None]
-        for ref in refs:
-            assert ref is not None
-            self._facts.append(facts.Undelivered(
-                id=ref, detail="the chat ended before Salesforce confirmed the message"))
+        for ref in dict.fromkeys(refs):  # once each, in order
+            if ref is not None:
+                self._facts.append(facts.Undelivered(
+                    id=ref, detail="the chat ended before Salesforce confirmed the message"))
         self._activity.clear()
         self._retry = None
         self._facts.append(self._end if self._end is not None else ended)

@@ -16,6 +16,8 @@ __all__ = [
     "AgentDisconnect",
     "AgentNotTyping",
     "AgentTyping",
+    "Availability",
+    "AvailabilityResult",
     "ChasitorInit",
     "ChasitorSessionData",
     "ChatEnded",
@@ -26,10 +28,14 @@ __all__ = [
     "ChatTransferred",
     "CustomDetail",
     "CustomEvent",
+    "Entity",
+    "EntityFieldsMap",
     "FileTransfer",
     "MessagesBody",
     "NewVisitorBreadcrumb",
     "QueueUpdate",
+    "ReconnectSession",
+    "SensitiveDataRule",
     "SensitiveDataRules",
     "ServerMessage",
     "SessionIdBody",
@@ -64,6 +70,28 @@ class CustomDetail(_Payload, frozen=True, kw_only=True):
     display_to_agent: bool
 
 
+class EntityFieldsMap(_Payload, frozen=True, kw_only=True):
+    """An item of an Entity's ``entityFieldsMaps`` (all five fields required, D-TYPES)."""
+
+    field_name: str
+    label: str
+    do_find: bool
+    is_exact_match: bool
+    do_create: bool
+
+
+class Entity(_Payload, frozen=True, kw_only=True, omit_defaults=True):
+    """An item of ``prechatEntities``: a record to find or create (D-TYPES)."""
+
+    entity_name: str
+    show_on_create: bool = False
+    link_to_entity_name: str = ""
+    link_to_entity_field: str = ""
+    save_to_transcript: str = ""
+    # Note the docs' spelling: plural "Fields".
+    entity_fields_maps: list[EntityFieldsMap]
+
+
 class ChasitorInit(_Payload, frozen=True, kw_only=True):
     """The body of ``POST Chasitor/ChasitorInit`` (SALESFORCE.md 4.3)."""
 
@@ -76,7 +104,7 @@ class ChasitorInit(_Payload, frozen=True, kw_only=True):
     screen_resolution: str
     visitor_name: str
     prechat_details: list[CustomDetail]
-    prechat_entities: list[dict[str, Any]]
+    prechat_entities: list[Entity]
     receive_queue_updates: bool = True
     is_post: bool = True
 
@@ -177,6 +205,30 @@ class ChasitorSessionData(_Payload, frozen=True, kw_only=True):
     sneak_peek_enabled: bool | None = None
 
 
+class ReconnectSession(_Payload, frozen=True, kw_only=True):
+    """The answer of ``GET System/ReconnectSession``: the new server's affinity token.
+
+    ``resetSequence`` "may be undefined"; the docs say it is always true.
+    """
+
+    reset_sequence: bool | None = None
+    affinity_token: str
+
+
+class AvailabilityResult(_Payload, frozen=True, kw_only=True):
+    """One button's availability; ``isAvailable`` is left out when false (D-TYPES)."""
+
+    id: str
+    is_available: bool = False
+    estimated_wait_time: float | None = None
+
+
+class Availability(_Payload, frozen=True, kw_only=True):
+    """The answer of ``GET Visitor/Availability``, inside the messages envelope."""
+
+    results: list[AvailabilityResult] = []
+
+
 class CustomEvent(_Payload, frozen=True, kw_only=True):
     """A custom event from the agent's console."""
 
@@ -184,10 +236,19 @@ class CustomEvent(_Payload, frozen=True, kw_only=True):
     data: str = ""
 
 
-class SensitiveDataRules(_Payload, frozen=True, kw_only=True):
-    """Rules the agent console applies to visitor text."""
+class SensitiveDataRule(_Payload, frozen=True, kw_only=True):
+    """A rule of the agent console for visitor text (e.g. mask card numbers)."""
 
-    sensitive_data_rules: list[dict[str, Any]] = []
+    name: str = ""
+    pattern: str = ""
+    replacement: str = ""
+    action_type: str = ""
+
+
+class SensitiveDataRules(_Payload, frozen=True, kw_only=True):
+    """Rules to apply to visitor text before it is sent."""
+
+    sensitive_data_rules: list[SensitiveDataRule] = []
 
 
 class SwitchServer(_Payload, frozen=True, kw_only=True):
@@ -236,6 +297,8 @@ ServerMessage: TypeAlias = (
     | TransferToButtonInitiated
     | FileTransfer
     | NewVisitorBreadcrumb
+    | ReconnectSession
+    | Availability
     | UnknownMessage
 )
 
@@ -260,6 +323,8 @@ _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
         TransferToButtonInitiated,
         FileTransfer,
         NewVisitorBreadcrumb,
+        ReconnectSession,
+        Availability,
     )
 }
 _messages_decoder = msgspec.json.Decoder(_RawMessages)
