@@ -234,6 +234,7 @@ class LiveAgentSession:
         self.offset: int | None = None
         self.agent: str | None = None
         self.agent_joined = False
+        self.requested = False  # ChasitorInit was accepted: there is a chat to end
         self.sneak_peek = False
         self.switches = 0
         self.switch_phase: SwitchPhase | None = None
@@ -430,7 +431,7 @@ class LiveAgentSession:
                 return None  # the new server is not known yet
         elif self.state not in (State.WAITING, State.CHATTING, State.ENDING):
             return None
-        if self.sequence == 0 and self.state is State.ENDING:
+        if not self.requested and self.state is State.ENDING:
             return None  # ChasitorInit never went through: nothing to poll
         return HttpRequest(
             method="GET",
@@ -522,7 +523,7 @@ class LiveAgentSession:
         return None  # SESSION_DATA: the poll brings ChasitorSessionData first
 
     def _end_request(self) -> HttpRequest:
-        if self.sequence == 0:
+        if not self.requested:
             # ChasitorInit was never accepted: delete the bare session instead (D-GS).
             assert self.session_key is not None
             return HttpRequest(
@@ -671,6 +672,7 @@ class LiveAgentSession:
             # An end() that came while SessionId was in flight is served next.
             self.state = State.ENDING if self._end is not None else State.INITIATING
         elif purpose is Purpose.CHASITOR_INIT:
+            self.requested = True
             if self._end is None:
                 self.state = State.WAITING
         elif purpose is Purpose.CHAT_MESSAGE and request.ref is not None:
