@@ -191,8 +191,8 @@ class ChatActor:
         except (BadWebchatConfig, HostNotAllowed):
             allowed = False
         if not allowed:
-            self.session.give_up(
-                f"Salesforce moved the chat to {url}, which salesforce.allowed_hosts does not allow")
+            self.session.give_up(f"Salesforce moved the chat to {url}, which"
+                                 " salesforce.allowed_hosts does not allow")
             return
         log_event(log, logging.INFO, "salesforce_host_moved", chat=self.chat.id,
                   host=endpoint.host)

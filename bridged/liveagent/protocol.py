@@ -75,6 +75,7 @@ __all__ = [
 import enum
 import re
 from collections import deque
+
 import msgspec
 
 from bridged import facts
