@@ -30,6 +30,7 @@ from bridged.dispatcher import Dispatcher
 from bridged.envelopes import ChatEvent, Ended
 from bridged.errors import ConfigError
 from bridged.front import Front
+from bridged.handover import HistoryHandover
 from bridged.liveagent.actor import LiveAgentBackend
 from bridged.liveagent.transport import AiohttpTransport, Transport
 from bridged.metrics import Metrics
@@ -55,7 +56,8 @@ class Daemon:
         self._transport = transport or AiohttpTransport(config.salesforce.max_connections)
         self.backend: Backend = LiveAgentBackend(
             self._transport, config.salesforce,
-            max_pending=config.server.max_pending_messages)
+            max_pending=config.server.max_pending_messages,
+            history=HistoryHandover(config.history) if config.history.base_url else None)
         self.supervisor = ChatSupervisor(self.backend.run_chat)
         self.dispatcher = Dispatcher(config, self.supervisor, on_chat_event=self._count_event)
         self.dispatcher.on_chat_started = self.metrics.chats_started.inc

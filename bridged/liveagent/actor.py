@@ -36,14 +36,16 @@ from bridged.liveagent.protocol import (
 )
 from bridged.liveagent.transport import Transport
 from bridged.policy import RetryPolicy, retry_delay
-from bridged.webchat import WebchatConfig, host_allowed, parse_endpoint
+from bridged.handover import Handover, HistoryHandover
+from bridged.webchat import PrechatDetail, WebchatConfig, host_allowed, parse_endpoint
 
 log = logging.getLogger("bridged.liveagent")
 
 _Result = HttpResponse | TransportError
 
 
-def session_params(webchat: WebchatConfig, salesforce: SalesforceConfig) -> SessionParams:
+def session_params(webchat: WebchatConfig, salesforce: SalesforceConfig,
+                   extra_details: list[PrechatDetail] | None = None) -> SessionParams:
     """What a Live Agent session asks for, from a chat's webchat configuration."""
     return SessionParams(
         api_version=salesforce.api_version.removesuffix(".0"),
@@ -62,7 +64,7 @@ def session_params(webchat: WebchatConfig, salesforce: SalesforceConfig) -> Sess
                 transcript_fields=d.transcript_fields,
                 display_to_agent=d.display_to_agent,
             )
-            for d in webchat.prechat_details
+            for d in [*webchat.prechat_details, *(extra_details or [])]
         ],
         prechat_entities=[
             wire.Entity(
@@ -119,9 +121,11 @@ class ChatActor:
         self._end_passed = False
         chat.waker = self._wake.set
 
-    async def run(self) -> None:
+    async def run(self, handover: Handover | None = None) -> None:
         """Run the chat until its session is over; the last fact reported is ``Ended``."""
         self.session.start()
+        if handover is not None and handover.messages:
+            self.session.send_history(handover.messages)
         log_event(log, logging.INFO, "chat_requested", chat=self.chat.id,
                   host=self.chat.webchat.endpoint.host, button=self.chat.webchat.button_id)
         try:
@@ -336,8 +340,10 @@ class LiveAgentBackend:
     name = "salesforce"
 
     def __init__(self, transport: Transport, salesforce: SalesforceConfig, *,
-                 max_pending: int, retry: RetryPolicy | None = None) -> None:
+                 max_pending: int, retry: RetryPolicy | None = None,
+                 history: HistoryHandover | None = None) -> None:
         self._transport = transport
+        self._history = history
         self._salesforce = salesforce
         self._max_pending = max_pending
         self._retry = retry or RetryPolicy()
@@ -349,13 +355,21 @@ class LiveAgentBackend:
 
     async def run_chat(self, chat: Chat) -> None:
         """Serve ``chat`` until it ends; the last fact it emits is ``Ended``."""
-        session = LiveAgentSession(session_params(chat.webchat, self._salesforce))
+        # "before asking for an agent" (PROTOCOL.md 4): the history rides on ChasitorInit.
+        handover = Handover()
+        if self._history is not None:
+            chat.state = "fetching_history"
+            handover = await self._history.prepare(chat)
+        extra = [handover.prechat] if handover.prechat is not None else []
+        session = LiveAgentSession(session_params(chat.webchat, self._salesforce, extra))
         actor = ChatActor(chat, session, self._transport,
                           request_timeout=self._salesforce.request_timeout_s,
                           max_pending=self._max_pending, retry=self._retry,
                           start_gate=self.start_gate,
                           allowed_hosts=self._salesforce.allowed_hosts)
-        await actor.run()
+        await actor.run(handover)
 
     async def aclose(self) -> None:
+        if self._history is not None:
+            await self._history.aclose()
         await self._transport.aclose()
