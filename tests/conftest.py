@@ -25,7 +25,8 @@ FAST = SimulatorOptions(hold_s=0.5, client_poll_timeout=5, join_delay_s=0.05,
                         reply_delay_s=0.02, queue_step_s=0.05)
 
 
-def bridged_config(sim: Simulator, tmp_path: Any, **server: Any) -> Config:
+def bridged_config(sim: Simulator, tmp_path: Any, *, history: dict[str, Any] | None = None,
+                   **server: Any) -> Config:
     """A config whose profiles (named as in the demo) point at ``sim``."""
     profiles = {
         name: {"live_agent_base_url": sim.base_url, "organization_id": DEMO_ORG,
@@ -36,6 +37,7 @@ def bridged_config(sim: Simulator, tmp_path: Any, **server: Any) -> Config:
         "server": {"listen": "127.0.0.1:0", "tokens": [TOKEN], "detach_grace_s": 5, **server},
         "salesforce": {"allowed_hosts": ["127.0.0.1:*"]},
         "state": {"dir": str(tmp_path / "state")},
+        "history": history or {},
         "profiles": profiles,
     }, Config)
 
