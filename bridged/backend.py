@@ -17,6 +17,8 @@ __all__ = ["Backend"]
 
 from typing import Protocol
 
+import msgspec
+
 from bridged.chat import Chat
 
 
@@ -25,8 +27,13 @@ class Backend(Protocol):
 
     name: str
 
-    async def run_chat(self, chat: Chat) -> None:
-        """Serve ``chat`` until it is over; the last fact emitted is ``Ended``."""
+    async def run_chat(self, chat: Chat, resume: msgspec.Raw | None = None) -> None:
+        """Serve ``chat`` until it is over; the last fact emitted is ``Ended``.
+
+        ``resume`` is the backend's part of the chat's kept record (``ChatRecord.state``)
+        when the chat goes on after a restart of bridged; the backend saves that part itself
+        whenever it changes, through the state store it was given.
+        """
         ...
 
     async def aclose(self) -> None:

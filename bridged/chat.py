@@ -14,17 +14,24 @@ A :class:`Chat` is what every side of bridged shares about a chat:
 
 Backpressure: the outbox is bounded (``max_held``). While it is full the actor does not
 poll Salesforce for more, so Salesforce keeps the agent's messages instead of bridged.
+
+Durability: an event is sent to OCP only once it is *durable*, i.e. once the chat's
+snapshot that holds it has been committed to the state store (``durable_seq``). A restart
+then never has to invent again an event that OCP has already seen: whatever OCP saw, the
+next process holds, with the same ``seq``.
 """
 
 from __future__ import annotations
 
-__all__ = ["Chat", "Command", "Link"]
+__all__ = ["Chat", "ChatRecord", "ChatSnapshot", "Command", "Link"]
 
 import itertools
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol, TypeAlias
+
+import msgspec
 
 from bridged import envelopes as env
 from bridged import facts
@@ -33,6 +40,45 @@ from bridged.texts import render
 from bridged.webchat import WebchatConfig
 
 Command: TypeAlias = env.Message | env.Typing
+
+
+class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """What a chat needs to go on in another process (the backend's part is kept apart)."""
+
+    id: str
+    webchat: WebchatConfig
+    start: env.Start
+    created: float
+    next_seq: int
+    held: list[env.ChatEvent]
+    delivered_ids: list[str]
+    pending_ids: list[str]
+    inbox: list[Command]
+    end_requested: facts.Ended | None
+    finished: bool
+    state: str
+    agent: str | None
+
+
+class ChatRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One kept chat: the shared part, and its backend's part (opaque here)."""
+
+    version: int = 1
+    chat: ChatSnapshot
+    backend: str
+    state: msgspec.Raw | None = None
+
+    def encode(self) -> bytes:
+        return _record_encoder.encode(self)
+
+    @staticmethod
+    def decode(data: bytes) -> ChatRecord:
+        """Raises ``msgspec.DecodeError`` (with the field at fault) on a damaged record."""
+        return _record_decoder.decode(data)
+
+
+_record_encoder = msgspec.msgpack.Encoder()
+_record_decoder = msgspec.msgpack.Decoder(ChatRecord)
 
 
 class Link(Protocol):
@@ -70,6 +116,8 @@ class Chat:
         self.max_held = max_held
         self.held: deque[env.ChatEvent] = deque()
         self.next_seq = 1
+        self.durable_seq = 0  # events up to here are in the state store
+        self.persistent = True  # False: no store, every event is durable at once
         self.link: Link | None = None
         self.sent_upto = 0  # the highest seq the bound link has written
         self.bind_epoch = 0  # +1 at every bind, so a writer can tell it was rebound
@@ -112,6 +160,8 @@ class Chat:
         event = render(fact, self.id, self.next_seq, self.webchat)
         self.next_seq += 1
         self.held.append(event)
+        if not self.persistent:
+            self.durable_seq = event.seq
         self.last_activity = time.time()
         if self.on_event is not None:
             self.on_event(event)
@@ -122,6 +172,47 @@ class Chat:
             self.inbox.close()
             if self.on_finished is not None:
                 self.on_finished(self, fact)
+        self.wake()  # the actor saves the new event, which makes it durable
+
+    def mark_durable(self, upto: int) -> None:
+        """Events up to ``upto`` are committed: the bound link may send them now."""
+        if upto > self.durable_seq:
+            self.durable_seq = upto
+            if self.link is not None:
+                self.link.schedule(self)
+
+    # --- keeping across restarts --------------------------------------------------------
+
+    def snapshot(self) -> ChatSnapshot:
+        """The chat's state (events held, ids, commands not yet taken), for the store."""
+        return ChatSnapshot(
+            id=self.id, webchat=self.webchat, start=self.start, created=self.created,
+            next_seq=self.next_seq, held=list(self.held),
+            delivered_ids=list(self.delivered_ids), pending_ids=list(self.pending_ids),
+            inbox=self.inbox.peek(), end_requested=self.end_requested,
+            finished=self.finished, state=self.state, agent=self.agent,
+        )
+
+    @classmethod
+    def restore(cls, snapshot: ChatSnapshot, *, inbox_size: int, max_held: int) -> Chat:
+        """The chat of ``snapshot``, unbound, with its events durable (they were stored)."""
+        chat = cls(snapshot.id, snapshot.webchat, snapshot.start,
+                   inbox_size=max(inbox_size, len(snapshot.inbox)), max_held=max_held)
+        chat.created = snapshot.created
+        chat.next_seq = snapshot.next_seq
+        chat.durable_seq = snapshot.next_seq - 1
+        chat.held.extend(snapshot.held)
+        chat.delivered_ids.update(snapshot.delivered_ids)
+        chat.pending_ids.update(snapshot.pending_ids)
+        for command in snapshot.inbox:
+            chat.inbox.put_nowait(command)
+        chat.end_requested = snapshot.end_requested
+        chat.finished = snapshot.finished
+        chat.state = snapshot.state
+        chat.agent = snapshot.agent
+        if chat.finished:
+            chat.inbox.close()
+        return chat
 
     # --- the connections' side --------------------------------------------------------
 
@@ -143,9 +234,14 @@ class Chat:
         """Up to ``limit`` held events the bound link has not written yet, in order."""
         if not self.held:
             return []
-        # Held events have consecutive numbers, so the first unsent one is found by offset.
-        start = max(0, self.sent_upto + 1 - self.held[0].seq)
-        return list(itertools.islice(self.held, start, start + limit))
+        # Held events have consecutive numbers, so the first unsent one is found by offset;
+        # only durable events go out.
+        first = self.held[0].seq
+        start = max(0, self.sent_upto + 1 - first)
+        stop = min(start + limit, self.durable_seq + 1 - first)
+        if stop <= start:
+            return []
+        return list(itertools.islice(self.held, start, stop))
 
     def ack(self, seq: int) -> None:
         """OCP has processed every event up to ``seq``: forget them, and make room."""

@@ -83,6 +83,9 @@ class StateConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """``[state]``: where chats are kept across restarts."""
 
     dir: str = "/var/lib/bridged"
+    # "normal": survives any crash of the process; "full": also of the machine (an fsync
+    # per commit).
+    synchronous: Literal["normal", "full"] = "normal"
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,13 +1,17 @@
 """The composition root: builds bridged from its config, runs it, and stops it in order.
 
-Start order: metrics, transport, backend, supervisor, dispatcher, front, listener.
+Start order: metrics, state store, transport, backend, supervisor, dispatcher, front;
+then the kept chats are resumed (their long polls start at once, their events are held
+until OCP attaches), and only then does the listener open.
+
 Stop order (under ``server.shutdown_budget_s``), the reverse, with a drain first:
 
 1. drain: ``/readyz`` answers 503 and ``start`` gets ``capacity``;
 2. close every OCP connection with 1001;
-3. stop the actors (cancelled; chats are not ended toward Salesforce);
-4. close the Salesforce connection pool;
-5. close the listener.
+3. stop the actors (cancelled; chats are kept, not ended toward Salesforce);
+4. write what the state store still holds, and close it;
+5. close the Salesforce connection pool;
+6. close the listener.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import socket
 import ssl
 from pathlib import Path
 
+import msgspec
 from aiohttp import web
 
 from bridged._log import log_event
 from bridged.backend import Backend
+from bridged.chat import Chat, ChatRecord
 from bridged.config import Config, load_config, split_listen
 from bridged.dispatcher import Dispatcher
 from bridged.envelopes import ChatEvent, Ended
@@ -34,6 +40,7 @@ from bridged.handover import HistoryHandover
 from bridged.liveagent.actor import LiveAgentBackend
 from bridged.liveagent.transport import AiohttpTransport, Transport
 from bridged.metrics import Metrics
+from bridged.state import StateStore
 from bridged.supervisor import ChatSupervisor
 
 log = logging.getLogger("bridged.daemon")
@@ -53,14 +60,17 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.metrics = Metrics()
+        self.store = StateStore(config.state.dir, config.state.synchronous)
         self._transport = transport or AiohttpTransport(config.salesforce.max_connections)
         self.backend: Backend = LiveAgentBackend(
             self._transport, config.salesforce,
             max_pending=config.server.max_pending_messages,
-            history=HistoryHandover(config.history) if config.history.base_url else None)
+            history=HistoryHandover(config.history) if config.history.base_url else None,
+            store=self.store)
         self.supervisor = ChatSupervisor(self.backend.run_chat)
         self.dispatcher = Dispatcher(config, self.supervisor, on_chat_event=self._count_event)
         self.dispatcher.on_chat_started = self.metrics.chats_started.inc
+        self.dispatcher.on_forget = self.store.delete
         self.metrics.track_live(lambda: len(self.dispatcher.live))
         self.node = config.server.node or socket.gethostname()
         self.front = Front(config.server, self.dispatcher, self.metrics, self.node)
@@ -81,7 +91,12 @@ class Daemon:
         return f"{scheme}://{host}:{self.port}/v1/chat"
 
     async def start(self) -> None:
-        """Listen. Raises ``OSError`` if the address cannot be bound."""
+        """Resume the kept chats, then listen.
+
+        Raises:
+            OSError: the state directory cannot be used, or the address cannot be bound.
+        """
+        self._resume(self.store.open())
         server = self.config.server
         host, port = split_listen(server.listen)
         ssl_context = None
@@ -98,6 +113,33 @@ class Daemon:
         self.port = addresses[0][1] if addresses else port
         log_event(log, logging.INFO, "listening", url=self.url, node=self.node)
 
+    def _resume(self, records: dict[str, bytes]) -> None:
+        """Take back every kept chat; a live one goes on with its Salesforce session."""
+        server = self.config.server
+        resumed = 0
+        for chat_id, blob in records.items():
+            try:
+                record = ChatRecord.decode(blob)
+            except (msgspec.DecodeError, ValueError) as exc:
+                log_event(log, logging.ERROR, "kept_chat_unreadable", chat=chat_id,
+                          detail=str(exc))
+                self.store.delete(chat_id)
+                continue
+            if record.backend != self.backend.name:
+                log_event(log, logging.ERROR, "kept_chat_unknown_backend", chat=chat_id,
+                          backend=record.backend)
+                self.store.delete(chat_id)
+                continue
+            chat = Chat.restore(record.chat, inbox_size=server.mailbox_size,
+                                max_held=server.max_held_events)
+            self.dispatcher.adopt(chat)
+            if not chat.finished:
+                self.supervisor.spawn(chat, record.state)
+                resumed += 1
+        if records:
+            log_event(log, logging.INFO, "chats_resumed", live=resumed,
+                      finished=len(records) - resumed)
+
     async def stop(self) -> None:
         """Drain and stop, in the documented order, within the budget. Idempotent."""
         if self._stopped:
@@ -112,6 +154,7 @@ class Daemon:
         except TimeoutError:
             log_event(log, logging.WARNING, "connections_not_closed_in_time")
         await self.supervisor.aclose(budget / 4)
+        await self.store.aclose(budget / 4)
         await self.backend.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -145,8 +188,8 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
     try:
         await daemon.start()
     except OSError as exc:
-        log_event(log, logging.ERROR, "cannot_listen", listen=config.server.listen,
-                  detail=exc.strerror or str(exc))
+        log_event(log, logging.ERROR, "cannot_start", listen=config.server.listen,
+                  state_dir=config.state.dir, detail=exc.strerror or str(exc))
         await daemon.stop()
         return 1
     await stop.wait()

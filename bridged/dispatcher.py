@@ -60,6 +60,7 @@ class Dispatcher:
         self._detach_timers: dict[int, asyncio.TimerHandle] = {}
         self.draining = False
         self.on_chat_started: Callable[[], None] | None = None
+        self.on_forget: Callable[[str], None] | None = None
 
     # --- entry points -------------------------------------------------------------------
 
@@ -202,6 +203,7 @@ class Dispatcher:
         if self.live.get(chat.id) is chat:
             del self.live[chat.id]
         if not chat.held:
+            self._forget(chat)
             return
         self.finished[chat.id] = chat
         if chat.link is None and id(chat) not in self._detach_timers:
@@ -209,9 +211,20 @@ class Dispatcher:
             self._detach_timers[id(chat)] = loop.call_later(
                 self.config.server.detach_grace_s, self._detach_expired, chat)
 
+    def adopt(self, chat: Chat) -> None:
+        """Take in a chat kept across a restart: unbound, waiting for an ``attach``."""
+        chat.on_finished = self._finished
+        chat.on_event = self._on_chat_event
+        (self.finished if chat.finished else self.live)[chat.id] = chat
+        loop = asyncio.get_running_loop()
+        self._detach_timers[id(chat)] = loop.call_later(
+            self.config.server.detach_grace_s, self._detach_expired, chat)
+
     def _forget(self, chat: Chat) -> None:
         if self.finished.get(chat.id) is chat:
             del self.finished[chat.id]
+        if self.on_forget is not None and chat.id not in self.live:
+            self.on_forget(chat.id)
         self._cancel_detach(chat)
         if chat.link is not None:
             chat.link.chats.discard(chat.id)

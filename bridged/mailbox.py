@@ -102,6 +102,10 @@ class Mailbox(Generic[T]):
         self._wake_writer()
         return item
 
+    def peek(self) -> list[T]:
+        """The items, oldest first, without taking them."""
+        return list(self._items)
+
     def drain(self, limit: int | None = None) -> list[T]:
         """Take up to ``limit`` items (all when ``None``), oldest first."""
         count = len(self._items) if limit is None else min(limit, len(self._items))

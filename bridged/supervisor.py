@@ -14,6 +14,7 @@ __all__ = ["ChatSupervisor"]
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bridged import facts
 from bridged._log import log_event
@@ -29,7 +30,7 @@ class ChatSupervisor:
         run_chat: the backend's coroutine function that serves a chat until it ends.
     """
 
-    def __init__(self, run_chat: Callable[[Chat], Awaitable[None]]) -> None:
+    def __init__(self, run_chat: Callable[[Chat, Any], Awaitable[None]]) -> None:
         self._run_chat = run_chat
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
@@ -37,8 +38,8 @@ class ChatSupervisor:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, chat: Chat) -> None:
-        """Start serving ``chat``.
+    def spawn(self, chat: Chat, resume: Any = None) -> None:
+        """Start serving ``chat`` (from its kept backend state ``resume`` after a restart).
 
         Raises:
             RuntimeError: the supervisor is closing, or the chat already has a task.
@@ -47,12 +48,12 @@ class ChatSupervisor:
             raise RuntimeError("the supervisor is closing")
         if chat.id in self._tasks:
             raise RuntimeError(f"chat {chat.id} already has an actor")
-        task = asyncio.create_task(self._guard(chat), name=f"chat:{chat.id}")
+        task = asyncio.create_task(self._guard(chat, resume), name=f"chat:{chat.id}")
         self._tasks[chat.id] = task
 
-    async def _guard(self, chat: Chat) -> None:
+    async def _guard(self, chat: Chat, resume: Any) -> None:
         try:
-            await self._run_chat(chat)
+            await self._run_chat(chat, resume)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in one chat must not reach any other

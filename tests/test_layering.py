@@ -15,7 +15,7 @@ LAYERS = {
         "history", "liveagent.wire", "liveagent.protocol"},
     1: {"mailbox", "gate", "chat", "supervisor", "dispatcher", "backend"},
     2: {"liveagent.transport", "liveagent.actor", "front", "metrics", "chatclient",
-        "historyclient", "handover"},
+        "historyclient", "handover", "state"},
     3: {"daemon", "cli", "logs", "demo", "__main__"},
 }
 FORBIDDEN = {

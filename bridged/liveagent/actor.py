@@ -13,16 +13,20 @@ the requests the session wants, all synchronously.
 
 from __future__ import annotations
 
-__all__ = ["ChatActor", "LiveAgentBackend", "session_params"]
+__all__ = ["ChatActor", "LiveAgentBackend", "LiveAgentState", "session_params"]
 
 import asyncio
+import functools
 import logging
 import time
+from typing import Any
+
+import msgspec
 
 from bridged import envelopes as env
 from bridged import facts
 from bridged._log import log_event
-from bridged.chat import Chat
+from bridged.chat import Chat, ChatRecord
 from bridged.config import SalesforceConfig
 from bridged.errors import BadWebchatConfig, HostNotAllowed, TransportError
 from bridged.gate import Gate
@@ -33,15 +37,30 @@ from bridged.liveagent.protocol import (
     Lane,
     LiveAgentSession,
     SessionParams,
+    SessionSnapshot,
 )
 from bridged.liveagent.transport import Transport
 from bridged.policy import RetryPolicy, retry_delay
+from bridged.state import StateStore
 from bridged.handover import Handover, HistoryHandover
 from bridged.webchat import PrechatDetail, WebchatConfig, host_allowed, parse_endpoint
 
 log = logging.getLogger("bridged.liveagent")
 
 _Result = HttpResponse | TransportError
+
+
+class LiveAgentState(msgspec.Struct, frozen=True, kw_only=True):
+    """The Live Agent part of a kept chat: the session, where it lives, when it last polled."""
+
+    params: SessionParams
+    session: SessionSnapshot
+    base_url: str
+    poll_sent_at: float  # wall clock, so that another process can read it
+
+
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(LiveAgentState)
 
 
 def session_params(webchat: WebchatConfig, salesforce: SalesforceConfig,
@@ -100,7 +119,8 @@ class ChatActor:
 
     def __init__(self, chat: Chat, session: LiveAgentSession, transport: Transport, *,
                  request_timeout: float, max_pending: int, retry: RetryPolicy,
-                 start_gate: Gate, allowed_hosts: list[str]) -> None:
+                 start_gate: Gate, allowed_hosts: list[str],
+                 store: StateStore | None = None) -> None:
         self.chat = chat
         self.session = session
         self._transport = transport
@@ -109,6 +129,11 @@ class ChatActor:
         self._allowed_hosts = allowed_hosts
         self._sent_at = {Lane.POLL: 0.0, Lane.POST: 0.0}
         self._abandoned: set[asyncio.Task[_Result]] = set()
+        self._store = store
+        self._saved: tuple[Any, ...] | None = None
+        self._unsaved = 0  # snapshots handed to the store and not yet committed
+        self._poll_sent_wall = 0.0
+        chat.persistent = store is not None
         self._request_timeout = request_timeout
         self._max_pending = max_pending
         self._retry = retry
@@ -121,11 +146,27 @@ class ChatActor:
         self._end_passed = False
         chat.waker = self._wake.set
 
-    async def run(self, handover: Handover | None = None) -> None:
-        """Run the chat until its session is over; the last fact reported is ``Ended``."""
-        self.session.start()
-        if handover is not None and handover.messages:
-            self.session.send_history(handover.messages)
+    async def run(self, handover: Handover | None = None,
+                  resumed: LiveAgentState | None = None) -> None:
+        """Run the chat until its session is over; the last fact reported is ``Ended``.
+
+        Args:
+            handover: the bot history for the agent (a new chat).
+            resumed: the kept state of a chat that goes on after a restart of bridged.
+        """
+        if resumed is not None:
+            self._base_url = resumed.base_url
+            self._poll_sent_wall = resumed.poll_sent_at
+            # The previous process's last poll may still be held by Salesforce, and a second
+            # poll would end the session (409): wait as after a lost poll (see _failed).
+            held_until = resumed.poll_sent_at + 0.9 * self.session.client_poll_timeout
+            self._not_before[Lane.POLL] = time.monotonic() + max(0.0, held_until - time.time())
+            log_event(log, logging.INFO, "chat_resumed", chat=self.chat.id,
+                      state=self.session.state.value)
+        else:
+            self.session.start()
+            if handover is not None and handover.messages:
+                self.session.send_history(handover.messages)
         log_event(log, logging.INFO, "chat_requested", chat=self.chat.id,
                   host=self.chat.webchat.endpoint.host, button=self.chat.webchat.button_id)
         try:
@@ -136,8 +177,10 @@ class ChatActor:
                 self._take_commands()
                 self._report()
                 if self.session.is_finished:
+                    self._save()
                     return
                 self._send()
+                self._save()
                 await self._wake.wait()
         finally:
             self._start_gate.leave(self.chat.id)
@@ -276,7 +319,8 @@ class ChatActor:
                 self._wake_at(self._not_before[lane])
                 continue
             # A full outbox stops the poll: Salesforce keeps the agent's messages meanwhile.
-            if lane is Lane.POLL and not self.chat.has_room():
+            # And no poll acknowledges a batch before the events it made are durable.
+            if lane is Lane.POLL and (not self.chat.has_room() or self._unsaved):
                 continue
             # A burst of new chats is admitted to Salesforce a few at a time.
             if lane is Lane.POST and self.session.creating and not self._start_gate.try_enter(
@@ -292,8 +336,41 @@ class ChatActor:
             task.add_done_callback(self._on_answer)
             self._tasks[lane] = task
             self._sent_at[lane] = now
+            if lane is Lane.POLL:
+                self._poll_sent_wall = time.time()
 
     def _on_answer(self, _task: asyncio.Task[_Result]) -> None:
+        self._wake.set()
+
+    # --- keeping the chat -------------------------------------------------------------------
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        """What, if changed, must reach the store (cheap to compute every turn)."""
+        s, chat = self.session, self.chat
+        return (s.state, s.ack, s.sequence, s.affinity, s.switch_phase, s.pending_activity,
+                id(s.in_flight(Lane.POST)), chat.next_seq, chat.held[0].seq if chat.held else 0,
+                len(chat.inbox), chat.end_requested is not None, self._base_url,
+                self._poll_sent_wall)
+
+    def _save(self) -> None:
+        """Hand the chat's snapshot to the store when it changed; events go out once durable."""
+        if self._store is None:
+            return
+        fingerprint = self._fingerprint()
+        if fingerprint == self._saved:
+            return
+        self._saved = fingerprint
+        state = LiveAgentState(params=self.session.params, session=self.session.snapshot(),
+                               base_url=self._base_url, poll_sent_at=self._poll_sent_wall)
+        record = ChatRecord(chat=self.chat.snapshot(), backend=LiveAgentBackend.name,
+                            state=msgspec.Raw(_state_encoder.encode(state)))
+        self._unsaved += 1
+        self._store.save(self.chat.id, record.encode(),
+                         functools.partial(self._durable, self.chat.next_seq - 1))
+
+    def _durable(self, upto: int) -> None:
+        self._unsaved -= 1
+        self.chat.mark_durable(upto)
         self._wake.set()
 
     def _wake_at(self, when: float) -> None:
@@ -341,9 +418,11 @@ class LiveAgentBackend:
 
     def __init__(self, transport: Transport, salesforce: SalesforceConfig, *,
                  max_pending: int, retry: RetryPolicy | None = None,
-                 history: HistoryHandover | None = None) -> None:
+                 history: HistoryHandover | None = None,
+                 store: StateStore | None = None) -> None:
         self._transport = transport
         self._history = history
+        self._store = store
         self._salesforce = salesforce
         self._max_pending = max_pending
         self._retry = retry or RetryPolicy()
@@ -353,21 +432,32 @@ class LiveAgentBackend:
         """Use new ``[salesforce]`` settings for chats started from now on (SIGHUP)."""
         self._salesforce = salesforce
 
-    async def run_chat(self, chat: Chat) -> None:
-        """Serve ``chat`` until it ends; the last fact it emits is ``Ended``."""
-        # "before asking for an agent" (PROTOCOL.md 4): the history rides on ChasitorInit.
+    async def run_chat(self, chat: Chat, resume: msgspec.Raw | None = None) -> None:
+        """Serve ``chat`` until it ends; the last fact it emits is ``Ended``.
+
+        Args:
+            chat: the chat.
+            resume: its kept Live Agent state, when it goes on after a restart.
+        """
+        resumed = None
         handover = Handover()
-        if self._history is not None:
-            chat.state = "fetching_history"
-            handover = await self._history.prepare(chat)
-        extra = [handover.prechat] if handover.prechat is not None else []
-        session = LiveAgentSession(session_params(chat.webchat, self._salesforce, extra))
+        if resume is not None:
+            resumed = _state_decoder.decode(resume)
+            session = LiveAgentSession.restore(resumed.params, resumed.session)
+        else:
+            # "before asking for an agent" (PROTOCOL.md 4): the history rides on
+            # ChasitorInit.
+            if self._history is not None:
+                chat.state = "fetching_history"
+                handover = await self._history.prepare(chat)
+            extra = [handover.prechat] if handover.prechat is not None else []
+            session = LiveAgentSession(session_params(chat.webchat, self._salesforce, extra))
         actor = ChatActor(chat, session, self._transport,
                           request_timeout=self._salesforce.request_timeout_s,
                           max_pending=self._max_pending, retry=self._retry,
                           start_gate=self.start_gate,
-                          allowed_hosts=self._salesforce.allowed_hosts)
-        await actor.run(handover)
+                          allowed_hosts=self._salesforce.allowed_hosts, store=self._store)
+        await actor.run(handover, resumed)
 
     async def aclose(self) -> None:
         if self._history is not None:

@@ -66,6 +66,7 @@ __all__ = [
     "LiveAgentSession",
     "Purpose",
     "SessionParams",
+    "SessionSnapshot",
     "State",
     "SwitchPhase",
     "map_chat_ended",
@@ -134,6 +135,8 @@ _ACTIVITY = {Purpose.CHAT_MESSAGE, Purpose.TYPING, Purpose.NOT_TYPING, Purpose.S
 _TYPING = {Purpose.TYPING, Purpose.NOT_TYPING, Purpose.SNEAK_PEEK}
 _OUT_OF_SYNC = re.compile(r"Actual\s+(-?\d+)")
 _EXPIRED = facts.Ended(reason="failed", detail="the Salesforce session expired")
+_EXPIRED_WHILE_DOWN = facts.Ended(
+    reason="failed", detail="the Salesforce session expired while bridged was restarting")
 # "estimatedWaitTime ... (>= 47)" (D-TYPES): older API versions have no estimate.
 _ESTIMATE_SINCE = 47
 
@@ -179,6 +182,31 @@ class _Activity(msgspec.Struct, kw_only=True):
     purpose: Purpose
     body: bytes | None = None
     ref: str | None = None
+
+
+class SessionSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a session needs to go on in another process (see :meth:`snapshot`)."""
+
+    state: State
+    session_id: str | None
+    session_key: str | None
+    affinity: str
+    client_poll_timeout: float
+    connection_timeout: float | None
+    ack: int
+    sequence: int
+    offset: int | None
+    agent: str | None
+    agent_joined: bool
+    requested: bool
+    sneak_peek: bool
+    switches: int
+    switch_phase: SwitchPhase | None
+    resume: State
+    activity: list[_Activity]
+    unconfirmed_post: HttpRequest | None
+    end: facts.Ended | None
+    masks: list[tuple[str, str]]
 
 
 def map_request_fail(reason: str) -> facts.Ended:
@@ -252,6 +280,7 @@ class LiveAgentSession:
         self._notices: list[tuple[str, str]] = []
         self._unknown_types: set[str] = set()
         self._masks: list[tuple[re.Pattern[str], str]] = []
+        self.restored = False  # made by restore(), and no poll answered since
 
     # --- predicates -------------------------------------------------------------------
 
@@ -278,6 +307,44 @@ class LiveAgentSession:
     def in_flight(self, lane: Lane) -> HttpRequest | None:
         """The request outstanding on ``lane``, if any."""
         return self._in_flight[lane]
+
+    # --- keeping across restarts --------------------------------------------------------
+
+    def snapshot(self) -> SessionSnapshot:
+        """The session's state, to go on after a restart of bridged.
+
+        A POST on the wire (or waiting to be retried) is kept as *unconfirmed*: after the
+        restart it is sent again, number and all, and Salesforce drops it if the first
+        attempt arrived (11.4). A poll on the wire is not kept: the next process polls
+        again with the same ``ack``.
+        """
+        post = self._in_flight[Lane.POST] or self._retry
+        return SessionSnapshot(
+            state=self.state, session_id=self.session_id, session_key=self.session_key,
+            affinity=self.affinity, client_poll_timeout=self.client_poll_timeout,
+            connection_timeout=self.connection_timeout, ack=self.ack, sequence=self.sequence,
+            offset=self.offset, agent=self.agent, agent_joined=self.agent_joined,
+            requested=self.requested, sneak_peek=self.sneak_peek, switches=self.switches,
+            switch_phase=self.switch_phase, resume=self._resume,
+            activity=list(self._activity), unconfirmed_post=post, end=self._end,
+            masks=[(pattern.pattern, replacement) for pattern, replacement in self._masks],
+        )
+
+    @classmethod
+    def restore(cls, params: SessionParams, snapshot: SessionSnapshot) -> LiveAgentSession:
+        """A session that goes on from ``snapshot`` (nothing in flight)."""
+        session = cls(params)
+        for name in ("state", "session_id", "session_key", "affinity", "client_poll_timeout",
+                     "connection_timeout", "ack", "sequence", "offset", "agent",
+                     "agent_joined", "requested", "sneak_peek", "switches", "switch_phase"):
+            setattr(session, name, getattr(snapshot, name))
+        session._resume = snapshot.resume
+        session._activity = deque(snapshot.activity)
+        session._retry = snapshot.unconfirmed_post
+        session._end = snapshot.end
+        session._masks = [(re.compile(p), r) for p, r in snapshot.masks]
+        session.restored = True
+        return session
 
     # --- commands ---------------------------------------------------------------------
 
@@ -566,6 +633,8 @@ class LiveAgentSession:
 
     def _receive_poll(self, response: HttpResponse) -> None:
         status = response.status
+        if status in (200, 204):
+            self.restored = False
         if status == 200:
             body = wire.decode_messages(response.body)
             if body.sequence is not None and 0 <= body.sequence <= self.ack:
@@ -580,7 +649,7 @@ class LiveAgentSession:
         elif status == 204:
             pass  # "Poll again at once with the **same** ack."
         elif status == 403:
-            self._finish(_EXPIRED)
+            self._finish(_EXPIRED_WHILE_DOWN if self.restored else _EXPIRED)
         elif status == 409:
             self._finish(facts.Ended(
                 reason="failed", detail="Salesforce ended the session (duplicate long poll)"))
