@@ -67,7 +67,7 @@ class Daemon:
             max_pending=config.server.max_pending_messages,
             history=HistoryHandover(config.history) if config.history.base_url else None,
             store=self.store)
-        self.supervisor = ChatSupervisor(self.backend.run_chat)
+        self.supervisor = ChatSupervisor(self.backend.run_chat, on_crashed=self._keep_finished)
         self.dispatcher = Dispatcher(config, self.supervisor, on_chat_event=self._count_event)
         self.dispatcher.on_chat_started = self.metrics.chats_started.inc
         self.dispatcher.on_forget = self.store.delete
@@ -77,6 +77,12 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._stopped = False
+
+    def _keep_finished(self, chat: Chat) -> None:
+        """Keep a chat whose actor crashed, so that its ``ended`` is durable, then sent."""
+        record = ChatRecord(chat=chat.snapshot(), backend=self.backend.name)
+        upto = chat.next_seq - 1
+        self.store.save(chat.id, record.encode(), lambda: chat.mark_durable(upto))
 
     def _count_event(self, event: ChatEvent) -> None:
         if isinstance(event, Ended):

@@ -30,8 +30,11 @@ class ChatSupervisor:
         run_chat: the backend's coroutine function that serves a chat until it ends.
     """
 
-    def __init__(self, run_chat: Callable[[Chat, Any], Awaitable[None]]) -> None:
+    def __init__(self, run_chat: Callable[[Chat, Any], Awaitable[None]],
+                 on_crashed: Callable[[Chat], None] | None = None) -> None:
         self._run_chat = run_chat
+        # Keeps the chat (its ``ended`` event) since its actor, which would have, is gone.
+        self._on_crashed = on_crashed
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
 
@@ -58,15 +61,19 @@ class ChatSupervisor:
             raise
         except Exception as exc:  # a bug in one chat must not reach any other
             log.exception("chat_crashed", extra={"fields": {"chat": chat.id}})
-            chat.emit(facts.Ended(reason="failed",
-                                  detail=f"internal error in bridged ({type(exc).__name__})"))
+            self._fail(chat, f"internal error in bridged ({type(exc).__name__})")
         else:
             if not chat.finished:
                 log_event(log, logging.ERROR, "chat_stopped_without_end", chat=chat.id)
-                chat.emit(facts.Ended(reason="failed", detail="internal error in bridged"))
+                self._fail(chat, "internal error in bridged")
         finally:
             if self._tasks.get(chat.id) is asyncio.current_task():
                 del self._tasks[chat.id]
+
+    def _fail(self, chat: Chat, detail: str) -> None:
+        chat.emit(facts.Ended(reason="failed", detail=detail))
+        if self._on_crashed is not None:
+            self._on_crashed(chat)
 
     async def aclose(self, budget: float) -> None:
         """Stop every actor: cancel, then wait up to ``budget`` seconds. Idempotent.
