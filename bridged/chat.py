@@ -66,7 +66,8 @@ class ChatRecord(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 1
     chat: ChatSnapshot
     backend: str
-    state: msgspec.Raw | None = None
+    # msgspec cannot put Raw in a union; an empty backend part is MessagePack's nil.
+    state: msgspec.Raw = msgspec.Raw(b"\xc0")
 
     def encode(self) -> bytes:
         return _record_encoder.encode(self)
