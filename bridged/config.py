@@ -53,6 +53,11 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_pending_messages: PositiveInt = 200
     max_held_events: Annotated[int, msgspec.Meta(ge=16)] = 1000
     outbound_queue_size: PositiveInt = 1024
+    # Per connection: chats it may hold, envelopes per second it may send (bursts of
+    # twice that). Beyond either: "busy"; a connection that keeps sending too fast is
+    # closed with 1008.
+    max_chats_per_connection: PositiveInt = 20000
+    max_envelopes_per_s: PositiveFloat = 2000.0
     shutdown_budget_s: PositiveFloat = 8.0
 
 

@@ -124,6 +124,10 @@ class Dispatcher:
         if len(self.live) >= server.max_chats:
             raise AtCapacity(f"bridged holds server.max_chats ({server.max_chats}) chats",
                              chat=start.chat, ref="start")
+        if len(link.chats) >= server.max_chats_per_connection:
+            raise Busy(f"this connection holds server.max_chats_per_connection"
+                       f" ({server.max_chats_per_connection}) chats; use another connection",
+                       chat=start.chat, ref="start")
         profile = None
         if start.profile is not None:
             profile = self.config.profiles.get(start.profile)

@@ -28,8 +28,9 @@ from bridged._log import log_event
 from bridged.chat import Chat
 from bridged.config import ServerConfig
 from bridged.dispatcher import Dispatcher
-from bridged.errors import BadEnvelope, Refused
+from bridged.errors import BadEnvelope, Busy, Refused
 from bridged.metrics import CONTENT_TYPE, Metrics
+from bridged.policy import RateLimit
 
 log = logging.getLogger("bridged.front")
 
@@ -223,6 +224,10 @@ class Front:
 
     async def _read(self, ws: web.WebSocketResponse, link: BotLink) -> None:
         expected = WSMsgType.BINARY if link.fmt == env.MSGPACK else WSMsgType.TEXT
+        rate = self.server.max_envelopes_per_s
+        limit = RateLimit(rate, burst=2 * rate)
+        refused_in_a_row = 0
+        loop = asyncio.get_running_loop()
         async for msg in ws:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 if msg.type is WSMsgType.ERROR:
@@ -230,6 +235,16 @@ class Front:
                               detail=str(ws.exception()))
                 break
             try:
+                if not limit.allow(loop.time()):
+                    refused_in_a_row += 1
+                    if refused_in_a_row > 2 * rate:  # a whole burst ignored the busy answers
+                        log_event(log, logging.WARNING, "link_rate_exceeded", link=link.id)
+                        await ws.close(code=WSCloseCode.POLICY_VIOLATION,
+                                       message=b"too many envelopes per second")
+                        break
+                    raise Busy(f"more than server.max_envelopes_per_s ({rate:g}) envelopes"
+                               " per second on this connection; this one was NOT accepted")
+                refused_in_a_row = 0
                 if msg.type is not expected:
                     kind = "binary" if expected is WSMsgType.BINARY else "text"
                     raise BadEnvelope(f"frame: {link.fmt} takes {kind} frames")

@@ -6,7 +6,7 @@ idea): the actor asks :func:`retry_delay` and does the waiting itself.
 
 from __future__ import annotations
 
-__all__ = ["RetryPolicy", "retry_delay"]
+__all__ = ["RateLimit", "RetryPolicy", "retry_delay"]
 
 import random
 
@@ -39,3 +39,26 @@ def retry_delay(policy: RetryPolicy, attempt: int, rand: random.Random | None = 
     bound = min(policy.max_delay_s, policy.initial_s * policy.factor ** max(0, attempt - 1))
     draw = (rand or random).random()
     return bound * (0.5 + draw / 2)
+
+
+class RateLimit:
+    """A token bucket: ``rate`` events per second on average, bursts up to ``burst``.
+
+    Pure: the caller passes the time, so tests need no clock.
+    """
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last: float | None = None
+
+    def allow(self, now: float) -> bool:
+        """Whether one more event may pass at ``now`` (and take its token if so)."""
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
