@@ -30,6 +30,7 @@ from bridged.chat import Chat, ChatRecord
 from bridged.config import SalesforceConfig
 from bridged.errors import BadWebchatConfig, HostNotAllowed, TransportError
 from bridged.gate import Gate
+from bridged.handover import Handover, HistoryHandover
 from bridged.liveagent import wire
 from bridged.liveagent.protocol import (
     HttpRequest,
@@ -42,7 +43,6 @@ from bridged.liveagent.protocol import (
 from bridged.liveagent.transport import Transport
 from bridged.policy import RetryPolicy, retry_delay
 from bridged.state import StateStore
-from bridged.handover import Handover, HistoryHandover
 from bridged.webchat import PrechatDetail, WebchatConfig, host_allowed, parse_endpoint
 
 log = logging.getLogger("bridged.liveagent")
@@ -133,6 +133,7 @@ class ChatActor:
         self._saved: tuple[Any, ...] | None = None
         self._unsaved = 0  # snapshots handed to the store and not yet committed
         self._poll_sent_wall = 0.0
+        self._last_poll_answer = time.monotonic()
         chat.persistent = store is not None
         self._request_timeout = request_timeout
         self._max_pending = max_pending
@@ -198,6 +199,8 @@ class ChatActor:
             request = self.session.in_flight(lane)
             assert request is not None
             result = task.result()
+            if lane is Lane.POLL:
+                self._last_poll_answer = now
             if isinstance(result, TransportError) or (
                 result.status >= 500 and result.status != 503
             ):
@@ -318,15 +321,23 @@ class ChatActor:
             if now < self._not_before[lane]:
                 self._wake_at(self._not_before[lane])
                 continue
-            # A full outbox stops the poll: Salesforce keeps the agent's messages meanwhile.
-            # And no poll acknowledges a batch before the events it made are durable.
-            if lane is Lane.POLL and (not self.chat.has_room() or self._unsaved):
+            # No poll acknowledges a batch before the events it made are durable.
+            if lane is Lane.POLL and self._unsaved:
                 continue
+            # A full outbox stops acknowledging: Salesforce keeps the agent's messages, and
+            # a poll now and then (whose batch is left there) keeps the session alive.
+            keepalive = False
+            if lane is Lane.POLL and not self.chat.has_room():
+                due = self._last_poll_answer + 0.5 * self.session.client_poll_timeout
+                if now < due:
+                    self._wake_at(due)
+                    continue
+                keepalive = True
             # A burst of new chats is admitted to Salesforce a few at a time.
             if lane is Lane.POST and self.session.creating and not self._start_gate.try_enter(
                     self.chat.id, self._wake.set):
                 continue
-            request = self.session.next_request(lane)
+            request = self.session.next_request(lane, keepalive=keepalive)
             if request is None:
                 continue
             timeout = (self.session.poll_timeout if lane is Lane.POLL

@@ -153,6 +153,9 @@ class HttpRequest(msgspec.Struct, frozen=True, kw_only=True):
     body: bytes | None = None
     sequence: int | None = None
     ref: str | None = None
+    # A poll made only to keep the session alive while bridged holds all the events it
+    # may: its batch is left with Salesforce (not processed, not acknowledged).
+    keepalive: bool = False
 
 
 class HttpResponse(msgspec.Struct, frozen=True):
@@ -412,8 +415,16 @@ class LiveAgentSession:
 
     # --- outputs ----------------------------------------------------------------------
 
-    def next_request(self, lane: Lane) -> HttpRequest | None:
+    def next_request(self, lane: Lane, *, keepalive: bool = False) -> HttpRequest | None:
         """The next request of ``lane``, now in flight; ``None`` if the lane has nothing to do.
+
+        Args:
+            lane: which lane.
+            keepalive: for a poll: the shell holds all the events it may, so whatever this
+                poll brings is left with Salesforce: its batch is neither processed nor
+                acknowledged, and Salesforce delivers it again to a later poll (the
+                ``ack`` semantics: "send the same ack again"). The session stays alive
+                meanwhile, which a session that is not polled would not (11.10).
 
         Raises:
             LocalProtocolError: a request is already in flight on ``lane``.
@@ -423,6 +434,8 @@ class LiveAgentSession:
         if self.is_finished:
             return None
         request = self._next_poll() if lane is Lane.POLL else self._next_post()
+        if keepalive and request is not None and lane is Lane.POLL:
+            request = msgspec.structs.replace(request, keepalive=True)
         self._in_flight[lane] = request
         return request
 
@@ -458,7 +471,7 @@ class LiveAgentSession:
                 # the 503" (D-RECON).
                 self._begin_switch(request)
             elif request.lane is Lane.POLL:
-                self._receive_poll(response)
+                self._receive_poll(request, response)
             else:
                 self._receive_post(request, response)
         except RemoteProtocolError as exc:
@@ -631,10 +644,13 @@ class LiveAgentSession:
         self._in_flight[request.lane] = None
         return not self.is_finished
 
-    def _receive_poll(self, response: HttpResponse) -> None:
+    def _receive_poll(self, request: HttpRequest, response: HttpResponse) -> None:
         status = response.status
         if status in (200, 204):
             self.restored = False
+        if status == 200 and request.keepalive:
+            self._notices.append(("batch_left_with_salesforce", f"ack stays {self.ack}"))
+            return
         if status == 200:
             body = wire.decode_messages(response.body)
             if body.sequence is not None and 0 <= body.sequence <= self.ack:
