@@ -29,6 +29,7 @@ import msgspec
 from aiohttp import web
 
 from bridged._log import log_event
+from bridged._systemd import Notifier, watchdog_pings
 from bridged.backend import Backend
 from bridged.chat import Chat, ChatRecord
 from bridged.config import Config, load_config, split_listen
@@ -184,13 +185,24 @@ class Daemon:
 
 
 async def serve(config: Config, config_path: str | Path | None = None) -> int:
-    """Run bridged until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit code."""
+    """Run bridged until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit code.
+
+    systemd is told READY=1 once bridged listens (kept chats resumed), RELOADING=1 and
+    READY=1 around a reload, STOPPING=1 when it stops, and WATCHDOG=1 from the event loop.
+    """
+    notifier = Notifier()
     daemon = Daemon(config, config_path=config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        notifier.reloading()
+        daemon.reload()
+        notifier.ready(f"{len(daemon.dispatcher.live)} chats")
+
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await daemon.start()
     except OSError as exc:
@@ -198,6 +210,14 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
                   state_dir=config.state.dir, detail=exc.strerror or str(exc))
         await daemon.stop()
         return 1
-    await stop.wait()
-    await daemon.stop()
+    notifier.ready(f"{len(daemon.dispatcher.live)} chats")
+    watchdog = asyncio.create_task(watchdog_pings(notifier), name="sd-watchdog")
+    try:
+        await stop.wait()
+    finally:
+        notifier.stopping()
+        await daemon.stop()
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
+        notifier.close()
     return 0
