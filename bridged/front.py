@@ -139,6 +139,11 @@ class BotLink:
         await self._ws.send_frame(frame, self._opcode)
         self._metrics.envelopes_out.inc(str(kind))
 
+    @property
+    def depths(self) -> tuple[int, int]:
+        """Control frames queued, and chats waiting for this writer."""
+        return len(self._control), len(self._ready)
+
     def close(self) -> None:
         """Stop writing. Idempotent."""
         self._closed = True
@@ -164,6 +169,7 @@ class Front:
         self._node = node
         self._tokens = [t.encode() for t in server.tokens]
         self._sockets: set[web.WebSocketResponse] = set()
+        self._links: set[BotLink] = set()
         self.app = web.Application()
         self.app.router.add_get("/v1/chat", self._chat)
         self.app.router.add_get("/healthz", self._healthz)
@@ -204,6 +210,7 @@ class Front:
         link = BotLink(ws, fmt, control_size=self.server.outbound_queue_size,
                        metrics=self._metrics)
         self._sockets.add(ws)
+        self._links.add(link)
         self._metrics.connections.inc()
         log_event(log, logging.INFO, "link_opened", link=link.id, format=fmt,
                   peer=request.remote or "")
@@ -217,6 +224,7 @@ class Front:
             link.close()
             await writer
             self._sockets.discard(ws)
+            self._links.discard(link)
             self._metrics.connections.dec()
             log_event(log, logging.INFO, "link_closed", link=link.id,
                       code=ws.close_code or 0)
@@ -257,6 +265,14 @@ class Front:
                     chat=exc.chat if exc.chat is not None else env.UNSET,
                     ref=exc.ref if exc.ref is not None else env.UNSET,
                 ))
+
+    def queue_depths(self) -> tuple[int, int]:
+        """Control frames queued, and chats waiting for a writer, over every connection."""
+        control = ready = 0
+        for link in self._links:
+            c, r = link.depths
+            control, ready = control + c, ready + r
+        return control, ready
 
     async def close_connections(self) -> None:
         """Close every connection with 1001 (going away). Idempotent."""

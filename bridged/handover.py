@@ -26,6 +26,7 @@ from bridged.history import (
     split_messages,
 )
 from bridged.historyclient import HistoryAuth, fetch_history
+from bridged.metrics import Metrics
 from bridged.webchat import PrechatDetail
 
 log = logging.getLogger("bridged.history")
@@ -45,8 +46,9 @@ class HistoryHandover:
         config: the ``[history]`` section; without ``base_url`` there is no handover.
     """
 
-    def __init__(self, config: HistoryConfig) -> None:
+    def __init__(self, config: HistoryConfig, metrics: Metrics | None = None) -> None:
         self.config = config
+        self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -72,8 +74,10 @@ class HistoryHandover:
         except HistoryUnavailable as exc:
             log_event(log, logging.WARNING, "history_unavailable", chat=chat.id,
                       reason=exc.reason)
+            self._count("unavailable")
             return self._unavailable(chat)
         log_event(log, logging.INFO, "history_fetched", chat=chat.id, turns=len(turns))
+        self._count("fetched" if turns else "empty")
         if not turns:
             return Handover()
         lines = format_transcript(turns)
@@ -84,6 +88,10 @@ class HistoryHandover:
         if webchat.history_messages:
             messages = split_messages([webchat.history_header, *lines], MAX_CHAT_MESSAGE)
         return Handover(prechat=prechat, messages=messages)
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.history.inc(outcome)
 
     def _unavailable(self, chat: Chat) -> Handover:
         text = chat.webchat.history_unavailable_message

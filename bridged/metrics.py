@@ -2,19 +2,29 @@
 
 The official ``prometheus-client`` writes the text format; bridged only counts. Label
 children are cached so that counting one envelope is a dict lookup and an increment.
+Figures that are cheaper to read than to keep (chats by state, queue depths, tasks) are
+read at scrape time by a collector.
 """
 
 from __future__ import annotations
 
-__all__ = ["Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics"]
 
-from collections.abc import Callable
-from typing import cast
+import asyncio
+import gc
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Salesforce answers in milliseconds; a long poll is held for tens of seconds.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class _Labelled:
@@ -22,13 +32,23 @@ class _Labelled:
 
     def __init__(self, metric: MetricWrapperBase) -> None:
         self._metric = metric
-        self._children: dict[str, Counter] = {}
+        self._children: dict[tuple[str, ...], Counter] = {}
 
-    def inc(self, label: str, amount: float = 1.0) -> None:
-        child = self._children.get(label)
+    def inc(self, *labels: str, amount: float = 1.0) -> None:
+        child = self._children.get(labels)
         if child is None:
-            child = self._children[label] = cast(Counter, self._metric.labels(label))
+            child = self._children[labels] = cast(Counter, self._metric.labels(*labels))
         child.inc(amount)
+
+
+class _ScrapeTime(Collector):
+    """Calls ``read`` at each scrape; ``read`` yields the metric families."""
+
+    def __init__(self, read: Callable[[], Iterable[Metric]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        return self._read()
 
 
 class Metrics:
@@ -37,7 +57,6 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.chats_live = Gauge("bridged_chats_live", "Chats live now", registry=r)
         self.connections = Gauge("bridged_connections", "WebSocket connections open now",
                                  registry=r)
         self.chats_started = Counter("bridged_chats_started", "Chats started", registry=r)
@@ -51,10 +70,76 @@ class Metrics:
                                                ["type"], registry=r))
         self.errors = _Labelled(Counter("bridged_errors", "Error envelopes sent, by code",
                                         ["code"], registry=r))
+        self.salesforce_requests = _Labelled(Counter(
+            "bridged_salesforce_requests", "Requests to Salesforce, by resource and status"
+            " (the status is 'error' when no answer came)", ["resource", "status"], registry=r))
+        self._salesforce_latency = Histogram(
+            "bridged_salesforce_request_seconds", "Time to Salesforce's answer, by resource",
+            ["resource"], buckets=_LATENCY_BUCKETS, registry=r)
+        self._latency_children: dict[str, Any] = {}
+        self.server_switches = _Labelled(Counter(
+            "bridged_salesforce_switches", "Salesforce server switches (503), by outcome",
+            ["outcome"], registry=r))
+        self.history = _Labelled(Counter(
+            "bridged_history_fetches", "Bot history fetches, by outcome", ["outcome"],
+            registry=r))
+        self.loop_lag = Gauge("bridged_event_loop_lag_seconds",
+                              "How late the event loop ran a timer, last measurement",
+                              registry=r)
+        self.gc_seconds = Counter("bridged_gc_seconds", "Time spent in the garbage collector",
+                                  registry=r)
+        self._gc_started = 0.0
+        self._read_live: Callable[[], Iterable[Metric]] | None = None
+        r.register(_ScrapeTime(self._scrape))
 
-    def track_live(self, count: Callable[[], int]) -> None:
-        """Read the live chat count from ``count`` at each scrape."""
-        self.chats_live.set_function(count)
+    # --- what the rest of bridged reports ------------------------------------------------
+
+    def salesforce_answered(self, resource: str, status: str, seconds: float) -> None:
+        self.salesforce_requests.inc(resource, status)
+        child = self._latency_children.get(resource)
+        if child is None:
+            child = self._latency_children[resource] = self._salesforce_latency.labels(resource)
+        child.observe(seconds)
+
+    def read_live(self, read: Callable[[], Iterable[Metric]]) -> None:
+        """Give the scrape-time reader of chats by state and queue depths."""
+        self._read_live = read
+
+    def _scrape(self) -> Iterable[Metric]:
+        tasks = GaugeMetricFamily("bridged_tasks", "asyncio tasks alive (actors and requests)")
+        try:
+            tasks.add_metric([], len(asyncio.all_tasks()))
+        except RuntimeError:  # scraped from outside a loop (tests)
+            tasks.add_metric([], 0)
+        yield tasks
+        if self._read_live is not None:
+            yield from self._read_live()
+
+    # --- the process --------------------------------------------------------------------
+
+    def watch_gc(self) -> None:
+        """Count the time the garbage collector runs (its share of CPU is a scale figure)."""
+        if self._gc_callback not in gc.callbacks:
+            gc.callbacks.append(self._gc_callback)
+
+    def unwatch_gc(self) -> None:
+        if self._gc_callback in gc.callbacks:
+            gc.callbacks.remove(self._gc_callback)
+
+    def _gc_callback(self, phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            self.gc_seconds.inc(time.perf_counter() - self._gc_started)
+            self._gc_started = 0.0
+
+    async def measure_loop_lag(self, interval: float = 1.0) -> None:
+        """Measure how late a timer fires, every ``interval`` seconds, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + interval
+            await asyncio.sleep(interval)
+            self.loop_lag.set(max(0.0, loop.time() - expected))
 
     def render(self) -> bytes:
         """The Prometheus text format of every metric."""

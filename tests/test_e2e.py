@@ -180,23 +180,12 @@ async def test_wrong_or_missing_token_gets_401(bridged: Daemon, http: aiohttp.Cl
             assert response.status == 401
 
 
-async def test_health_ready_and_metrics(bridged: Daemon, http: aiohttp.ClientSession,
-                                        ocp: Connect) -> None:
+async def test_health_and_ready(bridged: Daemon, http: aiohttp.ClientSession) -> None:
     base = bridged.url.replace("ws://", "http://").removesuffix("/v1/chat")
     async with http.get(base + "/healthz") as response:
         assert response.status == 200
     async with http.get(base + "/readyz") as response:
         assert response.status == 200
-    client = await ocp()
-    await client.start("m-1", profile="no_agent")
-    await client.expect("ended")
-    async with http.get(base + "/metrics") as response:
-        text = await response.text()
-    assert 'bridged_chats_ended_total{reason="no_agent"} 1.0' in text
-    assert "bridged_chats_started_total 1.0" in text
-    assert 'bridged_envelopes_in_total{type="start"} 1.0' in text
-    assert 'bridged_envelopes_out_total{type="ended"} 1.0' in text
-    assert "bridged_chats_live 0.0" in text
 
 
 async def test_many_chats_share_one_connection(ocp: Connect, sim: Simulator) -> None:

@@ -41,6 +41,7 @@ from bridged.liveagent.protocol import (
     SessionSnapshot,
 )
 from bridged.liveagent.transport import Transport
+from bridged.metrics import Metrics
 from bridged.policy import RetryPolicy, retry_delay
 from bridged.state import StateStore
 from bridged.webchat import PrechatDetail, WebchatConfig, host_allowed, parse_endpoint
@@ -59,6 +60,8 @@ class LiveAgentState(msgspec.Struct, frozen=True, kw_only=True):
     poll_sent_at: float  # wall clock, so that another process can read it
 
 
+_SWITCH_OUTCOMES = {"server_switch": "started", "server_switch_done": "completed",
+                    "switch_server": "host_moved"}
 _state_encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(LiveAgentState)
 
@@ -120,7 +123,7 @@ class ChatActor:
     def __init__(self, chat: Chat, session: LiveAgentSession, transport: Transport, *,
                  request_timeout: float, max_pending: int, retry: RetryPolicy,
                  start_gate: Gate, allowed_hosts: list[str],
-                 store: StateStore | None = None) -> None:
+                 store: StateStore | None = None, metrics: Metrics | None = None) -> None:
         self.chat = chat
         self.session = session
         self._transport = transport
@@ -130,6 +133,7 @@ class ChatActor:
         self._sent_at = {Lane.POLL: 0.0, Lane.POST: 0.0}
         self._abandoned: set[asyncio.Task[_Result]] = set()
         self._store = store
+        self._metrics = metrics
         self._saved: tuple[Any, ...] | None = None
         self._unsaved = 0  # snapshots handed to the store and not yet committed
         self._poll_sent_wall = 0.0
@@ -201,6 +205,10 @@ class ChatActor:
             result = task.result()
             if lane is Lane.POLL:
                 self._last_poll_answer = now
+            if self._metrics is not None:
+                status = "error" if isinstance(result, TransportError) else str(result.status)
+                self._metrics.salesforce_answered(request.purpose.value, status,
+                                                  now - self._sent_at[lane])
             if isinstance(result, TransportError) or (
                 result.status >= 500 and result.status != 503
             ):
@@ -297,6 +305,8 @@ class ChatActor:
         """Pass the session's facts to the chat, and its notices to the log."""
         for event, detail in self.session.notices_received():
             log_event(log, logging.INFO, event, chat=self.chat.id, detail=detail)
+            if self._metrics is not None and event in _SWITCH_OUTCOMES:
+                self._metrics.server_switches.inc(_SWITCH_OUTCOMES[event])
         for fact in self.session.facts_received():
             if isinstance(fact, facts.Ended):
                 self._refuse_inbox()
@@ -430,10 +440,11 @@ class LiveAgentBackend:
     def __init__(self, transport: Transport, salesforce: SalesforceConfig, *,
                  max_pending: int, retry: RetryPolicy | None = None,
                  history: HistoryHandover | None = None,
-                 store: StateStore | None = None) -> None:
+                 store: StateStore | None = None, metrics: Metrics | None = None) -> None:
         self._transport = transport
         self._history = history
         self._store = store
+        self._metrics = metrics
         self._salesforce = salesforce
         self._max_pending = max_pending
         self._retry = retry or RetryPolicy()
@@ -467,7 +478,8 @@ class LiveAgentBackend:
                           request_timeout=self._salesforce.request_timeout_s,
                           max_pending=self._max_pending, retry=self._retry,
                           start_gate=self.start_gate,
-                          allowed_hosts=self._salesforce.allowed_hosts, store=self._store)
+                          allowed_hosts=self._salesforce.allowed_hosts, store=self._store,
+                          metrics=self._metrics)
         await actor.run(handover, resumed)
 
     async def aclose(self) -> None:
