@@ -24,9 +24,8 @@ import logging
 import signal
 import socket
 import ssl
-from pathlib import Path
-
 from collections.abc import Iterable
+from pathlib import Path
 
 import msgspec
 from aiohttp import web
