@@ -126,6 +126,7 @@ class Chat:
         self.finished = False
         self.state = "starting"  # for the admin view and metrics; set by the actor
         self.agent: str | None = None
+        self.queue_position: int | None = None
         self.delivered_ids: set[str] = set()
         self.pending_ids: set[str] = set()
         self.waker: Callable[[], None] | None = None
@@ -158,6 +159,9 @@ class Chat:
             self.delivered_ids.add(fact.id)
         elif isinstance(fact, (facts.AgentJoined, facts.Transferred)):
             self.agent = fact.agent
+            self.queue_position = None
+        elif isinstance(fact, facts.Queued):
+            self.queue_position = fact.position
         event = render(fact, self.id, self.next_seq, self.webchat)
         self.next_seq += 1
         self.held.append(event)

@@ -118,6 +118,34 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return _run(run_chat_client(args.url, args.token, chat_id, start))
 
 
+def _cmd_chats(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from bridged.admin import ChatInfo, render_table
+
+    url = args.url.rstrip("/") + "/v1/chats"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {args.token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - operator's URL
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        print(f"bridged: {url} answered HTTP {exc.code}: {exc.read().decode().strip()}",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"bridged: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(body.decode() + "\n")
+        return 0
+    data = msgspec.json.decode(body)
+    chats = msgspec.convert(data["chats"], list[ChatInfo])
+    sys.stdout.write(render_table(chats))
+    print(f"{len(chats)} chats", file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridged", description=(
         "Hands OCP bot chats over to Salesforce Live Agent agents."))
@@ -151,6 +179,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
     sim.set_defaults(func=_cmd_simulator)
+
+    chats = sub.add_parser("chats", help="list the live chats of a running bridged")
+    chats.add_argument("--url", default="http://127.0.0.1:8710", help="bridged's HTTP base")
+    chats.add_argument("--token", required=True, help="one of server.admin_tokens")
+    chats.add_argument("--json", action="store_true", help="print the raw JSON")
+    chats.set_defaults(func=_cmd_chats)
 
     chat = sub.add_parser("chat", help="chat through bridged as the visitor")
     chat.add_argument("--url", default="ws://127.0.0.1:8710/v1/chat")

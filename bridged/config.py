@@ -41,6 +41,8 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     listen: str = "127.0.0.1:8710"
     tokens: list[str] = []
+    # bridged's own: tokens for the admin view (GET /v1/chats); none means it is off.
+    admin_tokens: list[str] = []
     max_chats: PositiveInt = 20000
     detach_grace_s: NonNegativeFloat = 120.0
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65536
@@ -134,6 +136,11 @@ def _check(config: Config) -> None:
             raise ConfigError(
                 f"server.tokens[{i}]", "a token needs at least 8 characters and no spaces"
             )
+    for i, token in enumerate(config.server.admin_tokens):
+        if len(token) < 8 or token != token.strip():
+            raise ConfigError(
+                f"server.admin_tokens[{i}]", "a token needs at least 8 characters and no spaces"
+            )
     if bool(config.server.tls_cert) != bool(config.server.tls_key):
         raise ConfigError("server.tls_cert", "set both tls_cert and tls_key, or neither")
     if config.history.personal_access_token and config.history.bearer_token:
@@ -197,6 +204,7 @@ def redacted(config: Config) -> dict[str, Any]:
     """The config as plain data with every secret replaced, for ``bridged check`` and logs."""
     data: dict[str, Any] = msgspec.to_builtins(config)
     data["server"]["tokens"] = ["<redacted>"] * len(config.server.tokens)
+    data["server"]["admin_tokens"] = ["<redacted>"] * len(config.server.admin_tokens)
     for key in ("personal_access_token", "bearer_token"):
         if data["history"].get(key):
             data["history"][key] = "<redacted>"

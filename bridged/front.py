@@ -25,6 +25,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from bridged import envelopes as env
 from bridged._log import log_event
+from bridged.admin import admin_routes
 from bridged.chat import Chat
 from bridged.config import ServerConfig
 from bridged.dispatcher import Dispatcher
@@ -175,6 +176,7 @@ class Front:
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics_page)
+        admin_routes(self.app, dispatcher, lambda: self.server.admin_tokens)
 
     def reconfigure(self, server: ServerConfig) -> None:
         """Take new tokens (SIGHUP); connections already open stay open."""

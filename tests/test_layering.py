@@ -14,7 +14,7 @@ LAYERS = {
     0: {"errors", "config", "webchat", "envelopes", "facts", "policy", "texts", "_log",
         "history", "liveagent.wire", "liveagent.protocol"},
     1: {"mailbox", "gate", "chat", "supervisor", "dispatcher", "backend"},
-    2: {"liveagent.transport", "liveagent.actor", "front", "metrics", "chatclient",
+    2: {"liveagent.transport", "liveagent.actor", "front", "metrics", "chatclient", "admin",
         "historyclient", "handover", "state"},
     3: {"daemon", "cli", "logs", "demo", "__main__", "_systemd"},
 }
