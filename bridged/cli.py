@@ -127,7 +127,7 @@ def _cmd_chats(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/") + "/v1/chats"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {args.token}"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - operator's URL
+        with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         print(f"bridged: {url} answered HTTP {exc.code}: {exc.read().decode().strip()}",
