@@ -283,6 +283,7 @@ class LiveAgentSession:
         self._notices: list[tuple[str, str]] = []
         self._unknown_types: set[str] = set()
         self._masks: list[tuple[re.Pattern[str], str]] = []
+        self._realigns = 0  # 409 "Out of sync" answers in a row
         self.restored = False  # made by restore(), and no poll answered since
 
     # --- predicates -------------------------------------------------------------------
@@ -686,6 +687,7 @@ class LiveAgentSession:
             self._receive_availability(response)
             return
         if 200 <= status < 300:
+            self._realigns = 0
             if request.sequence is not None:
                 self.sequence = request.sequence
             self._accepted(request, response)
@@ -693,8 +695,11 @@ class LiveAgentSession:
             # "Out of sync Ack. Expected 498. Actual 4": Actual is the last sequence the
             # server accepted; the next one is Actual + 1 (IBM, LINE).
             match = _OUT_OF_SYNC.search(response.body.decode("utf-8", "replace"))
-            if match is None or int(match[1]) == self.sequence:
-                raise RemoteProtocolError(f"{purpose.value} answered HTTP 409", status)
+            self._realigns += 1
+            if match is None or int(match[1]) == self.sequence or self._realigns > 3:
+                raise RemoteProtocolError(f"{purpose.value} answered HTTP 409: "
+                                          f"{response.body[:200].decode('utf-8', 'replace')}",
+                                          status)
             self.sequence = int(match[1])
             self._notices.append(("sequence_realigned", f"now {self.sequence}"))
             self._retry = self._sequenced(purpose, request.path, request.body, request.ref)

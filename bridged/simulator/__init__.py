@@ -12,13 +12,30 @@ Modules, one concern each:
 * :mod:`.wire`: header names, request bodies (msgspec Structs), :class:`~.wire.Reply`. Pure.
 * :mod:`.model`: :class:`Session`, the per-session state machine. Pure (no asyncio).
 * :mod:`.behaviours`: the scripted agents, chosen by button id (table in its docstring). Pure.
-* :mod:`.app`: :class:`Simulator` (the aiohttp app and the control API),
+* :mod:`.faults`: fault injection, what is planned and what was injected (table in its
+  docstring). Pure.
+* :mod:`.app`: :class:`Simulator` (the aiohttp app and the Python control API),
   :func:`running_simulator` and :func:`serve_forever`.
+* :mod:`.control`: the same control API over HTTP under ``/_sim/``, for other processes.
 
 Typical use in a test::
 
     async with running_simulator(SimulatorOptions(hold_s=0.2, client_poll_timeout=2)) as sim:
         ...  # point the client at sim.base_url; drive the agent with sim.agent_says(...)
+
+Faults bridged must survive, each one call (and one ``/_sim/`` action)::
+
+    sim.reset_next(session_id, "ChatMessage", when="after")  # applied, then TCP RST
+    sim.delay_next(None, "Messages", 1.5)                    # any session's next poll
+    sim.fail_next(None, "SessionId", 500, count=2)
+    sim.outage(0.5, mode="refuse")                           # nothing listens for 0.5 s
+    sim.switch_server_all()                                  # 503 hand-over everywhere
+    sim.switch_server_url(session_id)                        # SwitchServer to the alias port
+    sim.expire(session_id)                                   # as if not polled in time
+
+A fault counts HTTP requests, and aiohttp's client resends an idempotent request (GET,
+DELETE) once by itself when its connection drops: a reset of Messages, SessionId,
+ReconnectSession or DELETE reaches the caller only with ``count=2``.
 """
 
 from __future__ import annotations
@@ -31,8 +48,10 @@ from .behaviours import (
     FAIL_BUTTON,
     MANUAL_BUTTON,
     NOAGENT_BUTTON,
+    PEEK_BUTTON,
     QUEUE_BUTTON,
 )
+from .faults import FAULT_RESOURCES, OUTAGE_MODES, InjectedFault
 from .model import (
     OutboxFull,
     Phase,
@@ -49,9 +68,13 @@ __all__ = [
     "ENDS_BUTTON",
     "ENDS_GREETING",
     "FAIL_BUTTON",
+    "FAULT_RESOURCES",
     "MANUAL_BUTTON",
     "NOAGENT_BUTTON",
+    "OUTAGE_MODES",
+    "PEEK_BUTTON",
     "QUEUE_BUTTON",
+    "InjectedFault",
     "OutboxFull",
     "Phase",
     "RequestRecord",

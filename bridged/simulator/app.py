@@ -10,28 +10,25 @@ Routes (a client's base URL is ``http://HOST:PORT/chat/rest/``)::
                                 ChasitorSneakPeek,ChatEnd,CustomEvent,ChasitorResyncState}
     GET    /chat/rest/Visitor/Availability?org_id=&deployment_id=&Availability.ids=
 
-    GET    /_sim/record                      everything recorded (Simulator.record())
-    GET    /_sim/sessions                    one summary per session
-    GET    /_sim/sessions/{id}               one session's record
-    POST   /_sim/sessions/{id}/push          {"type", "message"}: any raw message
-    POST   /_sim/sessions/{id}/say           {"text"}
-    POST   /_sim/sessions/{id}/typing        {"active": true|false}
-    POST   /_sim/sessions/{id}/transfer      {"name", "userId"?}
-    POST   /_sim/sessions/{id}/end           {"reason"?}            ChatEnded
-    POST   /_sim/sessions/{id}/disconnect                            AgentDisconnect
-    POST   /_sim/sessions/{id}/queue         {"position", "estimatedWaitTime"?}
-    POST   /_sim/sessions/{id}/switch-server                         503 server switch
-    POST   /_sim/sessions/{id}/switch-url    {"newUrl"}              SwitchServer message
-    POST   /_sim/sessions/{id}/fail-next     {"resource", "status", "body"?}
+The control API under ``/_sim/`` is in :mod:`.control`; it calls the public methods of
+:class:`Simulator`, which tests in the same process call directly.
 
 Cost per session: the model object, and while a poll is held one future and one timer
 handle. Scripted delays are ``loop.call_later`` chains; one reaper task ends the sessions
 nobody polls and forgets ended ones after ``ended_retention_s``.
 
-Fault injection: :meth:`Simulator.switch_server` (the 503 hand-over of SALESFORCE.md 6) and
-:meth:`Simulator.fail_next` (a canned answer to the next request for a resource, not
-applied) are the seams; connection resets and delays are meant to be added next to
-``fail_next`` in :meth:`Simulator._take_fault`.
+Fault injection (table in :mod:`.faults`): every Live Agent request first passes the outage
+gate (:meth:`Simulator._gate`), then its header checks, then asks the :class:`FaultPlan`
+once whether a fault is due. A ``reset`` is a TCP RST: ``SO_LINGER`` with a zero timeout,
+then ``transport.abort()``; aiohttp's attempt to write the (never sent) response then meets
+a closing transport, which it treats as a client disconnect, quietly. A ``delay`` before
+the request sleeps and then handles the request again from the top; after, it sleeps
+between applying and answering. A delayed Messages poll is an ordinary held poll with a
+"not before" time. None of this adds a task or a timer per session.
+
+One simulator can listen on several ports (``running_simulator(extra_ports=N)``), all
+serving the same sessions, so a ``SwitchServer`` message can send the visitor to "another
+host"; every request record says which port it came in on.
 """
 
 from __future__ import annotations
@@ -40,10 +37,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
+import socket
+import struct
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -51,6 +51,21 @@ from aiohttp import web
 
 from . import behaviours
 from .behaviours import AgentView, Step
+from .control import ControlApi
+from .faults import (
+    AFTER,
+    BEFORE,
+    DELAY,
+    FAIL,
+    FAULT_RESOURCES,
+    OUTAGE_MODES,
+    RESET,
+    RESET_REPLY,
+    Fault,
+    FaultPlan,
+    InjectedFault,
+    Outage,
+)
 from .model import (
     SEQUENCED_RESOURCES,
     InitAccepted,
@@ -94,82 +109,101 @@ CONTROL_PATH = "/_sim/"
 
 _RECONNECT_MIN_VERSION = 37  # "ReconnectSession needs >= 37" (SALESFORCE.md 2.2)
 
-# Resources fail_next() may target.
-FAULT_RESOURCES = frozenset(
-    {
-        "SessionId",
-        "Messages",
-        "ReconnectSession",
-        "ChasitorResyncState",
-        "DeleteSession",
-        "ChasitorInit",
-        "ChatMessage",
-        "ChasitorTyping",
-        "ChasitorNotTyping",
-        "ChasitorSneakPeek",
-        "ChatEnd",
-        "CustomEvent",
-    }
-)
+# SO_LINGER {on, 0 s}: close() discards the socket with a RST instead of a FIN handshake.
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+# Most injected faults remembered (oldest dropped).
+_INJECTED_MAX = 10_000
+
+# Re-listening after a "refuse" outage: attempts and the pause between them.
+_RELISTEN_ATTEMPTS = 100
+_RELISTEN_PAUSE_S = 0.02
+
+# A resource handler that can be run again after a "delay before" (which it then carries).
+_Handler = Callable[[web.Request, Fault | None], Awaitable[web.StreamResponse]]
 
 
 class _Held:
-    """The one held Messages poll of a session."""
+    """The one held Messages poll of a session.
 
-    __slots__ = ("future", "request", "timer")
+    ``not_before`` is the loop time before which it gets no batch (an injected delay; 0
+    for none), ``arrived`` when it came in (the hold counts from then), ``label`` the
+    fault that answered it instead of the model (an outage), if any.
+    """
+
+    __slots__ = ("arrived", "future", "label", "not_before", "request", "timer")
 
     def __init__(
-        self, future: asyncio.Future[Reply], timer: asyncio.TimerHandle, request: web.Request
+        self,
+        future: asyncio.Future[Reply],
+        timer: asyncio.TimerHandle,
+        request: web.Request,
+        *,
+        arrived: float = 0.0,
+        not_before: float = 0.0,
     ) -> None:
         self.future = future
         self.timer = timer
         self.request = request
+        self.arrived = arrived
+        self.not_before = not_before
+        self.label: str | None = None
 
 
-# Bodies of the control API.
-class _Push(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    type: str
-    message: dict[str, Any] = {}
+class _Listener:
+    """One listening socket of a served simulator, which an outage can close and reopen."""
+
+    __slots__ = ("factory", "host", "port", "server")
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol], host: str, port: int) -> None:
+        self.factory = factory
+        self.host = host
+        self.port = port
+        self.server: asyncio.Server | None = None
+
+    @property
+    def listening(self) -> bool:
+        return self.server is not None
+
+    async def start(self) -> None:
+        """Listen (again) on ``host:port``; port 0 picks a free one, kept for later."""
+        if self.server is not None:
+            return
+        loop = asyncio.get_running_loop()
+        # A large backlog: a load test opens thousands of connections at once. asyncio sets
+        # SO_REUSEADDR on POSIX, so the port can be bound again while the connections it
+        # accepted before an outage are still open.
+        self.server = await loop.create_server(self.factory, self.host, self.port, backlog=4096)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        """Stop listening at once: new connections are refused; accepted ones stay."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
 
 
-class _Say(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    text: str
+def _local_port(request: web.Request) -> int | None:
+    """The local port the request came in on (None once its connection is gone)."""
+    transport = request.transport
+    if transport is None:
+        return None
+    sockname = transport.get_extra_info("sockname")
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        return int(sockname[1])
+    return None
 
 
-class _Typing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    active: bool = True
-
-
-class _Transfer(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
-    name: str
-    user_id: str | None = None
-
-
-class _End(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    reason: str = "agent"
-
-
-class _Nothing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class _Queue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
-             rename="camel"):
-    position: int
-    estimated_wait_time: int | None = None
-
-
-class _SwitchUrl(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
-                 rename="camel"):
-    new_url: str
-
-
-class _FailNext(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    resource: str
-    status: int
-    body: str = ""
+def _abort(request: web.Request) -> None:
+    """Drop the request's connection with a TCP RST and no HTTP answer."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    transport.abort()
 
 
 class Simulator:
@@ -183,21 +217,35 @@ class Simulator:
         sessions: Live and ended (not yet reaped) sessions by session id.
         unattributed_requests: Requests that belong to no session (unknown key, SessionId
             refused, Availability), most recent last, bounded.
+        injected: Every fault that hit a request (:class:`~.faults.InjectedFault`), oldest
+            first, bounded.
         base_url: ``http://HOST:PORT/chat/rest/`` once served by :func:`running_simulator`.
         port: The bound port once served by :func:`running_simulator`.
+        ports: Every bound port, ``port`` first, then the aliases.
+        alias_base_urls: The base URLs of the extra ports (same sessions, other "host").
     """
 
     def __init__(self, options: SimulatorOptions | None = None) -> None:
         self.options = options if options is not None else SimulatorOptions()
         self.sessions: dict[str, Session] = {}
         self.unattributed_requests: deque[RequestRecord] = deque(maxlen=1000)
+        self.injected: deque[InjectedFault] = deque(maxlen=_INJECTED_MAX)
         self.base_url: str | None = None
         self.port: int | None = None
+        self.ports: list[int] = []
+        self.alias_base_urls: list[str] = []
         self._by_key: dict[str, Session] = {}
         self._held: dict[str, _Held] = {}
-        self._faults: dict[str, dict[str, deque[Reply]]] = {}
+        self._plan = FaultPlan()
+        self._outage: Outage | None = None
+        self._outage_timer: asyncio.TimerHandle | None = None
+        self._availability: dict[str, bool] = {}
+        self._listeners: list[_Listener] = []
+        self._relisten_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._control = ControlApi(self)
         self.app = self._build_app()
 
     # --------------------------------------------------------------------------------------
@@ -205,7 +253,7 @@ class Simulator:
 
     def _build_app(self) -> web.Application:
         app = web.Application()
-        b, c = BASE_PATH, CONTROL_PATH
+        b = BASE_PATH
         app.router.add_get(b + "System/SessionId", self._handle_session_id)
         app.router.add_delete(b + "System/SessionId/{key}", self._handle_delete)
         app.router.add_get(b + "System/Messages", self._handle_messages)
@@ -213,10 +261,7 @@ class Simulator:
         app.router.add_post(b + "Chasitor/ChasitorResyncState", self._handle_resync)
         app.router.add_post(b + "Chasitor/{resource}", self._handle_post)
         app.router.add_get(b + "Visitor/Availability", self._handle_availability)
-        app.router.add_get(c + "record", self._control_record)
-        app.router.add_get(c + "sessions", self._control_sessions)
-        app.router.add_get(c + "sessions/{id}", self._control_session)
-        app.router.add_post(c + "sessions/{id}/{action}", self._control_action)
+        self._control.add_routes(app.router, CONTROL_PATH)
         app.cleanup_ctx.append(self._lifecycle)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -224,9 +269,13 @@ class Simulator:
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        self._stopping = asyncio.Event()
         reaper = asyncio.create_task(self._reap_forever(), name="simulator-reaper")
         yield
         self._closed = True
+        self._stopping.set()
+        self._cancel_outage_timer()
+        self._outage = None
         self._release_all_polls()
         reaper.cancel()
         try:
@@ -238,8 +287,10 @@ class Simulator:
                 raise
 
     async def _on_shutdown(self, app: web.Application) -> None:
-        # Answer every held poll so the runner's graceful shutdown does not wait hold_s.
+        # Answer every held poll so the runner's graceful shutdown does not wait hold_s, and
+        # cut injected delays short.
         self._closed = True
+        self._stopping.set()
         self._release_all_polls()
 
     def _release_all_polls(self) -> None:
@@ -259,14 +310,19 @@ class Simulator:
             self.reap()
 
     def reap(self, now: float | None = None) -> None:
-        """End the sessions nobody polls, forget long-ended ones. The reaper task calls this."""
+        """End the sessions nobody polls, forget long-ended ones. The reaper task calls this.
+
+        During an outage nobody can poll, so nobody times out (the clock restarts when the
+        outage ends).
+        """
         now = self._now() if now is None else now
         retention = self.options.ended_retention_s
+        in_outage = self._outage is not None
         for session in list(self.sessions.values()):
             if session.is_over:
                 if session.ended_at is not None and now - session.ended_at > retention:
                     self._forget(session)
-            elif session.is_expired(now):
+            elif not in_outage and session.is_expired(now):
                 logger.info("session %s: not polled within clientPollTimeout, ended", session.id)
                 session.end("timeout", now)
                 self._after_change(session)
@@ -274,7 +330,7 @@ class Simulator:
     def _forget(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
         self._by_key.pop(session.key, None)
-        self._faults.pop(session.id, None)
+        self._plan.forget_session(session.id)
 
     def _now(self) -> float:
         loop = self._loop
@@ -283,9 +339,72 @@ class Simulator:
         return loop.time()
 
     # --------------------------------------------------------------------------------------
+    # Listening (used by running_simulator)
+
+    async def _listen(self, factory: Callable[[], asyncio.Protocol], host: str,
+                      ports: list[int]) -> None:
+        for port in ports:
+            listener = _Listener(factory, host, port)
+            await listener.start()
+            self._listeners.append(listener)
+        self.ports = [listener.port for listener in self._listeners]
+        self.port = self.ports[0]
+        urls = [f"http://{_url_host(host)}:{port}{BASE_PATH}" for port in self.ports]
+        self.base_url = urls[0]
+        self.alias_base_urls = urls[1:]
+
+    async def _stop_listening(self) -> None:
+        # Shutting down: no outage may end (and listen again) from here on.
+        self._closed = True
+        self._cancel_outage_timer()
+        task, self._relisten_task = self._relisten_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for listener in self._listeners:
+            listener.stop()
+
+    async def _relisten(self) -> None:
+        """Listen again on every port after a "refuse" outage (retrying a busy port)."""
+        try:
+            for listener in self._listeners:
+                for attempt in range(_RELISTEN_ATTEMPTS):
+                    if self._refusing():
+                        return
+                    try:
+                        await listener.start()
+                    except OSError as exc:
+                        if attempt == _RELISTEN_ATTEMPTS - 1:
+                            logger.error(
+                                "could not listen on port %d again: %s", listener.port, exc
+                            )
+                        else:
+                            await asyncio.sleep(_RELISTEN_PAUSE_S)
+                        continue
+                    if self._refusing():  # a new "refuse" outage began meanwhile
+                        listener.stop()
+                        return
+                    break
+        finally:
+            if asyncio.current_task() is self._relisten_task:
+                self._relisten_task = None
+
+    def _refusing(self) -> bool:
+        return self._closed or (self._outage is not None and self._outage.mode == "refuse")
+
+    # --------------------------------------------------------------------------------------
     # Common request handling
 
-    def _respond(self, request: web.Request, session: Session | None, reply: Reply) -> web.Response:
+    def _respond(
+        self,
+        request: web.Request,
+        session: Session | None,
+        reply: Reply,
+        port: int | None = None,
+        label: str | None = None,
+    ) -> web.Response:
+        """Record the request and answer it, or reset its connection for ``RESET_REPLY``."""
         if session is None or self.options.request_log_max:
             record = RequestRecord(
                 method=request.method,
@@ -293,11 +412,17 @@ class Simulator:
                 query=request.query_string,
                 headers={h: request.headers[h] for h in RECORDED_HEADERS if h in request.headers},
                 status=reply.status,
+                port=port if port is not None else _local_port(request),
+                fault=label,
             )
             if session is not None:
                 session.log_request(record)
             else:
                 self.unattributed_requests.append(record)
+        if reply.status == RESET_REPLY.status:
+            _abort(request)
+            # Never sent: aiohttp finds the transport closing and drops it as a disconnect.
+            return web.Response(status=204)
         if reply.status >= 500 and reply.status != 503:
             logger.debug("%s %s -> %d", request.method, request.path, reply.status)
         response = web.Response(status=reply.status, body=reply.body or None)
@@ -363,40 +488,120 @@ class Simulator:
             )
         return body
 
-    def _take_fault(self, session: Session, resource: str) -> Reply | None:
-        faults = self._faults.get(session.id)
-        if not faults:
+    # --------------------------------------------------------------------------------------
+    # Faults in the request path
+
+    def _gate(self, request: web.Request, resource: str) -> web.Response | None:
+        """During an outage, fail the request the outage's way (before any check)."""
+        outage = self._outage
+        if outage is None or self._now() >= outage.until:
             return None
-        pending = faults.get(resource)
-        if not pending:
+        key = request.headers.get(SESSION_KEY) or request.match_info.get("key")
+        session = self._by_key.get(key) if key else None
+        port = _local_port(request)
+        self._note(session.id if session is not None else None, resource, outage.label, port)
+        return self._respond(request, session, outage.reply, port, outage.label)
+
+    def _note(self, session_id: str | None, resource: str, label: str, port: int | None) -> None:
+        self.injected.append(
+            InjectedFault(
+                at=self._now(), session_id=session_id, resource=resource, fault=label, port=port
+            )
+        )
+
+    def _due(
+        self, session_id: str | None, resource: str, port: int | None, served: Fault | None
+    ) -> Fault | None:
+        """The fault of this request: the delay it already served, or the plan's next one."""
+        if served is not None:
+            return served
+        if not self._plan:
             return None
-        reply = pending.popleft()
-        if not pending:
-            del faults[resource]
-        return reply
+        fault = self._plan.take(session_id, resource)
+        if fault is not None:
+            self._note(session_id, resource, fault.label, port)
+        return fault
+
+    async def _before(
+        self,
+        request: web.Request,
+        session: Session | None,
+        fault: Fault | None,
+        served: Fault | None,
+        port: int | None,
+        again: _Handler,
+    ) -> web.StreamResponse | None:
+        """Carry out a fault that strikes before the request is applied.
+
+        Returns:
+            The response if the fault settles the request (``fail``, ``reset``), or the
+            response of handling it again after a ``delay``; None to go on and apply it.
+        """
+        if fault is None or fault is served or fault.after:
+            return None
+        if fault.kind == DELAY:
+            await self._pause(fault.seconds)
+            return await again(request, fault)
+        return self._respond(request, session, fault.reply, port, fault.label)
+
+    async def _finish(
+        self,
+        request: web.Request,
+        session: Session | None,
+        reply: Reply,
+        fault: Fault | None,
+        port: int | None,
+    ) -> web.StreamResponse:
+        """Answer an applied request, after the fault that strikes after it, if any."""
+        if fault is not None and fault.after:
+            if fault.kind == RESET:
+                reply = RESET_REPLY
+            else:
+                await self._pause(fault.seconds)
+        return self._respond(request, session, reply, port, fault.label if fault else None)
+
+    async def _pause(self, seconds: float) -> None:
+        """An injected delay; shutdown cuts it short."""
+        if seconds <= 0 or self._stopping.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
 
     # --------------------------------------------------------------------------------------
     # Live Agent resources
 
-    async def _handle_session_id(self, request: web.Request) -> web.Response:
+    async def _handle_session_id(self, request: web.Request) -> web.StreamResponse:
+        return await self._session_id(request, None)
+
+    async def _session_id(self, request: web.Request, served: Fault | None) -> web.StreamResponse:
+        if (gate := self._gate(request, "SessionId")) is not None:
+            return gate
+        port = _local_port(request)
         version = parse_api_version(request.headers.get(API_VERSION))
         if isinstance(version, Reply):
-            return self._respond(request, None, version)
+            return self._respond(request, None, version, port)
         affinity = request.headers.get(AFFINITY)
         if affinity is None:
-            return self._respond(request, None, text_reply(400, f"Missing header {AFFINITY}"))
+            return self._respond(
+                request, None, text_reply(400, f"Missing header {AFFINITY}"), port
+            )
         if affinity != "null":
             # "Before any token exists, send the literal string null" (SALESFORCE.md 2.2).
             return self._respond(
                 request,
                 None,
                 text_reply(400, f"Invalid header {AFFINITY}: {affinity!r} (expected null)"),
+                port,
             )
+        fault = self._due(None, "SessionId", port, served)
+        early = await self._before(request, None, fault, served, port, self._session_id)
+        if early is not None:
+            return early
         if len(self.sessions) >= self.options.max_sessions:
             logger.warning("session limit (%d) reached: SessionId refused", len(self.sessions))
-            return self._respond(
-                request, None, text_reply(500, "Simulator session limit reached (max_sessions)")
-            )
+            reply = text_reply(500, "Simulator session limit reached (max_sessions)")
+            return await self._finish(request, None, reply, fault, port)
         session = Session(self.options, now=self._now(), wall_ms=int(time.time() * 1000))
         self.sessions[session.id] = session
         self._by_key[session.key] = session
@@ -409,89 +614,139 @@ class Simulator:
                 "id": session.id,
             }
         )
-        return self._respond(request, session, reply)
+        return await self._finish(request, session, reply, fault, port)
 
-    async def _handle_delete(self, request: web.Request) -> web.Response:
+    async def _handle_delete(self, request: web.Request) -> web.StreamResponse:
+        return await self._delete(request, None)
+
+    async def _delete(self, request: web.Request, served: Fault | None) -> web.StreamResponse:
+        if (gate := self._gate(request, "DeleteSession")) is not None:
+            return gate
+        port = _local_port(request)
         session, _, reply = self._authenticate(request, key=request.match_info["key"])
-        if reply is None:
-            assert session is not None
-            reply = self._take_fault(session, "DeleteSession") or session.receive_delete(
-                self._now()
-            )
-            self._after_change(session)
-        return self._respond(request, session, reply)
+        if reply is not None:
+            return self._respond(request, session, reply, port)
+        assert session is not None
+        fault = self._due(session.id, "DeleteSession", port, served)
+        early = await self._before(request, session, fault, served, port, self._delete)
+        if early is not None:
+            return early
+        reply = session.receive_delete(self._now())
+        self._after_change(session)
+        return await self._finish(request, session, reply, fault, port)
 
-    async def _handle_post(self, request: web.Request) -> web.Response:
+    async def _handle_post(self, request: web.Request) -> web.StreamResponse:
+        return await self._post(request, None)
+
+    async def _post(self, request: web.Request, served: Fault | None) -> web.StreamResponse:
         resource = request.match_info["resource"]
         if resource not in SEQUENCED_RESOURCES:
             raise web.HTTPNotFound(text=f"Unknown resource Chasitor/{resource}")
+        if (gate := self._gate(request, resource)) is not None:
+            return gate
+        port = _local_port(request)
         session, version, reply = self._authenticate(request)
-        if reply is None:
-            assert session is not None
-            body = await self._read_json_body(request)
-            if isinstance(body, Reply):
-                reply = body
-            else:
-                reply = self._take_fault(session, resource)
-                if reply is None:
-                    reply, fact = session.receive_post(
-                        resource,
-                        sequence=request.headers.get(SEQUENCE),
-                        body=body,
-                        now=self._now(),
-                        api_version=version,
-                    )
-                    if fact is not None:
-                        self._react(session, fact)
-                self._after_change(session)
-        return self._respond(request, session, reply)
+        if reply is not None:
+            return self._respond(request, session, reply, port)
+        assert session is not None
+        body = await self._read_json_body(request)
+        if isinstance(body, Reply):
+            return self._respond(request, session, body, port)
+        fault = self._due(session.id, resource, port, served)
+        early = await self._before(request, session, fault, served, port, self._post)
+        if early is not None:
+            return early
+        reply, fact = session.receive_post(
+            resource,
+            sequence=request.headers.get(SEQUENCE),
+            body=body,
+            now=self._now(),
+            api_version=version,
+        )
+        if fact is not None:
+            self._react(session, fact)
+        self._after_change(session)
+        return await self._finish(request, session, reply, fault, port)
 
-    async def _handle_resync(self, request: web.Request) -> web.Response:
+    async def _handle_resync(self, request: web.Request) -> web.StreamResponse:
+        return await self._resync(request, None)
+
+    async def _resync(self, request: web.Request, served: Fault | None) -> web.StreamResponse:
+        if (gate := self._gate(request, "ChasitorResyncState")) is not None:
+            return gate
+        port = _local_port(request)
         session, _, reply = self._authenticate(request)
-        if reply is None:
-            assert session is not None
-            body = await self._read_json_body(request)
-            if isinstance(body, Reply):
-                reply = body
-            else:
-                reply = self._take_fault(session, "ChasitorResyncState") or (
-                    session.receive_resync(body, sequenced=SEQUENCE in request.headers)
-                )
-        return self._respond(request, session, reply)
+        if reply is not None:
+            return self._respond(request, session, reply, port)
+        assert session is not None
+        body = await self._read_json_body(request)
+        if isinstance(body, Reply):
+            return self._respond(request, session, body, port)
+        fault = self._due(session.id, "ChasitorResyncState", port, served)
+        early = await self._before(request, session, fault, served, port, self._resync)
+        if early is not None:
+            return early
+        reply = session.receive_resync(body, sequenced=SEQUENCE in request.headers)
+        return await self._finish(request, session, reply, fault, port)
 
-    async def _handle_reconnect(self, request: web.Request) -> web.Response:
+    async def _handle_reconnect(self, request: web.Request) -> web.StreamResponse:
+        return await self._reconnect(request, None)
+
+    async def _reconnect(self, request: web.Request, served: Fault | None) -> web.StreamResponse:
+        if (gate := self._gate(request, "ReconnectSession")) is not None:
+            return gate
+        port = _local_port(request)
         session, _, reply = self._authenticate(
             request, null_affinity_ok=True, min_version=_RECONNECT_MIN_VERSION
         )
-        if reply is None:
-            assert session is not None
-            reply = self._take_fault(session, "ReconnectSession") or session.receive_reconnect(
-                request.query.get("ReconnectSession.offset"), self._now()
-            )
-            self._after_change(session)
-        return self._respond(request, session, reply)
+        if reply is not None:
+            return self._respond(request, session, reply, port)
+        assert session is not None
+        fault = self._due(session.id, "ReconnectSession", port, served)
+        early = await self._before(request, session, fault, served, port, self._reconnect)
+        if early is not None:
+            return early
+        reply = session.receive_reconnect(
+            request.query.get("ReconnectSession.offset"), self._now()
+        )
+        self._after_change(session)
+        return await self._finish(request, session, reply, fault, port)
 
-    async def _handle_messages(self, request: web.Request) -> web.Response:
+    async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
+        if (gate := self._gate(request, "Messages")) is not None:
+            return gate
+        port = _local_port(request)
         session, _, reply = self._authenticate(request)
         if reply is not None:
-            return self._respond(request, session, reply)
+            return self._respond(request, session, reply, port)
         assert session is not None
+        fault = self._due(session.id, "Messages", port, None)
+        if fault is not None and fault.kind != DELAY and not fault.after:
+            # fail, or reset before: the poll is not opened at all.
+            return self._respond(request, session, fault.reply, port, fault.label)
+        # A delayed poll is held at once, so it is outstanding (a second one is the 409
+        # duplicate, SALESFORCE.md 11.8), but gets no batch before the delay is over.
+        delay = fault.seconds if fault is not None and fault.kind == DELAY else None
         now = self._now()
-        fault = self._take_fault(session, "Messages")
-        if fault is not None:
-            return self._respond(request, session, fault)
         self._release_if_abandoned(session, now)
-        reply = session.open_poll(request.query.get("ack"), now)
+        reply = session.open_poll(request.query.get("ack"), now, hold=delay is not None)
         if reply is not None:
             # Answered at once: a batch, an ack error, or the 409 of a duplicate poll, which
             # ended the session (its held twin is answered by _after_change).
             self._after_change(session)
-            return self._respond(request, session, reply)
+            if delay is not None:
+                await self._pause(delay)
+            return await self._finish(request, session, reply, fault, port)
 
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
-        timer = loop.call_later(self.options.hold_s, self._expire_poll, session, future)
-        self._held[session.id] = _Held(future, timer, request)
+        if delay is not None:
+            timer = loop.call_later(delay, self._delay_over, session, future)
+            held = _Held(future, timer, request, arrived=now, not_before=now + delay)
+        else:
+            timer = loop.call_later(self.options.hold_s, self._expire_poll, session, future)
+            held = _Held(future, timer, request, arrived=now)
+        self._held[session.id] = held
         try:
             reply = await future
         except asyncio.CancelledError:
@@ -501,7 +756,11 @@ class Simulator:
                 self._drop_held(session, future)
                 session.abandon_poll(self._now())
             raise
-        return self._respond(request, session, reply)
+        if held.label is not None:  # an outage answered it, not the model
+            return self._respond(request, session, reply, port, held.label)
+        if fault is not None and fault.kind == RESET:  # reset after: handed out, then dropped
+            reply = RESET_REPLY
+        return self._respond(request, session, reply, port, fault.label if fault else None)
 
     def _release_if_abandoned(self, session: Session, now: float) -> None:
         if not self.options.release_abandoned_polls:
@@ -532,12 +791,28 @@ class Simulator:
             future.set_result(reply)
         self._after_change(session)
 
+    def _delay_over(self, session: Session, future: asyncio.Future[Reply]) -> None:
+        """The injected delay of a held poll is over: deliver, or hold on until hold_s."""
+        held = self._held.get(session.id)
+        if held is None or held.future is not future:
+            return
+        # Set explicitly: the loop may run a timer a clock tick early.
+        held.not_before = 0.0
+        remaining = held.arrived + self.options.hold_s - self._now()
+        if remaining <= 0:
+            self._expire_poll(session, future)
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        held.timer = loop.call_later(remaining, self._expire_poll, session, future)
+        self._after_change(session)
+
     def _after_change(self, session: Session) -> None:
         """Answer the held poll if the change calls for it; the one place that does."""
         held = self._held.get(session.id)
         if held is None:
             return
-        reply = session.settle_poll(self._now())
+        now = self._now()
+        reply = session.settle_poll(now, deliver=now >= held.not_before)
         if reply is None:
             return
         del self._held[session.id]
@@ -545,47 +820,58 @@ class Simulator:
         if not held.future.done():
             held.future.set_result(reply)
 
-    async def _handle_availability(self, request: web.Request) -> web.Response:
+    async def _handle_availability(self, request: web.Request) -> web.StreamResponse:
+        return await self._availability_check(request, None)
+
+    async def _availability_check(
+        self, request: web.Request, served: Fault | None
+    ) -> web.StreamResponse:
+        if (gate := self._gate(request, "Availability")) is not None:
+            return gate
+        port = _local_port(request)
+        reply = self._check_availability_request(request)
+        if isinstance(reply, Reply):
+            return self._respond(request, None, reply, port)
+        version, ids, need_wait = reply
+        fault = self._due(None, "Availability", port, served)
+        early = await self._before(request, None, fault, served, port, self._availability_check)
+        if early is not None:
+            return early
+        payload = behaviours.availability(
+            ids, api_version=version, need_wait=need_wait, overrides=self._availability
+        )
+        return await self._finish(request, None, json_reply(payload), fault, port)
+
+    def _check_availability_request(
+        self, request: web.Request
+    ) -> Reply | tuple[int, list[str], bool]:
         # "Visitor resources (only X-LIVEAGENT-API-VERSION needed)" (SALESFORCE.md 4.12).
         version = parse_api_version(request.headers.get(API_VERSION))
         if isinstance(version, Reply):
-            return self._respond(request, None, version)
+            return version
         query = request.query
         for name in ("org_id", "deployment_id", "Availability.ids"):
             if name not in query:
-                return self._respond(
-                    request, None, text_reply(400, f"Missing query parameter {name}")
-                )
+                return text_reply(400, f"Missing query parameter {name}")
         org_id, deployment_id = query["org_id"], query["deployment_id"]
         opts = self.options
         if not (org_id == opts.org_id if opts.org_id is not None else is_sf_id(org_id, "00D")):
-            return self._respond(
-                request, None, text_reply(400, f"Invalid query parameter org_id: {org_id!r}")
-            )
+            return text_reply(400, f"Invalid query parameter org_id: {org_id!r}")
         if not (
             deployment_id == opts.deployment_id
             if opts.deployment_id is not None
             else is_sf_id(deployment_id, "572")
         ):
-            return self._respond(
-                request,
-                None,
-                text_reply(400, f"Invalid query parameter deployment_id: {deployment_id!r}"),
-            )
+            return text_reply(400, f"Invalid query parameter deployment_id: {deployment_id!r}")
         ids = _parse_ids(query["Availability.ids"])
         if ids is None:
-            return self._respond(
-                request,
-                None,
-                text_reply(
-                    400,
-                    "Invalid query parameter Availability.ids: "
-                    f"{query['Availability.ids']!r} (expected [id1,id2] or id1,id2)",
-                ),
+            return text_reply(
+                400,
+                "Invalid query parameter Availability.ids: "
+                f"{query['Availability.ids']!r} (expected [id1,id2] or id1,id2)",
             )
         need_wait = query.get("Availability.needEstimatedWaitTime") in ("1", "true")
-        payload = behaviours.availability(ids, api_version=version, need_wait=need_wait)
-        return self._respond(request, None, json_reply(payload))
+        return version, ids, need_wait
 
     # --------------------------------------------------------------------------------------
     # Scripted agents
@@ -634,7 +920,7 @@ class Simulator:
         self._run_script(session, steps, index + 1)
 
     # --------------------------------------------------------------------------------------
-    # Control API (Python)
+    # Control API: agents
 
     def _get(self, session_id: str) -> Session:
         try:
@@ -644,6 +930,10 @@ class Simulator:
 
     def push(self, session_id: str, type: str, message: Any = None) -> int:
         """Queue any raw message ``{"type": type, "message": message}`` for the visitor.
+
+        Any type goes, documented or not (SALESFORCE.md 5: "Clients must ignore types they
+        don't know"). ``ChatEstablished`` lets the chat start; ``ChatEnded`` and
+        ``ChatRequestFail`` end it once delivered.
 
         Returns:
             The message's number.
@@ -665,6 +955,27 @@ class Simulator:
             session.agent_user_id or self.options.agent_user_id,
         )
 
+    def agent_joins(
+        self,
+        session_id: str,
+        name: str | None = None,
+        user_id: str | None = None,
+        *,
+        sneak_peek: bool = False,
+    ) -> int:
+        """ChatEstablished from agent ``name`` (default: the current or scripted agent).
+
+        ``sneak_peek`` sets ``sneakPeekEnabled``: the visitor may then send
+        ChasitorSneakPeek. The ``573PEEK00000000`` button's scripted agent joins that way.
+        """
+        current_name, current_id = self._agent(session_id)
+        return self.push(
+            session_id,
+            *behaviours.chat_established(
+                name or current_name, user_id or current_id, sneak_peek=sneak_peek
+            ),
+        )
+
     def agent_says(self, session_id: str, text: str) -> int:
         """The current agent sends a ChatMessage."""
         name, user_id = self._agent(session_id)
@@ -675,11 +986,15 @@ class Simulator:
         name, user_id = self._agent(session_id)
         return self.push(session_id, *behaviours.agent_typing(name, user_id, active))
 
-    def agent_transfers(self, session_id: str, name: str, user_id: str | None = None) -> int:
+    def agent_transfers(
+        self, session_id: str, name: str, user_id: str | None = None, *, sneak_peek: bool = False
+    ) -> int:
         """ChatTransferred to agent ``name``; later scripted replies come from them."""
         # A stable made-up user id per name (prefix 005, 15 characters).
         user_id = user_id or f"005{zlib.crc32(name.encode()):012d}"
-        return self.push(session_id, *behaviours.chat_transferred(name, user_id))
+        return self.push(
+            session_id, *behaviours.chat_transferred(name, user_id, sneak_peek=sneak_peek)
+        )
 
     def agent_ends(self, session_id: str, reason: str = "agent") -> int:
         """ChatEnded; the session is over once a poll delivered it."""
@@ -707,6 +1022,21 @@ class Simulator:
             message["estimatedWaitTime"] = estimated_wait_time
         return self.push(session_id, "QueueUpdate", message)
 
+    def set_available(self, button_id: str, available: bool | None) -> None:
+        """What ``Visitor/Availability`` reports for ``button_id`` from now on.
+
+        Only the report changes, not the scripted agent behind the button, so a test can
+        make the two disagree (as a race with a real org does). None restores the default
+        (every scripted button available but ``573NOAGENT00000``; unknown ids unavailable).
+        """
+        if available is None:
+            self._availability.pop(button_id, None)
+        else:
+            self._availability[button_id] = bool(available)
+
+    # --------------------------------------------------------------------------------------
+    # Control API: server-side events and faults
+
     def switch_server(self, session_id: str) -> str:
         """Move the session to another server (SALESFORCE.md 6, 11.5-11.7).
 
@@ -723,37 +1053,225 @@ class Simulator:
         self._after_change(session)
         return token
 
-    def switch_server_url(self, session_id: str, new_url: str) -> int:
-        """Queue a ``SwitchServer`` message ``{"newUrl": new_url}`` (SALESFORCE.md 4.12)."""
+    def switch_server_all(self) -> dict[str, str]:
+        """:meth:`switch_server` for every live session.
+
+        Returns:
+            The new affinity token of each session switched, by session id.
+        """
+        return {
+            session.id: self.switch_server(session.id)
+            for session in list(self.sessions.values())
+            if not session.is_over
+        }
+
+    def switch_server_url(self, session_id: str, new_url: str | None = None) -> int:
+        """Queue a ``SwitchServer`` message ``{"newUrl": new_url}`` (SALESFORCE.md 4.12).
+
+        The documented shape is ``https://<pod>/chat``. Without ``new_url`` it names the
+        first alias port (``http://HOST:ALIAS_PORT/chat``), which serves the same sessions.
+
+        Raises:
+            SimulatorError: No ``new_url`` and no alias port.
+        """
+        if new_url is None:
+            if not self.alias_base_urls:
+                raise SimulatorError(
+                    "no alias port to switch to: serve with running_simulator(extra_ports=1)"
+                )
+            new_url = self.alias_base_urls[0].removesuffix(BASE_PATH) + "/chat"
         return self.push(session_id, "SwitchServer", {"newUrl": new_url})
 
-    def fail_next(self, session_id: str, resource: str, status: int, body: str = "") -> None:
-        """Answer the next request for ``resource`` of this session with ``status``, unapplied.
-
-        ``resource`` is a Chasitor resource name, ``Messages``, ``ReconnectSession``,
-        ``ChasitorResyncState`` or ``DeleteSession``. Requests are checked for their headers
-        first, so a fault never hides a header error. A sequenced POST answered this way does
-        not use its sequence number up. Several calls queue several faults.
-        """
+    def expire(self, session_id: str) -> None:
+        """End the session now as if it had not been polled in time (later requests: 403)."""
         session = self._get(session_id)
-        if resource not in FAULT_RESOURCES:
-            raise ValueError(f"unknown resource {resource!r}")
-        if not 100 <= status <= 599:
-            raise ValueError(f"not an HTTP status: {status!r}")
-        reply = text_reply(status, body) if body else Reply(status=status)
-        self._faults.setdefault(session.id, {}).setdefault(resource, deque()).append(reply)
+        if session.is_over:
+            raise SessionOver(f"session {session_id} is already over")
+        logger.info("session %s: expired by the control API", session.id)
+        session.end("timeout", self._now())
+        self._after_change(session)
+
+    def _check_session(self, session_id: str | None) -> str | None:
+        if session_id is not None:
+            self._get(session_id)
+        return session_id
+
+    def fail_next(
+        self,
+        session_id: str | None,
+        resource: str,
+        status: int,
+        body: str = "",
+        *,
+        count: int = 1,
+    ) -> None:
+        """Answer the next ``count`` requests for ``resource`` with ``status``, unapplied.
+
+        ``session_id`` None means the requests of any session (and is the only choice for
+        ``SessionId`` and ``Availability``). ``resource`` is a Chasitor resource name,
+        ``SessionId``, ``Messages``, ``ReconnectSession``, ``ChasitorResyncState``,
+        ``DeleteSession`` or ``Availability``. Requests are checked for their headers first,
+        so a fault never hides a header error. A sequenced POST answered this way does not
+        use its sequence number up. Faults for the same target queue up in order.
+        """
+        fault = Fault(kind=FAIL, status=status, body=body)
+        self._plan.add(self._check_session(session_id), resource, fault, count)
+
+    def reset_next(
+        self, session_id: str | None, resource: str, count: int = 1, when: str = BEFORE
+    ) -> None:
+        """Drop the connection of the next ``count`` requests for ``resource``, unanswered.
+
+        ``when="before"``: the request is not applied. ``when="after"``: it is applied (a
+        ChatMessage is received and its sequence number used up; a poll hands out its batch,
+        waiting for one like any poll), and only then is the connection dropped, so the
+        client cannot know. The connection gets a TCP RST: an aiohttp client sees
+        ``ClientOSError`` (ECONNRESET), a ``ClientConnectionError``. Each request counts,
+        and aiohttp resends a GET or DELETE once by itself after a reset, so ``count=2``
+        is what makes a reset of Messages, SessionId, ReconnectSession or DELETE visible.
+        """
+        fault = Fault(kind=RESET, when=when)
+        self._plan.add(self._check_session(session_id), resource, fault, count)
+
+    def delay_next(
+        self,
+        session_id: str | None,
+        resource: str,
+        seconds: float,
+        count: int = 1,
+        when: str = AFTER,
+    ) -> None:
+        """Answer the next ``count`` requests for ``resource`` ``seconds`` late.
+
+        ``when="after"`` (default): the request is applied at once and answered late.
+        ``when="before"``: it waits, then is handled as if it had just arrived. A Messages
+        poll (either way) is outstanding from its arrival, so a second poll meanwhile is the
+        409 duplicate; it gets no batch before ``seconds``, but a server switch (503) or the
+        end of the session (403/409) still answers it at once.
+        """
+        fault = Fault(kind=DELAY, when=when, seconds=seconds)
+        self._plan.add(self._check_session(session_id), resource, fault, count)
+
+    def clear_faults(self) -> None:
+        """Drop every fault still waiting (an outage in progress goes on)."""
+        self._plan.clear()
+
+    def outage(self, seconds: float, mode: str = "reset") -> None:
+        """For ``seconds``, every Live Agent request of every session fails ``mode``'s way.
+
+        Modes: ``reset`` (connection dropped, no answer), ``503``, ``500`` (that status,
+        unapplied), ``refuse`` (the listening sockets close, so new connections are refused,
+        and requests on connections already open are reset; the same ports listen again
+        afterwards). Held polls are answered (or reset) at once and stop being outstanding.
+        The control API keeps working (except over new connections while refusing). The
+        outage ends by itself; sessions cannot time out during it, and their
+        clientPollTimeout restarts when it ends. A new call replaces a running outage.
+
+        Raises:
+            ValueError: Unknown mode, or ``seconds`` not a positive finite number.
+            SimulatorError: ``refuse`` on a simulator not served by :func:`running_simulator`
+                (it does not own the listening socket then).
+        """
+        if mode not in OUTAGE_MODES:
+            raise ValueError(f"unknown outage mode {mode!r} (one of {', '.join(OUTAGE_MODES)})")
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+        if mode == "refuse" and not self._listeners:
+            raise SimulatorError(
+                'outage mode "refuse" needs running_simulator: the simulator does not own '
+                "the listening socket of another runner"
+            )
+        loop = self._loop or asyncio.get_running_loop()
+        now = self._now()
+        self._cancel_outage_timer()
+        outage = Outage(mode=mode, started_at=now, until=now + seconds)
+        self._outage = outage
+        self._outage_timer = loop.call_later(seconds, self._end_outage, outage)
+        if mode == "refuse":
+            for listener in self._listeners:
+                listener.stop()
+        else:
+            self._resume_listening()
+        logger.info("outage (%s) for %.3f s", mode, seconds)
+        for session_id in list(self._held):
+            held = self._held.pop(session_id)
+            held.timer.cancel()
+            held.label = outage.label
+            session = self.sessions.get(session_id)
+            if session is not None:
+                session.abandon_poll(now)
+            self._note(session_id, "Messages", outage.label, _local_port(held.request))
+            if not held.future.done():
+                held.future.set_result(outage.reply)
+
+    def end_outage(self) -> None:
+        """End the running outage now (it also ends by itself)."""
+        if self._outage is not None:
+            self._end_outage(self._outage)
+
+    @property
+    def in_outage(self) -> bool:
+        """True from :meth:`outage` until requests are served again (after a ``refuse``,
+        until every port listens again)."""
+        return self._outage is not None or self._relisten_task is not None
+
+    def _end_outage(self, outage: Outage) -> None:
+        if self._outage is not outage:
+            return
+        self._cancel_outage_timer()
+        self._outage = None
+        now = self._now()
+        for session in self.sessions.values():
+            session.restart_poll_clock(now)
+        self._resume_listening()
+        logger.info("outage (%s) over", outage.mode)
+
+    def _resume_listening(self) -> None:
+        if self._closed or self._relisten_task is not None:
+            return
+        if all(listener.listening for listener in self._listeners):
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        self._relisten_task = loop.create_task(self._relisten(), name="simulator-relisten")
+
+    def _cancel_outage_timer(self) -> None:
+        if self._outage_timer is not None:
+            self._outage_timer.cancel()
+            self._outage_timer = None
+
+    # --------------------------------------------------------------------------------------
+    # Records
+
+    def faults(self) -> dict[str, Any]:
+        """The fault state, as JSON-able builtins: ``{"pending", "injected", "outage"}``."""
+        outage = self._outage
+        return {
+            "pending": self._plan.pending(),
+            "injected": msgspec.to_builtins(list(self.injected)),
+            "outage": (
+                None
+                if outage is None
+                else {
+                    "mode": outage.mode,
+                    "remaining_s": max(0.0, outage.until - self._now()),
+                }
+            ),
+            "availability": dict(self._availability),
+        }
 
     def record(self) -> dict[str, Any]:
         """Everything recorded, as JSON-able builtins.
 
-        Shape: ``{"options": {...}, "sessions": {id: Session.record()}, "requests": [...]}``,
-        where ``requests`` holds the requests of no session (see
-        :attr:`unattributed_requests`) as ``{method, path, query, headers, status}``.
+        Shape: ``{"options": {...}, "sessions": {id: Session.record()}, "requests": [...],
+        "faults": faults()}``, where ``requests`` holds the requests of no session (see
+        :attr:`unattributed_requests`) as ``{method, path, query, headers, status, port,
+        fault}``.
         """
         return {
             "options": msgspec.to_builtins(self.options),
             "sessions": {sid: session.record() for sid, session in self.sessions.items()},
             "requests": msgspec.to_builtins(list(self.unattributed_requests)),
+            "faults": self.faults(),
         }
 
     def summaries(self) -> list[dict[str, Any]]:
@@ -771,83 +1289,6 @@ class Simulator:
             }
             for s in self.sessions.values()
         ]
-
-    # --------------------------------------------------------------------------------------
-    # Control API (HTTP)
-
-    async def _control_record(self, request: web.Request) -> web.Response:
-        return _json_response(self.record())
-
-    async def _control_sessions(self, request: web.Request) -> web.Response:
-        return _json_response({"sessions": self.summaries()})
-
-    async def _control_session(self, request: web.Request) -> web.Response:
-        session = self.sessions.get(request.match_info["id"])
-        if session is None:
-            return _json_response({"error": "unknown session"}, status=404)
-        return _json_response(session.record())
-
-    async def _control_action(self, request: web.Request) -> web.Response:
-        session_id, action = request.match_info["id"], request.match_info["action"]
-        raw = await request.read()
-        try:
-            result = self._run_action(action, session_id, raw)
-        except msgspec.DecodeError as exc:
-            return _json_response({"error": str(exc)}, status=400)
-        except UnknownSession:
-            return _json_response({"error": "unknown session"}, status=404)
-        except SessionOver as exc:
-            return _json_response({"error": str(exc)}, status=409)
-        except OutboxFull as exc:
-            return _json_response({"error": str(exc)}, status=429)
-        except (SimulatorError, ValueError) as exc:
-            return _json_response({"error": str(exc)}, status=400)
-        if result is None:
-            return _json_response({"error": f"unknown action {action!r}"}, status=404)
-        return _json_response(result)
-
-    def _run_action(self, action: str, session_id: str, raw: bytes) -> dict[str, Any] | None:
-        """Decode the body of one control action and run it; None for an unknown action."""
-
-        def body(cls: type[Any]) -> Any:
-            return msgspec.json.decode(raw or b"{}", type=cls)
-
-        match action:
-            case "push":
-                push = body(_Push)
-                return {"number": self.push(session_id, push.type, push.message)}
-            case "say":
-                return {"number": self.agent_says(session_id, body(_Say).text)}
-            case "typing":
-                return {"number": self.agent_typing(session_id, body(_Typing).active)}
-            case "transfer":
-                transfer = body(_Transfer)
-                return {"number": self.agent_transfers(session_id, transfer.name, transfer.user_id)}
-            case "end":
-                return {"number": self.agent_ends(session_id, body(_End).reason)}
-            case "disconnect":
-                body(_Nothing)
-                return {"number": self.agent_disconnects(session_id)}
-            case "queue":
-                queue = body(_Queue)
-                number = self.queue_update(session_id, queue.position, queue.estimated_wait_time)
-                return {"number": number}
-            case "switch-server":
-                body(_Nothing)
-                return {"affinity_token": self.switch_server(session_id)}
-            case "switch-url":
-                return {"number": self.switch_server_url(session_id, body(_SwitchUrl).new_url)}
-            case "fail-next":
-                fault = body(_FailNext)
-                self.fail_next(session_id, fault.resource, fault.status, fault.body)
-                return {"ok": True}
-        return None
-
-
-def _json_response(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=msgspec.json.encode(payload), content_type="application/json"
-    )
 
 
 def _parse_ids(raw: str) -> list[str] | None:
@@ -873,40 +1314,60 @@ def _url_host(host: str) -> str:
 
 @contextlib.asynccontextmanager
 async def running_simulator(
-    options: SimulatorOptions | None = None, host: str = "127.0.0.1", port: int = 0
+    options: SimulatorOptions | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    extra_ports: int = 0,
 ) -> AsyncIterator[Simulator]:
     """Serve a simulator on ``host:port`` (port 0 picks a free one) for the block's duration.
 
+    Args:
+        options: The configuration (defaults if None).
+        host: Address to listen on.
+        port: Port to listen on; 0 picks a free one.
+        extra_ports: How many more free ports serve the same sessions (``alias_base_urls``),
+            e.g. as the target of a ``SwitchServer`` message.
+
     Yields:
-        The :class:`Simulator`, with ``base_url`` and ``port`` set.
+        The :class:`Simulator`, with ``base_url``, ``port``, ``ports`` and
+        ``alias_base_urls`` set.
     """
+    if extra_ports < 0:
+        raise ValueError(f"extra_ports must be >= 0, got {extra_ports!r}")
     simulator = Simulator(options)
     # No access log: 10,000 sessions polling would drown everything else. The shutdown
     # budget is short because held polls are answered on shutdown.
     runner = web.AppRunner(simulator.app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
-        # A large backlog: a load test opens thousands of connections at once.
-        site = web.TCPSite(runner, host, port, backlog=4096)
-        await site.start()
-        bound_port = runner.addresses[0][1]
-        simulator.port = bound_port
-        simulator.base_url = f"http://{_url_host(host)}:{bound_port}{BASE_PATH}"
+        # The simulator owns its listening sockets (not a TCPSite) so that an outage can
+        # close and reopen them; runner.server is the aiohttp protocol factory.
+        factory = runner.server
+        assert factory is not None
+        await simulator._listen(factory, host, [port] + [0] * extra_ports)
         yield simulator
     finally:
+        await simulator._stop_listening()
         await runner.cleanup()
 
 
 async def serve_forever(
-    options: SimulatorOptions | None = None, host: str = "127.0.0.1", port: int = 8080
+    options: SimulatorOptions | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    extra_ports: int = 0,
 ) -> None:
     """Serve the simulator until cancelled (for the ``bridged simulator`` command).
 
     Cancellation is the way to stop it; the server is cleaned up and the
     ``CancelledError`` propagates.
     """
-    async with running_simulator(options, host, port) as simulator:
+    async with running_simulator(options, host, port, extra_ports=extra_ports) as simulator:
         logger.info("Live Agent simulator listening on %s", simulator.base_url)
+        for url in simulator.alias_base_urls:
+            logger.info("Live Agent simulator also listening on %s (same sessions)", url)
         if host not in ("127.0.0.1", "::1", "localhost"):
             logger.warning("the simulator's control API (/_sim/) has no authentication")
         await asyncio.Event().wait()

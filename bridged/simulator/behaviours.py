@@ -15,8 +15,13 @@ Button table (15-character ids, prefix ``573`` like real chat buttons):
                      message."), echoes the first visitor message, then ChatEnded
                      ``{"reason": "agent"}``.
 ``573MANUAL000000``  Joins, then does nothing by itself: driven by the control API.
+``573PEEK00000000``  Like ECHO, but ChatEstablished carries ``sneakPeekEnabled: true``.
 any other button     ChatRequestFail ``{"reason": "InternalFailure"}``.
 ===================  ===========================================================================
+
+Visitor/Availability reports every button above available except ``573NOAGENT00000``;
+unknown buttons are unavailable. The shell can override that per button at run time
+(``Simulator.set_available``), without changing the scripted agent behind it.
 
 A ChasitorInit with ``isPost: false`` fails whatever the button: ChatRequestFail
 ``{"reason": "NoPost"}`` (a reason the Android SDK knows, SALESFORCE.md 5).
@@ -32,6 +37,7 @@ Message shapes follow the YALO capture of a real Messages payload (SALESFORCE.md
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -46,6 +52,7 @@ __all__ = [
     "FAIL_BUTTON",
     "MANUAL_BUTTON",
     "NOAGENT_BUTTON",
+    "PEEK_BUTTON",
     "QUEUE_BUTTON",
     "AgentView",
     "Behaviour",
@@ -69,6 +76,7 @@ NOAGENT_BUTTON = "573NOAGENT00000"
 FAIL_BUTTON = "573FAIL00000000"
 ENDS_BUTTON = "573ENDS00000000"
 MANUAL_BUTTON = "573MANUAL000000"
+PEEK_BUTTON = "573PEEK00000000"
 
 ENDS_GREETING = "Hello, I am Ada. This chat will end after your first message."
 
@@ -131,23 +139,27 @@ def queue_update(view: AgentView, *, position: int, wait_s: int) -> tuple[str, d
     return "QueueUpdate", _with_ewt({"position": position}, view, wait_s)
 
 
-def chat_established(name: str, user_id: str) -> tuple[str, dict[str, Any]]:
-    """ChatEstablished: the agent accepted the chat."""
+def chat_established(
+    name: str, user_id: str, *, sneak_peek: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """ChatEstablished: the agent accepted the chat (YALO capture's fields)."""
     return "ChatEstablished", {
         "name": name,
         "userId": user_id,
         "items": [],
-        "sneakPeekEnabled": False,
+        "sneakPeekEnabled": sneak_peek,
         "chasitorIdleTimeout": {"isEnabled": False},
     }
 
 
-def chat_transferred(name: str, user_id: str) -> tuple[str, dict[str, Any]]:
+def chat_transferred(
+    name: str, user_id: str, *, sneak_peek: bool = False
+) -> tuple[str, dict[str, Any]]:
     """ChatTransferred: another agent took the chat over."""
     return "ChatTransferred", {
         "name": name,
         "userId": user_id,
-        "sneakPeekEnabled": False,
+        "sneakPeekEnabled": sneak_peek,
         "chasitorIdleTimeout": {"isEnabled": False},
     }
 
@@ -218,6 +230,7 @@ class Behaviour:
 class _Echo(Behaviour):
     available = True
     wait_s = 30
+    sneak_peek = False
 
     def on_init(self, view: AgentView, options: SimulatorOptions) -> list[Step]:
         return [
@@ -229,7 +242,11 @@ class _Echo(Behaviour):
             ),
             Step(
                 delay_s=options.join_delay_s,
-                messages=(chat_established(options.agent_name, options.agent_user_id),),
+                messages=(
+                    chat_established(
+                        options.agent_name, options.agent_user_id, sneak_peek=self.sneak_peek
+                    ),
+                ),
             ),
         ]
 
@@ -264,6 +281,10 @@ class _Queue(_Echo):
                 messages=(chat_established(options.agent_name, options.agent_user_id),),
             ),
         ]
+
+
+class _Peek(_Echo):
+    sneak_peek = True
 
 
 class _Fail(Behaviour):
@@ -309,6 +330,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     FAIL_BUTTON: _Fail("InternalFailure", available=True),
     ENDS_BUTTON: _Ends(),
     MANUAL_BUTTON: _Manual(),
+    PEEK_BUTTON: _Peek(),
 }
 _UNKNOWN = Behaviour()
 
@@ -327,19 +349,30 @@ def script_for_init(
     return behaviour_for(button_id).on_init(view, options)
 
 
-def availability(ids: list[str], *, api_version: int, need_wait: bool) -> dict[str, Any]:
+def availability(
+    ids: list[str],
+    *,
+    api_version: int,
+    need_wait: bool,
+    overrides: Mapping[str, bool] | None = None,
+) -> dict[str, Any]:
     """The ``Visitor/Availability`` answer, in the messages envelope observed by IBM.
 
     "isAvailable is left out when false; estimatedWaitTime (seconds, -1 if unknown, >= 47.0)
-    appears when requested" (D-TYPES).
+    appears when requested" (D-TYPES). ``overrides`` (button id → available) wins over the
+    scripted agent's own :attr:`Behaviour.available`.
     """
     results = []
     for id_ in ids:
         behaviour = behaviour_for(id_)
+        available = behaviour.available
+        if overrides and id_ in overrides:
+            available = overrides[id_]
         result: dict[str, Any] = {"id": id_}
-        if behaviour.available:
+        if available:
             result["isAvailable"] = True
         if need_wait and api_version >= _EWT_MIN_VERSION:
-            result["estimatedWaitTime"] = behaviour.wait_s if behaviour.available else -1
+            # A button made available at run time with no scripted wait: unknown (-1).
+            result["estimatedWaitTime"] = behaviour.wait_s if available else -1
         results.append(result)
     return {"messages": [{"type": "Availability", "message": {"results": results}}]}

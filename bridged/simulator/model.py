@@ -159,13 +159,26 @@ _PLAIN, _ESTABLISHED, _FINAL, _SESSION_DATA = range(4)
 
 
 class RequestRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One request as the simulator saw it, with the status it answered."""
+    """One request as the simulator saw it, with the status it answered.
+
+    Attributes:
+        method: HTTP method.
+        path: Request path.
+        query: Raw query string.
+        headers: The Live Agent headers and Content-Type, as sent.
+        status: The status answered; 0 when the connection was reset instead (a fault).
+        port: The local port the request arrived on (one simulator may listen on several).
+        fault: The label of the fault injected into this request (``reset_after``,
+            ``delay_before``, ``fail_500``, ``outage_503``...), None for a normal one.
+    """
 
     method: str
     path: str
     query: str
     headers: dict[str, str]
     status: int
+    port: int | None = None
+    fault: str | None = None
 
 
 class InitAccepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -216,6 +229,9 @@ class Session:
         init: The ChasitorInit body as received (decoded JSON), once accepted.
         visitor_messages: Texts of the visitor ChatMessages applied, in order.
         visitor_events: Other visitor activity applied, and duplicates dropped, in order.
+        sequence_log: Every sequenced POST that passed the sequence check, in order, as
+            ``(resource, sequence, applied)``; ``applied`` is False for a duplicate that was
+            dropped (SALESFORCE.md 11.4). Numbers restart at 1 after ReconnectSession.
         agent_messages: Every message queued for the visitor, with its number.
         requests: The most recent requests (``options.request_log_max`` of them).
         agent_name: Display name of the agent currently on the chat (from the last
@@ -275,6 +291,7 @@ class Session:
         # stays bounded while tests can still compare them with plain lists.
         self.visitor_messages: list[str] = []
         self.visitor_events: list[dict[str, Any]] = []
+        self.sequence_log: list[tuple[str, int, bool]] = []
         self.agent_messages: list[tuple[int, str, Any]] = []
         self._transcript: deque[dict[str, Any]] = deque(maxlen=options.record_max)
         self.records_dropped = 0
@@ -302,6 +319,16 @@ class Session:
     def queued(self) -> int:
         """Messages queued and not yet acknowledged by the visitor."""
         return len(self._outbox)
+
+    @property
+    def sequences_accepted(self) -> list[int]:
+        """The ``X-LIVEAGENT-SEQUENCE`` numbers applied, in order (from :attr:`sequence_log`)."""
+        return [seq for _, seq, applied in self.sequence_log if applied]
+
+    @property
+    def duplicates_dropped(self) -> list[tuple[str, int]]:
+        """``(resource, sequence)`` of each re-sent POST that was dropped, in order."""
+        return [(res, seq) for res, seq, applied in self.sequence_log if not applied]
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -377,6 +404,7 @@ class Session:
                 self.visitor_events,
                 {"type": "duplicate", "resource": resource, "sequence": self.last_accepted},
             )
+            self._record(self.sequence_log, (resource, self.last_accepted, False))
             return _OK, None
         assert isinstance(seq, int)
 
@@ -391,7 +419,7 @@ class Session:
                 return text_reply(
                     400, f'Invalid ChatEnd body: reason must be "client", got {decoded.reason!r}'
                 ), None
-            self.last_accepted = seq
+            self._accept(resource, seq)
             self.end("client", now)
             return _OK, None
 
@@ -410,7 +438,7 @@ class Session:
                 500, f"{resource} refused: ChasitorResyncState is required after a server switch"
             ), None
 
-        self.last_accepted = seq
+        self._accept(resource, seq)
         if resource == "ChatMessage":
             self._record(self.visitor_messages, decoded.text)
             self._transcribe("Chasitor", self.init_body.visitor_name if self.init_body else "",
@@ -424,6 +452,10 @@ class Session:
             event = {"type": resource}
         self._record(self.visitor_events, event)
         return _OK, None
+
+    def _accept(self, resource: str, seq: int) -> None:
+        self.last_accepted = seq
+        self._record(self.sequence_log, (resource, seq, True))
 
     def _check_sequence(self, raw: str | None) -> int | Reply | _Duplicate:
         if raw is None:
@@ -448,7 +480,7 @@ class Session:
         problem = self._init_problem(init)
         if problem is not None:
             return text_reply(400, f"Invalid ChasitorInit body: {problem}"), None
-        self.last_accepted = seq
+        self._accept("ChasitorInit", seq)
         self.init = msgspec.json.decode(body)
         self.init_body = init
         # The version the chat was started with decides optional fields such as
@@ -521,8 +553,15 @@ class Session:
     # ----------------------------------------------------------------------------------
     # Messages long poll
 
-    def open_poll(self, ack: str | None, now: float) -> Reply | None:
+    def open_poll(self, ack: str | None, now: float, *, hold: bool = False) -> Reply | None:
         """Start a ``GET System/Messages``.
+
+        Args:
+            ack: The ``ack`` query parameter, as sent.
+            now: Loop time.
+            hold: Hold the poll even if messages are waiting (an injected delay: the shell
+                answers it later through :meth:`settle_poll`). Ack errors and the duplicate
+                poll are still answered at once.
 
         Returns:
             The immediate reply, or None when the poll is now held (the shell waits for
@@ -539,7 +578,7 @@ class Session:
             self.last_poll_answer_at = now
             return value
         self._acknowledge(value)
-        if self._outbox:
+        if self._outbox and not hold:
             return self._answer_with_batch(now)
         self.poll_held = True
         return None
@@ -575,12 +614,13 @@ class Session:
         while self._given and self._given[0] < ack:
             self._given_set.discard(self._given.popleft())
 
-    def settle_poll(self, now: float) -> Reply | None:
+    def settle_poll(self, now: float, *, deliver: bool = True) -> Reply | None:
         """Whether the held poll must be answered now, and with what.
 
         The shell calls this after every input. Messages queued → 200 with a batch
         ("returns one batch as soon as messages exist", D-POLL); session over → 403 (or the
-        409 of a duplicate poll); server switch → 503.
+        409 of a duplicate poll); server switch → 503. ``deliver=False`` (a poll whose
+        injected delay is still running) gives only the last two.
         """
         if not self.poll_held:
             return None
@@ -591,7 +631,7 @@ class Session:
             self.poll_held = False
             self.last_poll_answer_at = now
             return text_reply(503, "Affinity token changed: the session moved to another server")
-        if self._outbox:
+        if self._outbox and deliver:
             return self._answer_with_batch(now)
         return None
 
@@ -605,10 +645,18 @@ class Session:
         return _NO_CONTENT
 
     def abandon_poll(self, now: float) -> None:
-        """Forget the held poll (only with ``release_abandoned_polls``): its client hung up."""
+        """Forget the held poll: its client hung up (only with ``release_abandoned_polls``),
+        or the server dropped or failed it itself (an outage), so it is no longer
+        outstanding."""
         if self.poll_held:
             self.poll_held = False
             self.last_poll_answer_at = now
+
+    def restart_poll_clock(self, now: float) -> None:
+        """Count the clientPollTimeout from ``now``: the server could not be polled before
+        (an outage just ended), so that time is not held against the visitor."""
+        if self.phase is not Phase.ENDED and not self.poll_held:
+            self.last_poll_answer_at = max(self.last_poll_answer_at, now)
 
     def _answer_with_batch(self, now: float) -> Reply:
         items = list(itertools.islice(self._outbox, self.options.max_batch))
@@ -821,6 +869,14 @@ class Session:
                     for num, type_, message in self.agent_messages
                 ],
                 "requests": self.requests,
+                "sequence_log": [
+                    {"resource": res, "sequence": seq, "applied": applied}
+                    for res, seq, applied in self.sequence_log
+                ],
+                "sequences_accepted": self.sequences_accepted,
+                "duplicates_dropped": [
+                    {"resource": res, "sequence": seq} for res, seq in self.duplicates_dropped
+                ],
                 "last_sequence_accepted": self.last_accepted,
                 "last_sequence_sent": self.last_given,
                 "acked": self.acked,

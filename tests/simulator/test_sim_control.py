@@ -126,7 +126,7 @@ async def test_record_is_json_and_complete(make_sim: Any) -> None:
     await visitor.poll_until("AgentNotTyping")
     await visitor.post("ChatEnd", {"reason": "client"})
     record = json.loads(json.dumps(sim.record()))
-    assert set(record) == {"options", "sessions", "requests"}
+    assert set(record) == {"options", "sessions", "requests", "faults"}
     assert record["options"]["hold_s"] == 0.2
     session = record["sessions"][visitor.id]
     assert session["init"]["buttonId"] == ECHO_BUTTON
@@ -148,7 +148,12 @@ async def test_record_is_json_and_complete(make_sim: Any) -> None:
         "query": "",
         "headers": {"X-LIVEAGENT-API-VERSION": "49", "X-LIVEAGENT-AFFINITY": "null"},
         "status": 200,
+        "port": first["port"],
+        "fault": None,
     }
+    assert isinstance(first["port"], int)
+    assert session["sequences_accepted"] == [1, 2, 3, 4]
+    assert session["duplicates_dropped"] == []
     init = session["requests"][1]
     assert init["path"] == "/chat/rest/Chasitor/ChasitorInit"
     assert init["headers"]["X-LIVEAGENT-SEQUENCE"] == "1"

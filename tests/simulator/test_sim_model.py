@@ -530,7 +530,10 @@ def test_records_can_be_turned_off() -> None:
     session = established(record_max=0)
     post(session, "ChatMessage", {"text": "x"}, 2)
     assert session.visitor_messages == [] and session.agent_messages == []
-    assert session.records_dropped == 2
+    assert session.sequence_log == []
+    # ChatEstablished and the visitor's message, plus the sequence log's two entries
+    # (ChasitorInit 1, ChatMessage 2).
+    assert session.records_dropped == 4
     assert session.last_accepted == 2
 
 
