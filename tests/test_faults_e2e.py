@@ -164,10 +164,11 @@ async def test_switch_server_to_a_host_not_allowed_fails_the_chat(
                                " which salesforce.allowed_hosts does not allow")
 
 
+@pytest.mark.parametrize("mode", ["reset", "503", "500", "refuse"])
 async def test_an_outage_is_ridden_out(sim: Simulator, bridged: Daemon,
-                                       http: aiohttp.ClientSession) -> None:
+                                       http: aiohttp.ClientSession, mode: str) -> None:
     client, session = await joined_chat(bridged, http, sim, "out-1")
-    sim.outage(1.0, mode="reset")
+    sim.outage(1.0, mode=mode)
     await client.send({"type": "message", "chat": "out-1", "id": "m1", "text": "during"})
     await client.expect("delivered", id="m1", timeout=20)
     sim.agent_says(session.id, "back")

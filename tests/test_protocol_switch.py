@@ -145,9 +145,24 @@ def test_too_many_switches_fail_the_chat() -> None:
 def test_reconnect_refused_fails_with_the_status() -> None:
     session = chatting_session()
     answer(session, Lane.POLL, HttpResponse(503))
-    answer(session, Lane.POST, HttpResponse(405))
+    answer(session, Lane.POST, HttpResponse(403))
     assert session.facts_received() == [facts.Ended(
-        reason="failed", detail="Salesforce refused to reconnect the session (HTTP 405)")]
+        reason="failed", detail="the Salesforce session expired")]
+    session = chatting_session()
+    answer(session, Lane.POLL, HttpResponse(503))
+    answer(session, Lane.POST, HttpResponse(400))
+    assert session.facts_received() == [facts.Ended(
+        reason="failed", detail="Salesforce refused to reconnect the session (HTTP 400)")]
+
+
+def test_a_503_that_was_no_switch_carries_on_with_the_old_server() -> None:
+    session = chatting_session()
+    answer(session, Lane.POLL, HttpResponse(503))
+    answer(session, Lane.POST, HttpResponse(405))  # "no server switch pending"
+    assert session.state is State.CHATTING and session.affinity == "2c931fa0"
+    poll = session.next_request(Lane.POLL)
+    assert poll is not None and poll.purpose is Purpose.MESSAGES
+    assert ("reconnect_not_needed", "switch 1") in session.notices_received()
 
 
 def test_switch_server_message_hands_the_new_url_to_the_shell() -> None:

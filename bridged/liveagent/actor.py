@@ -209,9 +209,9 @@ class ChatActor:
                 status = "error" if isinstance(result, TransportError) else str(result.status)
                 self._metrics.salesforce_answered(request.purpose.value, status,
                                                   now - self._sent_at[lane])
-            if isinstance(result, TransportError) or (
-                result.status >= 500 and result.status != 503
-            ):
+            # Every 5xx backs the lane off, the 503 of a server switch included: the
+            # requests that follow it (ReconnectSession) meet the same server trouble.
+            if isinstance(result, TransportError) or result.status >= 500:
                 self._failed(lane, request, result, now)
             else:
                 self._failures[lane] = 0

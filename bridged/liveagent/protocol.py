@@ -467,7 +467,9 @@ class LiveAgentSession:
         if not self._release(request):
             return
         try:
-            if response.status == 503 and request.purpose is not Purpose.AVAILABILITY:
+            if response.status == 503 and request.purpose is Purpose.RECONNECT:
+                self._retry = request  # the new server is not ready yet: ask again, later
+            elif response.status == 503 and request.purpose is not Purpose.AVAILABILITY:
                 # "affinity token changed (server hand-over)"; "Any request type can get
                 # the 503" (D-RECON).
                 self._begin_switch(request)
@@ -710,6 +712,13 @@ class LiveAgentSession:
             # joined; that answer does not use up the number (11.3), so the very same
             # request, number and all, is sent again after a pause.
             self._retry = request
+        elif purpose is Purpose.RECONNECT and status == 405:
+            # "405 ... on ReconnectSession sent without a hand-over" (IBM): the 503 was not
+            # a switch (an overloaded server says 503 too). Carry on where the session was;
+            # MAX_SWITCHES bounds how often this can repeat.
+            self._notices.append(("reconnect_not_needed", f"switch {self.switches}"))
+            self.state = self._resume
+            self.switch_phase = None
         elif purpose is Purpose.RECONNECT:
             self._finish(facts.Ended(
                 reason="failed",
