@@ -85,8 +85,15 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
         print(f"bridged: {exc}".replace("server.listen", "--listen"), file=sys.stderr)
         return 2
     setup_logging(args.log_level)
-    options = SimulatorOptions(hold_s=args.hold_s, join_delay_s=args.join_delay_s)
-    return _run(_forever(serve_forever(options, host, port)))
+    try:
+        options = SimulatorOptions(
+            hold_s=args.hold_s, client_poll_timeout=args.client_poll_timeout,
+            join_delay_s=args.join_delay_s, reply_delay_s=args.reply_delay_s,
+            queue_step_s=args.queue_step_s)
+    except (ValueError, TypeError) as exc:
+        print(f"bridged: simulator options: {exc}", file=sys.stderr)
+        return 2
+    return _run(_forever(serve_forever(options, host, port, extra_ports=args.extra_ports)))
 
 
 async def _forever(coro: Coroutine[Any, Any, Any]) -> int:
@@ -175,7 +182,14 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulator", help="run the built-in Live Agent simulator")
     sim.add_argument("--listen", default="127.0.0.1:8711", metavar="HOST:PORT")
     sim.add_argument("--hold-s", type=float, default=30.0, help="idle poll hold (s)")
+    sim.add_argument("--client-poll-timeout", type=float, default=40.0,
+                     help="clientPollTimeout handed out (s; above --hold-s)")
     sim.add_argument("--join-delay-s", type=float, default=1.0, help="agent join delay (s)")
+    sim.add_argument("--reply-delay-s", type=float, default=0.5, help="echo delay (s)")
+    sim.add_argument("--queue-step-s", type=float, default=2.0,
+                     help="time between queue positions (s)")
+    sim.add_argument("--extra-ports", type=int, default=0,
+                     help="more ports serving the same sessions (for SwitchServer)")
     sim.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
     sim.set_defaults(func=_cmd_simulator)

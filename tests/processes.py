@@ -1,0 +1,129 @@
+"""Real processes for fault tests: the simulator and bridged, each started and stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+ROOT = Path(__file__).parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None
+              ) -> None:
+    """Wait (bounded) until ``url`` answers 200."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (OSError, urllib.error.HTTPError):
+            pass
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{url}: the process exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer within {timeout} s")
+        time.sleep(0.05)
+
+
+class Process:
+    """A child process, stopped by its pid when the test is done."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log.open("wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "bridged", *args], cwd=ROOT,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """Stop for good (SIGKILL if it is still running); idempotent."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.close()
+
+
+class SimulatorProcess(Process):
+    """``bridged simulator`` with short timings, controlled through its ``/_sim/`` API."""
+
+    def __init__(self, tmp: Path, hold_s: float = 0.5, client_poll_timeout: float = 5.0) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        super().__init__(["simulator", "--listen", f"127.0.0.1:{self.port}",
+                          "--hold-s", str(hold_s),
+                          "--client-poll-timeout", str(client_poll_timeout),
+                          "--join-delay-s", "0.05", "--reply-delay-s", "0.02",
+                          "--queue-step-s", "0.05", "--log-level", "warning"],
+                         tmp / "simulator.log")
+        wait_http(self.base + "/_sim/sessions", process=self.process)  # type: ignore[arg-type]
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else msgspec.json.encode(body)
+        request = urllib.request.Request(self.base + "/_sim/" + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read()
+        return msgspec.json.decode(text) if text else None
+
+    def sessions(self) -> list[dict[str, Any]]:
+        result = self._call("GET", "sessions")
+        return result["sessions"] if isinstance(result, dict) else result
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        return self._call("GET", f"sessions/{session_id}")  # type: ignore[no-any-return]
+
+    def action(self, session_id: str, action: str, body: Any = None) -> Any:
+        return self._call("POST", f"sessions/{session_id}/{action}", body or {})
+
+    def global_action(self, action: str, body: Any = None) -> Any:
+        return self._call("POST", action, body or {})
+
+
+class BridgedProcess(Process):
+    """``bridged run`` on a config whose profiles point at a simulator process."""
+
+    TOKEN = "proc-token-0123456789"
+
+    def __init__(self, tmp: Path, simulator: SimulatorProcess, *, port: int | None = None,
+                 state: Path | None = None, name: str = "bridged") -> None:
+        self.port = port or free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/v1/chat"
+        config = tmp / f"{name}.toml"
+        profile = (f'live_agent_base_url = "{simulator.base}/chat"\n'
+                   'organization_id = "00D000000000001"\n'
+                   'deployment_id = "572000000000001"\n')
+        config.write_text(
+            f'[server]\nlisten = "127.0.0.1:{self.port}"\ntokens = ["{self.TOKEN}"]\n'
+            'detach_grace_s = 60\n'
+            f'[salesforce]\nallowed_hosts = ["127.0.0.1:*"]\n'
+            f'[state]\ndir = "{state or tmp / "state"}"\n'
+            f'[profiles.manual]\n{profile}button_id = "573MANUAL000000"\n'
+            f'[profiles.echo]\n{profile}button_id = "573ECHO00000000"\n')
+        super().__init__(["run", "--config", str(config)], tmp / f"{name}.log")
+        wait_http(f"http://127.0.0.1:{self.port}/readyz",
+                  process=self.process)  # type: ignore[arg-type]
