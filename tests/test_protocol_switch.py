@@ -266,3 +266,32 @@ def test_prechat_entities_are_sent_camel_case() -> None:
         "entityName": "Contact", "saveToTranscript": "ContactId",
         "entityFieldsMaps": [{"fieldName": "Email", "label": "Email", "doFind": True,
                               "isExactMatch": True, "doCreate": False}]}]
+
+
+def _switch_with_lost_post(transcript: list[dict[str, str]]) -> LiveAgentSession:
+    session = chatting_session()
+    session.send_text("m1", "did it arrive?")
+    post = session.next_request(Lane.POST)
+    assert post is not None
+    session.receive_failure(post)  # no answer: unknown whether Salesforce took it
+    answer(session, Lane.POLL, HttpResponse(503))
+    answer(session, Lane.POST, reconnect_answer())
+    answer(session, Lane.POLL, messages(("ChasitorSessionData", {"chatMessages": transcript})))
+    answer(session, Lane.POST, HttpResponse(200))  # ChasitorResyncState
+    return session
+
+
+def test_a_message_lost_at_a_switch_that_did_arrive_is_not_sent_again() -> None:
+    session = _switch_with_lost_post([
+        {"type": "Agent", "name": "Ada", "content": "hi"},
+        {"type": "Chasitor", "name": "Visitor", "content": "did it arrive?"}])
+    assert session.next_request(Lane.POST) is None  # nothing to resend
+    assert session.facts_received() == [facts.Delivered(id="m1")]
+
+
+def test_a_message_lost_at_a_switch_that_did_not_arrive_is_sent_again() -> None:
+    session = _switch_with_lost_post([{"type": "Agent", "name": "Ada", "content": "hi"}])
+    again = session.next_request(Lane.POST)
+    assert again is not None and again.body is not None
+    assert json.loads(again.body) == {"text": "did it arrive?"}
+    assert headers(again)["X-LIVEAGENT-SEQUENCE"] == "1"

@@ -284,6 +284,10 @@ class LiveAgentSession:
         self._unknown_types: set[str] = set()
         self._masks: list[tuple[re.Pattern[str], str]] = []
         self._realigns = 0  # 409 "Out of sync" answers in a row
+        self.visitor_messages_accepted = 0  # ChatMessage POSTs Salesforce said it took
+        # A visitor message whose POST got no answer when a server switch came: only the
+        # new server's transcript can tell whether it arrived (see _begin_switch).
+        self._unconfirmed: _Activity | None = None
         self.restored = False  # made by restore(), and no poll answered since
 
     # --- predicates -------------------------------------------------------------------
@@ -489,7 +493,11 @@ class LiveAgentSession:
         """
         if not self._release(request):
             return
-        if request.lane is Lane.POST:
+        if request.lane is Lane.POST and self.state is State.RECONNECTING:
+            # Its number and affinity belong to the old server: keep it for after the
+            # switch, as a message whose fate the transcript will tell.
+            self._keep_unconfirmed(request)
+        elif request.lane is Lane.POST:
             self._retry = request
 
     # --- internals: requests ----------------------------------------------------------
@@ -707,6 +715,12 @@ class LiveAgentSession:
             self._retry = self._sequenced(purpose, request.path, request.body, request.ref)
         elif status == 403:
             self._finish(_EXPIRED, request)
+        elif status >= 500 and self.state is State.RECONNECTING:
+            # Not applied (a 5xx does not use up the number), and its number belongs to
+            # the old server: it goes out again after the switch.
+            if purpose is Purpose.CHAT_MESSAGE:
+                self._activity.appendleft(_Activity(purpose=purpose, body=request.body,
+                                                    ref=request.ref))
         elif status >= 500:
             # Includes D-GS's 500 for activity the server thinks came before the agent
             # joined; that answer does not use up the number (11.3), so the very same
@@ -775,8 +789,10 @@ class LiveAgentSession:
             self.requested = True
             if self._end is None:
                 self.state = State.WAITING
-        elif purpose is Purpose.CHAT_MESSAGE and request.ref is not None:
-            self._facts.append(facts.Delivered(id=request.ref))
+        elif purpose is Purpose.CHAT_MESSAGE:
+            self.visitor_messages_accepted += 1
+            if request.ref is not None:
+                self._facts.append(facts.Delivered(id=request.ref))
         elif purpose is Purpose.RECONNECT:
             self._receive_reconnect(response)
         elif purpose is Purpose.RESYNC:
@@ -803,18 +819,46 @@ class LiveAgentSession:
         self.state = State.RECONNECTING
         self.switch_phase = SwitchPhase.RECONNECT
         self._notices.append(("server_switch", f"switch {self.switches}"))
-        # "keep unsent outbound data": the refused POST goes back to the head of the queue
-        # (a typing change is not worth keeping), a failed one waiting for retry too.
-        for kept in (self._retry, request):
-            if kept is not None and kept.purpose is Purpose.CHAT_MESSAGE:
-                self._activity.appendleft(_Activity(purpose=kept.purpose, body=kept.body,
-                                                    ref=kept.ref))
+        # "keep unsent outbound data": the POST the 503 refused goes back to the head of the
+        # queue (a typing change is not worth keeping). One that got no answer at all may
+        # have arrived: after the switch the sequence starts again at 1, so Salesforce could
+        # not drop it as a duplicate; the new server's transcript decides.
+        if request.purpose is Purpose.CHAT_MESSAGE:
+            self._activity.appendleft(_Activity(purpose=request.purpose, body=request.body,
+                                                ref=request.ref))
+        if self._retry is not None:
+            self._keep_unconfirmed(self._retry)
         self._retry = None
         # "Cancel every in-flight inbound ... request": the held poll will never be answered
         # by the old server. A POST in flight is left to be answered (see the module doc).
         if self._in_flight[Lane.POLL] is not None:
             self._in_flight[Lane.POLL] = None
             self._abandoned.append(Lane.POLL)
+
+    def _keep_unconfirmed(self, request: HttpRequest) -> None:
+        if request.purpose is not Purpose.CHAT_MESSAGE:
+            return  # typing is not worth keeping; ChatEnd and the like are made again
+        item = _Activity(purpose=request.purpose, body=request.body, ref=request.ref)
+        self._activity.appendleft(item)
+        self._unconfirmed = item
+
+    def _settle_unconfirmed(self, transcript: list[wire.TranscriptEntry]) -> None:
+        """Drop the unconfirmed message if the transcript shows it arrived.
+
+        It arrived if the transcript holds more visitor lines than Salesforce confirmed,
+        and the last of them is its text.
+        """
+        item, self._unconfirmed = self._unconfirmed, None
+        if item is None or item not in self._activity or item.body is None:
+            return
+        visitor = [entry.content for entry in transcript if entry.type == "Chasitor"]
+        text = msgspec.json.decode(item.body)["text"]
+        if len(visitor) > self.visitor_messages_accepted and visitor[-1] == text:
+            self._activity.remove(item)
+            self.visitor_messages_accepted += 1
+            self._notices.append(("unconfirmed_message_arrived", item.ref or ""))
+            if item.ref is not None:
+                self._facts.append(facts.Delivered(id=item.ref))
 
     def _receive_reconnect(self, response: HttpResponse) -> None:
         body = wire.decode_messages(response.body)
@@ -889,6 +933,7 @@ class LiveAgentSession:
             case wire.ChasitorSessionData():
                 if message.sneak_peek_enabled is not None:
                     self.sneak_peek = message.sneak_peek_enabled
+                self._settle_unconfirmed(message.chat_messages)
                 if self.switch_phase is SwitchPhase.SESSION_DATA:
                     # "Until you have processed it, send nothing after a 503"; now resync.
                     self.switch_phase = SwitchPhase.RESYNC

@@ -40,6 +40,7 @@ __all__ = [
     "ServerMessage",
     "SessionIdBody",
     "SwitchServer",
+    "TranscriptEntry",
     "TransferToButtonInitiated",
     "UnknownMessage",
     "decode_messages",
@@ -198,11 +199,20 @@ class ChatEnded(_Payload, frozen=True, kw_only=True):
     reason: str = "unknown"
 
 
+class TranscriptEntry(_Payload, frozen=True, kw_only=True):
+    """A line of the chat so far: ``type`` is Agent, Chasitor or OperatorTransferred."""
+
+    type: str = ""
+    name: str = ""
+    content: str = ""
+
+
 class ChasitorSessionData(_Payload, frozen=True, kw_only=True):
-    """First message after ReconnectSession."""
+    """First message after ReconnectSession, with the transcript the new server holds."""
 
     queue_position: int | None = None
     sneak_peek_enabled: bool | None = None
+    chat_messages: list[TranscriptEntry] = []
 
 
 class ReconnectSession(_Payload, frozen=True, kw_only=True):
