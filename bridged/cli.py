@@ -153,6 +153,12 @@ def _cmd_chats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_state(args: argparse.Namespace) -> int:
+    from bridged.statebench import run_state_benchmark
+
+    return run_state_benchmark(args.chats, args.rate, args.seconds, args.size)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridged", description=(
         "Hands OCP bot chats over to Salesforce Live Agent agents."))
@@ -193,6 +199,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
     sim.set_defaults(func=_cmd_simulator)
+
+    bench = sub.add_parser("bench-state", help="measure what keeping chats costs")
+    bench.add_argument("--chats", type=int, default=10000)
+    bench.add_argument("--rate", type=float, default=5000.0, help="chat changes per second")
+    bench.add_argument("--seconds", type=float, default=10.0)
+    bench.add_argument("--size", type=int, default=2048, help="snapshot bytes")
+    bench.set_defaults(func=_cmd_bench_state)
 
     chats = sub.add_parser("chats", help="list the live chats of a running bridged")
     chats.add_argument("--url", default="http://127.0.0.1:8710", help="bridged's HTTP base")

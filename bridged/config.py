@@ -93,6 +93,8 @@ class StateConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     # "normal": survives any crash of the process; "full": also of the machine (an fsync
     # per commit).
     synchronous: Literal["normal", "full"] = "normal"
+    # Least time between two commits, in ms; unset: 0 with "normal", 5 with "full".
+    commit_interval_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -64,7 +64,9 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.metrics = Metrics()
-        self.store = StateStore(config.state.dir, config.state.synchronous)
+        interval = config.state.commit_interval_ms
+        self.store = StateStore(config.state.dir, config.state.synchronous,
+                                None if interval is None else interval / 1000)
         self._transport = transport or AiohttpTransport(config.salesforce.max_connections)
         self.backend: Backend = LiveAgentBackend(
             self._transport, config.salesforce,

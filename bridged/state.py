@@ -67,10 +67,16 @@ class StateStore:
     """
 
     def __init__(self, directory: str | Path,
-                 synchronous: Literal["normal", "full"] = "normal") -> None:
+                 synchronous: Literal["normal", "full"] = "normal",
+                 commit_interval: float | None = None) -> None:
         self.path = Path(directory) / "chats.sqlite3"
         self._directory = Path(directory)
         self._synchronous = synchronous.upper()
+        # With an fsync per commit, commits are spaced so that a busy bridged makes at most
+        # a few hundred fsyncs a second, however many chats change; without, at once.
+        if commit_interval is None:
+            commit_interval = 0.005 if synchronous == "full" else 0.0
+        self._interval = commit_interval
         self._pending: dict[str, tuple[bytes | None, list[Callback]]] = {}
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
@@ -161,7 +167,11 @@ class StateStore:
                         self._idle.set()
                         return
                     batch, self._pending = self._pending, {}
+                started = time.monotonic()
                 self._write(connection, batch)
+                spare = self._interval - (time.monotonic() - started)
+                if spare > 0 and not self._closing:
+                    time.sleep(spare)  # let the next batch grow
         finally:
             connection.close()
 
