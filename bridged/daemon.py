@@ -230,6 +230,9 @@ class Daemon:
         self.config = new
         self.dispatcher.reconfigure(new)
         self.front.reconfigure(new.server)
+        reconfigure = getattr(self.backend, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(new.salesforce)
         log_event(log, logging.INFO, "reloaded", profiles=len(new.profiles),
                   tokens=len(new.server.tokens))
 
