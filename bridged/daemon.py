@@ -41,6 +41,7 @@ from bridged.envelopes import ChatEvent, Ended
 from bridged.errors import ConfigError
 from bridged.front import Front
 from bridged.handover import HistoryHandover
+from bridged.limits import fds_needed, raise_nofile_limit
 from bridged.liveagent.actor import LiveAgentBackend
 from bridged.liveagent.transport import AiohttpTransport, Transport
 from bridged.metrics import Metrics
@@ -81,10 +82,23 @@ class Daemon:
         self.metrics.read_live(self._live_metrics)
         self.node = config.server.node or socket.gethostname()
         self.front = Front(config.server, self.dispatcher, self.metrics, self.node)
+        self.fd_limit: int | None = None
         self._runner: web.AppRunner | None = None
         self._lag: asyncio.Task[None] | None = None
         self.port = 0
         self._stopped = False
+
+    def use_fd_limit(self, limit: int) -> None:
+        """Answer ``capacity`` rather than run out of descriptors; warn if max_chats cannot fit."""
+        self.fd_limit = limit
+        self.dispatcher.fds_left = lambda: fds_needed(
+            len(self.dispatcher.live) + 1, self.front.connection_count) <= limit
+        needed = fds_needed(self.config.server.max_chats, 1)
+        if needed > limit:
+            log_event(log, logging.WARNING, "fd_limit_too_low", limit=limit,
+                      max_chats=self.config.server.max_chats, needed=needed,
+                      chats_that_fit=max(0, (limit - fds_needed(0, 1)) // 2),
+                      detail="raise LimitNOFILE (systemd) or lower server.max_chats")
 
     def _live_metrics(self) -> Iterable[Metric]:
         """Chats by state and the depths of their queues, read at scrape time."""
@@ -245,6 +259,7 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
     """
     notifier = Notifier()
     daemon = Daemon(config, config_path=config_path)
+    daemon.use_fd_limit(raise_nofile_limit())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

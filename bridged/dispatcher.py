@@ -61,6 +61,8 @@ class Dispatcher:
         self.draining = False
         self.on_chat_started: Callable[[], None] | None = None
         self.on_forget: Callable[[str], None] | None = None
+        # Whether one more chat fits in the open-file limit (set by the daemon).
+        self.fds_left: Callable[[], bool] | None = None
 
     # --- entry points -------------------------------------------------------------------
 
@@ -123,6 +125,9 @@ class Dispatcher:
             raise ChatExists("a live chat has this id", chat=start.chat, ref="start")
         if len(self.live) >= server.max_chats:
             raise AtCapacity(f"bridged holds server.max_chats ({server.max_chats}) chats",
+                             chat=start.chat, ref="start")
+        if self.fds_left is not None and not self.fds_left():
+            raise AtCapacity("bridged is near its open-file limit (LimitNOFILE)",
                              chat=start.chat, ref="start")
         if len(link.chats) >= server.max_chats_per_connection:
             raise Busy(f"this connection holds server.max_chats_per_connection"

@@ -268,6 +268,10 @@ class Front:
                     ref=exc.ref if exc.ref is not None else env.UNSET,
                 ))
 
+    @property
+    def connection_count(self) -> int:
+        return len(self._links)
+
     def queue_depths(self) -> tuple[int, int]:
         """Control frames queued, and chats waiting for a writer, over every connection."""
         control = ready = 0

@@ -16,7 +16,7 @@ LAYERS = {
     1: {"mailbox", "gate", "chat", "supervisor", "dispatcher", "backend"},
     2: {"liveagent.transport", "liveagent.actor", "front", "metrics", "chatclient", "admin",
         "historyclient", "handover", "state"},
-    3: {"daemon", "cli", "logs", "demo", "__main__", "_systemd", "statebench"},
+    3: {"daemon", "cli", "logs", "demo", "__main__", "_systemd", "statebench", "limits"},
 }
 FORBIDDEN = {
     0: {"asyncio", "aiohttp", "uvloop", "socket", "prometheus_client"},

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
+import pytest
 
 from bridged.daemon import Daemon
 from bridged.simulator import Simulator, SimulatorOptions, running_simulator
@@ -150,3 +151,18 @@ async def test_draining_refuses_new_chats_and_readyz_says_so(
         assert response.status == 503
     async with http.get(base + "/healthz") as response:
         assert response.status == 200
+
+
+async def test_capacity_rather_than_running_out_of_file_descriptors(
+        bridged: Daemon, ocp: Connect, caplog: pytest.LogCaptureFixture) -> None:
+    from bridged.limits import fds_needed
+    # A limit that fits exactly one chat on one connection, beyond the reserve.
+    bridged.use_fd_limit(fds_needed(1, 1))
+    assert "fd_limit_too_low" in caplog.text
+    client = await ocp()
+    await client.start("fd-1", profile="echo")
+    await client.expect("queued")
+    await client.start("fd-2", profile="echo")
+    error = await client.expect("error")
+    assert (error["code"], error["chat"]) == ("capacity", "fd-2")
+    assert "open-file limit" in error["detail"]
