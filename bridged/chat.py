@@ -35,7 +35,7 @@ import msgspec
 
 from bridged import envelopes as env
 from bridged import facts
-from bridged.mailbox import Mailbox
+from bridged.mailbox import LoadMeter, Mailbox
 from bridged.texts import render
 from bridged.webchat import WebchatConfig
 
@@ -132,6 +132,7 @@ class Chat:
         self.waker: Callable[[], None] | None = None
         self.on_finished: Callable[[Chat, facts.Ended], None] | None = None
         self.on_event: Callable[[env.ChatEvent], None] | None = None
+        self.load: LoadMeter | None = None  # counts this chat's messages not yet answered
 
     # --- the actor's side -------------------------------------------------------------
 
@@ -149,13 +150,13 @@ class Chat:
         if self.finished:
             return
         if isinstance(fact, facts.Undelivered):
-            self.pending_ids.discard(fact.id)
+            self._settle(fact.id)
             if self.link is not None:
                 self.link.post_error(env.Error(code="unknown_chat", detail=fact.detail,
                                                chat=self.id, ref=fact.id))
             return
         if isinstance(fact, facts.Delivered):
-            self.pending_ids.discard(fact.id)
+            self._settle(fact.id)
             self.delivered_ids.add(fact.id)
         elif isinstance(fact, (facts.AgentJoined, facts.Transferred)):
             self.agent = fact.agent
@@ -178,6 +179,25 @@ class Chat:
             if self.on_finished is not None:
                 self.on_finished(self, fact)
         self.wake()  # the actor saves the new event, which makes it durable
+
+    def accept(self, message_id: str) -> None:
+        """A visitor message was taken in; it counts as load until answered."""
+        if message_id not in self.pending_ids:
+            self.pending_ids.add(message_id)
+            if self.load is not None:
+                self.load.add()
+
+    def _settle(self, message_id: str) -> None:
+        if message_id in self.pending_ids:
+            self.pending_ids.discard(message_id)
+            if self.load is not None:
+                self.load.remove()
+
+    def release_load(self) -> None:
+        """The chat is gone from this process: its unanswered messages stop counting."""
+        if self.load is not None and self.pending_ids:
+            self.load.remove(len(self.pending_ids))
+        self.load = None
 
     def mark_durable(self, upto: int) -> None:
         """Events up to ``upto`` are committed: the bound link may send them now."""

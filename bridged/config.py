@@ -60,6 +60,10 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # closed with 1008.
     max_chats_per_connection: PositiveInt = 20000
     max_envelopes_per_s: PositiveFloat = 2000.0
+    # Visitor messages taken in and not yet answered, over all chats: above the high mark
+    # bridged stops reading from every connection until the load falls to the low mark.
+    overload_high: PositiveInt = 100000
+    overload_low: Annotated[int, msgspec.Meta(ge=0)] = 50000
     shutdown_budget_s: PositiveFloat = 8.0
 
 
@@ -143,6 +147,8 @@ def _check(config: Config) -> None:
             raise ConfigError(
                 f"server.admin_tokens[{i}]", "a token needs at least 8 characters and no spaces"
             )
+    if config.server.overload_low >= config.server.overload_high:
+        raise ConfigError("server.overload_low", "must be below server.overload_high")
     if bool(config.server.tls_cert) != bool(config.server.tls_key):
         raise ConfigError("server.tls_cert", "set both tls_cert and tls_key, or neither")
     if config.history.personal_access_token and config.history.bearer_token:

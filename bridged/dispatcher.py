@@ -35,6 +35,7 @@ from bridged.errors import (
     Refused,
     UnknownChat,
 )
+from bridged.mailbox import LoadMeter
 from bridged.supervisor import ChatSupervisor
 from bridged.webchat import resolve_webchat
 
@@ -63,6 +64,8 @@ class Dispatcher:
         self.on_forget: Callable[[str], None] | None = None
         # Whether one more chat fits in the open-file limit (set by the daemon).
         self.fds_left: Callable[[], bool] | None = None
+        server = config.server
+        self.load = LoadMeter(server.overload_high, server.overload_low)
 
     # --- entry points -------------------------------------------------------------------
 
@@ -153,6 +156,7 @@ class Dispatcher:
                     max_held=server.max_held_events)
         chat.on_finished = self._finished
         chat.on_event = self._on_chat_event
+        chat.load = self.load
         self.live[chat.id] = chat
         if self.on_chat_started is not None:
             self.on_chat_started()
@@ -175,7 +179,7 @@ class Dispatcher:
         except MailboxFull:
             raise Busy("the chat's queue is full; the message was NOT accepted, send it again"
                        " later", chat=chat.id, ref=message.id) from None
-        chat.pending_ids.add(message.id)
+        chat.accept(message.id)
 
     def _attach(self, link: Link, attach: env.Attach) -> None:
         chat = self._any(attach.chat, "attach")
@@ -211,6 +215,7 @@ class Dispatcher:
         """A chat emitted ``ended``: free its id, keep its events until acknowledged."""
         if self.live.get(chat.id) is chat:
             del self.live[chat.id]
+        chat.release_load()
         if not chat.held:
             self._forget(chat)
             return
@@ -224,6 +229,11 @@ class Dispatcher:
         """Take in a chat kept across a restart: unbound, waiting for an ``attach``."""
         chat.on_finished = self._finished
         chat.on_event = self._on_chat_event
+        if not chat.finished:
+            pending, chat.pending_ids = chat.pending_ids, set()
+            chat.load = self.load
+            for message_id in pending:
+                chat.accept(message_id)
         (self.finished if chat.finished else self.live)[chat.id] = chat
         loop = asyncio.get_running_loop()
         self._detach_timers[id(chat)] = loop.call_later(

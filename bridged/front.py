@@ -238,7 +238,11 @@ class Front:
         limit = RateLimit(rate, burst=2 * rate)
         refused_in_a_row = 0
         loop = asyncio.get_running_loop()
+        load = self._dispatcher.load
         async for msg in ws:
+            if load.overloaded:
+                # Global overload: stop reading; aiohttp then stops reading the socket too.
+                await load.wait_ok()
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 if msg.type is WSMsgType.ERROR:
                     log_event(log, logging.INFO, "link_error", link=link.id,

@@ -8,7 +8,7 @@ down"), and ``put`` waits for room.
 
 from __future__ import annotations
 
-__all__ = ["Mailbox", "MailboxStatistics"]
+__all__ = ["LoadMeter", "Mailbox", "MailboxStatistics"]
 
 import asyncio
 from collections import deque
@@ -159,3 +159,38 @@ class Mailbox(Generic[T]):
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+class LoadMeter:
+    """Work taken in and not yet done, across every chat, with high/low watermarks.
+
+    Above ``high`` the process is overloaded: readers of OCP connections stop reading (so
+    TCP pushes back on OCP) until the load falls to ``low`` (websockets' Assembler idea,
+    applied to the whole process).
+    """
+
+    def __init__(self, high: int, low: int) -> None:
+        if not 0 <= low < high:
+            raise ValueError("the low watermark must be below the high one")
+        self.high, self.low = high, low
+        self.total = 0
+        self._ok = asyncio.Event()
+        self._ok.set()
+
+    @property
+    def overloaded(self) -> bool:
+        return not self._ok.is_set()
+
+    def add(self, amount: int = 1) -> None:
+        self.total += amount
+        if self.total >= self.high:
+            self._ok.clear()
+
+    def remove(self, amount: int = 1) -> None:
+        self.total = max(0, self.total - amount)
+        if self.total <= self.low:
+            self._ok.set()
+
+    async def wait_ok(self) -> None:
+        """Return once the load is (back) at or below the low watermark."""
+        await self._ok.wait()
