@@ -19,7 +19,10 @@ __all__ = [
     "split_listen",
 ]
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from string import Template
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -43,6 +46,10 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tokens: list[str] = []
     # bridged's own: tokens for the admin view (GET /v1/chats); none means it is off.
     admin_tokens: list[str] = []
+    # Files holding more tokens, one per line (e.g. "${CREDENTIALS_DIRECTORY}/tokens" with
+    # systemd's LoadCredential=), so that secrets need not be in this file.
+    tokens_file: str = ""
+    admin_tokens_file: str = ""
     max_chats: PositiveInt = 20000
     detach_grace_s: NonNegativeFloat = 120.0
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65536
@@ -87,6 +94,9 @@ class HistoryConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     base_url: str = ""
     personal_access_token: str = ""
     bearer_token: str = ""
+    # The same, read from a file (e.g. "${CREDENTIALS_DIRECTORY}/ocp-token").
+    personal_access_token_file: str = ""
+    bearer_token_file: str = ""
     timeout_s: PositiveFloat = 5.0
 
 
@@ -162,12 +172,15 @@ def _check(config: Config) -> None:
             raise ConfigError(f"profiles.{name}.{field}", reason)
 
 
-def parse_config(text: str | bytes) -> Config:
+def parse_config(text: str | bytes, environ: Mapping[str, str] | None = None) -> Config:
     """Decode and validate a config file's TOML text.
+
+    ``environ`` (``os.environ`` by default) expands ``${VAR}`` in the ``*_file`` keys.
 
     Raises:
         ConfigError: naming the first key at fault.
     """
+    environ = os.environ if environ is None else environ
     try:
         config = msgspec.toml.decode(text, type=Config)
     except msgspec.ValidationError as exc:
@@ -179,8 +192,38 @@ def parse_config(text: str | bytes) -> Config:
         raise ConfigError(key, reason) from None
     except msgspec.DecodeError as exc:
         raise ConfigError("", f"not valid TOML: {exc}") from None
+    config = _read_secret_files(config, environ)
     _check(config)
     return config
+
+
+def _read_secret(key: str, path: str, environ: Mapping[str, str]) -> str:
+    """A secret file's text; ``${VAR}`` in the path comes from ``environ``."""
+    expanded = Template(path).safe_substitute(environ)
+    if "${" in expanded or "$" in expanded.replace("$$", ""):
+        raise ConfigError(key, f"{path!r} names an unset environment variable")
+    try:
+        return Path(expanded).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {expanded}: {exc.strerror or exc}") from None
+
+
+def _read_secret_files(config: Config, environ: Mapping[str, str]) -> Config:
+    """Fold the ``*_file`` keys into the values they stand for."""
+    server, history = config.server, config.history
+    if server.tokens_file:
+        extra = _read_secret("server.tokens_file", server.tokens_file, environ).split()
+        server = msgspec.structs.replace(server, tokens=[*server.tokens, *extra])
+    if server.admin_tokens_file:
+        extra = _read_secret("server.admin_tokens_file", server.admin_tokens_file,
+                             environ).split()
+        server = msgspec.structs.replace(server, admin_tokens=[*server.admin_tokens, *extra])
+    for name in ("personal_access_token", "bearer_token"):
+        path = getattr(history, f"{name}_file")
+        if path:
+            value = _read_secret(f"history.{name}_file", path, environ).strip()
+            history = msgspec.structs.replace(history, **{name: value})
+    return msgspec.structs.replace(config, server=server, history=history)
 
 
 def _locate_profile_error(text: str | bytes) -> tuple[str, str]:

@@ -63,3 +63,17 @@ def test_redacted_hides_tokens() -> None:
     assert data["server"]["tokens"] == ["<redacted>"]
     assert data["history"]["bearer_token"] == "<redacted>"
     assert "0123456789" not in repr(data) and "secret-jwt" not in repr(data)
+
+
+def test_tokens_can_come_from_credential_files(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("file-token-0001\nfile-token-0002\n")
+    (tmp_path / "pat").write_text("ocp-pat-secret\n")
+    text = ('[server]\ntokens = []\ntokens_file = "${CREDENTIALS_DIRECTORY}/tokens"\n'
+            '[history]\npersonal_access_token_file = "${CREDENTIALS_DIRECTORY}/pat"\n')
+    config = parse_config(text, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert config.server.tokens == ["file-token-0001", "file-token-0002"]
+    assert config.history.personal_access_token == "ocp-pat-secret"
+    with pytest.raises(ValueError) as info:
+        parse_config(text, {})
+    assert str(info.value).startswith("server.tokens_file: '${CREDENTIALS_DIRECTORY}/tokens'"
+                                      " names an unset environment variable")
