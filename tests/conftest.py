@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,6 +17,7 @@ from bridged.demo import DEMO_DEPLOYMENT, DEMO_ORG, DEMO_PROFILES
 from bridged.simulator import Simulator, SimulatorOptions, running_simulator
 from tests import aioresponses_compat
 from tests.ocp import OcpClient, connect
+from tests.processes import SimulatorProcess
 
 aioresponses_compat.install()
 
@@ -76,3 +78,13 @@ async def ocp(bridged: Daemon, http: aiohttp.ClientSession) -> Callable[..., Awa
     async def factory(fmt: str | None = "bridged.v1+json") -> OcpClient:
         return await connect(http, bridged.url, TOKEN, fmt)
     return factory
+
+
+@pytest.fixture
+async def simulator(tmp_path: Any) -> AsyncIterator[SimulatorProcess]:
+    """The simulator in a process of its own (it outlives the bridged processes of a test)."""
+    process = await asyncio.to_thread(SimulatorProcess, tmp_path)
+    try:
+        yield process
+    finally:
+        process.stop()

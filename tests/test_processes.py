@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,6 @@ import pytest
 
 from tests.ocp import OcpClient, connect
 from tests.processes import BridgedProcess, SimulatorProcess
-
-
-@pytest.fixture
-async def simulator(tmp_path: Path) -> AsyncIterator[SimulatorProcess]:
-    process = await asyncio.to_thread(SimulatorProcess, tmp_path)
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 class Conversation:

@@ -5,23 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.ocp import connect
 from tests.processes import BridgedProcess, SimulatorProcess
-
-
-@pytest.fixture
-async def simulator(tmp_path: Path) -> AsyncIterator[SimulatorProcess]:
-    process = await asyncio.to_thread(SimulatorProcess, tmp_path)
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 async def wait_log(path: Path, text: str, timeout: float = 10) -> None:
