@@ -207,6 +207,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, default=2048, help="snapshot bytes")
     bench.set_defaults(func=_cmd_bench_state)
 
+    from bridged.loadtest import add_parser as add_loadtest
+
+    add_loadtest(sub)
+
     chats = sub.add_parser("chats", help="list the live chats of a running bridged")
     chats.add_argument("--url", default="http://127.0.0.1:8710", help="bridged's HTTP base")
     chats.add_argument("--token", required=True, help="one of server.admin_tokens")

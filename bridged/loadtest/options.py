@@ -1,0 +1,104 @@
+"""What a load test run is told: one frozen value, and the two named profiles."""
+
+from __future__ import annotations
+
+__all__ = ["PROFILES", "LoadTestOptions", "Topology"]
+
+import msgspec
+
+SIM_ORG = "00D000000000001"
+SIM_DEPLOYMENT = "572000000000001"
+SIM_ECHO_BUTTON = "573ECHO00000000"
+
+
+class Topology(msgspec.Struct, frozen=True, kw_only=True):
+    """N chats over M WebSocket connections."""
+
+    chats: int
+    connections: int
+
+    @property
+    def label(self) -> str:
+        if self.connections >= self.chats:
+            return f"{self.chats} chats, one connection each"
+        return f"{self.chats} chats over {self.connections} connections"
+
+    @property
+    def key(self) -> str:
+        return f"{self.chats}x{self.connections}"
+
+
+class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a run needs; see ``bridged loadtest --help`` for each one."""
+
+    topologies: tuple[Topology, ...]
+    targets: tuple[str, ...] = ("bridged", "null")
+    start_rate: float = 500.0
+    rate: float | None = None
+    saturate: bool = True
+    saturate_s: float = 15.0
+    warmup_s: float = 3.0
+    window: int = 1
+    duration_s: float = 30.0
+    idle_s: float = 10.0
+    settle_s: float = 2.0
+    timeout_s: float = 1800.0
+    drain_timeout_s: float = 30.0
+    hold_s: float = 30.0
+    join_delay_s: float = 0.5
+    reply_delay_s: float = 0.0
+    msg_bytes: int = 64
+    fmt: str = "bridged.v1+json"
+    live_agent_url: str | None = None
+    bridged_url: str | None = None
+    token: str | None = None
+    bridged_pid: int | None = None
+    organization_id: str = SIM_ORG
+    deployment_id: str = SIM_DEPLOYMENT
+    button_id: str = SIM_ECHO_BUTTON
+    probe: bool = True
+    probe_interval_s: float = 0.5
+    bridged_log_level: str = "info"
+    json_path: str | None = None
+    plot_path: str | None = None
+    workdir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.topologies:
+            raise ValueError("at least one topology is needed")
+        for t in self.topologies:
+            if t.chats < 1 or t.connections < 1:
+                raise ValueError(f"chats and connections must be >= 1, got {t.key}")
+        for name in ("start_rate", "timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.rate is not None and self.rate < 0:
+            raise ValueError("rate must be >= 0")
+        if not 0 <= self.msg_bytes <= 9000:
+            raise ValueError("msg_bytes must be from 0 to 9000 (a message is 10000 at most)")
+        if self.window < 1:
+            raise ValueError("window must be >= 1")
+        if self.bridged_url and not self.token:
+            raise ValueError("--bridged-url needs --token")
+        unknown = set(self.targets) - {"bridged", "null"}
+        if unknown or not self.targets:
+            raise ValueError(f"targets are bridged and null, got {sorted(self.targets)}")
+
+
+# "--profile small": 2,000 chats, about 60 s held per run (10 s idle, 15 s saturation,
+# 30 s at half load), both topologies. "--profile full": 10,000 chats over 10 connections
+# and 5,000 chats over one connection each (the machine allows 20,000 open files per
+# process), held 2 minutes and more.
+PROFILES: dict[str, dict[str, object]] = {
+    "small": {
+        "topologies": (Topology(chats=2000, connections=10),
+                       Topology(chats=2000, connections=2000)),
+        "idle_s": 10.0, "saturate_s": 15.0, "duration_s": 30.0, "timeout_s": 1800.0,
+    },
+    "full": {
+        "topologies": (Topology(chats=10000, connections=10),
+                       Topology(chats=5000, connections=5000)),
+        "idle_s": 15.0, "saturate_s": 30.0, "duration_s": 90.0, "timeout_s": 3600.0,
+    },
+}

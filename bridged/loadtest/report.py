@@ -1,0 +1,266 @@
+"""The report: the table printed at the end, the JSON, and the bridged/null ratios.
+
+Every figure of bridged is also given as a ratio to the null bridge's, measured in the same
+run and topology. The three targets of the project (not checked by any test):
+
+* relayed messages/s at saturation: bridged >= 0.70 x null;
+* memory per live chat: bridged <= 2 x null;
+* p99 round trip at half load: bridged <= 3 x null.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LOSS_FIELDS", "Report", "percentiles"]
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+# Each must be zero in every run: the load test fails otherwise.
+LOSS_FIELDS = ("lost", "undelivered", "duplicated", "seq_gaps", "ended_unexpected")
+
+# (key, label, format, how the ratio is read: "low" lower is better, "high" higher is
+# better, None: no ratio)
+_ROWS: list[tuple[str, str, str, str | None]] = [
+    ("started", "chats started", "{:.0f}", None),
+    ("joined", "chats joined (agent_joined)", "{:.0f}", None),
+    ("join_span_s", "time to start and join all (s)", "{:.1f}", "low"),
+    ("ended_unexpected", "unexpected ended", "{:.0f}", None),
+    ("errors_total", "error envelopes", "{:.0f}", None),
+    ("connection_errors", "connection failures", "{:.0f}", None),
+    ("sent", "messages sent", "{:.0f}", None),
+    ("delivered", "delivered", "{:.0f}", None),
+    ("echoed", "echoed back", "{:.0f}", None),
+    ("lost", "LOST (sent, never echoed)", "{:.0f}", None),
+    ("undelivered", "UNDELIVERED (no delivered)", "{:.0f}", None),
+    ("duplicated", "DUPLICATED (echo/delivered/seq)", "{:.0f}", None),
+    ("seq_gaps", "SEQ GAPS (events missing)", "{:.0f}", None),
+    ("rss_base_mib", "RSS before chats (MiB)", "{:.1f}", "low"),
+    ("rss_live_mib", "RSS, all chats live (MiB)", "{:.1f}", "low"),
+    ("rss_per_chat_kib", "RSS per live chat (KiB)", "{:.1f}", "low"),
+    ("rss_after_load_mib", "RSS after the load (MiB)", "{:.1f}", "low"),
+    ("rss_end_mib", "RSS after every chat ended (MiB)", "{:.1f}", "low"),
+    ("fds_per_chat", "open files per chat", "{:.2f}", "low"),
+    ("fds_per_chat_after_load", "open files per chat after the load", "{:.2f}", "low"),
+    ("tasks_per_chat", "asyncio tasks per chat, idle", "{:.2f}", "low"),
+    ("tasks_per_chat_load", "asyncio tasks per chat, half load", "{:.2f}", "low"),
+    ("cpu_idle_pct", "CPU, chats live, idle (% core)", "{:.1f}", "low"),
+    ("sat_msgs_per_s", "relayed msg/s at saturation", "{:.0f}", "high"),
+    ("sat_window", "saturation: messages in flight per chat", "{:.0f}", None),
+    ("cpu_sat_pct", "CPU at saturation (% core)", "{:.0f}", None),
+    ("cpu_ms_per_msg_sat", "CPU per relayed message (ms)", "{:.3f}", "low"),
+    ("gc_share_sat_pct", "GC share of CPU, saturation (%)", "{:.1f}", "low"),
+    ("gc_max_pause_sat_ms", "longest GC pause, saturation (ms)", "{:.0f}", "low"),
+    ("gc_cycle_objects_per_msg", "objects freed by the GC per message", "{:.1f}", "low"),
+    ("sim_cpu_sat_pct", "simulator CPU, saturation (%)", "{:.0f}", None),
+    ("loadgen_cpu_sat_pct", "load generator CPU, saturation (%)", "{:.0f}", None),
+    ("other_cpu_sat_pct", "other processes' CPU, saturation (%)", "{:.0f}", None),
+    ("latency_rate", "half load: offered msg/s", "{:.0f}", None),
+    ("latency_achieved_rate", "half load: sent msg/s", "{:.0f}", None),
+    ("cpu_load_pct", "CPU at half load (% core)", "{:.0f}", "low"),
+    ("cpu_ms_per_msg_load", "CPU per message, half load (ms)", "{:.3f}", "low"),
+    ("other_cpu_load_pct", "other processes' CPU, half load (%)", "{:.0f}", None),
+    ("gc_share_load_pct", "GC share of CPU, half load (%)", "{:.1f}", "low"),
+    ("gc_max_pause_load_ms", "longest GC pause, half load (ms)", "{:.0f}", "low"),
+    ("gc_long_pauses_load", "GC pauses >= 10 ms, half load", "{:.0f}", None),
+    ("sf_requests_per_msg", "Salesforce requests per message", "{:.2f}", None),
+    ("state_commits_per_msg", "state store commits per message", "{:.2f}", None),
+    ("state_commit_share_pct", "state store commit time (% of time)", "{:.1f}", None),
+    ("rtt_p50", "round trip p50 (ms)", "{:.1f}", "low"),
+    ("rtt_p99", "round trip p99 (ms)", "{:.1f}", "low"),
+    ("o2a_p50", "OCP->agent p50 (ms)", "{:.1f}", "low"),
+    ("o2a_p99", "OCP->agent p99 (ms)", "{:.1f}", "low"),
+    ("a2o_p50", "agent->OCP p50 (ms)", "{:.1f}", "low"),
+    ("a2o_p99", "agent->OCP p99 (ms)", "{:.1f}", "low"),
+    ("dlv_p50", "message->delivered p50 (ms)", "{:.1f}", "low"),
+    ("dlv_p99", "message->delivered p99 (ms)", "{:.1f}", "low"),
+]
+
+# Above this CPU use (% of one core) by processes outside the test, a warning is printed.
+DISTURBED_PCT = 20.0
+
+# (metric key, comparison, limit, name)
+TARGETS = [
+    ("sat_msgs_per_s", ">=", 0.70, "throughput >= 70% of null"),
+    ("rss_per_chat_kib", "<=", 2.0, "memory per chat <= 2x null"),
+    ("rtt_p99", "<=", 3.0, "p99 latency at half load <= 3x null"),
+]
+
+
+def percentiles(values_ns: Sequence[int]) -> dict[str, float] | None:
+    """p50, p90, p99, max and mean in milliseconds (nearest rank), and the count."""
+    if not values_ns:
+        return None
+    data = sorted(values_ns)
+    n = len(data)
+
+    def rank(p: float) -> float:
+        return data[min(n - 1, max(0, math.ceil(p / 100.0 * n) - 1))] / 1e6
+
+    return {"count": n, "p50": rank(50), "p90": rank(90), "p99": rank(99),
+            "max": data[-1] / 1e6, "mean": sum(data) / n / 1e6}
+
+
+def _flat(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's figures under the table's keys."""
+    flat = dict(run)
+    for key in ("rss_base", "rss_live", "rss_after_load", "rss_end"):
+        kib = run.get(f"{key}_kib")
+        flat[f"{key}_mib"] = kib / 1024.0 if kib is not None else None
+    rate = run.get("latency_achieved_rate")
+    if rate:
+        for key, name in (("sf_requests_per_msg", "sf_requests_load_per_s"),
+                          ("state_commits_per_msg", "state_commits_load_per_s")):
+            if run.get(name) is not None:
+                flat[key] = run[name] / rate
+    if rate and run.get("cpu_load_pct") is not None:
+        flat["cpu_ms_per_msg_load"] = 10.0 * run["cpu_load_pct"] / rate
+    if run.get("state_commit_s_load_per_s") is not None:
+        flat["state_commit_share_pct"] = 100.0 * run["state_commit_s_load_per_s"]
+    lat = run.get("latency_ms") or {}
+    for short, name in (("rtt", "round_trip"), ("o2a", "ocp_to_agent"),
+                        ("a2o", "agent_to_ocp"), ("dlv", "delivered")):
+        stats = lat.get(name) or {}
+        flat[f"{short}_p50"] = stats.get("p50")
+        flat[f"{short}_p99"] = stats.get("p99")
+    return flat
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    try:
+        return spec.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+class Report:
+    """Runs, their comparison, the targets; printable and JSON-able."""
+
+    def __init__(self, options: Any, environment: dict[str, Any]) -> None:
+        self.options = options
+        self.environment = environment
+        self.runs: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.timed_out = False
+
+    def add_run(self, run: dict[str, Any]) -> None:
+        self.runs.append(run)
+
+    def has_loss(self) -> bool:
+        return any(run.get(field) for run in self.runs for field in LOSS_FIELDS)
+
+    def ok(self) -> bool:
+        """No loss, no duplicate, every run complete, not timed out."""
+        return (not self.timed_out and bool(self.runs) and not self.has_loss()
+                and not any(run.get("failed") for run in self.runs))
+
+    def _pairs(self) -> list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
+        topologies: list[str] = []
+        for run in self.runs:
+            if run["topology"] not in topologies:
+                topologies.append(run["topology"])
+        out = []
+        for topology in topologies:
+            b = next((r for r in self.runs
+                      if r["topology"] == topology and r["target"] == "bridged"), None)
+            n = next((r for r in self.runs
+                      if r["topology"] == topology and r["target"] == "null"), None)
+            out.append((topology, b, n))
+        return out
+
+    def comparison(self) -> dict[str, Any]:
+        """Per topology: each figure of bridged and null, and their ratio."""
+        result: dict[str, Any] = {}
+        for topology, b, n in self._pairs():
+            fb, fn = _flat(b or {}), _flat(n or {})
+            rows: dict[str, Any] = {}
+            for key, _label, _spec, _better in _ROWS:
+                vb, vn = fb.get(key), fn.get(key)
+                ratio = (vb / vn if isinstance(vb, (int, float)) and
+                         isinstance(vn, (int, float)) and vn else None)
+                rows[key] = {"bridged": vb, "null": vn, "ratio": ratio}
+            targets = {}
+            for key, op, limit, name in TARGETS:
+                ratio = rows[key]["ratio"]
+                met = None if ratio is None else (ratio >= limit if op == ">=" else
+                                                  ratio <= limit)
+                targets[key] = {"name": name, "ratio": ratio, "limit": f"{op} {limit:.2f}",
+                                "met": met}
+            result[topology] = {"figures": rows, "targets": targets}
+        return result
+
+    def run_summary(self, run: dict[str, Any]) -> str:
+        if run.get("failed"):
+            return f"  {run['target']} {run['topology']}: FAILED: {run['failed']}"
+        bits = [f"joined {run.get('joined')}/{run.get('chats')}",
+                f"sent {run.get('sent')} echoed {run.get('echoed')} lost {run.get('lost')}"
+                f" dup {run.get('duplicated')}"]
+        if run.get("sat_msgs_per_s") is not None:
+            bits.append(f"saturation {run['sat_msgs_per_s']:.0f} msg/s")
+        rtt = (run.get("latency_ms") or {}).get("round_trip")
+        if rtt:
+            bits.append(f"p99 {rtt['p99']:.1f} ms at {run.get('latency_rate', 0):.0f} msg/s")
+        return f"  {run['target']} {run['topology']}: " + ", ".join(bits)
+
+    def table(self) -> str:
+        """The human-readable table, one block per topology."""
+        lines: list[str] = [f"note: {note}" for note in self.notes]
+        comparison = self.comparison()
+        for topology, b, n in self._pairs():
+            any_run = b or n or {}
+            chats, conns = any_run.get("chats"), any_run.get("connections")
+            title = (f"{chats} chats, one connection each" if conns == chats
+                     else f"{chats} chats over {conns} connections")
+            lines.append(f"== {title} ==")
+            for run in (b, n):
+                if run and run.get("failed"):
+                    lines.append(f"   {run['target']} FAILED: {run['failed'].splitlines()[0]}")
+            lines.append(f"{'':36} {'bridged':>12} {'null':>12} {'bridged/null':>13}")
+            rows = comparison[topology]["figures"]
+            for key, label, spec, better in _ROWS:
+                row = rows[key]
+                if row["bridged"] is None and row["null"] is None:
+                    continue
+                ratio = row["ratio"]
+                ratio_text = f"{ratio:.2f}" if ratio is not None and better else ""
+                lines.append(f"{label:36} {_fmt(row['bridged'], spec):>12} "
+                             f"{_fmt(row['null'], spec):>12} {ratio_text:>13}")
+            others = [run.get(f"other_cpu_{phase}_pct") or 0.0 for run in (b, n) if run
+                      for phase in ("idle", "sat", "load")]
+            if max(others, default=0.0) > DISTURBED_PCT:
+                lines.append(f"WARNING: other processes used up to {max(others):.0f}% of a "
+                             "core during the measurements: CPU, throughput and above all "
+                             "the p99 figures are disturbed")
+            lines.append("targets:")
+            for target in comparison[topology]["targets"].values():
+                verdict = {True: "met", False: "MISSED", None: "n/a"}[target["met"]]
+                ratio = "n/a" if target["ratio"] is None else f"{target['ratio']:.2f}"
+                lines.append(f"  {target['name']:40} ratio {ratio:>6} ({target['limit']})"
+                             f"  {verdict}")
+            lines.append("")
+        verdict = "ZERO LOSS, ZERO DUPLICATES" if not self.has_loss() else \
+            "LOSS OR DUPLICATES FOUND (see the capitalised rows)"
+        lines.append(f"result: {verdict}" + ("; TIMED OUT (partial)" if self.timed_out else ""))
+        if self.environment.get("workdir"):
+            lines.append(f"logs and configs kept in {self.environment['workdir']}")
+        return "\n".join(lines)
+
+    def to_json(self) -> bytes:
+        runs = [{k: v for k, v in run.items() if not k.startswith("_")} for run in self.runs]
+        payload = {
+            "options": msgspec.to_builtins(self.options),
+            "environment": self.environment,
+            "timed_out": self.timed_out,
+            "notes": self.notes,
+            "zero_loss": not self.has_loss(),
+            "ok": self.ok(),
+            "runs": runs,
+            "comparison": self.comparison(),
+        }
+        return msgspec.json.format(msgspec.json.encode(payload), indent=2)
