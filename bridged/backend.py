@@ -15,9 +15,7 @@ from __future__ import annotations
 
 __all__ = ["Backend"]
 
-from typing import Protocol
-
-import msgspec
+from typing import Any, Protocol
 
 from bridged.chat import Chat
 
@@ -27,13 +25,17 @@ class Backend(Protocol):
 
     name: str
 
-    async def run_chat(self, chat: Chat, resume: msgspec.Raw | None = None) -> None:
+    async def run_chat(self, chat: Chat, resume: Any = None) -> None:
         """Serve ``chat`` until it is over; the last fact emitted is ``Ended``.
 
-        ``resume`` is the backend's part of the chat's kept record (``ChatRecord.state``)
-        when the chat goes on after a restart of bridged; the backend saves that part itself
-        whenever it changes, through the state store it was given.
+        ``resume`` is what :meth:`resume_from` made of the chat's kept record when the chat
+        goes on after a restart of bridged; the backend saves its part itself whenever it
+        changes, through the state store it was given.
         """
+        ...
+
+    def resume_from(self, backend_static: bytes, state: bytes, poll_sent_at: float) -> Any:
+        """Decode the backend's parts of a kept chat (raises ``msgspec.DecodeError``)."""
         ...
 
     async def aclose(self) -> None:

@@ -23,7 +23,7 @@ next process holds, with the same ``seq``.
 
 from __future__ import annotations
 
-__all__ = ["Chat", "ChatRecord", "ChatSnapshot", "Command", "Link"]
+__all__ = ["Chat", "ChatRecord", "ChatSnapshot", "ChatStatic", "Command", "Link"]
 
 import itertools
 import time
@@ -42,31 +42,47 @@ from bridged.webchat import WebchatConfig
 Command: TypeAlias = env.Message | env.Typing
 
 
-class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True):
-    """What a chat needs to go on in another process (the backend's part is kept apart)."""
+class ChatStatic(msgspec.Struct, frozen=True, kw_only=True):
+    """What never changes about a kept chat: written once, with its first snapshot."""
 
+    version: int = 1
     id: str
     webchat: WebchatConfig
     start: env.Start
     created: float
+    backend: str
+    # The backend's unchanging part; msgspec cannot put Raw in a union, so "none" is
+    # MessagePack's nil.
+    backend_static: msgspec.Raw = msgspec.Raw(b"\xc0")
+
+    def encode(self) -> bytes:
+        return _static_encoder.encode(self)
+
+    @staticmethod
+    def decode(data: bytes) -> ChatStatic:
+        """Raises ``msgspec.DecodeError`` (with the field at fault) on a damaged record."""
+        return _static_decoder.decode(data)
+
+
+class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """What changes about a chat, as of one instant (the delivered ids are kept apart)."""
+
     next_seq: int
     held: list[env.ChatEvent]
-    delivered_ids: list[str]
     pending_ids: list[str]
     inbox: list[Command]
     end_requested: facts.Ended | None
     finished: bool
     state: str
     agent: str | None
+    queue_position: int | None = None
 
 
 class ChatRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One kept chat: the shared part, and its backend's part (opaque here)."""
+    """A kept chat's changing part: the shared snapshot and the backend's (opaque here)."""
 
     version: int = 1
     chat: ChatSnapshot
-    backend: str
-    # msgspec cannot put Raw in a union; an empty backend part is MessagePack's nil.
     state: msgspec.Raw = msgspec.Raw(b"\xc0")
 
     def encode(self) -> bytes:
@@ -78,6 +94,8 @@ class ChatRecord(msgspec.Struct, frozen=True, kw_only=True):
         return _record_decoder.decode(data)
 
 
+_static_encoder = msgspec.msgpack.Encoder()
+_static_decoder = msgspec.msgpack.Decoder(ChatStatic)
 _record_encoder = msgspec.msgpack.Encoder()
 _record_decoder = msgspec.msgpack.Decoder(ChatRecord)
 
@@ -128,6 +146,7 @@ class Chat:
         self.agent: str | None = None
         self.queue_position: int | None = None
         self.delivered_ids: set[str] = set()
+        self.new_delivered: list[str] = []  # delivered since the last save
         self.pending_ids: set[str] = set()
         self.waker: Callable[[], None] | None = None
         self.on_finished: Callable[[Chat, facts.Ended], None] | None = None
@@ -157,7 +176,9 @@ class Chat:
             return
         if isinstance(fact, facts.Delivered):
             self._settle(fact.id)
-            self.delivered_ids.add(fact.id)
+            if fact.id not in self.delivered_ids:
+                self.delivered_ids.add(fact.id)
+                self.new_delivered.append(fact.id)
         elif isinstance(fact, (facts.AgentJoined, facts.Transferred)):
             self.agent = fact.agent
             self.queue_position = None
@@ -208,27 +229,39 @@ class Chat:
 
     # --- keeping across restarts --------------------------------------------------------
 
+    def static(self, backend: str, backend_static: msgspec.Raw | None = None) -> ChatStatic:
+        """The chat's unchanging part, for the store."""
+        return ChatStatic(id=self.id, webchat=self.webchat, start=self.start,
+                          created=self.created, backend=backend,
+                          backend_static=backend_static or msgspec.Raw(b"\xc0"))
+
     def snapshot(self) -> ChatSnapshot:
-        """The chat's state (events held, ids, commands not yet taken), for the store."""
+        """The chat's changing state (events held, commands not yet taken), for the store."""
         return ChatSnapshot(
-            id=self.id, webchat=self.webchat, start=self.start, created=self.created,
             next_seq=self.next_seq, held=list(self.held),
-            delivered_ids=list(self.delivered_ids), pending_ids=list(self.pending_ids),
-            inbox=self.inbox.peek(), end_requested=self.end_requested,
-            finished=self.finished, state=self.state, agent=self.agent,
+            pending_ids=list(self.pending_ids), inbox=self.inbox.peek(),
+            end_requested=self.end_requested, finished=self.finished, state=self.state,
+            agent=self.agent, queue_position=self.queue_position,
         )
 
+    def take_new_delivered(self) -> list[str]:
+        """The ids delivered since the last call (appended to the store with a save)."""
+        new, self.new_delivered = self.new_delivered, []
+        return new
+
     @classmethod
-    def restore(cls, snapshot: ChatSnapshot, *, inbox_size: int, max_held: int) -> Chat:
-        """The chat of ``snapshot``, unbound, with its events durable (they were stored)."""
-        chat = cls(snapshot.id, snapshot.webchat, snapshot.start,
+    def restore(cls, static: ChatStatic, snapshot: ChatSnapshot, delivered: list[str], *,
+                inbox_size: int, max_held: int) -> Chat:
+        """The chat kept as ``static`` + ``snapshot``, unbound, its events durable."""
+        chat = cls(static.id, static.webchat, static.start,
                    inbox_size=max(inbox_size, len(snapshot.inbox)), max_held=max_held)
-        chat.created = snapshot.created
+        chat.created = static.created
         chat.next_seq = snapshot.next_seq
         chat.durable_seq = snapshot.next_seq - 1
         chat.held.extend(snapshot.held)
-        chat.delivered_ids.update(snapshot.delivered_ids)
+        chat.delivered_ids.update(delivered)
         chat.pending_ids.update(snapshot.pending_ids)
+        chat.queue_position = snapshot.queue_position
         for command in snapshot.inbox:
             chat.inbox.put_nowait(command)
         chat.end_requested = snapshot.end_requested

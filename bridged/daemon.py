@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from bridged._log import log_event
 from bridged._systemd import Notifier, watchdog_pings
 from bridged.backend import Backend
-from bridged.chat import Chat, ChatRecord
+from bridged.chat import Chat, ChatRecord, ChatStatic
 from bridged.config import Config, load_config, split_listen
 from bridged.dispatcher import Dispatcher
 from bridged.envelopes import ChatEvent, Ended
@@ -45,7 +45,7 @@ from bridged.limits import fds_needed, raise_nofile_limit
 from bridged.liveagent.actor import LiveAgentBackend
 from bridged.liveagent.transport import AiohttpTransport, Transport
 from bridged.metrics import Metrics
-from bridged.state import StateStore
+from bridged.state import KeptChat, StateStore
 from bridged.supervisor import ChatSupervisor
 
 log = logging.getLogger("bridged.daemon")
@@ -139,9 +139,11 @@ class Daemon:
 
     def _keep_finished(self, chat: Chat) -> None:
         """Keep a chat whose actor crashed, so that its ``ended`` is durable, then sent."""
-        record = ChatRecord(chat=chat.snapshot(), backend=self.backend.name)
+        record = ChatRecord(chat=chat.snapshot())
         upto = chat.next_seq - 1
-        self.store.save(chat.id, record.encode(), lambda: chat.mark_durable(upto))
+        self.store.save(chat.id, record.encode(), lambda: chat.mark_durable(upto),
+                        static=chat.static(self.backend.name).encode(),
+                        delivered=chat.take_new_delivered())
 
     def _count_event(self, event: ChatEvent) -> None:
         if isinstance(event, Ended):
@@ -180,32 +182,33 @@ class Daemon:
         self.port = addresses[0][1] if addresses else port
         log_event(log, logging.INFO, "listening", url=self.url, node=self.node)
 
-    def _resume(self, records: dict[str, bytes]) -> None:
+    def _resume(self, kept: dict[str, KeptChat]) -> None:
         """Take back every kept chat; a live one goes on with its Salesforce session."""
         server = self.config.server
         resumed = 0
-        for chat_id, blob in records.items():
+        for chat_id, row in kept.items():
             try:
-                record = ChatRecord.decode(blob)
+                static = ChatStatic.decode(row.static)
+                record = ChatRecord.decode(row.snapshot)
+                if static.backend != self.backend.name:
+                    raise ValueError(f"unknown backend {static.backend!r}")
+                resume = None if record.chat.finished else self.backend.resume_from(
+                    static.backend_static, record.state, row.poll_sent)
             except (msgspec.DecodeError, ValueError) as exc:
                 log_event(log, logging.ERROR, "kept_chat_unreadable", chat=chat_id,
                           detail=str(exc))
                 self.store.delete(chat_id)
                 continue
-            if record.backend != self.backend.name:
-                log_event(log, logging.ERROR, "kept_chat_unknown_backend", chat=chat_id,
-                          backend=record.backend)
-                self.store.delete(chat_id)
-                continue
-            chat = Chat.restore(record.chat, inbox_size=server.mailbox_size,
+            chat = Chat.restore(static, record.chat, row.delivered,
+                                inbox_size=server.mailbox_size,
                                 max_held=server.max_held_events)
             self.dispatcher.adopt(chat)
-            if not chat.finished:
-                self.supervisor.spawn(chat, record.state)
+            if resume is not None:
+                self.supervisor.spawn(chat, resume)
                 resumed += 1
-        if records:
+        if kept:
             log_event(log, logging.INFO, "chats_resumed", live=resumed,
-                      finished=len(records) - resumed)
+                      finished=len(kept) - resumed)
 
     async def stop(self) -> None:
         """Drain and stop, in the documented order, within the budget. Idempotent."""

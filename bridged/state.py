@@ -11,16 +11,22 @@ commit is not fsynced (the WAL is fsynced at checkpoints), so a crash of the *pr
 loses nothing committed, and a crash of the *machine* may lose the last commits but never
 leaves the database inconsistent; ``state.synchronous = "full"`` fsyncs every commit.
 
-Why it stays cheap with thousands of chats: saving a chat only replaces its entry in a
-dict of pending snapshots (one per chat, the latest wins). A single writer thread takes the
-whole dict at once and writes it in one transaction: a group commit, so thousands of chats
-changing within a few milliseconds cost one commit, not thousands. Whoever saved learns
-from a callback on the event loop when their snapshot is durable.
+Why it stays cheap with thousands of chats:
+
+* saving a chat only replaces its entry in a dict of pending changes (one per chat, the
+  latest snapshot wins); once per turn of the event loop those are handed to a single writer
+  thread, which writes all it has in one transaction: a group commit, so thousands of chats
+  changing within a few milliseconds cost one commit, not thousands;
+* what never changes about a chat (its webchat configuration, its ``start``) is written once,
+  what only grows (the ids of delivered messages) is appended, and the time of the last
+  poll is a column of its own: the snapshot written at every change is small.
+
+Whoever saved learns from a callback on the event loop when their change is durable.
 """
 
 from __future__ import annotations
 
-__all__ = ["StateStore", "StoreStatistics"]
+__all__ = ["KeptChat", "StateStore", "StoreStatistics"]
 
 import asyncio
 import contextlib
@@ -29,7 +35,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -37,14 +43,30 @@ from bridged._log import log_event
 
 log = logging.getLogger("bridged.state")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS chats (
-    id TEXT PRIMARY KEY,
-    snapshot BLOB NOT NULL,
-    updated REAL NOT NULL
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS chats (
+        id TEXT PRIMARY KEY,
+        static BLOB,
+        snapshot BLOB NOT NULL,
+        poll_sent REAL NOT NULL DEFAULT 0,
+        updated REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS delivered (
+        chat TEXT NOT NULL,
+        id TEXT NOT NULL,
+        PRIMARY KEY (chat, id)
+    ) WITHOUT ROWID""",
 )
-"""
 Callback = Callable[[], None]
+
+
+class KeptChat(NamedTuple):
+    """One chat as kept: its unchanging part, its latest snapshot, its delivered ids."""
+
+    static: bytes
+    snapshot: bytes
+    delivered: list[str]
+    poll_sent: float
 
 
 class StoreStatistics(NamedTuple):
@@ -57,6 +79,33 @@ class StoreStatistics(NamedTuple):
     pending: int
 
 
+class _Change:
+    """What is pending for one chat."""
+
+    __slots__ = ("callbacks", "delete", "delivered", "poll_sent", "snapshot", "static")
+
+    def __init__(self) -> None:
+        self.static: bytes | None = None
+        self.snapshot: bytes | None = None
+        self.delivered: list[str] = []
+        self.poll_sent: float | None = None
+        self.delete = False
+        self.callbacks: list[Callback] = []
+
+    def merge(self, newer: _Change) -> None:
+        # A delete stays a delete (written first), even if a new chat of the same id
+        # saved after it: the old chat's rows must go.
+        if newer.delete:
+            self.static, self.snapshot, self.delivered = None, None, []
+            self.poll_sent, self.delete = None, True
+        self.static = newer.static or self.static
+        if newer.snapshot is not None:
+            self.snapshot = newer.snapshot
+        self.delivered.extend(newer.delivered)
+        self.poll_sent = newer.poll_sent if newer.poll_sent is not None else self.poll_sent
+        self.callbacks.extend(newer.callbacks)
+
+
 class StateStore:
     """The chats' snapshots, by chat id.
 
@@ -64,6 +113,8 @@ class StateStore:
         directory: ``state.dir``; created (mode 0700) if missing.
         synchronous: ``"normal"`` (survives process crashes) or ``"full"`` (also machine
             crashes, at one fsync per commit).
+        commit_interval: least seconds between two commits (``None``: 0 with ``"normal"``,
+            5 ms with ``"full"``).
     """
 
     def __init__(self, directory: str | Path,
@@ -77,7 +128,9 @@ class StateStore:
         if commit_interval is None:
             commit_interval = 0.005 if synchronous == "full" else 0.0
         self._interval = commit_interval
-        self._pending: dict[str, tuple[bytes | None, list[Callback]]] = {}
+        self._local: dict[str, _Change] = {}  # the loop's side, handed over once per turn
+        self._handoff_scheduled = False
+        self._pending: dict[str, _Change] = {}  # the writer's side, under the lock
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._closing = False
@@ -92,8 +145,8 @@ class StateStore:
 
     # --- opening and reading ------------------------------------------------------------
 
-    def open(self) -> dict[str, bytes]:
-        """Create or open the database; return every kept snapshot, by chat id.
+    def open(self) -> dict[str, KeptChat]:
+        """Create or open the database; return every kept chat, by chat id.
 
         Must be called from the event loop's thread (callbacks are delivered there).
 
@@ -108,7 +161,13 @@ class StateStore:
         finally:
             os.umask(old_umask)
         try:
-            rows = connection.execute("SELECT id, snapshot FROM chats").fetchall()
+            rows = connection.execute(
+                "SELECT id, static, snapshot, poll_sent FROM chats").fetchall()
+            delivered: dict[str, list[str]] = {}
+            for chat, message in connection.execute("SELECT chat, id FROM delivered"):
+                delivered.setdefault(chat, []).append(message)
+        except sqlite3.Error as exc:
+            raise OSError(f"cannot read {self.path}: {exc}") from exc
         finally:
             connection.close()
         for suffix in ("", "-wal", "-shm"):
@@ -117,7 +176,9 @@ class StateStore:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="bridged-state", daemon=True)
         self._thread.start()
-        return {chat_id: bytes(snapshot) for chat_id, snapshot in rows}
+        return {chat_id: KeptChat(bytes(static or b""), bytes(snapshot),
+                                  delivered.get(chat_id, []), poll_sent)
+                for chat_id, static, snapshot, poll_sent in rows}
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -125,35 +186,74 @@ class StateStore:
                                          check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={self._synchronous}")
-            connection.execute(_SCHEMA)
+            for statement in _SCHEMA:
+                connection.execute(statement)
         except sqlite3.Error as exc:
             raise OSError(f"cannot open {self.path}: {exc}") from exc
         return connection
 
-    # --- writing -------------------------------------------------------------------------
+    # --- writing (from the event loop's thread) -------------------------------------------
 
-    def save(self, chat_id: str, snapshot: bytes, on_durable: Callback | None = None) -> None:
+    def save(self, chat_id: str, snapshot: bytes, on_durable: Callback | None = None, *,
+             static: bytes | None = None, delivered: Sequence[str] = ()) -> None:
         """Keep ``snapshot`` as ``chat_id``'s; ``on_durable`` runs on the loop once committed.
 
-        A newer snapshot of the same chat replaces one not yet written (its callback still
-        runs, after the newer one is committed).
+        Args:
+            chat_id: the chat.
+            snapshot: its latest snapshot; replaces one not yet written.
+            on_durable: called once this change is committed.
+            static: the chat's unchanging part; given once (with its first save).
+            delivered: message ids delivered since the last save (appended).
         """
-        self._queue(chat_id, snapshot, on_durable)
+        change = self._change(chat_id)
+        change.snapshot = snapshot
+        if static is not None:
+            change.static = static
+        change.delivered.extend(delivered)
+        if on_durable is not None:
+            change.callbacks.append(on_durable)
+
+    def touch(self, chat_id: str, poll_sent: float, on_durable: Callback | None = None) -> None:
+        """Record when the chat polls Salesforce (no snapshot needed)."""
+        change = self._change(chat_id)
+        change.poll_sent = poll_sent
+        if on_durable is not None:
+            change.callbacks.append(on_durable)
 
     def delete(self, chat_id: str) -> None:
         """Forget ``chat_id`` (it ended, and OCP knows)."""
-        self._queue(chat_id, None, None)
+        change = self._change(chat_id)
+        change.static, change.snapshot, change.delivered = None, None, []
+        change.poll_sent, change.delete = None, True
 
-    def _queue(self, chat_id: str, snapshot: bytes | None, on_durable: Callback | None) -> None:
+    def _change(self, chat_id: str) -> _Change:
+        change = self._local.get(chat_id)
+        if change is None:
+            change = self._local[chat_id] = _Change()
+        if not self._handoff_scheduled and self._loop is not None:
+            # One hand-over per turn of the loop, however many chats changed in it.
+            self._handoff_scheduled = True
+            self._loop.call_soon(self._handoff)
+        return change
+
+    def _handoff(self) -> None:
+        self._handoff_scheduled = False
+        local, self._local = self._local, {}
+        if not local:
+            return
         with self._work:
-            if self._closing:
+            if self._closing and self._thread is None:
                 return
-            _, callbacks = self._pending.get(chat_id, (None, []))
-            if on_durable is not None:
-                callbacks.append(on_durable)
-            self._pending[chat_id] = (snapshot, callbacks)
+            for chat_id, change in local.items():
+                pending = self._pending.get(chat_id)
+                if pending is None:
+                    self._pending[chat_id] = change
+                else:
+                    pending.merge(change)
             self._idle.clear()
             self._work.notify()
+
+    # --- the writer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
         connection = self._connect()
@@ -175,22 +275,37 @@ class StateStore:
         finally:
             connection.close()
 
-    def _write(self, connection: sqlite3.Connection,
-               batch: dict[str, tuple[bytes | None, list[Callback]]]) -> None:
+    def _write(self, connection: sqlite3.Connection, batch: dict[str, _Change]) -> None:
         started = time.perf_counter()
         now = time.time()
-        upserts = [(chat_id, snapshot, now) for chat_id, (snapshot, _) in batch.items()
-                   if snapshot is not None]
-        deletes = [(chat_id,) for chat_id, (snapshot, _) in batch.items() if snapshot is None]
+        deletes, upserts, statics, touches, delivered = [], [], [], [], []
+        for chat_id, change in batch.items():
+            if change.delete:
+                deletes.append((chat_id,))
+            if change.snapshot is not None:
+                upserts.append((chat_id, change.snapshot, now))
+            if change.static is not None:
+                statics.append((change.static, chat_id))
+            if change.poll_sent is not None:
+                touches.append((change.poll_sent, chat_id))
+            delivered.extend((chat_id, message) for message in change.delivered)
         try:
             connection.execute("BEGIN IMMEDIATE")
+            if deletes:
+                connection.executemany("DELETE FROM chats WHERE id = ?", deletes)
+                connection.executemany("DELETE FROM delivered WHERE chat = ?", deletes)
             if upserts:
                 connection.executemany(
                     "INSERT INTO chats (id, snapshot, updated) VALUES (?, ?, ?) "
                     "ON CONFLICT(id) DO UPDATE SET snapshot = excluded.snapshot, "
                     "updated = excluded.updated", upserts)
-            if deletes:
-                connection.executemany("DELETE FROM chats WHERE id = ?", deletes)
+            if statics:
+                connection.executemany("UPDATE chats SET static = ? WHERE id = ?", statics)
+            if touches:
+                connection.executemany("UPDATE chats SET poll_sent = ? WHERE id = ?", touches)
+            if delivered:
+                connection.executemany(
+                    "INSERT OR IGNORE INTO delivered (chat, id) VALUES (?, ?)", delivered)
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             # A full disk or a broken file: nothing is durable, so nothing is released;
@@ -203,7 +318,7 @@ class StateStore:
         self._rows_written += len(upserts)
         self._rows_deleted += len(deletes)
         self._commit_seconds += time.perf_counter() - started
-        callbacks = [cb for _, cbs in batch.values() for cb in cbs]
+        callbacks = [cb for change in batch.values() for cb in change.callbacks]
         if callbacks and self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 self._loop.call_soon_threadsafe(_run_all, callbacks)
@@ -220,10 +335,11 @@ class StateStore:
         with self._lock:
             pending = len(self._pending)
         return StoreStatistics(self._commits, self._rows_written, self._rows_deleted,
-                               self._commit_seconds, pending)
+                               self._commit_seconds, pending + len(self._local))
 
     async def flush(self, timeout: float) -> bool:
         """Wait until everything saved so far is committed; ``False`` on timeout."""
+        self._handoff()
         if self._thread is None:
             return True
         return await asyncio.to_thread(self._idle.wait, timeout)
@@ -232,6 +348,7 @@ class StateStore:
         """Write what is pending, then stop the writer. Idempotent."""
         if self._thread is None:
             return
+        self._handoff()
         with self._work:
             self._closing = True
             self._work.notify()

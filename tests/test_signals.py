@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.ocp import connect
+from tests.ocp import OcpClient, connect
 from tests.processes import BridgedProcess, SimulatorProcess
 
 
@@ -67,11 +67,15 @@ async def test_sigterm_drains_keeps_chats_and_exits_0_within_10_s(
                 await client.expect("agent_joined")
             started = time.monotonic()
             bridged.signal(signal.SIGTERM)
-            for client in clients:  # every connection is closed with 1001
+            async def closed(client: OcpClient) -> int | None:
                 msg = await client.ws.receive(timeout=10)
                 while msg.type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
                     msg = await client.ws.receive(timeout=10)
-                assert client.ws.close_code == 1001
+                return client.ws.close_code
+
+            # Every connection (each read at once, as OCP would) is closed with 1001.
+            codes = await asyncio.gather(*(closed(client) for client in clients))
+            assert set(codes) == {1001}
             code = await asyncio.to_thread(bridged.wait, 15)
             assert code == 0
             assert time.monotonic() - started < 10

@@ -11,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from bridged.state import StateStore
+from bridged.state import KeptChat, StateStore
 
 WRITER = """
 import asyncio, sys
-from bridged.state import StateStore
+from bridged.state import KeptChat, StateStore
 
 async def main(directory):
     store = StateStore(directory)
@@ -41,10 +41,31 @@ async def test_saved_snapshots_come_back_and_callbacks_run_on_the_loop(tmp_path:
     store.save("b", b"three")
     await asyncio.wait_for(durable.wait(), 5)
     store.delete("b")
+    store.save("c", b"four", static=b"unchanging", delivered=["m1"])
+    store.save("c", b"five", delivered=["m2"])
+    store.touch("c", 1234.5)
     assert await store.flush(5)
     await store.aclose()
     again = StateStore(tmp_path / "state")
-    assert again.open() == {"a": b"two"}
+    kept = again.open()
+    assert set(kept) == {"a", "c"}
+    assert kept["a"].snapshot == b"two"
+    assert kept["c"] == (b"unchanging", b"five", ["m1", "m2"], 1234.5)
+    await again.aclose()
+
+
+async def test_a_deleted_chat_leaves_nothing_for_a_new_chat_of_the_same_id(
+        tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.open()
+    store.save("x", b"old", static=b"old-static", delivered=["old-id"])
+    assert await store.flush(5)
+    store.delete("x")
+    store.save("x", b"new", static=b"new-static")
+    assert await store.flush(5)
+    await store.aclose()
+    again = StateStore(tmp_path)
+    assert again.open()["x"] == (b"new-static", b"new", [], 0.0)
     await again.aclose()
 
 
@@ -62,7 +83,7 @@ async def test_thousands_of_saves_become_few_commits(tmp_path: Path) -> None:
     await store.aclose()
     reopened = StateStore(tmp_path)
     rows = reopened.open()
-    assert len(rows) == 2000 and rows["chat-7"] == b"4" * 100
+    assert len(rows) == 2000 and rows["chat-7"].snapshot == b"4" * 100
     await reopened.aclose()
 
 
@@ -94,12 +115,13 @@ def test_kill_9_at_any_instant_leaves_a_consistent_state(tmp_path: Path) -> None
                 process.stdout.close()
         rows = asyncio.run(_reopen(directory))
         assert rows, "something was committed before the kill"
-        for chat, snapshot in rows.items():
+        for chat, kept in rows.items():
+            snapshot = kept.snapshot
             assert len(snapshot) == 4096, chat  # never a torn row
             assert snapshot == snapshot[:8] * 512, chat  # one whole write, never a mix
 
 
-async def _reopen(directory: Path) -> dict[str, bytes]:
+async def _reopen(directory: Path) -> dict[str, KeptChat]:
     store = StateStore(directory)
     rows = store.open()
     await store.aclose()

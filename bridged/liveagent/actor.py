@@ -13,7 +13,7 @@ the requests the session wants, all synchronously.
 
 from __future__ import annotations
 
-__all__ = ["ChatActor", "LiveAgentBackend", "LiveAgentState", "session_params"]
+__all__ = ["ChatActor", "LiveAgentBackend", "LiveAgentState", "Resume", "session_params"]
 
 import asyncio
 import functools
@@ -52,11 +52,17 @@ _Result = HttpResponse | TransportError
 
 
 class LiveAgentState(msgspec.Struct, frozen=True, kw_only=True):
-    """The Live Agent part of a kept chat: the session, where it lives, when it last polled."""
+    """The changing Live Agent part of a kept chat: the session, and where it lives."""
 
-    params: SessionParams
     session: SessionSnapshot
     base_url: str
+
+
+class Resume(msgspec.Struct, frozen=True, kw_only=True):
+    """What a kept chat's actor goes on from after a restart."""
+
+    params: SessionParams
+    state: LiveAgentState
     poll_sent_at: float  # wall clock, so that another process can read it
 
 
@@ -64,6 +70,7 @@ _SWITCH_OUTCOMES = {"server_switch": "started", "server_switch_done": "completed
                     "switch_server": "host_moved"}
 _state_encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(LiveAgentState)
+_params_decoder = msgspec.msgpack.Decoder(SessionParams)
 
 
 def session_params(webchat: WebchatConfig, salesforce: SalesforceConfig,
@@ -137,6 +144,9 @@ class ChatActor:
         self._saved: tuple[Any, ...] | None = None
         self._unsaved = 0  # snapshots handed to the store and not yet committed
         self._poll_sent_wall = 0.0
+        self._poll_touched: float | None = None  # the kept time of the next poll
+        self._touching = False
+        self._static_saved = False
         self._last_poll_answer = time.monotonic()
         chat.persistent = store is not None
         self._request_timeout = request_timeout
@@ -152,7 +162,7 @@ class ChatActor:
         chat.waker = self._wake.set
 
     async def run(self, handover: Handover | None = None,
-                  resumed: LiveAgentState | None = None) -> None:
+                  resumed: Resume | None = None) -> None:
         """Run the chat until its session is over; the last fact reported is ``Ended``.
 
         Args:
@@ -160,8 +170,9 @@ class ChatActor:
             resumed: the kept state of a chat that goes on after a restart of bridged.
         """
         if resumed is not None:
-            self._base_url = resumed.base_url
+            self._base_url = resumed.state.base_url
             self._poll_sent_wall = resumed.poll_sent_at
+            self._static_saved = True
             # The previous process's last poll may still be held by Salesforce, and a second
             # poll would end the session (409): wait as after a lost poll (see _failed).
             held_until = resumed.poll_sent_at + 0.9 * self.session.client_poll_timeout
@@ -343,6 +354,16 @@ class ChatActor:
                     self._wake_at(due)
                     continue
                 keepalive = True
+            # The time of a poll is kept before the poll goes: after a crash, the next process
+            # must know how long the server may still hold it (see run()).
+            if lane is Lane.POLL and self._poll_touched is not None and (
+                    time.time() - self._poll_touched > 1.0):
+                self._poll_touched = None  # kept too long ago: keep a fresh time
+            if lane is Lane.POLL and self._store is not None and self._poll_touched is None:
+                if not self._touching:
+                    self._touching = True
+                    self._store.touch(self.chat.id, time.time(), self._touch_durable)
+                continue
             # A burst of new chats is admitted to Salesforce a few at a time.
             if lane is Lane.POST and self.session.creating and not self._start_gate.try_enter(
                     self.chat.id, self._wake.set):
@@ -358,7 +379,8 @@ class ChatActor:
             self._tasks[lane] = task
             self._sent_at[lane] = now
             if lane is Lane.POLL:
-                self._poll_sent_wall = time.time()
+                self._poll_sent_wall = self._poll_touched or time.time()
+                self._poll_touched = None
 
     def _on_answer(self, _task: asyncio.Task[_Result]) -> None:
         self._wake.set()
@@ -370,8 +392,7 @@ class ChatActor:
         s, chat = self.session, self.chat
         return (s.state, s.ack, s.sequence, s.affinity, s.switch_phase, s.pending_activity,
                 id(s.in_flight(Lane.POST)), chat.next_seq, chat.held[0].seq if chat.held else 0,
-                len(chat.inbox), chat.end_requested is not None, self._base_url,
-                self._poll_sent_wall)
+                len(chat.inbox), chat.end_requested is not None, self._base_url)
 
     def _save(self) -> None:
         """Hand the chat's snapshot to the store when it changed; events go out once durable."""
@@ -381,13 +402,24 @@ class ChatActor:
         if fingerprint == self._saved:
             return
         self._saved = fingerprint
-        state = LiveAgentState(params=self.session.params, session=self.session.snapshot(),
-                               base_url=self._base_url, poll_sent_at=self._poll_sent_wall)
-        record = ChatRecord(chat=self.chat.snapshot(), backend=LiveAgentBackend.name,
+        state = LiveAgentState(session=self.session.snapshot(), base_url=self._base_url)
+        record = ChatRecord(chat=self.chat.snapshot(),
                             state=msgspec.Raw(_state_encoder.encode(state)))
+        static = None
+        if not self._static_saved:
+            # The chat's unchanging part (and the session's parameters) go once.
+            self._static_saved = True
+            params = msgspec.Raw(_state_encoder.encode(self.session.params))
+            static = self.chat.static(LiveAgentBackend.name, params).encode()
         self._unsaved += 1
         self._store.save(self.chat.id, record.encode(),
-                         functools.partial(self._durable, self.chat.next_seq - 1))
+                         functools.partial(self._durable, self.chat.next_seq - 1),
+                         static=static, delivered=self.chat.take_new_delivered())
+
+    def _touch_durable(self) -> None:
+        self._touching = False
+        self._poll_touched = time.time()
+        self._wake.set()
 
     def _durable(self, upto: int) -> None:
         self._unsaved -= 1
@@ -454,18 +486,27 @@ class LiveAgentBackend:
         """Use new ``[salesforce]`` settings for chats started from now on (SIGHUP)."""
         self._salesforce = salesforce
 
-    async def run_chat(self, chat: Chat, resume: msgspec.Raw | None = None) -> None:
+    @staticmethod
+    def resume_from(backend_static: bytes, state: bytes, poll_sent_at: float) -> Resume:
+        """Decode a kept chat's Live Agent parts.
+
+        Raises:
+            msgspec.DecodeError: a damaged record.
+        """
+        return Resume(params=_params_decoder.decode(backend_static),
+                      state=_state_decoder.decode(state), poll_sent_at=poll_sent_at)
+
+    async def run_chat(self, chat: Chat, resume: Resume | None = None) -> None:
         """Serve ``chat`` until it ends; the last fact it emits is ``Ended``.
 
         Args:
             chat: the chat.
             resume: its kept Live Agent state, when it goes on after a restart.
         """
-        resumed = None
+        resumed = resume
         handover = Handover()
-        if resume is not None:
-            resumed = _state_decoder.decode(resume)
-            session = LiveAgentSession.restore(resumed.params, resumed.session)
+        if resumed is not None:
+            session = LiveAgentSession.restore(resumed.params, resumed.state.session)
         else:
             # "before asking for an agent" (PROTOCOL.md 4): the history rides on
             # ChasitorInit.
