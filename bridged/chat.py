@@ -64,7 +64,7 @@ class ChatStatic(msgspec.Struct, frozen=True, kw_only=True):
         return _static_decoder.decode(data)
 
 
-class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What changes about a chat, as of one instant (the delivered ids are kept apart)."""
 
     next_seq: int
@@ -78,7 +78,7 @@ class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     queue_position: int | None = None
 
 
-class ChatRecord(msgspec.Struct, frozen=True, kw_only=True):
+class ChatRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A kept chat's changing part: the shared snapshot and the backend's (opaque here)."""
 
     version: int = 1

@@ -60,7 +60,7 @@ Text = Annotated[str, msgspec.Meta(min_length=1)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class _Envelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class _Envelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
     """Base of every envelope; unknown fields are ignored (PROTOCOL.md section 2)."""
 
 

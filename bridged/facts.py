@@ -27,44 +27,44 @@ import msgspec
 EndReason: TypeAlias = Literal["agent", "client", "no_agent", "failed", "detached"]
 
 
-class Queued(msgspec.Struct, frozen=True, kw_only=True):
+class Queued(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The request waits for an agent; ``None`` where Salesforce gave no figure."""
 
     position: int | None
     wait_s: int | None
 
 
-class AgentJoined(msgspec.Struct, frozen=True, kw_only=True):
+class AgentJoined(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     agent: str
 
 
-class AgentMessage(msgspec.Struct, frozen=True, kw_only=True):
+class AgentMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     agent: str
     text: str
 
 
-class AgentTyping(msgspec.Struct, frozen=True, kw_only=True):
+class AgentTyping(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     active: bool
 
 
-class Transferred(msgspec.Struct, frozen=True, kw_only=True):
+class Transferred(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     agent: str
 
 
-class Delivered(msgspec.Struct, frozen=True, kw_only=True):
+class Delivered(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Salesforce accepted the visitor's message ``id``."""
 
     id: str
 
 
-class Undelivered(msgspec.Struct, frozen=True, kw_only=True):
+class Undelivered(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The visitor's message ``id`` will never reach Salesforce (the chat ended first)."""
 
     id: str
     detail: str
 
 
-class Ended(msgspec.Struct, frozen=True, kw_only=True):
+class Ended(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The chat is over. ``detail`` says why, for ``failed`` (shown to the visitor)."""
 
     reason: EndReason

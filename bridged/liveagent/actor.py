@@ -51,7 +51,7 @@ log = logging.getLogger("bridged.liveagent")
 _Result = HttpResponse | TransportError
 
 
-class LiveAgentState(msgspec.Struct, frozen=True, kw_only=True):
+class LiveAgentState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The changing Live Agent part of a kept chat: the session, and where it lives."""
 
     session: SessionSnapshot
@@ -412,17 +412,21 @@ class ChatActor:
             params = msgspec.Raw(_state_encoder.encode(self.session.params))
             static = self.chat.static(LiveAgentBackend.name, params).encode()
         self._unsaved += 1
+        # The next poll usually follows this save: keep its time in the same commit.
+        now = time.time()
         self._store.save(self.chat.id, record.encode(),
-                         functools.partial(self._durable, self.chat.next_seq - 1),
+                         functools.partial(self._durable, self.chat.next_seq - 1, now),
                          static=static, delivered=self.chat.take_new_delivered())
+        self._store.touch(self.chat.id, now)
 
     def _touch_durable(self) -> None:
         self._touching = False
         self._poll_touched = time.time()
         self._wake.set()
 
-    def _durable(self, upto: int) -> None:
+    def _durable(self, upto: int, touched: float) -> None:
         self._unsaved -= 1
+        self._poll_touched = max(self._poll_touched or 0.0, touched)
         self.chat.mark_durable(upto)
         self._wake.set()
 

@@ -141,7 +141,7 @@ _EXPIRED_WHILE_DOWN = facts.Ended(
 _ESTIMATE_SINCE = 47
 
 
-class HttpRequest(msgspec.Struct, frozen=True, kw_only=True):
+class HttpRequest(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One HTTP exchange the session wants made. ``path`` is relative to ``/chat/rest/``."""
 
     method: str
@@ -158,7 +158,7 @@ class HttpRequest(msgspec.Struct, frozen=True, kw_only=True):
     keepalive: bool = False
 
 
-class HttpResponse(msgspec.Struct, frozen=True):
+class HttpResponse(msgspec.Struct, frozen=True, gc=False):
     """The part of an HTTP answer the session looks at."""
 
     status: int
@@ -181,13 +181,13 @@ class SessionParams(msgspec.Struct, frozen=True, kw_only=True):
     check_availability: bool = False
 
 
-class _Activity(msgspec.Struct, kw_only=True):
+class _Activity(msgspec.Struct, kw_only=True, gc=False):
     purpose: Purpose
     body: bytes | None = None
     ref: str | None = None
 
 
-class SessionSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+class SessionSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Everything a session needs to go on in another process (see :meth:`snapshot`)."""
 
     state: State

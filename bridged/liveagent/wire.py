@@ -55,7 +55,7 @@ import msgspec
 from bridged.errors import RemoteProtocolError
 
 
-class _Payload(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class _Payload(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
     """Base of every Salesforce payload: camelCase on the wire."""
 
 
@@ -125,12 +125,12 @@ class SessionIdBody(_Payload, frozen=True, kw_only=True):
     client_poll_timeout: int | str = 40
 
 
-class _RawItem(msgspec.Struct, frozen=True):
+class _RawItem(msgspec.Struct, frozen=True, gc=False):
     type: str
     message: msgspec.Raw = msgspec.Raw(b"{}")
 
 
-class _RawMessages(msgspec.Struct, frozen=True):
+class _RawMessages(msgspec.Struct, frozen=True, gc=False):
     messages: list[_RawItem]
     sequence: int | None = None
     offset: int | None = None
@@ -283,7 +283,7 @@ class NewVisitorBreadcrumb(_Payload, frozen=True, kw_only=True):
     location: str = ""
 
 
-class UnknownMessage(msgspec.Struct, frozen=True):
+class UnknownMessage(msgspec.Struct, frozen=True, gc=False):
     """A message type bridged does not know; clients must ignore those."""
 
     type: str
