@@ -22,6 +22,12 @@ Why it stays cheap with thousands of chats:
   poll is a column of its own: the snapshot written at every change is small.
 
 Whoever saved learns from a callback on the event loop when their change is durable.
+
+Where the commits run: with ``synchronous = "normal"`` a commit costs no fsync (a fraction
+of a millisecond), so it runs on the event loop itself, once per turn of the loop; a thread
+would only add a hand-over and a fight for the GIL to every event's way out. The WAL is
+checkpointed (which does fsync) by a thread of its own, outside the loop. With ``"full"``
+every commit fsyncs, so the commits run in a writer thread.
 """
 
 from __future__ import annotations
@@ -128,6 +134,8 @@ class StateStore:
         if commit_interval is None:
             commit_interval = 0.005 if synchronous == "full" else 0.0
         self._interval = commit_interval
+        self._inline = synchronous == "normal" and commit_interval == 0
+        self._connection: sqlite3.Connection | None = None
         self._local: dict[str, _Change] = {}  # the loop's side, handed over once per turn
         self._handoff_scheduled = False
         self._pending: dict[str, _Change] = {}  # the writer's side, under the lock
@@ -174,18 +182,27 @@ class StateStore:
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(f"{self.path}{suffix}", 0o600)
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="bridged-state", daemon=True)
+        if self._inline:
+            self._connection = self._connect(checkpoints=False)
+            self._thread = threading.Thread(target=self._checkpoints, name="bridged-checkpoint",
+                                            daemon=True)
+        else:
+            self._thread = threading.Thread(target=self._run, name="bridged-state",
+                                            daemon=True)
         self._thread.start()
         return {chat_id: KeptChat(bytes(static or b""), bytes(snapshot),
                                   delivered.get(chat_id, []), poll_sent)
                 for chat_id, static, snapshot, poll_sent in rows}
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, checkpoints: bool = True) -> sqlite3.Connection:
         try:
             connection = sqlite3.connect(self.path, isolation_level=None,
                                          check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={self._synchronous}")
+            if not checkpoints:
+                # Checkpoints fsync: they are the checkpoint thread's job, not the loop's.
+                connection.execute("PRAGMA wal_autocheckpoint=0")
             for statement in _SCHEMA:
                 connection.execute(statement)
         except sqlite3.Error as exc:
@@ -241,6 +258,10 @@ class StateStore:
         local, self._local = self._local, {}
         if not local:
             return
+        if self._inline:
+            if self._connection is not None:
+                self._write(self._connection, local, inline=True)
+            return
         with self._work:
             if self._closing and self._thread is None:
                 return
@@ -275,7 +296,29 @@ class StateStore:
         finally:
             connection.close()
 
-    def _write(self, connection: sqlite3.Connection, batch: dict[str, _Change]) -> None:
+    def _checkpoints(self) -> None:
+        """Checkpoint the WAL every second, off the event loop, until closed."""
+        connection = self._connect()
+        try:
+            with self._work:
+                while not self._closing:
+                    self._work.wait(1.0)
+                    if self._closing:
+                        break
+                    self._work.release()
+                    try:
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error as exc:
+                        self._report_failure(f"checkpoint: {exc}")
+                    finally:
+                        self._work.acquire()
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            connection.close()
+
+    def _write(self, connection: sqlite3.Connection, batch: dict[str, _Change],
+               inline: bool = False) -> None:
         started = time.perf_counter()
         now = time.time()
         deletes, upserts, statics, touches, delivered = [], [], [], [], []
@@ -308,23 +351,47 @@ class StateStore:
                     "INSERT OR IGNORE INTO delivered (chat, id) VALUES (?, ?)", delivered)
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
-            # A full disk or a broken file: nothing is durable, so nothing is released;
-            # the chats keep their events and try again with their next change.
+            # A full disk or a broken file: nothing is durable, so nothing is released (the
+            # chats hold their events); the batch is tried again a second later.
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
             self._report_failure(str(exc))
+            self._retry_later(batch, inline)
             return
         self._commits += 1
         self._rows_written += len(upserts)
         self._rows_deleted += len(deletes)
         self._commit_seconds += time.perf_counter() - started
         callbacks = [cb for change in batch.values() for cb in change.callbacks]
-        if callbacks and self._loop is not None and not self._loop.is_closed():
+        if inline:
+            _run_all(callbacks)
+        elif callbacks and self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 self._loop.call_soon_threadsafe(_run_all, callbacks)
 
+    def _retry_later(self, batch: dict[str, _Change], inline: bool) -> None:
+        if inline:
+            for chat_id, change in batch.items():
+                newer = self._local.get(chat_id)
+                if newer is not None:
+                    change.merge(newer)
+                self._local[chat_id] = change
+            if self._loop is not None and not self._handoff_scheduled:
+                self._handoff_scheduled = True
+                self._loop.call_later(1.0, self._handoff)
+            return
+        with self._work:
+            for chat_id, change in batch.items():
+                newer = self._pending.get(chat_id)
+                if newer is not None:
+                    change.merge(newer)
+                self._pending[chat_id] = change
+        time.sleep(1.0)
+
     def _report_failure(self, detail: str) -> None:
-        if self._loop is not None and not self._loop.is_closed():
+        if self._inline and threading.current_thread() is threading.main_thread():
+            log_event(log, logging.ERROR, "state_write_failed", detail=detail)
+        elif self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(
                     lambda: log_event(log, logging.ERROR, "state_write_failed", detail=detail))
@@ -340,7 +407,7 @@ class StateStore:
     async def flush(self, timeout: float) -> bool:
         """Wait until everything saved so far is committed; ``False`` on timeout."""
         self._handoff()
-        if self._thread is None:
+        if self._thread is None or self._inline:
             return True
         return await asyncio.to_thread(self._idle.wait, timeout)
 
@@ -354,6 +421,9 @@ class StateStore:
             self._work.notify()
         thread, self._thread = self._thread, None
         await asyncio.to_thread(thread.join, timeout)
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def _run_all(callbacks: list[Callback]) -> None:

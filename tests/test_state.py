@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bridged.state import KeptChat, StateStore
 
@@ -126,3 +130,40 @@ async def _reopen(directory: Path) -> dict[str, KeptChat]:
     rows = store.open()
     await store.aclose()
     return rows
+
+
+class FailingOnce:
+    """A connection whose first transaction fails, as on a full disk."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.failed = False
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "BEGIN IMMEDIATE" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.connection.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        return self.connection.executemany(sql, rows)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+async def test_a_failed_commit_releases_nothing_and_is_tried_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = StateStore(tmp_path)
+    store.open()
+    store._connection = FailingOnce(store._connection)  # type: ignore[assignment]
+    durable = asyncio.Event()
+    store.save("a", b"kept", durable.set)
+    await asyncio.sleep(0.2)
+    assert not durable.is_set()  # not committed: not durable
+    assert "state_write_failed" in caplog.text
+    await asyncio.wait_for(durable.wait(), 5)  # the retry a second later
+    await store.aclose()
+    again = StateStore(tmp_path)
+    assert again.open()["a"].snapshot == b"kept"
+    await again.aclose()
