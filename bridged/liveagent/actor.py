@@ -157,7 +157,9 @@ class ChatActor:
         self._not_before = {Lane.POLL: 0.0, Lane.POST: 0.0}
         self._failures = {Lane.POLL: 0, Lane.POST: 0}
         self._failing_since: dict[Lane, float | None] = {Lane.POLL: None, Lane.POST: None}
-        self._timer: asyncio.TimerHandle | None = None
+        # uvloop's call_at returns a Handle without when(): the due time is kept here.
+        self._timer: asyncio.Handle | None = None
+        self._timer_due = 0.0
         self._end_passed = False
         chat.waker = self._wake.set
 
@@ -192,11 +194,14 @@ class ChatActor:
                 self._move_host()
                 self._take_commands()
                 self._report()
+                # Saved before anything is sent: a poll acknowledges the batch just
+                # processed, so the state that holds it must be on its way to the store
+                # first (the poll waits until it is durable).
+                self._save()
                 if self.session.is_finished:
-                    self._save()
                     return
                 self._send()
-                self._save()
+                self._save()  # what went out (a POST now in flight)
                 await self._wake.wait()
         finally:
             self._start_gate.leave(self.chat.id)
@@ -431,13 +436,13 @@ class ChatActor:
         self._wake.set()
 
     def _wake_at(self, when: float) -> None:
-        if self._timer is not None and self._timer.when() <= when:
+        if self._timer is not None and self._timer_due <= when:
             return
         if self._timer is not None:
             self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(loop.time() + max(0.0, when - time.monotonic()),
-                                   self._timer_fired)
+        self._timer_due = when
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, when - time.monotonic()), self._timer_fired)
 
     def _timer_fired(self) -> None:
         self._timer = None
