@@ -82,6 +82,8 @@ class SalesforceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_field
     api_version: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}(\.0)?$")] = "66"
     request_timeout_s: PositiveFloat = 30.0
     max_connections: PositiveInt = 30000
+    # Seconds an idle connection to Salesforce is kept for the next POST.
+    keepalive_s: NonNegativeFloat = 5.0
     # SessionId + ChasitorInit calls in progress at once; a burst of starts waits its turn.
     max_concurrent_starts: PositiveInt = 50
     user_agent: str = "bridged"

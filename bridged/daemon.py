@@ -68,7 +68,8 @@ class Daemon:
         interval = config.state.commit_interval_ms
         self.store = StateStore(config.state.dir, config.state.synchronous,
                                 None if interval is None else interval / 1000)
-        self._transport = transport or AiohttpTransport(config.salesforce.max_connections)
+        self._transport = transport or AiohttpTransport(config.salesforce.max_connections,
+                                                        config.salesforce.keepalive_s)
         self.backend: Backend = LiveAgentBackend(
             self._transport, config.salesforce,
             max_pending=config.server.max_pending_messages,
@@ -97,7 +98,7 @@ class Daemon:
         if needed > limit:
             log_event(log, logging.WARNING, "fd_limit_too_low", limit=limit,
                       max_chats=self.config.server.max_chats, needed=needed,
-                      chats_that_fit=max(0, (limit - fds_needed(0, 1)) // 2),
+                      chats_that_fit=max(0, (limit - fds_needed(0, 1)) * 4 // 5),
                       detail="raise LimitNOFILE (systemd) or lower server.max_chats")
 
     def _live_metrics(self) -> Iterable[Metric]:

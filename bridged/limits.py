@@ -31,5 +31,9 @@ def raise_nofile_limit() -> int:
 
 
 def fds_needed(chats: int, connections: int) -> int:
-    """Descriptors that ``chats`` live chats over ``connections`` OCP connections need."""
-    return chats * 2 + connections + RESERVED_FDS
+    """Descriptors that ``chats`` live chats over ``connections`` OCP connections need.
+
+    One per chat for its long poll, and a quarter more for POSTs in flight or kept alive
+    for a few seconds (``salesforce.keepalive_s``): a chat sends now and then, not always.
+    """
+    return chats + chats // 4 + connections + RESERVED_FDS

@@ -43,16 +43,21 @@ class AiohttpTransport:
             thousands of outstanding long polls, so it is sized for the scale target.
     """
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, keepalive_s: float = 5.0) -> None:
         self._max_connections = max_connections
+        self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
+            # An idle connection is kept a few seconds only: a chat's long poll holds one
+            # connection for good, and a POST connection per chat kept for long would
+            # double the descriptors thousands of chats need.
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections,
                 limit_per_host=0,
                 ttl_dns_cache=300,
+                keepalive_timeout=self._keepalive_s,
             )
             # No automatic redirects: a redirect could lead a session key to a host that
             # salesforce.allowed_hosts never allowed.
