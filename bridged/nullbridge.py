@@ -152,7 +152,10 @@ class NullBridge:
 
     async def _lifecycle(self, _app: web.Application) -> Any:
         # No limit on connections: one parked poll per chat, plus the POSTs.
-        self._http = ClientSession(connector=TCPConnector(limit=0, force_close=False),
+        # The same keep-alive as bridged (salesforce.keepalive_s), so both hold about one
+        # descriptor per chat.
+        self._http = ClientSession(connector=TCPConnector(limit=0, force_close=False,
+                                                          keepalive_timeout=5.0),
                                    skip_auto_headers=("User-Agent",))
         yield
         for task in list(self._tasks):

@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
+from bridged.limits import fds_needed
 from bridged.loadtest.client import LoadGenerator
 from bridged.loadtest.options import LoadTestOptions, Topology
 from bridged.loadtest.probe import ProbeSample, read_sample
@@ -654,30 +655,27 @@ async def _run_all(opts: LoadTestOptions, workdir: Path, report: Report,
             progress.say(report.run_summary(out))
 
 
-# Descriptors a server keeps besides its chats (listener, state store, logs); bridged's
-# own estimate (bridged.limits.RESERVED_FDS).
-_RESERVED_FDS = 256
-
-
 def fit_topologies(opts: LoadTestOptions, nofile: int) -> tuple[LoadTestOptions, list[str]]:
     """Fewer chats where the open-file limit cannot hold them, with a note for each.
 
-    A live chat holds 2 descriptors in each server (its parked poll and, once it has sent
-    a message, a pooled connection for its POSTs: both bridged and the null bridge measure
-    2.0 after a load), plus its share of the OCP connections; bridged counts the same and
-    answers ``capacity`` beyond. A bridged the load test did not start is not capped.
+    A live chat holds a descriptor in each server for its parked poll, and now and then one
+    for a POST (kept alive a few seconds), plus its share of the OCP connections: bridged's
+    own estimate (``bridged.limits.fds_needed``), beyond which it answers ``capacity``. A
+    bridged the load test did not start is not capped.
     """
     if opts.bridged_url and opts.targets == ("bridged",):
         return opts, []
     notes: list[str] = []
     fitted = []
     for topology in opts.topologies:
-        most = max(1, (nofile - _RESERVED_FDS - topology.connections) // 2 - 16)
+        most = topology.chats
+        while most > 1 and fds_needed(most, min(topology.connections, most)) > nofile:
+            most -= max(1, most // 100)
         if topology.chats > most:
+            needed = fds_needed(topology.chats, topology.connections)
             notes.append(f"{topology.chats} chats over {topology.connections} connections "
-                         f"need about {2 * topology.chats + topology.connections + 256} "
-                         f"open files per server, above this machine's limit of {nofile}: "
-                         f"running {most} chats instead")
+                         f"need about {needed} open files per server, above this machine's"
+                         f" limit of {nofile}: running {most} chats instead")
             topology = Topology(chats=most, connections=min(topology.connections, most))
         fitted.append(topology)
     return msgspec.structs.replace(opts, topologies=tuple(fitted)), notes
