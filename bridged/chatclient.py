@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = ["ChatClient", "run_chat_client"]
 
 import asyncio
+import contextlib
 import itertools
 import os
 import stat
@@ -51,6 +52,8 @@ class ChatClient:
         self._ids = itertools.count(1)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._agent = "Agent"
+        self._ending = False
+        self._ended = asyncio.Event()
 
     def _print(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -75,6 +78,7 @@ class ChatClient:
         if line == "/quit":
             return False
         if line == "/end":
+            self._ending = True
             await self.send({"type": "end", "chat": self.chat_id})
         elif line == "/typing":
             await self.send({"type": "typing", "chat": self.chat_id, "active": True})
@@ -155,6 +159,7 @@ class ChatClient:
                     await self.send({"type": "ack", "chat": self.chat_id, "seq": seq})
                 if event.get("type") == "ended" and event.get("chat") == self.chat_id:
                     self.ended = event
+                    self._ended.set()
                     return True
                 if event.get("type") == "error" and event.get("ref") == "start":
                     return True
@@ -166,6 +171,11 @@ class ChatClient:
         async for line in lines:
             if not await self.command(line):
                 break
+        if self._ending:
+            # The input ended right after /end: see how the chat ends before leaving.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await self._ended.wait()
         self._quit = True
         if self._ws is not None:
             await self._ws.close()
