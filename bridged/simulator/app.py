@@ -119,8 +119,18 @@ _INJECTED_MAX = 10_000
 _RELISTEN_ATTEMPTS = 100
 _RELISTEN_PAUSE_S = 0.02
 
-# A resource handler that can be run again after a "delay before" (which it then carries).
-_Handler = Callable[[web.Request, Fault | None], Awaitable[web.StreamResponse]]
+# Applies a request that passed its checks and no fault stopped; gives the reply and the
+# session whose log records it (a SessionId request creates that session).
+_Apply = Callable[[], tuple[Session | None, Reply]]
+
+# What a resource's checks, made before any fault is due, find: the session the request
+# names (None if none) and either the rejection or the _Apply that carries it out.
+_Checked = tuple[Session | None, Reply | _Apply]
+_Check = Callable[[web.Request], Awaitable[_Checked]]
+
+# What an accepted request of a session resource does: (session, API version, JSON body,
+# b"" for a resource without one) -> reply.
+_Change = Callable[[Session, int, bytes], Reply]
 
 
 class _Held:
@@ -522,28 +532,6 @@ class Simulator:
             self._note(session_id, resource, fault.label, port)
         return fault
 
-    async def _before(
-        self,
-        request: web.Request,
-        session: Session | None,
-        fault: Fault | None,
-        served: Fault | None,
-        port: int | None,
-        again: _Handler,
-    ) -> web.StreamResponse | None:
-        """Carry out a fault that strikes before the request is applied.
-
-        Returns:
-            The response if the fault settles the request (``fail``, ``reset``), or the
-            response of handling it again after a ``delay``; None to go on and apply it.
-        """
-        if fault is None or fault is served or fault.after:
-            return None
-        if fault.kind == DELAY:
-            await self._pause(fault.seconds)
-            return await again(request, fault)
-        return self._respond(request, session, fault.reply, port, fault.label)
-
     async def _finish(
         self,
         request: web.Request,
@@ -571,37 +559,94 @@ class Simulator:
     # --------------------------------------------------------------------------------------
     # Live Agent resources
 
-    async def _handle_session_id(self, request: web.Request) -> web.StreamResponse:
-        return await self._session_id(request, None)
+    async def _serve(
+        self,
+        request: web.Request,
+        resource: str,
+        check: _Check,
+        served: Fault | None = None,
+    ) -> web.StreamResponse:
+        """Serve a request of any resource but Messages (a delayed poll is held at once).
 
-    async def _session_id(self, request: web.Request, served: Fault | None) -> web.StreamResponse:
-        if (gate := self._gate(request, "SessionId")) is not None:
+        In order: the outage gate; ``check``, whose rejection is answered before any fault
+        is due; a fault that strikes before the request is applied (``fail`` and ``reset``
+        answer instead; ``delay`` waits, then serves the request again from the top,
+        carrying it as ``served`` so that it strikes once); applying the request; the fault
+        that strikes after, if any; the answer.
+        """
+        if (gate := self._gate(request, resource)) is not None:
             return gate
         port = _local_port(request)
+        session, checked = await check(request)
+        if isinstance(checked, Reply):
+            return self._respond(request, session, checked, port)
+        fault = self._due(session.id if session is not None else None, resource, port, served)
+        if fault is not None and fault is not served and not fault.after:
+            if fault.kind == DELAY:
+                await self._pause(fault.seconds)
+                return await self._serve(request, resource, check, fault)
+            return self._respond(request, session, fault.reply, port, fault.label)
+        session, reply = checked()
+        return await self._finish(request, session, reply, fault, port)
+
+    def _session_check(
+        self,
+        change: _Change,
+        *,
+        key: str | None = None,
+        body: bool = False,
+        null_affinity_ok: bool = False,
+        min_version: int = 0,
+    ) -> _Check:
+        """The checks of a session resource whose accepted requests ``change`` applies.
+
+        First the headers (:meth:`_authenticate`, given ``key``, ``null_affinity_ok`` and
+        ``min_version``), then the JSON body if the resource takes one (``body``).
+        """
+
+        async def check(request: web.Request) -> _Checked:
+            session, version, reply = self._authenticate(
+                request, key=key, null_affinity_ok=null_affinity_ok, min_version=min_version
+            )
+            if reply is not None:
+                return session, reply
+            assert session is not None
+            data = b""
+            if body:
+                read = await self._read_json_body(request)
+                if isinstance(read, Reply):
+                    return session, read
+                data = read
+
+            def apply() -> tuple[Session | None, Reply]:
+                return session, change(session, version, data)
+
+            return session, apply
+
+        return check
+
+    async def _handle_session_id(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "SessionId", self._check_session_id)
+
+    async def _check_session_id(self, request: web.Request) -> _Checked:
+        # No session yet, so not _authenticate: only the version and the null affinity.
         version = parse_api_version(request.headers.get(API_VERSION))
         if isinstance(version, Reply):
-            return self._respond(request, None, version, port)
+            return None, version
         affinity = request.headers.get(AFFINITY)
         if affinity is None:
-            return self._respond(
-                request, None, text_reply(400, f"Missing header {AFFINITY}"), port
-            )
+            return None, text_reply(400, f"Missing header {AFFINITY}")
         if affinity != "null":
             # "Before any token exists, send the literal string null" (SALESFORCE.md 2.2).
-            return self._respond(
-                request,
-                None,
-                text_reply(400, f"Invalid header {AFFINITY}: {affinity!r} (expected null)"),
-                port,
+            return None, text_reply(
+                400, f"Invalid header {AFFINITY}: {affinity!r} (expected null)"
             )
-        fault = self._due(None, "SessionId", port, served)
-        early = await self._before(request, None, fault, served, port, self._session_id)
-        if early is not None:
-            return early
+        return None, self._create_session
+
+    def _create_session(self) -> tuple[Session | None, Reply]:
         if len(self.sessions) >= self.options.max_sessions:
             logger.warning("session limit (%d) reached: SessionId refused", len(self.sessions))
-            reply = text_reply(500, "Simulator session limit reached (max_sessions)")
-            return await self._finish(request, None, reply, fault, port)
+            return None, text_reply(500, "Simulator session limit reached (max_sessions)")
         session = Session(self.options, now=self._now(), wall_ms=int(time.time() * 1000))
         self.sessions[session.id] = session
         self._by_key[session.key] = session
@@ -614,103 +659,60 @@ class Simulator:
                 "id": session.id,
             }
         )
-        return await self._finish(request, session, reply, fault, port)
+        return session, reply
 
     async def _handle_delete(self, request: web.Request) -> web.StreamResponse:
-        return await self._delete(request, None)
+        def delete(session: Session, version: int, body: bytes) -> Reply:
+            reply = session.receive_delete(self._now())
+            self._after_change(session)
+            return reply
 
-    async def _delete(self, request: web.Request, served: Fault | None) -> web.StreamResponse:
-        if (gate := self._gate(request, "DeleteSession")) is not None:
-            return gate
-        port = _local_port(request)
-        session, _, reply = self._authenticate(request, key=request.match_info["key"])
-        if reply is not None:
-            return self._respond(request, session, reply, port)
-        assert session is not None
-        fault = self._due(session.id, "DeleteSession", port, served)
-        early = await self._before(request, session, fault, served, port, self._delete)
-        if early is not None:
-            return early
-        reply = session.receive_delete(self._now())
-        self._after_change(session)
-        return await self._finish(request, session, reply, fault, port)
+        # DELETE names its session in the path, not (only) in a header.
+        check = self._session_check(delete, key=request.match_info["key"])
+        return await self._serve(request, "DeleteSession", check)
 
     async def _handle_post(self, request: web.Request) -> web.StreamResponse:
-        return await self._post(request, None)
-
-    async def _post(self, request: web.Request, served: Fault | None) -> web.StreamResponse:
         resource = request.match_info["resource"]
         if resource not in SEQUENCED_RESOURCES:
             raise web.HTTPNotFound(text=f"Unknown resource Chasitor/{resource}")
-        if (gate := self._gate(request, resource)) is not None:
-            return gate
-        port = _local_port(request)
-        session, version, reply = self._authenticate(request)
-        if reply is not None:
-            return self._respond(request, session, reply, port)
-        assert session is not None
-        body = await self._read_json_body(request)
-        if isinstance(body, Reply):
-            return self._respond(request, session, body, port)
-        fault = self._due(session.id, resource, port, served)
-        early = await self._before(request, session, fault, served, port, self._post)
-        if early is not None:
-            return early
-        reply, fact = session.receive_post(
-            resource,
-            sequence=request.headers.get(SEQUENCE),
-            body=body,
-            now=self._now(),
-            api_version=version,
-        )
-        if fact is not None:
-            self._react(session, fact)
-        self._after_change(session)
-        return await self._finish(request, session, reply, fault, port)
+
+        def post(session: Session, version: int, body: bytes) -> Reply:
+            reply, fact = session.receive_post(
+                resource,
+                sequence=request.headers.get(SEQUENCE),
+                body=body,
+                now=self._now(),
+                api_version=version,
+            )
+            if fact is not None:
+                self._react(session, fact)
+            self._after_change(session)
+            return reply
+
+        return await self._serve(request, resource, self._session_check(post, body=True))
 
     async def _handle_resync(self, request: web.Request) -> web.StreamResponse:
-        return await self._resync(request, None)
+        def resync(session: Session, version: int, body: bytes) -> Reply:
+            # A resync changes nothing a held poll waits for: no _after_change.
+            return session.receive_resync(body, sequenced=SEQUENCE in request.headers)
 
-    async def _resync(self, request: web.Request, served: Fault | None) -> web.StreamResponse:
-        if (gate := self._gate(request, "ChasitorResyncState")) is not None:
-            return gate
-        port = _local_port(request)
-        session, _, reply = self._authenticate(request)
-        if reply is not None:
-            return self._respond(request, session, reply, port)
-        assert session is not None
-        body = await self._read_json_body(request)
-        if isinstance(body, Reply):
-            return self._respond(request, session, body, port)
-        fault = self._due(session.id, "ChasitorResyncState", port, served)
-        early = await self._before(request, session, fault, served, port, self._resync)
-        if early is not None:
-            return early
-        reply = session.receive_resync(body, sequenced=SEQUENCE in request.headers)
-        return await self._finish(request, session, reply, fault, port)
+        check = self._session_check(resync, body=True)
+        return await self._serve(request, "ChasitorResyncState", check)
 
     async def _handle_reconnect(self, request: web.Request) -> web.StreamResponse:
-        return await self._reconnect(request, None)
+        def reconnect(session: Session, version: int, body: bytes) -> Reply:
+            reply = session.receive_reconnect(
+                request.query.get("ReconnectSession.offset"), self._now()
+            )
+            self._after_change(session)
+            return reply
 
-    async def _reconnect(self, request: web.Request, served: Fault | None) -> web.StreamResponse:
-        if (gate := self._gate(request, "ReconnectSession")) is not None:
-            return gate
-        port = _local_port(request)
-        session, _, reply = self._authenticate(
-            request, null_affinity_ok=True, min_version=_RECONNECT_MIN_VERSION
+        # Besides the current token, an old one (from before a server switch) or the docs'
+        # "null" may call it: that is how a visitor finds its session again.
+        check = self._session_check(
+            reconnect, null_affinity_ok=True, min_version=_RECONNECT_MIN_VERSION
         )
-        if reply is not None:
-            return self._respond(request, session, reply, port)
-        assert session is not None
-        fault = self._due(session.id, "ReconnectSession", port, served)
-        early = await self._before(request, session, fault, served, port, self._reconnect)
-        if early is not None:
-            return early
-        reply = session.receive_reconnect(
-            request.query.get("ReconnectSession.offset"), self._now()
-        )
-        self._after_change(session)
-        return await self._finish(request, session, reply, fault, port)
+        return await self._serve(request, "ReconnectSession", check)
 
     async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
         if (gate := self._gate(request, "Messages")) is not None:
@@ -821,26 +823,22 @@ class Simulator:
             held.future.set_result(reply)
 
     async def _handle_availability(self, request: web.Request) -> web.StreamResponse:
-        return await self._availability_check(request, None)
+        return await self._serve(request, "Availability", self._check_availability)
 
-    async def _availability_check(
-        self, request: web.Request, served: Fault | None
-    ) -> web.StreamResponse:
-        if (gate := self._gate(request, "Availability")) is not None:
-            return gate
-        port = _local_port(request)
-        reply = self._check_availability_request(request)
-        if isinstance(reply, Reply):
-            return self._respond(request, None, reply, port)
-        version, ids, need_wait = reply
-        fault = self._due(None, "Availability", port, served)
-        early = await self._before(request, None, fault, served, port, self._availability_check)
-        if early is not None:
-            return early
-        payload = behaviours.availability(
-            ids, api_version=version, need_wait=need_wait, overrides=self._availability
-        )
-        return await self._finish(request, None, json_reply(payload), fault, port)
+    async def _check_availability(self, request: web.Request) -> _Checked:
+        # A visitor resource: it belongs to no session.
+        checked = self._check_availability_request(request)
+        if isinstance(checked, Reply):
+            return None, checked
+        version, ids, need_wait = checked
+
+        def answer() -> tuple[Session | None, Reply]:
+            payload = behaviours.availability(
+                ids, api_version=version, need_wait=need_wait, overrides=self._availability
+            )
+            return None, json_reply(payload)
+
+        return None, answer
 
     def _check_availability_request(
         self, request: web.Request
