@@ -134,7 +134,8 @@ class StateStore:
         if commit_interval is None:
             commit_interval = 0.005 if synchronous == "full" else 0.0
         self._interval = commit_interval
-        self._inline = synchronous == "normal" and commit_interval == 0
+        # Without fsyncs the commits run on the loop (a window, if set, merges more turns).
+        self._inline = synchronous == "normal"
         self._connection: sqlite3.Connection | None = None
         self._local: dict[str, _Change] = {}  # the loop's side, handed over once per turn
         self._handoff_scheduled = False
@@ -250,7 +251,10 @@ class StateStore:
         if not self._handoff_scheduled and self._loop is not None:
             # One hand-over per turn of the loop, however many chats changed in it.
             self._handoff_scheduled = True
-            self._loop.call_soon(self._handoff)
+            if self._inline and self._interval > 0:
+                self._loop.call_later(self._interval, self._handoff)
+            else:
+                self._loop.call_soon(self._handoff)
         return change
 
     def _handoff(self) -> None:
