@@ -161,6 +161,7 @@ class ChatActor:
         self._timer: asyncio.Handle | None = None
         self._timer_due = 0.0
         self._end_passed = False
+        self._give_up_reason: str | None = None  # set once a lane has failed too long
         chat.waker = self._wake.set
 
     async def run(self, handover: Handover | None = None,
@@ -185,8 +186,8 @@ class ChatActor:
             self.session.start()
             if handover is not None and handover.messages:
                 self.session.send_history(handover.messages)
-        log_event(log, logging.INFO, "chat_requested", chat=self.chat.id,
-                  host=self.chat.webchat.endpoint.host, button=self.chat.webchat.button_id)
+            log_event(log, logging.INFO, "chat_requested", chat=self.chat.id,
+                      host=self.chat.webchat.endpoint.host, button=self.chat.webchat.button_id)
         try:
             while True:
                 self._wake.clear()
@@ -241,8 +242,6 @@ class ChatActor:
             self._cancel_abandoned()
         if not self.session.creating:
             self._start_gate.leave(self.chat.id)
-
-    _give_up_reason: str | None = None
 
     def _cancel_abandoned(self) -> None:
         """Cancel the requests the session gave up on (the held poll, at a server switch)."""
