@@ -325,7 +325,11 @@ class StateStore:
                inline: bool = False) -> None:
         started = time.perf_counter()
         now = time.time()
-        deletes, upserts, statics, touches, delivered = [], [], [], [], []
+        deletes: list[tuple[str]] = []
+        upserts: list[tuple[str, bytes, float]] = []
+        statics: list[tuple[bytes, str]] = []
+        touches: list[tuple[float, str]] = []
+        delivered: list[tuple[str, str]] = []
         for chat_id, change in batch.items():
             if change.delete:
                 deletes.append((chat_id,))

@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = ["run_state_benchmark"]
 
 import asyncio
+import functools
 import os
 import statistics
 import tempfile
@@ -19,6 +20,10 @@ import time
 from typing import Literal
 
 from bridged.state import StateStore
+
+
+def _note_wait(waits: list[float], loop: asyncio.AbstractEventLoop, sent: float) -> None:
+    waits.append(loop.time() - sent)
 
 
 async def _run(chats: int, rate: float, seconds: float, size: int,
@@ -37,9 +42,8 @@ async def _run(chats: int, rate: float, seconds: float, size: int,
         due = started + count * interval
         if due > loop.time():
             await asyncio.sleep(due - loop.time())
-        sent = loop.time()
         store.save(f"chat-{count % chats}", blob,
-                   lambda sent=sent: waits.append(loop.time() - sent))
+                   functools.partial(_note_wait, waits, loop, loop.time()))
         count += 1
     await store.flush(30)
     elapsed = loop.time() - started
