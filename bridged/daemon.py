@@ -286,7 +286,7 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
     # would rescan it constantly (about half the CPU of a plain aiohttp relay with 5,000
     # chats). Objects made at start-up are frozen out of every scan, and collections run
     # rarely; bridged's own structures are acyclic and freed by reference counting.
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(*config.server.gc_thresholds)
     gc.freeze()
     notifier.ready(f"{len(daemon.dispatcher.live)} chats")
     watchdog = asyncio.create_task(watchdog_pings(notifier), name="sd-watchdog")
