@@ -1,6 +1,6 @@
 """Structured log events: one event name and its fields per line.
 
-Every module logs through :func:`log_event`, so that the JSON formatter (``bridged.logs``)
+Every module logs through :func:`log_event`, so that the JSON formatter (``bridged.ops.logs``)
 can write one object per line with the chat id and connection id as fields. Fields whose
 name says they hold a secret are redacted here, before any handler sees them.
 """

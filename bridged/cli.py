@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from bridged import __version__
-from bridged.config import load_config, redacted, split_listen
+from bridged.config.file import load_config, redacted, split_listen
 from bridged.errors import ConfigError
 
 
@@ -49,8 +49,8 @@ def _load(path: str) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bridged.daemon import serve
-    from bridged.logs import setup_logging
+    from bridged.ops.daemon import serve
+    from bridged.ops.logs import setup_logging
 
     config = _load(args.config)
     setup_logging(args.log_level or config.logging.level)
@@ -70,14 +70,14 @@ def _cmd_version(_args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from bridged.demo import run_demo
+    from bridged.tools.demo import run_demo
 
     return _run(run_demo(profile=args.profile, port=args.port, serve_only=args.serve))
 
 
 def _cmd_simulator(args: argparse.Namespace) -> int:
-    from bridged.logs import setup_logging
-    from bridged.simulator import SimulatorOptions, serve_forever
+    from bridged.ops.logs import setup_logging
+    from bridged.simulators.liveagent import SimulatorOptions, serve_forever
 
     try:
         host, port = split_listen(args.listen)
@@ -102,7 +102,7 @@ async def _forever(coro: Coroutine[Any, Any, Any]) -> int:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    from bridged.chatclient import run_chat_client
+    from bridged.tools.chatclient import run_chat_client
 
     start: dict[str, Any] = {}
     if args.profile:
@@ -129,7 +129,7 @@ def _cmd_chats(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    from bridged.admin import ChatInfo, render_table
+    from bridged.ocp.admin import ChatInfo, render_table
 
     url = args.url.rstrip("/") + "/v1/chats"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {args.token}"})
@@ -154,7 +154,7 @@ def _cmd_chats(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_state(args: argparse.Namespace) -> int:
-    from bridged.statebench import run_state_benchmark
+    from bridged.tools.statebench import run_state_benchmark
 
     return run_state_benchmark(args.chats, args.rate, args.seconds, args.size)
 
@@ -207,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, default=2048, help="snapshot bytes")
     bench.set_defaults(func=_cmd_bench_state)
 
-    from bridged.loadtest import add_parser as add_loadtest
+    from bridged.tools.loadtest import add_parser as add_loadtest
 
     add_loadtest(sub)
 

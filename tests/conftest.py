@@ -11,12 +11,12 @@ import aiohttp
 import msgspec
 import pytest
 
-from bridged.config import Config
-from bridged.daemon import Daemon
-from bridged.demo import DEMO_DEPLOYMENT, DEMO_ORG, DEMO_PROFILES
-from bridged.simulator import Simulator, SimulatorOptions, running_simulator
+from bridged.config.file import Config
+from bridged.ops.daemon import Daemon
+from bridged.simulators.liveagent import Simulator, SimulatorOptions, running_simulator
+from bridged.tools.demo import DEMO_DEPLOYMENT, DEMO_ORG, DEMO_PROFILES
 from tests import aioresponses_compat
-from tests.ocp import OcpClient, connect
+from tests.ocp_client import OcpClient, connect
 from tests.processes import SimulatorProcess
 
 aioresponses_compat.install()

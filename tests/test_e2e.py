@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from bridged.daemon import Daemon
-from bridged.simulator import Simulator
-from tests.ocp import OcpClient
+from bridged.ops.daemon import Daemon
+from bridged.simulators.liveagent import Simulator
+from tests.ocp_client import OcpClient
 
 Connect = Callable[..., Awaitable[OcpClient]]
 

@@ -1,0 +1,264 @@
+"""The dispatcher: routes OCP's envelopes from connections to chats, and back.
+
+Everything here is synchronous: a decoded envelope is applied in one step, so no other
+task can see a half-done ``start`` or ``attach``. Commands that must reach Salesforce
+(``message``, ``typing``) go into the chat's bounded inbox with ``put_nowait``: many chats
+share one connection, and waiting on one chat's full inbox would stall them all, so a
+full inbox answers ``busy`` instead. ``end``, ``attach`` and ``ack`` only change state and
+never wait.
+
+A chat is *live* from ``start`` until its ``ended`` event; then its id is free again, but
+the chat is kept as *finished* until OCP has acknowledged the ``ended`` event (or the
+detach grace runs out), so that an ``attach`` after a reconnect can still replay it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Dispatcher"]
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from bridged._log import log_event
+from bridged.chats import facts
+from bridged.chats.chat import Chat, Link
+from bridged.chats.mailbox import LoadMeter
+from bridged.chats.supervisor import ChatSupervisor
+from bridged.config.file import Config
+from bridged.config.webchat import resolve_webchat
+from bridged.errors import (
+    AtCapacity,
+    BadWebchatConfig,
+    Busy,
+    ChatExists,
+    MailboxFull,
+    NotAttached,
+    Refused,
+    UnknownChat,
+)
+from bridged.ocp import envelopes as env
+
+log = logging.getLogger("bridged.chats.dispatcher")
+
+
+class Dispatcher:
+    """Applies envelopes from OCP to the chats.
+
+    Args:
+        config: the daemon's config (server limits, allowed hosts, profiles).
+        supervisor: starts each chat's actor.
+        on_chat_event: called for every event a chat emits (metrics).
+    """
+
+    def __init__(self, config: Config, supervisor: ChatSupervisor,
+                 on_chat_event: Callable[[env.ChatEvent], None] | None = None) -> None:
+        self.config = config
+        self._supervisor = supervisor
+        self._on_chat_event = on_chat_event
+        self.live: dict[str, Chat] = {}
+        self.finished: dict[str, Chat] = {}
+        self._detach_timers: dict[int, asyncio.TimerHandle] = {}
+        self.draining = False
+        self.on_chat_started: Callable[[], None] | None = None
+        self.on_forget: Callable[[str], None] | None = None
+        # Whether one more chat fits in the open-file limit (set by the daemon).
+        self.fds_left: Callable[[], bool] | None = None
+        server = config.server
+        self.load = LoadMeter(server.overload_high, server.overload_low)
+
+    # --- entry points -------------------------------------------------------------------
+
+    def handle(self, link: Link, envelope: env.Inbound) -> None:
+        """Apply one envelope from ``link``.
+
+        Raises:
+            Refused: the envelope is refused; the subclass names the wire error code.
+        """
+        match envelope:
+            case env.Start():
+                self._start(link, envelope)
+            case env.Message():
+                self._message(link, envelope)
+            case env.Typing():
+                chat = self._bound_live(link, envelope.chat, "typing")
+                try:
+                    chat.inbox.put_nowait(envelope)
+                except MailboxFull:
+                    raise Busy("the chat's queue is full; send the typing state again later",
+                               chat=chat.id, ref="typing") from None
+            case env.End():
+                chat = self._bound_live(link, envelope.chat, "end")
+                chat.request_end("client")
+            case env.Attach():
+                self._attach(link, envelope)
+            case env.Ack():
+                chat = self._any(envelope.chat, "ack")
+                if chat.link is not link:
+                    raise NotAttached("the chat is bound to another connection: attach first",
+                                      chat=chat.id, ref="ack")
+                chat.ack(envelope.seq)
+                if chat.finished and not chat.held:
+                    self._forget(chat)
+
+    def link_lost(self, link: Link) -> None:
+        """A connection closed: its chats go on, detached, for ``detach_grace_s``."""
+        grace = self.config.server.detach_grace_s
+        loop = asyncio.get_running_loop()
+        for chat_id in list(link.chats):
+            chat = self.live.get(chat_id) or self.finished.get(chat_id)
+            if chat is None or not chat.unbind(link):
+                continue
+            log_event(log, logging.INFO, "chat_detached", chat=chat.id, link=link.id)
+            self._detach_timers[id(chat)] = loop.call_later(grace, self._detach_expired, chat)
+        link.chats.clear()
+
+    def reconfigure(self, config: Config) -> None:
+        """Use a new config for chats started from now on (SIGHUP)."""
+        self.config = config
+
+    # --- envelopes ----------------------------------------------------------------------
+
+    def _start(self, link: Link, start: env.Start) -> None:
+        server = self.config.server
+        if self.draining:
+            raise AtCapacity("bridged is shutting down; start the chat on another node",
+                             chat=start.chat, ref="start")
+        if start.chat in self.live:
+            raise ChatExists("a live chat has this id", chat=start.chat, ref="start")
+        if len(self.live) >= server.max_chats:
+            raise AtCapacity(f"bridged holds server.max_chats ({server.max_chats}) chats",
+                             chat=start.chat, ref="start")
+        if self.fds_left is not None and not self.fds_left():
+            raise AtCapacity("bridged is near its open-file limit (LimitNOFILE)",
+                             chat=start.chat, ref="start")
+        if len(link.chats) >= server.max_chats_per_connection:
+            raise Busy(f"this connection holds server.max_chats_per_connection"
+                       f" ({server.max_chats_per_connection}) chats; use another connection",
+                       chat=start.chat, ref="start")
+        profile = None
+        if start.profile is not None:
+            profile = self.config.profiles.get(start.profile)
+            if profile is None:
+                raise BadWebchatConfig(f"profile: no profile named {start.profile!r}",
+                                       chat=start.chat, ref="start")
+        try:
+            webchat = resolve_webchat(profile, start.config, start.ocpvars,
+                                      self.config.salesforce.allowed_hosts, start.visitor_name)
+        except Refused as exc:
+            exc.chat, exc.ref = start.chat, "start"
+            raise
+        # A finished chat with the same id is superseded: the id is free again.
+        old = self.finished.get(start.chat)
+        if old is not None:
+            self._forget(old)
+        chat = Chat(start.chat, webchat, start, inbox_size=server.mailbox_size,
+                    max_held=server.max_held_events)
+        chat.on_finished = self._finished
+        chat.on_event = self._on_chat_event
+        chat.load = self.load
+        self.live[chat.id] = chat
+        if self.on_chat_started is not None:
+            self.on_chat_started()
+        link.chats.add(chat.id)
+        chat.bind(link, after=0)
+        log_event(log, logging.INFO, "chat_started", chat=chat.id, link=link.id,
+                  profile=start.profile or "")
+        self._supervisor.spawn(chat)
+
+    def _message(self, link: Link, message: env.Message) -> None:
+        chat = self._bound_live(link, message.chat, message.id)
+        if message.id in chat.delivered_ids:
+            # Already accepted by Salesforce: confirm again, never send twice.
+            chat.emit(facts.Delivered(id=message.id))
+            return
+        if message.id in chat.pending_ids:
+            return  # the first copy is on its way; its ``delivered`` answers both
+        try:
+            chat.inbox.put_nowait(message)
+        except MailboxFull:
+            raise Busy("the chat's queue is full; the message was NOT accepted, send it again"
+                       " later", chat=chat.id, ref=message.id) from None
+        chat.accept(message.id)
+
+    def _attach(self, link: Link, attach: env.Attach) -> None:
+        chat = self._any(attach.chat, "attach")
+        old = chat.link
+        if old is not None and old is not link:
+            old.chats.discard(chat.id)
+        self._cancel_detach(chat)
+        link.chats.add(chat.id)
+        chat.bind(link, attach.after)
+        log_event(log, logging.INFO, "chat_attached", chat=chat.id, link=link.id,
+                  after=attach.after)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _any(self, chat_id: str, ref: str) -> Chat:
+        chat = self.live.get(chat_id) or self.finished.get(chat_id)
+        if chat is None:
+            raise UnknownChat("no such live chat", chat=chat_id, ref=ref)
+        return chat
+
+    def _bound_live(self, link: Link, chat_id: str, ref: str) -> Chat:
+        chat = self.live.get(chat_id)
+        if chat is None:
+            raise UnknownChat("no such live chat", chat=chat_id, ref=ref)
+        if chat.link is not link:
+            raise NotAttached("the chat is bound to another connection: attach first",
+                              chat=chat_id, ref=ref)
+        if chat.end_requested is not None:
+            raise UnknownChat("the chat is ending", chat=chat_id, ref=ref)
+        return chat
+
+    def _finished(self, chat: Chat, ended: facts.Ended) -> None:
+        """A chat emitted ``ended``: free its id, keep its events until acknowledged."""
+        if self.live.get(chat.id) is chat:
+            del self.live[chat.id]
+        chat.release_load()
+        if not chat.held:
+            self._forget(chat)
+            return
+        self.finished[chat.id] = chat
+        if chat.link is None and id(chat) not in self._detach_timers:
+            loop = asyncio.get_running_loop()
+            self._detach_timers[id(chat)] = loop.call_later(
+                self.config.server.detach_grace_s, self._detach_expired, chat)
+
+    def adopt(self, chat: Chat) -> None:
+        """Take in a chat kept across a restart: unbound, waiting for an ``attach``."""
+        chat.on_finished = self._finished
+        chat.on_event = self._on_chat_event
+        if not chat.finished:
+            pending, chat.pending_ids = chat.pending_ids, set()
+            chat.load = self.load
+            for message_id in pending:
+                chat.accept(message_id)
+        (self.finished if chat.finished else self.live)[chat.id] = chat
+        loop = asyncio.get_running_loop()
+        self._detach_timers[id(chat)] = loop.call_later(
+            self.config.server.detach_grace_s, self._detach_expired, chat)
+
+    def _forget(self, chat: Chat) -> None:
+        if self.finished.get(chat.id) is chat:
+            del self.finished[chat.id]
+        if self.on_forget is not None and chat.id not in self.live:
+            self.on_forget(chat.id)
+        self._cancel_detach(chat)
+        if chat.link is not None:
+            chat.link.chats.discard(chat.id)
+
+    def _cancel_detach(self, chat: Chat) -> None:
+        timer = self._detach_timers.pop(id(chat), None)
+        if timer is not None:
+            timer.cancel()
+
+    def _detach_expired(self, chat: Chat) -> None:
+        self._detach_timers.pop(id(chat), None)
+        if chat.link is not None:
+            return
+        if chat.finished:
+            self._forget(chat)
+            return
+        log_event(log, logging.INFO, "chat_detach_expired", chat=chat.id)
+        chat.request_end("detached")

@@ -1,0 +1,91 @@
+"""Supervision of the per-chat actors: one task per chat, isolated from every other.
+
+``ChatSupervisor`` is an isolating scope in the style of aiojobs: it keeps a strong
+reference to each chat's task (named ``chat:<id>``), and a crash inside one chat ends
+that chat, and only that chat, with ``ended`` reason ``failed``. A failure of the
+supervisor itself is not caught here: it goes up to the daemon's TaskGroup and the process
+exits non-zero, for systemd to restart it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ChatSupervisor"]
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bridged._log import log_event
+from bridged.chats import facts
+from bridged.chats.chat import Chat
+
+log = logging.getLogger("bridged.chats.supervisor")
+
+
+class ChatSupervisor:
+    """Runs one actor task per chat.
+
+    Args:
+        run_chat: the backend's coroutine function that serves a chat until it ends.
+    """
+
+    def __init__(self, run_chat: Callable[[Chat, Any], Awaitable[None]],
+                 on_crashed: Callable[[Chat], None] | None = None) -> None:
+        self._run_chat = run_chat
+        # Keeps the chat (its ``ended`` event) since its actor, which would have, is gone.
+        self._on_crashed = on_crashed
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, chat: Chat, resume: Any = None) -> None:
+        """Start serving ``chat`` (from its kept backend state ``resume`` after a restart).
+
+        Raises:
+            RuntimeError: the supervisor is closing, or the chat already has a task.
+        """
+        if self._closing:
+            raise RuntimeError("the supervisor is closing")
+        if chat.id in self._tasks:
+            raise RuntimeError(f"chat {chat.id} already has an actor")
+        task = asyncio.create_task(self._guard(chat, resume), name=f"chat:{chat.id}")
+        self._tasks[chat.id] = task
+
+    async def _guard(self, chat: Chat, resume: Any) -> None:
+        try:
+            await self._run_chat(chat, resume)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in one chat must not reach any other
+            log.exception("chat_crashed", extra={"fields": {"chat": chat.id}})
+            self._fail(chat, f"internal error in bridged ({type(exc).__name__})")
+        else:
+            if not chat.finished:
+                log_event(log, logging.ERROR, "chat_stopped_without_end", chat=chat.id)
+                self._fail(chat, "internal error in bridged")
+        finally:
+            if self._tasks.get(chat.id) is asyncio.current_task():
+                del self._tasks[chat.id]
+
+    def _fail(self, chat: Chat, detail: str) -> None:
+        chat.emit(facts.Ended(reason="failed", detail=detail))
+        if self._on_crashed is not None:
+            self._on_crashed(chat)
+
+    async def aclose(self, budget: float) -> None:
+        """Stop every actor: cancel, then wait up to ``budget`` seconds. Idempotent.
+
+        Cancelling does not end a chat toward Salesforce: a chat that is still alive there
+        is left for the next process to resume.
+        """
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=budget)
+            if pending:
+                log_event(log, logging.WARNING, "actors_not_stopped", count=len(pending))

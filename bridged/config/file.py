@@ -1,0 +1,267 @@
+"""The daemon's config file: frozen msgspec Structs decoded from TOML, validated once.
+
+The keys of PROTOCOL.md section 5 are fixed; every other key is bridged's own and has a
+default. Unknown keys are errors, so that a typo never silently means "use the default".
+Each component receives only its own sub-config.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Config",
+    "HistoryConfig",
+    "LoggingConfig",
+    "SalesforceConfig",
+    "ServerConfig",
+    "StateConfig",
+    "load_config",
+    "parse_config",
+    "split_listen",
+]
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from string import Template
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from bridged.config.webchat import ProfileFields, check_profile
+from bridged.errors import ConfigError, describe_validation_error
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every config section: frozen, keyword-only, unknown keys refused."""
+
+
+class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[server]``: the WebSocket front and its HTTP endpoints."""
+
+    listen: str = "127.0.0.1:8710"
+    tokens: list[str] = []
+    # bridged's own: tokens for the admin view (GET /v1/chats); none means it is off.
+    admin_tokens: list[str] = []
+    # Files holding more tokens, one per line (e.g. "${CREDENTIALS_DIRECTORY}/tokens" with
+    # systemd's LoadCredential=), so that secrets need not be in this file.
+    tokens_file: str = ""
+    admin_tokens_file: str = ""
+    max_chats: PositiveInt = 20000
+    detach_grace_s: NonNegativeFloat = 120.0
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65536
+    tls_cert: str = ""
+    tls_key: str = ""
+    # bridged's own keys
+    node: str = ""  # this instance's name in ``hello``; empty means the host name
+    heartbeat_s: PositiveFloat = 20.0
+    mailbox_size: PositiveInt = 64
+    max_pending_messages: PositiveInt = 200
+    max_held_events: Annotated[int, msgspec.Meta(ge=16)] = 1000
+    outbound_queue_size: PositiveInt = 1024
+    # Per connection: chats it may hold, envelopes per second it may send (bursts of
+    # twice that). Beyond either: "busy"; a connection that keeps sending too fast is
+    # closed with 1008.
+    max_chats_per_connection: PositiveInt = 20000
+    max_envelopes_per_s: PositiveFloat = 2000.0
+    # Visitor messages taken in and not yet answered, over all chats: above the high mark
+    # bridged stops reading from every connection until the load falls to the low mark.
+    overload_high: PositiveInt = 100000
+    overload_low: Annotated[int, msgspec.Meta(ge=0)] = 50000
+    shutdown_budget_s: PositiveFloat = 8.0
+    # The garbage collector's thresholds (generations 0, 1, 2), set once bridged serves.
+    gc_thresholds: Annotated[list[PositiveInt], msgspec.Meta(min_length=3, max_length=3)] = (
+        msgspec.field(default_factory=lambda: [50_000, 20, 100]))
+
+
+class SalesforceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[salesforce]``: how bridged speaks to Live Agent."""
+
+    allowed_hosts: list[str] = msgspec.field(default_factory=lambda: ["*.salesforceliveagent.com"])
+    # bridged's own keys
+    api_version: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}(\.0)?$")] = "66"
+    request_timeout_s: PositiveFloat = 30.0
+    max_connections: PositiveInt = 30000
+    # Seconds an idle connection to Salesforce is kept for the next POST.
+    keepalive_s: NonNegativeFloat = 5.0
+    # SessionId + ChasitorInit calls in progress at once; a burst of starts waits its turn.
+    max_concurrent_starts: PositiveInt = 50
+    user_agent: str = "bridged"
+    screen_resolution: str = "1920x1080"
+
+
+class HistoryConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[history]``: where OCP's bot history is fetched from (optional)."""
+
+    base_url: str = ""
+    personal_access_token: str = ""
+    bearer_token: str = ""
+    # The same, read from a file (e.g. "${CREDENTIALS_DIRECTORY}/ocp-token").
+    personal_access_token_file: str = ""
+    bearer_token_file: str = ""
+    timeout_s: PositiveFloat = 5.0
+
+
+class StateConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[state]``: where chats are kept across restarts."""
+
+    dir: str = "/var/lib/bridged"
+    # "normal": survives any crash of the process; "full": also of the machine (an fsync
+    # per commit).
+    synchronous: Literal["normal", "full"] = "normal"
+    # Least time between two commits, in ms; unset: 0 with "normal", 5 with "full".
+    commit_interval_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[logging]``: bridged's own section."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole config file."""
+
+    server: ServerConfig = ServerConfig()
+    salesforce: SalesforceConfig = SalesforceConfig()
+    history: HistoryConfig = HistoryConfig()
+    state: StateConfig = StateConfig()
+    logging: LoggingConfig = LoggingConfig()
+    profiles: dict[str, ProfileFields] = {}
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:8710`` for IPv6) into its parts.
+
+    Raises:
+        ConfigError: naming ``server.listen`` when the value is not ``host:port``.
+    """
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    # Port 0 asks the OS for a free port (tests and the demo use it).
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError("server.listen", f"expected host:port, got {listen!r}")
+    return host, int(port)
+
+
+def _check(config: Config) -> None:
+    """Cross-field rules that a type alone cannot say."""
+    split_listen(config.server.listen)
+    if not config.server.tokens:
+        raise ConfigError("server.tokens", "at least one token is required")
+    for i, token in enumerate(config.server.tokens):
+        if len(token) < 8 or token != token.strip():
+            raise ConfigError(
+                f"server.tokens[{i}]", "a token needs at least 8 characters and no spaces"
+            )
+    for i, token in enumerate(config.server.admin_tokens):
+        if len(token) < 8 or token != token.strip():
+            raise ConfigError(
+                f"server.admin_tokens[{i}]", "a token needs at least 8 characters and no spaces"
+            )
+    if config.server.overload_low >= config.server.overload_high:
+        raise ConfigError("server.overload_low", "must be below server.overload_high")
+    if bool(config.server.tls_cert) != bool(config.server.tls_key):
+        raise ConfigError("server.tls_cert", "set both tls_cert and tls_key, or neither")
+    if config.history.personal_access_token and config.history.bearer_token:
+        raise ConfigError(
+            "history.bearer_token", "set personal_access_token or bearer_token, not both"
+        )
+    for name, fields in config.profiles.items():
+        problem = check_profile(fields)
+        if problem is not None:
+            field, reason = problem
+            raise ConfigError(f"profiles.{name}.{field}", reason)
+
+
+def parse_config(text: str | bytes, environ: Mapping[str, str] | None = None) -> Config:
+    """Decode and validate a config file's TOML text.
+
+    ``environ`` (``os.environ`` by default) expands ``${VAR}`` in the ``*_file`` keys.
+
+    Raises:
+        ConfigError: naming the first key at fault.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        config = msgspec.toml.decode(text, type=Config)
+    except msgspec.ValidationError as exc:
+        key, reason = describe_validation_error(str(exc))
+        if key.startswith("profiles[...]"):
+            key, reason = _locate_profile_error(text)
+        if "unknown field" in reason:
+            reason = "unknown key"
+        raise ConfigError(key, reason) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError("", f"not valid TOML: {exc}") from None
+    config = _read_secret_files(config, environ)
+    _check(config)
+    return config
+
+
+def _read_secret(key: str, path: str, environ: Mapping[str, str]) -> str:
+    """A secret file's text; ``${VAR}`` in the path comes from ``environ``."""
+    expanded = Template(path).safe_substitute(environ)
+    if "${" in expanded or "$" in expanded.replace("$$", ""):
+        raise ConfigError(key, f"{path!r} names an unset environment variable")
+    try:
+        return Path(expanded).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {expanded}: {exc.strerror or exc}") from None
+
+
+def _read_secret_files(config: Config, environ: Mapping[str, str]) -> Config:
+    """Fold the ``*_file`` keys into the values they stand for."""
+    server, history = config.server, config.history
+    if server.tokens_file:
+        extra = _read_secret("server.tokens_file", server.tokens_file, environ).split()
+        server = msgspec.structs.replace(server, tokens=[*server.tokens, *extra])
+    if server.admin_tokens_file:
+        extra = _read_secret("server.admin_tokens_file", server.admin_tokens_file,
+                             environ).split()
+        server = msgspec.structs.replace(server, admin_tokens=[*server.admin_tokens, *extra])
+    for name in ("personal_access_token", "bearer_token"):
+        path = getattr(history, f"{name}_file")
+        if path:
+            value = _read_secret(f"history.{name}_file", path, environ).strip()
+            history = msgspec.structs.replace(history, **{name: value})
+    return msgspec.structs.replace(config, server=server, history=history)
+
+
+def _locate_profile_error(text: str | bytes) -> tuple[str, str]:
+    """msgspec cannot name a dict key in its error path; find the profile at fault."""
+    profiles = msgspec.toml.decode(text).get("profiles", {})
+    for name, fields in profiles.items():
+        try:
+            msgspec.convert(fields, ProfileFields)
+        except msgspec.ValidationError as exc:
+            key, reason = describe_validation_error(str(exc))
+            return f"profiles.{name}.{key}" if key else f"profiles.{name}", reason
+    return "profiles", "invalid"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, decode and validate the config file at ``path``.
+
+    Raises:
+        ConfigError: the file cannot be read, or a key is wrong, missing or bad.
+    """
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_config(text)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The config as plain data with every secret replaced, for ``bridged check`` and logs."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    data["server"]["tokens"] = ["<redacted>"] * len(config.server.tokens)
+    data["server"]["admin_tokens"] = ["<redacted>"] * len(config.server.admin_tokens)
+    for key in ("personal_access_token", "bearer_token"):
+        if data["history"].get(key):
+            data["history"][key] = "<redacted>"
+    return data

@@ -1,0 +1,301 @@
+"""The composition root: builds bridged from its config, runs it, and stops it in order.
+
+Start order: metrics, state store, transport, backend, supervisor, dispatcher, front;
+then the kept chats are resumed (their long polls start at once, their events are held
+until OCP attaches), and only then does the listener open.
+
+Stop order (under ``server.shutdown_budget_s``), the reverse, with a drain first:
+
+1. drain: ``/readyz`` answers 503 and ``start`` gets ``capacity``;
+2. close every OCP connection with 1001;
+3. stop the actors (cancelled; chats are kept, not ended toward Salesforce);
+4. write what the state store still holds, and close it;
+5. close the Salesforce connection pool;
+6. close the listener.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Daemon", "serve"]
+
+import asyncio
+import gc
+import logging
+import signal
+import socket
+import ssl
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from bridged._log import log_event
+from bridged.chats.chat import Chat, ChatRecord, ChatStatic
+from bridged.chats.dispatcher import Dispatcher
+from bridged.chats.supervisor import ChatSupervisor
+from bridged.config.file import Config, load_config, split_listen
+from bridged.errors import ConfigError
+from bridged.history.handover import HistoryHandover
+from bridged.ocp.envelopes import ChatEvent, Ended
+from bridged.ocp.front import Front
+from bridged.ops.limits import fds_needed, raise_nofile_limit
+from bridged.ops.metrics import Metrics
+from bridged.ops.systemd import Notifier, watchdog_pings
+from bridged.salesforce.backend import Backend
+from bridged.salesforce.liveagent.actor import LiveAgentBackend
+from bridged.salesforce.liveagent.transport import AiohttpTransport, Transport
+from bridged.state.sqlite import KeptChat, StateStore
+
+log = logging.getLogger("bridged.ops.daemon")
+
+
+class Daemon:
+    """One bridged instance.
+
+    Args:
+        config: the validated config.
+        transport: the Salesforce transport (tests inject one); a real one by default.
+        config_path: where SIGHUP reloads the config from.
+    """
+
+    def __init__(self, config: Config, *, transport: Transport | None = None,
+                 config_path: str | Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = Metrics()
+        interval = config.state.commit_interval_ms
+        self.store = StateStore(config.state.dir, config.state.synchronous,
+                                None if interval is None else interval / 1000)
+        self._transport = transport or AiohttpTransport(config.salesforce.max_connections,
+                                                        config.salesforce.keepalive_s)
+        self.backend: Backend = LiveAgentBackend(
+            self._transport, config.salesforce,
+            max_pending=config.server.max_pending_messages,
+            history=(HistoryHandover(config.history, self.metrics)
+                     if config.history.base_url else None),
+            store=self.store, metrics=self.metrics)
+        self.supervisor = ChatSupervisor(self.backend.run_chat, on_crashed=self._keep_finished)
+        self.dispatcher = Dispatcher(config, self.supervisor, on_chat_event=self._count_event)
+        self.dispatcher.on_chat_started = self.metrics.chats_started.inc
+        self.dispatcher.on_forget = self.store.delete
+        self.metrics.read_live(self._live_metrics)
+        self.node = config.server.node or socket.gethostname()
+        self.front = Front(config.server, self.dispatcher, self.metrics, self.node)
+        self.fd_limit: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._lag: asyncio.Task[None] | None = None
+        self.port = 0
+        self._stopped = False
+
+    def use_fd_limit(self, limit: int) -> None:
+        """Answer ``capacity`` rather than run out of descriptors; warn if max_chats cannot fit."""
+        self.fd_limit = limit
+        self.dispatcher.fds_left = lambda: fds_needed(
+            len(self.dispatcher.live) + 1, self.front.connection_count) <= limit
+        needed = fds_needed(self.config.server.max_chats, 1)
+        if needed > limit:
+            log_event(log, logging.WARNING, "fd_limit_too_low", limit=limit,
+                      max_chats=self.config.server.max_chats, needed=needed,
+                      chats_that_fit=max(0, (limit - fds_needed(0, 1)) * 4 // 5),
+                      detail="raise LimitNOFILE (systemd) or lower server.max_chats")
+
+    def _live_metrics(self) -> Iterable[Metric]:
+        """Chats by state and the depths of their queues, read at scrape time."""
+        by_state: dict[str, int] = {}
+        inbox = held = 0
+        for chat in self.dispatcher.live.values():
+            by_state[chat.state] = by_state.get(chat.state, 0) + 1
+            inbox += len(chat.inbox)
+            held += len(chat.held)
+        for chat in self.dispatcher.finished.values():
+            held += len(chat.held)
+        states = GaugeMetricFamily("bridged_chats_live", "Chats live now, by state",
+                                   labels=["state"])
+        for state, count in sorted(by_state.items()):
+            states.add_metric([state], count)
+        yield states
+        yield GaugeMetricFamily("bridged_chats_finished_held",
+                                "Ended chats whose ended event OCP has not acknowledged",
+                                value=len(self.dispatcher.finished))
+        yield GaugeMetricFamily("bridged_inbox_depth",
+                                "Visitor commands waiting in chat inboxes", value=inbox)
+        yield GaugeMetricFamily("bridged_held_events",
+                                "Events held for OCP (unsent or unacknowledged)", value=held)
+        control, ready = self.front.queue_depths()
+        yield GaugeMetricFamily("bridged_outbound_control_depth",
+                                "Control frames waiting on connections", value=control)
+        yield GaugeMetricFamily("bridged_outbound_ready_chats",
+                                "Chats with events waiting for their connection's writer",
+                                value=ready)
+        stats = self.store.statistics()
+        yield GaugeMetricFamily("bridged_state_pending", "Chat snapshots not yet committed",
+                                value=stats.pending)
+        yield CounterMetricFamily("bridged_state_commits", "State store commits",
+                                  value=stats.commits)
+        yield CounterMetricFamily("bridged_state_commit_seconds",
+                                  "Time spent committing the state store",
+                                  value=stats.commit_seconds)
+
+    def _keep_finished(self, chat: Chat) -> None:
+        """Keep a chat whose actor crashed, so that its ``ended`` is durable, then sent."""
+        record = ChatRecord(chat=chat.snapshot())
+        upto = chat.next_seq - 1
+        self.store.save(chat.id, record.encode(), lambda: chat.mark_durable(upto),
+                        static=chat.static(self.backend.name).encode(),
+                        delivered=chat.take_new_delivered())
+
+    def _count_event(self, event: ChatEvent) -> None:
+        if isinstance(event, Ended):
+            self.metrics.chats_ended.inc(event.reason)
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL OCP connects to."""
+        host, _ = split_listen(self.config.server.listen)
+        scheme = "wss" if self.config.server.tls_cert else "ws"
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{self.port}/v1/chat"
+
+    async def start(self) -> None:
+        """Resume the kept chats, then listen.
+
+        Raises:
+            OSError: the state directory cannot be used, or the address cannot be bound.
+        """
+        self._resume(self.store.open())
+        self.metrics.watch_gc()
+        self._lag = asyncio.create_task(self.metrics.measure_loop_lag(), name="loop-lag")
+        server = self.config.server
+        host, port = split_listen(server.listen)
+        ssl_context = None
+        if server.tls_cert:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(server.tls_cert, server.tls_key)
+        self._runner = web.AppRunner(self.front.app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context,
+                           backlog=4096, reuse_address=True)
+        await site.start()
+        addresses = self._runner.addresses  # the bound port, when the config asked for 0
+        self.port = addresses[0][1] if addresses else port
+        log_event(log, logging.INFO, "listening", url=self.url, node=self.node)
+
+    def _resume(self, kept: dict[str, KeptChat]) -> None:
+        """Take back every kept chat; a live one goes on with its Salesforce session."""
+        server = self.config.server
+        resumed = 0
+        for chat_id, row in kept.items():
+            try:
+                static = ChatStatic.decode(row.static)
+                record = ChatRecord.decode(row.snapshot)
+                if static.backend != self.backend.name:
+                    raise ValueError(f"unknown backend {static.backend!r}")
+                resume = None if record.chat.finished else self.backend.resume_from(
+                    static.backend_static, record.state, row.poll_sent)
+            except (msgspec.DecodeError, ValueError) as exc:
+                log_event(log, logging.ERROR, "kept_chat_unreadable", chat=chat_id,
+                          detail=str(exc))
+                self.store.delete(chat_id)
+                continue
+            chat = Chat.restore(static, record.chat, row.delivered,
+                                inbox_size=server.mailbox_size,
+                                max_held=server.max_held_events)
+            self.dispatcher.adopt(chat)
+            if resume is not None:
+                self.supervisor.spawn(chat, resume)
+                resumed += 1
+        if kept:
+            log_event(log, logging.INFO, "chats_resumed", live=resumed,
+                      finished=len(kept) - resumed)
+
+    async def stop(self) -> None:
+        """Drain and stop, in the documented order, within the budget. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        budget = self.config.server.shutdown_budget_s
+        self.dispatcher.draining = True
+        log_event(log, logging.INFO, "draining", live_chats=len(self.dispatcher.live))
+        try:
+            async with asyncio.timeout(budget / 2):
+                await self.front.close_connections()
+        except TimeoutError:
+            log_event(log, logging.WARNING, "connections_not_closed_in_time")
+        if self._lag is not None:
+            self._lag.cancel()
+            await asyncio.gather(self._lag, return_exceptions=True)
+        self.metrics.unwatch_gc()
+        await self.supervisor.aclose(budget / 4)
+        await self.store.aclose(budget / 4)
+        await self.backend.aclose()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log_event(log, logging.INFO, "stopped")
+
+    def reload(self) -> None:
+        """Re-read the config file: new profiles and tokens; a bad file changes nothing."""
+        if self.config_path is None:
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log_event(log, logging.ERROR, "reload_refused", detail=str(exc))
+            return
+        # Only what can change safely in a running process changes.
+        self.config = new
+        self.dispatcher.reconfigure(new)
+        self.front.reconfigure(new.server)
+        reconfigure = getattr(self.backend, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(new.salesforce)
+        log_event(log, logging.INFO, "reloaded", profiles=len(new.profiles),
+                  tokens=len(new.server.tokens))
+
+
+async def serve(config: Config, config_path: str | Path | None = None) -> int:
+    """Run bridged until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit code.
+
+    systemd is told READY=1 once bridged listens (kept chats resumed), RELOADING=1 and
+    READY=1 around a reload, STOPPING=1 when it stops, and WATCHDOG=1 from the event loop.
+    """
+    notifier = Notifier()
+    daemon = Daemon(config, config_path=config_path)
+    daemon.use_fd_limit(raise_nofile_limit())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        notifier.reloading()
+        daemon.reload()
+        notifier.ready(f"{len(daemon.dispatcher.live)} chats")
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    try:
+        await daemon.start()
+    except OSError as exc:
+        log_event(log, logging.ERROR, "cannot_start", listen=config.server.listen,
+                  state_dir=config.state.dir, detail=exc.strerror or str(exc))
+        await daemon.stop()
+        return 1
+    # Thousands of chats make a large, long-lived heap: the collector's default thresholds
+    # would rescan it constantly (about half the CPU of a plain aiohttp relay with 5,000
+    # chats). Objects made at start-up are frozen out of every scan, and collections run
+    # rarely; bridged's own structures are acyclic and freed by reference counting.
+    gc.set_threshold(*config.server.gc_thresholds)
+    gc.freeze()
+    notifier.ready(f"{len(daemon.dispatcher.live)} chats")
+    watchdog = asyncio.create_task(watchdog_pings(notifier), name="sd-watchdog")
+    try:
+        await stop.wait()
+    finally:
+        notifier.stopping()
+        await daemon.stop()
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
+        notifier.close()
+    return 0

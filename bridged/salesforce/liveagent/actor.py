@@ -1,0 +1,537 @@
+"""The Live Agent backend: one actor per chat drives a sans-I/O session over a transport.
+
+The actor is the shell around :class:`LiveAgentSession`. It owns what the session must
+not: the clock, the tasks that wait for HTTP answers, retries with backoff, and the link to
+the rest of bridged (the chat's inbox and :meth:`Chat.emit`).
+
+One task runs the actor's loop; at most one more waits for the long poll and one for the
+POST in flight (the session's two lanes). The loop sleeps on a single event that is set
+by whatever can change its mind: a command in the inbox, an answer, an ack that makes
+room, a backoff timer. Each turn it takes answers, takes commands, reports facts and starts
+the requests the session wants, all synchronously.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ChatActor", "LiveAgentBackend", "LiveAgentState", "Resume", "session_params"]
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+from bridged._log import log_event
+from bridged.chats import facts
+from bridged.chats.chat import Chat, ChatRecord
+from bridged.chats.gate import Gate
+from bridged.chats.policy import RetryPolicy, retry_delay
+from bridged.config.file import SalesforceConfig
+from bridged.config.webchat import PrechatDetail, WebchatConfig, host_allowed, parse_endpoint
+from bridged.errors import BadWebchatConfig, HostNotAllowed, TransportError
+from bridged.history.handover import Handover, HistoryHandover
+from bridged.ocp import envelopes as env
+from bridged.ops.metrics import Metrics
+from bridged.salesforce.liveagent import wire
+from bridged.salesforce.liveagent.protocol import (
+    HttpRequest,
+    HttpResponse,
+    Lane,
+    LiveAgentSession,
+    SessionParams,
+    SessionSnapshot,
+)
+from bridged.salesforce.liveagent.transport import Transport
+from bridged.state.sqlite import StateStore
+
+log = logging.getLogger("bridged.salesforce.liveagent")
+
+_Result = HttpResponse | TransportError
+
+
+class LiveAgentState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The changing Live Agent part of a kept chat: the session, and where it lives."""
+
+    session: SessionSnapshot
+    base_url: str
+
+
+class Resume(msgspec.Struct, frozen=True, kw_only=True):
+    """What a kept chat's actor goes on from after a restart."""
+
+    params: SessionParams
+    state: LiveAgentState
+    poll_sent_at: float  # wall clock, so that another process can read it
+
+
+_SWITCH_OUTCOMES = {"server_switch": "started", "server_switch_done": "completed",
+                    "switch_server": "host_moved"}
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(LiveAgentState)
+_params_decoder = msgspec.msgpack.Decoder(SessionParams)
+
+
+def session_params(webchat: WebchatConfig, salesforce: SalesforceConfig,
+                   extra_details: list[PrechatDetail] | None = None) -> SessionParams:
+    """What a Live Agent session asks for, from a chat's webchat configuration."""
+    return SessionParams(
+        api_version=salesforce.api_version.removesuffix(".0"),
+        organization_id=webchat.organization_id,
+        deployment_id=webchat.deployment_id,
+        button_id=webchat.button_id,
+        language=webchat.language,
+        visitor_name=webchat.displayed_username,
+        user_agent=salesforce.user_agent,
+        screen_resolution=salesforce.screen_resolution,
+        prechat_details=[
+            wire.CustomDetail(
+                label=d.label,
+                value=d.value,
+                # Required by the docs' type table: an empty list when none is configured.
+                transcript_fields=d.transcript_fields,
+                display_to_agent=d.display_to_agent,
+            )
+            for d in [*webchat.prechat_details, *(extra_details or [])]
+        ],
+        prechat_entities=[
+            wire.Entity(
+                entity_name=e.entity_name,
+                show_on_create=e.show_on_create,
+                link_to_entity_name=e.link_to_entity_name,
+                link_to_entity_field=e.link_to_entity_field,
+                save_to_transcript=e.save_to_transcript,
+                entity_fields_maps=[
+                    wire.EntityFieldsMap(field_name=m.field_name, label=m.label,
+                                         do_find=m.do_find, is_exact_match=m.is_exact_match,
+                                         do_create=m.do_create)
+                    for m in e.entity_fields_maps
+                ],
+            )
+            for e in webchat.prechat_entities
+        ],
+        check_availability=webchat.check_availability,
+    )
+
+
+class ChatActor:
+    """Drives one chat's Live Agent session until it is over.
+
+    Args:
+        chat: the chat it serves.
+        session: the sans-I/O session.
+        transport: how requests are made.
+        request_timeout: the timeout of a POST (a poll's comes from the session).
+        max_pending: how many visitor commands the session may hold unsent.
+        retry: backoff and retry budget.
+    """
+
+    def __init__(self, chat: Chat, session: LiveAgentSession, transport: Transport, *,
+                 request_timeout: float, max_pending: int, retry: RetryPolicy,
+                 start_gate: Gate, allowed_hosts: list[str],
+                 store: StateStore | None = None, metrics: Metrics | None = None) -> None:
+        self.chat = chat
+        self.session = session
+        self._transport = transport
+        self._base_url = chat.webchat.endpoint.base_url
+        self._start_gate = start_gate
+        self._allowed_hosts = allowed_hosts
+        self._sent_at = {Lane.POLL: 0.0, Lane.POST: 0.0}
+        self._abandoned: set[asyncio.Task[_Result]] = set()
+        self._store = store
+        self._metrics = metrics
+        self._saved: tuple[Any, ...] | None = None
+        self._unsaved = 0  # snapshots handed to the store and not yet committed
+        self._poll_sent_wall = 0.0
+        self._poll_touched: float | None = None  # the kept time of the next poll
+        self._touching = False
+        self._static_saved = False
+        self._last_poll_answer = time.monotonic()
+        chat.persistent = store is not None
+        self._request_timeout = request_timeout
+        self._max_pending = max_pending
+        self._retry = retry
+        self._wake = asyncio.Event()
+        self._tasks: dict[Lane, asyncio.Task[_Result] | None] = {Lane.POLL: None, Lane.POST: None}
+        self._not_before = {Lane.POLL: 0.0, Lane.POST: 0.0}
+        self._failures = {Lane.POLL: 0, Lane.POST: 0}
+        self._failing_since: dict[Lane, float | None] = {Lane.POLL: None, Lane.POST: None}
+        # uvloop's call_at returns a Handle without when(): the due time is kept here.
+        self._timer: asyncio.Handle | None = None
+        self._timer_due = 0.0
+        self._end_passed = False
+        self._give_up_reason: str | None = None  # set once a lane has failed too long
+        chat.waker = self._wake.set
+
+    async def run(self, handover: Handover | None = None,
+                  resumed: Resume | None = None) -> None:
+        """Run the chat until its session is over; the last fact reported is ``Ended``.
+
+        Args:
+            handover: the bot history for the agent (a new chat).
+            resumed: the kept state of a chat that goes on after a restart of bridged.
+        """
+        if resumed is not None:
+            self._base_url = resumed.state.base_url
+            self._poll_sent_wall = resumed.poll_sent_at
+            self._static_saved = True
+            # The previous process's last poll may still be held by Salesforce, and a second
+            # poll would end the session (409): wait as after a lost poll (see _failed).
+            held_until = resumed.poll_sent_at + 0.9 * self.session.client_poll_timeout
+            self._not_before[Lane.POLL] = time.monotonic() + max(0.0, held_until - time.time())
+            log_event(log, logging.INFO, "chat_resumed", chat=self.chat.id,
+                      state=self.session.state.value)
+        else:
+            self.session.start()
+            if handover is not None and handover.messages:
+                self.session.send_history(handover.messages)
+            log_event(log, logging.INFO, "chat_requested", chat=self.chat.id,
+                      host=self.chat.webchat.endpoint.host, button=self.chat.webchat.button_id)
+        try:
+            while True:
+                self._wake.clear()
+                self._collect()
+                self._move_host()
+                self._take_commands()
+                self._report()
+                # Saved before anything is sent: a poll acknowledges the batch just
+                # processed, so the state that holds it must be on its way to the store
+                # first (the poll waits until it is durable).
+                self._save()
+                if self.session.is_finished:
+                    return
+                self._send()
+                self._save()  # what went out (a POST now in flight)
+                await self._wake.wait()
+        finally:
+            self._start_gate.leave(self.chat.id)
+            await self._cancel_requests()
+
+    # --- one turn -----------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        """Hand the answers that came to the session."""
+        now = time.monotonic()
+        for lane, task in list(self._tasks.items()):
+            if task is None or not task.done():
+                continue
+            self._tasks[lane] = None
+            request = self.session.in_flight(lane)
+            assert request is not None
+            result = task.result()
+            if lane is Lane.POLL:
+                self._last_poll_answer = now
+            if self._metrics is not None:
+                status = "error" if isinstance(result, TransportError) else str(result.status)
+                self._metrics.salesforce_answered(request.purpose.value, status,
+                                                  now - self._sent_at[lane])
+            # Every 5xx backs the lane off, the 503 of a server switch included: the
+            # requests that follow it (ReconnectSession) meet the same server trouble.
+            if isinstance(result, TransportError) or result.status >= 500:
+                self._failed(lane, request, result, now)
+            else:
+                self._failures[lane] = 0
+                self._failing_since[lane] = None
+            if isinstance(result, TransportError):
+                self.session.receive_failure(request)
+            else:
+                self.session.receive_response(request, result)
+            if self._give_up_reason is not None:
+                self.session.give_up(self._give_up_reason)
+            self._cancel_abandoned()
+        if not self.session.creating:
+            self._start_gate.leave(self.chat.id)
+
+    def _cancel_abandoned(self) -> None:
+        """Cancel the requests the session gave up on (the held poll, at a server switch)."""
+        for lane in self.session.abandoned_lanes():
+            task = self._tasks[lane]
+            self._tasks[lane] = None
+            if task is not None:
+                task.cancel()
+                self._abandoned.add(task)
+                task.add_done_callback(self._abandoned.discard)
+
+    def _move_host(self) -> None:
+        """``SwitchServer``: follow Salesforce to its new host, if the allowlist allows it."""
+        url = self.session.take_switch_url()
+        if url is None:
+            return
+        try:
+            endpoint = parse_endpoint(url)
+            allowed = host_allowed(endpoint, self._allowed_hosts)
+        except (BadWebchatConfig, HostNotAllowed):
+            allowed = False
+        if not allowed:
+            self.session.give_up(f"Salesforce moved the chat to {url}, which"
+                                 " salesforce.allowed_hosts does not allow")
+            return
+        log_event(log, logging.INFO, "salesforce_host_moved", chat=self.chat.id,
+                  host=endpoint.host)
+        self._base_url = endpoint.base_url
+
+    def _failed(self, lane: Lane, request: HttpRequest, result: _Result, now: float) -> None:
+        """Count a failure of ``lane``; back off, or give up once the session cannot live."""
+        detail = str(result) if isinstance(result, TransportError) else f"HTTP {result.status}"
+        self._failures[lane] += 1
+        since = self._failing_since[lane]
+        if since is None:
+            since = self._failing_since[lane] = now
+        # A session outlives a silent client for connectionTimeout (ChatRequestSuccess);
+        # before that is known, the policy's budget stands in.
+        budget = self.session.connection_timeout or self._retry.budget_s
+        log_event(log, logging.WARNING, "salesforce_request_failed", chat=self.chat.id,
+                  resource=request.purpose.value, attempt=self._failures[lane], detail=detail)
+        if now - since >= budget:
+            self._give_up_reason = (
+                f"no answer from Salesforce for {budget:g} s ({request.purpose.value}: {detail})"
+            )
+            return
+        not_before = now + retry_delay(self._retry, self._failures[lane])
+        if lane is Lane.POLL and isinstance(result, TransportError):
+            # The lost poll may still be held by the server, and a second poll while one is
+            # outstanding ends the session (409). The server answers a held poll within its
+            # hold time, which is below clientPollTimeout: wait until then, but not so long
+            # that the session, which lives clientPollTimeout past that answer, runs out.
+            held_until = self._sent_at[lane] + 0.9 * self.session.client_poll_timeout
+            not_before = max(not_before, held_until)
+        self._not_before[lane] = not_before
+
+    def _take_commands(self) -> None:
+        """Move the visitor's commands from the inbox into the session, within its bound."""
+        session, inbox = self.session, self.chat.inbox
+        if session.is_finished:
+            return
+        ending = self.chat.end_requested is not None
+        # While ending, take everything: what was sent before ``end`` goes out before it.
+        while inbox and (ending or session.pending_activity < self._max_pending):
+            command = inbox.get_nowait()
+            if isinstance(command, env.Message):
+                session.send_text(command.id, command.text)
+            else:
+                session.set_typing(command.active, command.text)
+        if ending and not self._end_passed:
+            self._end_passed = True
+            assert self.chat.end_requested is not None
+            session.end(self.chat.end_requested.reason, self.chat.end_requested.detail)
+
+    def _report(self) -> None:
+        """Pass the session's facts to the chat, and its notices to the log."""
+        for event, detail in self.session.notices_received():
+            log_event(log, logging.INFO, event, chat=self.chat.id, detail=detail)
+            if self._metrics is not None and event in _SWITCH_OUTCOMES:
+                self._metrics.server_switches.inc(_SWITCH_OUTCOMES[event])
+        for fact in self.session.facts_received():
+            if isinstance(fact, facts.Ended):
+                self._refuse_inbox()
+                log_event(log, logging.INFO, "chat_ended", chat=self.chat.id,
+                          reason=fact.reason, detail=fact.detail)
+            self.chat.emit(fact)
+        self.chat.state = self.session.state.value
+
+    def _refuse_inbox(self) -> None:
+        """Messages still in the inbox when the chat ends will never be sent."""
+        for command in self.chat.inbox.drain():
+            if isinstance(command, env.Message):
+                self.chat.emit(facts.Undelivered(
+                    id=command.id, detail="the chat ended before the message was sent"))
+
+    def _send(self) -> None:
+        """Start the requests the session wants, lane by lane, when the lane may go."""
+        now = time.monotonic()
+        for lane in (Lane.POST, Lane.POLL):
+            if self._tasks[lane] is not None:
+                continue
+            if now < self._not_before[lane]:
+                self._wake_at(self._not_before[lane])
+                continue
+            # No poll acknowledges a batch before the events it made are durable.
+            if lane is Lane.POLL and self._unsaved:
+                continue
+            # A full outbox stops acknowledging: Salesforce keeps the agent's messages, and
+            # a poll now and then (whose batch is left there) keeps the session alive.
+            keepalive = False
+            if lane is Lane.POLL and not self.chat.has_room():
+                due = self._last_poll_answer + 0.5 * self.session.client_poll_timeout
+                if now < due:
+                    self._wake_at(due)
+                    continue
+                keepalive = True
+            # The time of a poll is kept before the poll goes: after a crash, the next process
+            # must know how long the server may still hold it (see run()).
+            if lane is Lane.POLL and self._poll_touched is not None and (
+                    time.time() - self._poll_touched > 1.0):
+                self._poll_touched = None  # kept too long ago: keep a fresh time
+            if lane is Lane.POLL and self._store is not None and self._poll_touched is None:
+                if not self._touching:
+                    self._touching = True
+                    self._store.touch(self.chat.id, time.time(), self._touch_durable)
+                continue
+            # A burst of new chats is admitted to Salesforce a few at a time.
+            if lane is Lane.POST and self.session.creating and not self._start_gate.try_enter(
+                    self.chat.id, self._wake.set):
+                continue
+            request = self.session.next_request(lane, keepalive=keepalive)
+            if request is None:
+                continue
+            timeout = (self.session.poll_timeout if lane is Lane.POLL
+                       else self._request_timeout)
+            task = asyncio.create_task(self._exchange(request, timeout),
+                                       name=f"chat:{self.chat.id}:{lane.value}")
+            task.add_done_callback(self._on_answer)
+            self._tasks[lane] = task
+            self._sent_at[lane] = now
+            if lane is Lane.POLL:
+                self._poll_sent_wall = self._poll_touched or time.time()
+                self._poll_touched = None
+
+    def _on_answer(self, _task: asyncio.Task[_Result]) -> None:
+        self._wake.set()
+
+    # --- keeping the chat -------------------------------------------------------------------
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        """What, if changed, must reach the store (cheap to compute every turn)."""
+        s, chat = self.session, self.chat
+        return (s.state, s.ack, s.sequence, s.affinity, s.switch_phase, s.pending_activity,
+                id(s.in_flight(Lane.POST)), chat.next_seq, chat.held[0].seq if chat.held else 0,
+                len(chat.inbox), chat.end_requested is not None, self._base_url)
+
+    def _save(self) -> None:
+        """Hand the chat's snapshot to the store when it changed; events go out once durable."""
+        if self._store is None:
+            return
+        fingerprint = self._fingerprint()
+        if fingerprint == self._saved:
+            return
+        self._saved = fingerprint
+        state = LiveAgentState(session=self.session.snapshot(), base_url=self._base_url)
+        record = ChatRecord(chat=self.chat.snapshot(),
+                            state=msgspec.Raw(_state_encoder.encode(state)))
+        static = None
+        if not self._static_saved:
+            # The chat's unchanging part (and the session's parameters) go once.
+            self._static_saved = True
+            params = msgspec.Raw(_state_encoder.encode(self.session.params))
+            static = self.chat.static(LiveAgentBackend.name, params).encode()
+        self._unsaved += 1
+        # The next poll usually follows this save: keep its time in the same commit.
+        now = time.time()
+        self._store.save(self.chat.id, record.encode(),
+                         functools.partial(self._durable, self.chat.next_seq - 1, now),
+                         static=static, delivered=self.chat.take_new_delivered())
+        self._store.touch(self.chat.id, now)
+
+    def _touch_durable(self) -> None:
+        self._touching = False
+        self._poll_touched = time.time()
+        self._wake.set()
+
+    def _durable(self, upto: int, touched: float) -> None:
+        self._unsaved -= 1
+        self._poll_touched = max(self._poll_touched or 0.0, touched)
+        self.chat.mark_durable(upto)
+        self._wake.set()
+
+    def _wake_at(self, when: float) -> None:
+        if self._timer is not None and self._timer_due <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = when
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, when - time.monotonic()), self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    async def _exchange(self, request: HttpRequest, timeout: float) -> _Result:
+        try:
+            return await self._transport.exchange(self._base_url, request, timeout)
+        except TransportError as exc:
+            return exc
+
+    async def _cancel_requests(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        pending = [t for t in self._tasks.values() if t is not None and not t.done()]
+        pending += [t for t in self._abandoned if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self.chat.waker = None
+
+
+class LiveAgentBackend:
+    """The legacy Live Agent (Chat REST API) backend.
+
+    Args:
+        transport: shared by every chat.
+        salesforce: the ``[salesforce]`` section.
+        max_pending: how many visitor commands one chat may hold unsent.
+        retry: backoff and retry budget for requests that get no answer.
+    """
+
+    name = "salesforce"
+
+    def __init__(self, transport: Transport, salesforce: SalesforceConfig, *,
+                 max_pending: int, retry: RetryPolicy | None = None,
+                 history: HistoryHandover | None = None,
+                 store: StateStore | None = None, metrics: Metrics | None = None) -> None:
+        self._transport = transport
+        self._history = history
+        self._store = store
+        self._metrics = metrics
+        self._salesforce = salesforce
+        self._max_pending = max_pending
+        self._retry = retry or RetryPolicy()
+        self.start_gate = Gate(salesforce.max_concurrent_starts)
+
+    def reconfigure(self, salesforce: SalesforceConfig) -> None:
+        """Use new ``[salesforce]`` settings for chats started from now on (SIGHUP)."""
+        self._salesforce = salesforce
+
+    @staticmethod
+    def resume_from(backend_static: bytes, state: bytes, poll_sent_at: float) -> Resume:
+        """Decode a kept chat's Live Agent parts.
+
+        Raises:
+            msgspec.DecodeError: a damaged record.
+        """
+        return Resume(params=_params_decoder.decode(backend_static),
+                      state=_state_decoder.decode(state), poll_sent_at=poll_sent_at)
+
+    async def run_chat(self, chat: Chat, resume: Resume | None = None) -> None:
+        """Serve ``chat`` until it ends; the last fact it emits is ``Ended``.
+
+        Args:
+            chat: the chat.
+            resume: its kept Live Agent state, when it goes on after a restart.
+        """
+        resumed = resume
+        handover = Handover()
+        if resumed is not None:
+            session = LiveAgentSession.restore(resumed.params, resumed.state.session)
+        else:
+            # "before asking for an agent" (PROTOCOL.md 4): the history rides on
+            # ChasitorInit.
+            if self._history is not None:
+                chat.state = "fetching_history"
+                handover = await self._history.prepare(chat)
+            extra = [handover.prechat] if handover.prechat is not None else []
+            session = LiveAgentSession(session_params(chat.webchat, self._salesforce, extra))
+        actor = ChatActor(chat, session, self._transport,
+                          request_timeout=self._salesforce.request_timeout_s,
+                          max_pending=self._max_pending, retry=self._retry,
+                          start_gate=self.start_gate,
+                          allowed_hosts=self._salesforce.allowed_hosts, store=self._store,
+                          metrics=self._metrics)
+        await actor.run(handover, resumed)
+
+    async def aclose(self) -> None:
+        if self._history is not None:
+            await self._history.aclose()
+        await self._transport.aclose()

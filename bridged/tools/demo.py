@@ -1,0 +1,102 @@
+"""``bridged demo``: bridged on its embedded default, with the built-in simulator and a chat.
+
+Everything runs in one process on 127.0.0.1: the Live Agent simulator (as Salesforce),
+bridged (configured with one profile per scripted agent), and the terminal chat client
+(as OCP). Logs go to a file so they do not mix with the conversation.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEMO_PROFILES", "demo_config", "run_demo"]
+
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from bridged.config.file import Config
+from bridged.ops.logs import setup_logging
+
+# Profile name -> the simulator's scripted agent (its button id).
+DEMO_PROFILES = {
+    "echo": "573ECHO00000000",
+    "queue": "573QUEUE0000000",
+    "no_agent": "573NOAGENT00000",
+    "fail": "573FAIL00000000",
+    "agent_ends": "573ENDS00000000",
+    "manual": "573MANUAL000000",
+}
+DEMO_ORG = "00D000000000001"
+DEMO_DEPLOYMENT = "572000000000001"
+
+
+def demo_config(live_agent_url: str, token: str, port: int, state_dir: str) -> Config:
+    """A config whose profiles point at the simulator, one per scripted agent."""
+    profiles = {
+        name: {
+            "live_agent_base_url": live_agent_url,
+            "organization_id": DEMO_ORG,
+            "deployment_id": DEMO_DEPLOYMENT,
+            "button_id": button,
+            "displayed_username": "{{ocpvars:name}}",
+            "prechat_details": [
+                {"label": "Customer name", "value": "{{ocpvars:name}}"},
+            ],
+        }
+        for name, button in DEMO_PROFILES.items()
+    }
+    return msgspec.convert({
+        "server": {"listen": f"127.0.0.1:{port}", "tokens": [token]},
+        "salesforce": {"allowed_hosts": ["127.0.0.1:*"]},
+        "state": {"dir": state_dir},
+        "profiles": profiles,
+    }, Config)
+
+
+async def run_demo(profile: str, port: int, serve_only: bool) -> int:
+    """Run the demo; see the module docstring."""
+    import asyncio
+
+    from bridged.ops.daemon import Daemon
+    from bridged.simulators.liveagent import SimulatorOptions, running_simulator
+    from bridged.tools.chatclient import run_chat_client
+
+    if profile not in DEMO_PROFILES:
+        print(f"bridged: --profile must be one of {', '.join(DEMO_PROFILES)}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="bridged-demo-"))
+    log_path = workdir / "bridged.log"
+    with log_path.open("a", encoding="utf-8") as log_file:
+        setup_logging("info", log_file)
+        options = SimulatorOptions(hold_s=20.0, join_delay_s=1.5, reply_delay_s=1.0,
+                                   queue_step_s=2.0)
+        async with running_simulator(options, host="127.0.0.1", port=0) as sim:
+            token = secrets.token_urlsafe(16)
+            assert sim.base_url is not None
+            config = demo_config(sim.base_url, token, port, str(workdir / "state"))
+            daemon = Daemon(config)
+            try:
+                await daemon.start()
+            except OSError as exc:
+                print(f"bridged: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"
+                      " (try --port 0)", file=sys.stderr)
+                return 1
+            try:
+                print(f"bridged      {daemon.url}  (token {token})")
+                print(f"simulator    {sim.base_url}")
+                print(f"profiles     {', '.join(DEMO_PROFILES)}")
+                print(f"logs         {log_path}")
+                if serve_only:
+                    print("Chat from another terminal with:\n"
+                          f"  bridged chat --url {daemon.url} --token {token} --profile echo\n"
+                          "Press Ctrl+C to stop.", flush=True)
+                    await asyncio.Event().wait()
+                    return 0
+                print(f"Starting a chat on profile {profile!r}.", flush=True)
+                return await run_chat_client(daemon.url, token, f"demo-{secrets.token_hex(4)}",
+                                             {"profile": profile,
+                                              "ocpvars": {"name": "Demo Visitor"}})
+            finally:
+                await daemon.stop()

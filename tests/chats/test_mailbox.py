@@ -1,0 +1,56 @@
+"""The bounded mailbox."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bridged.chats.mailbox import Mailbox
+from bridged.errors import MailboxClosed, MailboxFull
+
+
+async def test_put_nowait_refuses_when_full_and_never_grows() -> None:
+    box: Mailbox[int] = Mailbox(2)
+    box.put_nowait(1)
+    box.put_nowait(2)
+    with pytest.raises(MailboxFull):
+        box.put_nowait(3)
+    assert len(box) == 2
+    assert box.statistics().size == 2
+
+
+async def test_put_waits_for_room_and_get_waits_for_an_item() -> None:
+    box: Mailbox[int] = Mailbox(1)
+    box.put_nowait(1)
+    putter = asyncio.create_task(box.put(2))
+    await asyncio.sleep(0)
+    assert not putter.done()
+    assert await box.get() == 1
+    await putter
+    assert await box.get() == 2
+    getter = asyncio.create_task(box.get())
+    await asyncio.sleep(0)
+    box.put_nowait(3)
+    assert await getter == 3
+
+
+async def test_close_wakes_the_reader_and_refuses_more() -> None:
+    box: Mailbox[int] = Mailbox(1)
+    getter = asyncio.create_task(box.get())
+    await asyncio.sleep(0)
+    box.close()
+    box.close()  # idempotent
+    with pytest.raises(MailboxClosed):
+        await getter
+    with pytest.raises(MailboxClosed):
+        box.put_nowait(1)
+
+
+async def test_on_put_is_called_for_each_accepted_item() -> None:
+    calls = []
+    box: Mailbox[int] = Mailbox(4, on_put=lambda: calls.append(1))
+    box.put_nowait(1)
+    box.put_nowait(2)
+    assert box.drain() == [1, 2]
+    assert len(calls) == 2

@@ -1,0 +1,96 @@
+"""The admin view of live chats, and `bridged chats` against a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bridged.ocp.admin import ChatInfo, render_table
+from bridged.simulators.liveagent import Simulator
+from tests.conftest import TOKEN, bridged_config, running_bridged
+from tests.ocp_client import connect
+from tests.test_cli import ROOT, free_port
+
+ADMIN = "admin-token-0123456789"
+
+
+async def test_admin_view_lists_chats_and_needs_the_admin_token(
+        sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with running_bridged(bridged_config(sim, tmp_path, admin_tokens=[ADMIN])) as daemon:
+        client = await connect(http, daemon.url, TOKEN)
+        await client.start("adm-1", profile="echo")
+        await client.expect("agent_joined")
+        base = daemon.url.replace("ws://", "http://").removesuffix("/v1/chat")
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+        async with http.get(base + "/v1/chats", headers=headers) as response:
+            assert response.status == 200
+            body = await response.json()
+        (chat,) = body["chats"]
+        assert (chat["id"], chat["state"], chat["agent"]) == ("adm-1", "chatting", "Ada Agent")
+        assert chat["connection"].startswith("L")
+        async with http.get(base + "/v1/chats/adm-1", headers=headers) as response:
+            assert (await response.json())["id"] == "adm-1"
+        async with http.get(base + "/v1/chats/none", headers=headers) as response:
+            assert response.status == 404
+        for wrong in ({"Authorization": f"Bearer {TOKEN}"}, {}):  # OCP's token is not admin
+            async with http.get(base + "/v1/chats", headers=wrong) as response:
+                assert response.status == 401
+
+
+async def test_admin_view_is_off_without_admin_tokens(
+        sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with running_bridged(bridged_config(sim, tmp_path)) as daemon:
+        base = daemon.url.replace("ws://", "http://").removesuffix("/v1/chat")
+        async with http.get(base + "/v1/chats",
+                            headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+            assert response.status == 404
+
+
+def test_render_table() -> None:
+    info = ChatInfo(id="c1", state="waiting", agent=None, queue_position=3, age_s=75.0,
+                    idle_s=2.0, connection=None, last_seq=4, held_events=4,
+                    pending_messages=0, finished=False)
+    assert render_table([info]) == (
+        "CHAT  STATE    AGENT  QUEUE  AGE    IDLE  CONNECTION  SEQ  HELD\n"
+        "c1    waiting  -      3      1m15s  2s    (detached)  4    4\n")
+
+
+@pytest.mark.parametrize("token", [ADMIN, "wrong-token-123"])
+def test_bridged_chats_command(tmp_path: Path, token: str) -> None:
+    port = free_port()
+    config = tmp_path / "bridged.toml"
+    config.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\ntokens = ["0123456789"]\n'
+                      f'admin_tokens = ["{ADMIN}"]\n[state]\ndir = "{tmp_path / "s"}"\n')
+    process = subprocess.Popen([sys.executable, "-m", "bridged", "run", "--config",
+                                str(config)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        result = subprocess.run([sys.executable, "-m", "bridged", "chats", "--url",
+                                 f"http://127.0.0.1:{port}", "--token", token],
+                                capture_output=True, text=True, cwd=ROOT, timeout=30)
+        if token == ADMIN:
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.startswith("CHAT  STATE")
+            assert result.stderr == "0 chats\n"
+        else:
+            assert result.returncode == 1
+            assert "answered HTTP 401" in result.stderr
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)

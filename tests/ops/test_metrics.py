@@ -1,0 +1,57 @@
+"""/metrics parses as Prometheus text and moves when chats move."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridged.ops.daemon import Daemon
+from tests.ocp_client import OcpClient
+
+Connect = Callable[..., Awaitable[OcpClient]]
+
+
+async def scrape(http: aiohttp.ClientSession, daemon: Daemon) -> dict[tuple[str, tuple], float]:
+    base = daemon.url.replace("ws://", "http://").removesuffix("/v1/chat")
+    async with http.get(base + "/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await response.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def test_metrics_move_when_chats_move(bridged: Daemon, http: aiohttp.ClientSession,
+                                            ocp: Connect) -> None:
+    before = await scrape(http, bridged)
+    assert before[("bridged_chats_started_total", ())] == 0
+    client = await ocp()
+    await client.start("m-1", profile="echo")
+    await client.expect("agent_joined")
+    during = await scrape(http, bridged)
+    assert during[("bridged_chats_live", (("state", "chatting"),))] == 1
+    assert during[("bridged_connections", ())] == 1
+    assert during[("bridged_salesforce_requests_total",
+                   (("resource", "SessionId"), ("status", "200")))] == 1
+    assert during[("bridged_salesforce_request_seconds_count",
+                   (("resource", "ChasitorInit"),))] == 1
+    assert during[("bridged_tasks", ())] >= 1
+    assert during[("bridged_state_commits_total", ())] >= 1
+    await client.send({"type": "ack", "chat": "nope", "seq": 1})
+    await client.expect("error")
+    await client.send({"type": "end", "chat": "m-1"})
+    await client.expect("ended")
+    after = await scrape(http, bridged)
+    assert after[("bridged_chats_started_total", ())] == 1
+    assert after[("bridged_chats_ended_total", (("reason", "client"),))] == 1
+    assert after[("bridged_envelopes_in_total", (("type", "start"),))] == 1
+    assert after[("bridged_envelopes_out_total", (("type", "ended"),))] == 1
+    assert after[("bridged_errors_total", (("code", "unknown_chat"),))] == 1
+    assert ("bridged_chats_live", (("state", "chatting"),)) not in after
+    assert ("bridged_event_loop_lag_seconds", ()) in after
+    assert ("bridged_gc_seconds_total", ()) in after

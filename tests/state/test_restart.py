@@ -1,0 +1,80 @@
+"""A restart of bridged keeps live chats: stop, start again on the same state, attach."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bridged.simulators.liveagent import Simulator
+from tests.conftest import FAST, TOKEN, bridged_config, running_bridged
+from tests.ocp_client import connect
+
+
+async def test_chats_survive_a_graceful_restart(
+        sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    config = bridged_config(sim, tmp_path)
+    async with running_bridged(config) as first:
+        client = await connect(http, first.url, TOKEN)
+        await client.start("keep-1", profile="manual")
+        joined = await client.expect("agent_joined")
+        await client.send({"type": "message", "chat": "keep-1", "id": "m1", "text": "before"})
+        await client.expect("delivered", id="m1")
+        last_seen = max(f["seq"] for f in client.received if f.get("chat") == "keep-1")
+    # bridged is down; the agent goes on talking, Salesforce keeps the messages.
+    (session,) = sim.sessions.values()
+    sim.agent_says(session.id, "while you were away")
+    sim.agent_says(session.id, "are you back?")
+    async with running_bridged(config) as second:
+        assert "keep-1" in second.dispatcher.live
+        client = await connect(http, second.url, TOKEN)
+        await client.send({"type": "attach", "chat": "keep-1", "after": last_seen})
+        first_msg = await client.expect("agent_message", timeout=15)
+        second_msg = await client.expect("agent_message")
+        assert [first_msg["text"], second_msg["text"]] == ["while you were away",
+                                                            "are you back?"]
+        assert first_msg["seq"] == last_seen + 1 and second_msg["seq"] == last_seen + 2
+        # A message already delivered before the restart is not sent again.
+        await client.send({"type": "message", "chat": "keep-1", "id": "m1", "text": "before"})
+        await client.expect("delivered", id="m1")
+        await client.send({"type": "message", "chat": "keep-1", "id": "m2", "text": "after"})
+        await client.expect("delivered", id="m2")
+        assert session.visitor_messages == ["before", "after"]
+        assert joined["seq"] < first_msg["seq"]
+        await client.send({"type": "end", "chat": "keep-1"})
+        ended = await client.expect("ended")
+        await client.send({"type": "ack", "chat": "keep-1", "seq": ended["seq"]})
+        async with asyncio.timeout(5):
+            while "keep-1" in second.dispatcher.finished:
+                await asyncio.sleep(0.01)
+    async with running_bridged(config) as third:
+        assert third.dispatcher.live == {} and third.dispatcher.finished == {}
+
+
+@pytest.mark.parametrize("when", ["after_the_held_poll", "into_the_lost_poll"])
+async def test_a_chat_ended_while_bridged_was_down_ends_with_a_clear_reason(
+        sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession, when: str) -> None:
+    config = bridged_config(sim, tmp_path)
+    async with running_bridged(config) as first:
+        client = await connect(http, first.url, TOKEN)
+        await client.start("dead-1", profile="manual")
+        await client.expect("agent_joined")
+        last_seen = max(f["seq"] for f in client.received if f.get("chat") == "dead-1")
+    (session,) = sim.sessions.values()
+    if when == "after_the_held_poll":
+        # The poll the first process left behind has been answered (204) into the void.
+        await asyncio.sleep(FAST.hold_s + 0.3)
+    # Otherwise the ChatEnded goes out in the answer to the lost poll, and the session is
+    # over before the next process can poll: it can only learn that the session is gone.
+    sim.agent_ends(session.id)
+    async with running_bridged(config) as second:
+        client = await connect(http, second.url, TOKEN)
+        await client.send({"type": "attach", "chat": "dead-1", "after": last_seen})
+        ended = await client.expect("ended", timeout=15)
+    if when == "after_the_held_poll":
+        assert (ended["reason"], ended["text"]) == ("agent", "The agent has ended the chat.")
+    else:
+        assert ended["reason"] == "failed"
+        assert ended["detail"] == "the Salesforce session expired while bridged was restarting"

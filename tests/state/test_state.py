@@ -1,0 +1,169 @@
+"""The state store: durable snapshots, group commits, file modes, and kill -9 at any instant."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridged.state.sqlite import KeptChat, StateStore
+
+WRITER = """
+import asyncio, sys
+from bridged.state.sqlite import KeptChat, StateStore
+
+async def main(directory):
+    store = StateStore(directory)
+    store.open()
+    n = 0
+    print("ready", flush=True)
+    while True:  # stopped by SIGKILL; each chat's snapshot is its counter, 4 KB
+        n += 1
+        for chat in range(50):
+            store.save(f"chat-{chat}", f"{n:08d}".encode() * 512)
+        await asyncio.sleep(0.001)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_saved_snapshots_come_back_and_callbacks_run_on_the_loop(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    assert store.open() == {}
+    durable = asyncio.Event()
+    store.save("a", b"one")
+    store.save("a", b"two", durable.set)  # replaces the pending one
+    store.save("b", b"three")
+    await asyncio.wait_for(durable.wait(), 5)
+    store.delete("b")
+    store.save("c", b"four", static=b"unchanging", delivered=["m1"])
+    store.save("c", b"five", delivered=["m2"])
+    store.touch("c", 1234.5)
+    assert await store.flush(5)
+    await store.aclose()
+    again = StateStore(tmp_path / "state")
+    kept = again.open()
+    assert set(kept) == {"a", "c"}
+    assert kept["a"].snapshot == b"two"
+    assert kept["c"] == (b"unchanging", b"five", ["m1", "m2"], 1234.5)
+    await again.aclose()
+
+
+async def test_a_deleted_chat_leaves_nothing_for_a_new_chat_of_the_same_id(
+        tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.open()
+    store.save("x", b"old", static=b"old-static", delivered=["old-id"])
+    assert await store.flush(5)
+    store.delete("x")
+    store.save("x", b"new", static=b"new-static")
+    assert await store.flush(5)
+    await store.aclose()
+    again = StateStore(tmp_path)
+    assert again.open()["x"] == (b"new-static", b"new", [], 0.0)
+    await again.aclose()
+
+
+async def test_thousands_of_saves_become_few_commits(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.open()
+    for round_ in range(5):
+        for chat in range(2000):
+            store.save(f"chat-{chat}", f"{round_}".encode() * 100)
+        await asyncio.sleep(0)
+    assert await store.flush(10)
+    stats = store.statistics()
+    assert stats.rows_written <= 5 * 2000
+    assert stats.commits < 100  # grouped, not one per save
+    await store.aclose()
+    reopened = StateStore(tmp_path)
+    rows = reopened.open()
+    assert len(rows) == 2000 and rows["chat-7"].snapshot == b"4" * 100
+    await reopened.aclose()
+
+
+async def test_the_state_files_are_readable_only_by_the_owner(tmp_path: Path) -> None:
+    directory = tmp_path / "kept"
+    store = StateStore(directory)
+    store.open()
+    store.save("a", b"secret session key")
+    assert await store.flush(5)
+    await store.aclose()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for path in directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+def test_kill_9_at_any_instant_leaves_a_consistent_state(tmp_path: Path) -> None:
+    for attempt in range(5):
+        directory = tmp_path / f"run-{attempt}"
+        process = subprocess.Popen([sys.executable, "-c", WRITER, str(directory)],
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready"
+            time.sleep(0.05 + attempt * 0.037)  # a different instant each time
+        finally:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        rows = asyncio.run(_reopen(directory))
+        assert rows, "something was committed before the kill"
+        for chat, kept in rows.items():
+            snapshot = kept.snapshot
+            assert len(snapshot) == 4096, chat  # never a torn row
+            assert snapshot == snapshot[:8] * 512, chat  # one whole write, never a mix
+
+
+async def _reopen(directory: Path) -> dict[str, KeptChat]:
+    store = StateStore(directory)
+    rows = store.open()
+    await store.aclose()
+    return rows
+
+
+class FailingOnce:
+    """A connection whose first transaction fails, as on a full disk."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.failed = False
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "BEGIN IMMEDIATE" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.connection.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        return self.connection.executemany(sql, rows)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+async def test_a_failed_commit_releases_nothing_and_is_tried_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = StateStore(tmp_path)
+    store.open()
+    store._connection = FailingOnce(store._connection)  # type: ignore[assignment]
+    durable = asyncio.Event()
+    store.save("a", b"kept", durable.set)
+    await asyncio.sleep(0.2)
+    assert not durable.is_set()  # not committed: not durable
+    assert "state_write_failed" in caplog.text
+    await asyncio.wait_for(durable.wait(), 5)  # the retry a second later
+    await store.aclose()
+    again = StateStore(tmp_path)
+    assert again.open()["a"].snapshot == b"kept"
+    await again.aclose()

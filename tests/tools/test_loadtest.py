@@ -1,0 +1,87 @@
+"""Smoke test of ``bridged loadtest``: a few chats through bridged and the null bridge.
+
+It runs the real thing (the simulator, bridged and the null bridge in processes of their
+own, over loopback) at a tiny scale, and asserts only what must hold on any machine however
+loaded: nothing lost, nothing duplicated, every chat joined and ended, and a report with
+every field. Never timings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from bridged.tools.loadtest.options import LoadTestOptions, Topology
+from bridged.tools.loadtest.report import percentiles
+from bridged.tools.loadtest.run import run_loadtest
+
+FIELDS = [
+    "started", "joined", "ended_unexpected", "errors_total", "sent", "delivered", "echoed",
+    "lost", "duplicated", "seq_gaps", "rss_per_chat_kib", "cpu_idle_pct", "cpu_load_pct",
+    "sat_msgs_per_s", "gc_share_sat_pct", "gc_share_load_pct", "tasks_per_chat",
+    "latency_ms",
+]
+
+
+def _options(tmp_path: object, **overrides: object) -> LoadTestOptions:
+    fields: dict[str, object] = {
+        "topologies": (Topology(chats=30, connections=3),),
+        "start_rate": 400.0, "idle_s": 0.3, "settle_s": 0.2, "saturate_s": 1.2,
+        "warmup_s": 0.3, "duration_s": 1.2, "drain_timeout_s": 20.0, "timeout_s": 90.0,
+        "hold_s": 5.0, "join_delay_s": 0.05, "progress": False, "probe_interval_s": 0.2,
+        "workdir": str(tmp_path),
+    }
+    fields.update(overrides)
+    return LoadTestOptions(**fields)  # type: ignore[arg-type]
+
+
+def _assert_clean(run: dict[str, Any]) -> None:
+    where = f"{run['target']} {run['topology']}"
+    assert not run.get("failed"), (where, run.get("failed"))
+    assert run["started"] == run["joined"] == run["chats"], where
+    assert run["ended_client"] == run["chats"], where
+    assert run["sent"] > 0, where
+    assert run["delivered"] == run["echoed"] == run["sent"], where
+    for field in ("lost", "undelivered", "duplicated", "seq_gaps", "ended_unexpected",
+                  "errors_total", "connection_errors", "unknown_frames"):
+        assert run[field] == 0, (where, field, run[field])
+    for field in FIELDS:
+        assert field in run, (where, field)
+    assert run["latency_ms"]["round_trip"]["count"] > 0, where
+    assert run["latency_ms"]["ocp_to_agent"]["count"] > 0, where
+
+
+async def test_many_chats_over_few_connections_lose_and_duplicate_nothing(
+        tmp_path: object) -> None:
+    report = await run_loadtest(_options(tmp_path))
+
+    assert not report.timed_out
+    assert [(r["target"], r["topology"]) for r in report.runs] == [
+        ("bridged", "30x3"), ("null", "30x3")]
+    for run in report.runs:
+        _assert_clean(run)
+    assert report.ok()
+    decoded = msgspec.json.decode(report.to_json())
+    assert decoded["zero_loss"] is True
+    comparison = decoded["comparison"]["30x3"]
+    assert set(comparison["targets"]) == {"sat_msgs_per_s", "rss_per_chat_kib", "rtt_p99"}
+    assert comparison["figures"]["sat_msgs_per_s"]["ratio"] is not None
+    assert "LOST (sent, never echoed)" in report.table()
+
+
+async def test_one_connection_per_chat_loses_and_duplicates_nothing(tmp_path: object) -> None:
+    report = await run_loadtest(_options(
+        tmp_path, topologies=(Topology(chats=6, connections=6),), targets=("bridged",)))
+
+    assert [(r["target"], r["topology"]) for r in report.runs] == [("bridged", "6x6")]
+    _assert_clean(report.runs[0])
+    assert report.runs[0]["connections_opened"] == 6
+    assert report.ok()
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    stats = percentiles([i * 1_000_000 for i in range(1, 101)])
+    assert stats is not None
+    assert (stats["p50"], stats["p99"], stats["max"], stats["count"]) == (50.0, 99.0, 100.0, 100)
+    assert percentiles([]) is None
