@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 import re
+from typing import ClassVar
 
 
 class BridgedError(Exception):
@@ -82,6 +83,10 @@ class ConfigError(BridgedError, ValueError):
 class Refused(BridgedError):
     """An envelope from OCP is refused; the client gets an ``error`` envelope.
 
+    Each kind of refusal is a subclass that names its wire code in the class statement
+    (``class Busy(Refused, code="busy")``); :data:`Refused.by_code` maps every code to its
+    class, so that the codes of PROTOCOL.md section 2 are listed in one place.
+
     Attributes:
         code: the wire error code (PROTOCOL.md section 2).
         detail: a sentence for humans; names the offending field where there is one.
@@ -90,6 +95,12 @@ class Refused(BridgedError):
     """
 
     code = "refused"
+    by_code: ClassVar[dict[str, type[Refused]]] = {}
+
+    def __init_subclass__(cls, *, code: str, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = code
+        Refused.by_code[code] = cls
 
     def __init__(self, detail: str, *, chat: str | None = None, ref: str | None = None) -> None:
         super().__init__(detail)
@@ -101,40 +112,40 @@ class Refused(BridgedError):
         return f"{self.code}: {self.detail}"
 
 
-class BadEnvelope(Refused):
-    code = "bad_envelope"
+class BadEnvelope(Refused, code="bad_envelope"):
+    """A missing required field, a wrong type or an unknown ``type``."""
 
 
-class TooLarge(Refused):
-    code = "too_large"
+class TooLarge(Refused, code="too_large"):
+    """A field or the envelope is larger than bridged accepts."""
 
 
-class UnknownChat(Refused):
-    code = "unknown_chat"
+class UnknownChat(Refused, code="unknown_chat"):
+    """No live chat has this id."""
 
 
-class ChatExists(Refused):
-    code = "chat_exists"
+class ChatExists(Refused, code="chat_exists"):
+    """``start`` for a chat id that is live."""
 
 
-class NotAttached(Refused):
-    code = "not_attached"
+class NotAttached(Refused, code="not_attached"):
+    """The chat is bound to another connection: ``attach`` first."""
 
 
-class BadWebchatConfig(Refused):
-    code = "bad_config"
+class BadWebchatConfig(Refused, code="bad_config"):
+    """The webchat configuration is incomplete or invalid after templating."""
 
 
-class HostNotAllowed(Refused):
-    code = "host_not_allowed"
+class HostNotAllowed(Refused, code="host_not_allowed"):
+    """The Salesforce URL names a host outside ``salesforce.allowed_hosts``."""
 
 
-class AtCapacity(Refused):
-    code = "capacity"
+class AtCapacity(Refused, code="capacity"):
+    """bridged is at ``server.max_chats``, or draining for shutdown."""
 
 
-class Busy(Refused):
-    code = "busy"
+class Busy(Refused, code="busy"):
+    """The chat's queue is full: the message was not accepted; send it again later."""
 
 
 class ProtocolError(BridgedError):

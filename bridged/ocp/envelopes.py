@@ -64,13 +64,25 @@ class _Envelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=
     """Base of every envelope; unknown fields are ignored (PROTOCOL.md section 2)."""
 
 
+class _ChatCommand(_Envelope, frozen=True, kw_only=True):
+    """Base of every command about one chat: ``chat`` is OCP's id for it."""
+
+    chat: ChatId
+
+
+class _ChatEvent(_Envelope, frozen=True, kw_only=True):
+    """Base of every event about one chat: numbered by ``seq`` (1, 2, ...) per chat."""
+
+    chat: str
+    seq: int
+
+
 # --- OCP -> bridged: commands ---------------------------------------------------------
 
 
-class Start(_Envelope, tag="start", frozen=True, kw_only=True):
+class Start(_ChatCommand, tag="start", frozen=True, kw_only=True):
     """Hand this chat over to a Salesforce agent."""
 
-    chat: ChatId
     profile: str | None = None
     config: WebchatFields | None = None
     ocpvars: dict[str, str] = {}
@@ -79,39 +91,33 @@ class Start(_Envelope, tag="start", frozen=True, kw_only=True):
     history_token: str | None = None
 
 
-class Message(_Envelope, tag="message", frozen=True, kw_only=True):
+class Message(_ChatCommand, tag="message", frozen=True, kw_only=True):
     """The visitor says something."""
 
-    chat: ChatId
     id: MessageId
     text: Text
 
 
-class Typing(_Envelope, tag="typing", frozen=True, kw_only=True):
+class Typing(_ChatCommand, tag="typing", frozen=True, kw_only=True):
     """The visitor's typing indicator, with the draft for sneak peek."""
 
-    chat: ChatId
     active: bool
     text: str | None = None
 
 
-class End(_Envelope, tag="end", frozen=True, kw_only=True):
+class End(_ChatCommand, tag="end", frozen=True, kw_only=True):
     """The visitor or OCP ends the chat."""
 
-    chat: ChatId
 
-
-class Attach(_Envelope, tag="attach", frozen=True, kw_only=True):
+class Attach(_ChatCommand, tag="attach", frozen=True, kw_only=True):
     """Bind the chat to this connection and replay the held events after ``after``."""
 
-    chat: ChatId
     after: Seq
 
 
-class Ack(_Envelope, tag="ack", frozen=True, kw_only=True):
+class Ack(_ChatCommand, tag="ack", frozen=True, kw_only=True):
     """The client has processed every event up to ``seq``."""
 
-    chat: ChatId
     seq: Seq
 
 
@@ -128,62 +134,48 @@ class Hello(_Envelope, tag="hello", frozen=True, kw_only=True):
     max_frame_bytes: int
 
 
-class Queued(_Envelope, tag="queued", frozen=True, kw_only=True):
+class Queued(_ChatEvent, tag="queued", frozen=True, kw_only=True):
     """The chat request waits in the queue (again at every queue update)."""
 
-    chat: str
-    seq: int
     position: int | None
     wait_s: int | None
     text: str
 
 
-class AgentJoined(_Envelope, tag="agent_joined", frozen=True, kw_only=True):
+class AgentJoined(_ChatEvent, tag="agent_joined", frozen=True, kw_only=True):
     """An agent accepted the chat."""
 
-    chat: str
-    seq: int
     agent: str
 
 
-class AgentMessage(_Envelope, tag="agent_message", frozen=True, kw_only=True):
+class AgentMessage(_ChatEvent, tag="agent_message", frozen=True, kw_only=True):
     """The agent said something."""
 
-    chat: str
-    seq: int
     agent: str
     text: str
 
 
-class AgentTyping(_Envelope, tag="agent_typing", frozen=True, kw_only=True):
+class AgentTyping(_ChatEvent, tag="agent_typing", frozen=True, kw_only=True):
     """The agent's typing indicator."""
 
-    chat: str
-    seq: int
     active: bool
 
 
-class Transferred(_Envelope, tag="transferred", frozen=True, kw_only=True):
+class Transferred(_ChatEvent, tag="transferred", frozen=True, kw_only=True):
     """The chat moved to another agent."""
 
-    chat: str
-    seq: int
     agent: str
 
 
-class Delivered(_Envelope, tag="delivered", frozen=True, kw_only=True):
+class Delivered(_ChatEvent, tag="delivered", frozen=True, kw_only=True):
     """Salesforce accepted the visitor's message ``id``."""
 
-    chat: str
-    seq: int
     id: str
 
 
-class Ended(_Envelope, tag="ended", frozen=True, kw_only=True):
+class Ended(_ChatEvent, tag="ended", frozen=True, kw_only=True):
     """The chat is over; its id is free again."""
 
-    chat: str
-    seq: int
     reason: Literal["agent", "client", "no_agent", "failed", "detached"]
     text: str
     detail: str | msgspec.UnsetType = msgspec.UNSET
