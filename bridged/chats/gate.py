@@ -31,10 +31,12 @@ class Gate:
 
     @property
     def holders(self) -> int:
+        """How many are inside the gate now."""
         return len(self._inside)
 
     @property
     def waiting(self) -> int:
+        """How many wait to enter."""
         return len(self._waiting)
 
     def try_enter(self, key: Hashable, wake: Callable[[], None]) -> bool:

@@ -37,6 +37,7 @@ class ChatInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def chat_info(chat: Chat, now: float | None = None) -> ChatInfo:
+    """What the admin view shows of one chat (never message texts)."""
     now = time.time() if now is None else now
     return ChatInfo(
         id=chat.id, state="ended" if chat.finished else chat.state, agent=chat.agent,
@@ -56,6 +57,7 @@ def admin_routes(app: web.Application, dispatcher: Dispatcher,
     """Add the admin view to ``app``; ``tokens`` gives the admin tokens of the moment."""
 
     def authorised(request: web.Request) -> None:
+        """Refuse the request (401) unless it carries one of the admin tokens."""
         accepted = [t.encode() for t in tokens()]
         if not accepted:
             raise web.HTTPNotFound(text="the admin view is off (no server.admin_tokens)\n")
@@ -66,6 +68,7 @@ def admin_routes(app: web.Application, dispatcher: Dispatcher,
                                        headers={"WWW-Authenticate": 'Bearer realm="admin"'})
 
     async def list_chats(request: web.Request) -> web.Response:
+        """``GET /v1/chats``: every live chat."""
         authorised(request)
         now = time.time()
         chats = [chat_info(c, now) for c in (*dispatcher.live.values(),
@@ -75,6 +78,7 @@ def admin_routes(app: web.Application, dispatcher: Dispatcher,
                             content_type="application/json")
 
     async def one_chat(request: web.Request) -> web.Response:
+        """``GET /v1/chats/{chat}``: one chat."""
         authorised(request)
         chat_id = request.match_info["chat"]
         chat = dispatcher.live.get(chat_id) or dispatcher.finished.get(chat_id)

@@ -48,6 +48,7 @@ class Notifier:
 
     @property
     def enabled(self) -> bool:
+        """Whether systemd gave a notify socket."""
         return bool(self._address)
 
     def notify(self, *fields: str) -> None:
@@ -65,19 +66,24 @@ class Notifier:
                 log_event(log, logging.WARNING, "sd_notify_failed", detail=str(exc))
 
     def ready(self, status: str = "") -> None:
+        """Tell systemd the service is up."""
         self.notify("READY=1", *([f"STATUS={status}"] if status else []))
 
     def reloading(self) -> None:
+        """Tell systemd a reload has begun (with the monotonic time it asks for)."""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def stopping(self) -> None:
+        """Tell systemd the service is stopping."""
         self.notify("STOPPING=1")
 
     def status(self, text: str) -> None:
+        """Set the status line systemd shows."""
         self.notify(f"STATUS={text}")
 
     def close(self) -> None:
+        """Close the notify socket. Idempotent."""
         if self._socket is not None:
             self._socket.close()
             self._socket = None

@@ -67,6 +67,7 @@ class ChatClient:
         await self._ws.send_str(msgspec.json.encode(envelope).decode())
 
     async def say(self, text: str) -> None:
+        """Send the visitor's ``text`` as a message with a new id."""
         await self.send({"type": "message", "chat": self.chat_id, "id": f"m{next(self._ids)}",
                          "text": text})
 

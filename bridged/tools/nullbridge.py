@@ -112,6 +112,7 @@ class _Chat:
         self.poller: asyncio.Task[None] | None = None
 
     async def emit(self, fields: dict[str, Any]) -> None:
+        """Send one event to the chat's connection, numbered."""
         self.seq += 1
         fields["chat"] = self.id
         fields["seq"] = self.seq

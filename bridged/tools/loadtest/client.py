@@ -118,10 +118,12 @@ class Counters:
 
     @property
     def duplicated(self) -> int:
+        """Events seen more than once (seq, echoes, delivered)."""
         return self.dup_seq + self.dup_echo + self.dup_delivered
 
     @property
     def errors_total(self) -> int:
+        """Every ``error`` envelope received, whatever its code."""
         return sum(self.errors.values())
 
 
@@ -141,6 +143,7 @@ class Samples:
         self.reply_delay_ns = 0
 
     def echo(self, text: str, t_echo: int) -> None:
+        """An echo reached OCP at ``t_echo``: pair it with the simulator's mark."""
         t_sim = self.pending_mark.pop(text, None)
         if t_sim is None:
             self.pending_echo[text] = t_echo
@@ -148,6 +151,7 @@ class Samples:
             self.agent_to_ocp.append(t_echo - t_sim - self.reply_delay_ns)
 
     def mark(self, text: str, t_sim: int) -> None:
+        """The simulator saw ``text`` at ``t_sim``: the OCP-to-agent latency, and the pair."""
         parts = text.split(":", 4)
         if len(parts) < 4:
             return
@@ -329,6 +333,7 @@ class LoadGenerator:
         return True
 
     def live_chats(self) -> list[ChatState]:
+        """The chats an agent joined that have not ended."""
         return [c for c in self.by_idx if c.joined and not c.ended]
 
     async def set_window(self, window: int) -> None:
@@ -375,6 +380,7 @@ class LoadGenerator:
         return sent, time.monotonic() - t0
 
     def in_flight(self) -> int:
+        """Messages sent and not yet echoed, over every live chat."""
         return sum(len(c.outstanding) for c in self.by_idx if not c.ended)
 
     async def drain(self, deadline: float) -> bool:

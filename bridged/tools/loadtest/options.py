@@ -19,12 +19,14 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def label(self) -> str:
+        """A label for the report: one connection per chat, or shared."""
         if self.connections >= self.chats:
             return f"{self.chats} chats, one connection each"
         return f"{self.chats} chats over {self.connections} connections"
 
     @property
     def key(self) -> str:
+        """The topology as ``CHATSxCONNECTIONS``."""
         return f"{self.chats}x{self.connections}"
 
 

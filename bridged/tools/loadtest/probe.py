@@ -97,6 +97,7 @@ class _LoopWatch:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def install(self) -> None:
+        """Wrap uvloop's loop factory so the probe sees the loop."""
         try:
             import uvloop
         except ImportError:
@@ -104,6 +105,7 @@ class _LoopWatch:
         original = uvloop.new_event_loop
 
         def new_event_loop() -> asyncio.AbstractEventLoop:
+            """uvloop's factory, remembering the loop it made."""
             loop = original()
             self.loop = loop
             return loop
@@ -111,6 +113,7 @@ class _LoopWatch:
         uvloop.new_event_loop = new_event_loop  # type: ignore[assignment]
 
     def count_tasks(self, timeout: float) -> int | None:
+        """The number of tasks on the loop, asked from the probe's thread; None if it cannot say."""
         loop = self.loop
         if loop is None or loop.is_closed():
             return None
@@ -118,6 +121,7 @@ class _LoopWatch:
         done = threading.Event()
 
         def count() -> None:
+            """Count on the loop's own thread."""
             result.append(len(asyncio.all_tasks(loop)))
             done.set()
 

@@ -107,6 +107,7 @@ class CpuMeter:
         return cpu_seconds(self.pid) if self.pid else None
 
     def mark(self) -> None:
+        """Start a measured interval of this process's CPU time."""
         self._t = time.monotonic()
         self._cpu = self._read()
 
@@ -143,9 +144,11 @@ class ServerProcess:
 
     @property
     def pid(self) -> int | None:
+        """The process id while it runs."""
         return self.proc.pid if self.proc is not None else None
 
     def log_tail(self, lines: int = 15) -> str:
+        """The last ``lines`` of the process's log, for a failure message."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:

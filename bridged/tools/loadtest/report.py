@@ -97,6 +97,7 @@ def percentiles(values_ns: Sequence[int]) -> dict[str, float] | None:
     n = len(data)
 
     def rank(p: float) -> float:
+        """The value at percentile ``p`` (nearest rank), in ms."""
         return data[min(n - 1, max(0, math.ceil(p / 100.0 * n) - 1))] / 1e6
 
     return {"count": n, "p50": rank(50), "p90": rank(90), "p99": rank(99),
@@ -150,6 +151,7 @@ class Report:
         self.timed_out = False
 
     def add_run(self, run: dict[str, Any]) -> None:
+        """Add one run (bridged or the null bridge, one topology) to the report."""
         self.runs.append(run)
 
     def has_loss(self, target: str = "bridged") -> bool:
@@ -199,6 +201,7 @@ class Report:
         return result
 
     def run_summary(self, run: dict[str, Any]) -> str:
+        """One run in a line: its verdict and headline figures."""
         if run.get("failed"):
             return f"  {run['target']} {run['topology']}: FAILED: {run['failed']}"
         bits = [f"joined {run.get('joined')}/{run.get('chats')}",
@@ -259,6 +262,7 @@ class Report:
         return "\n".join(lines)
 
     def to_json(self) -> bytes:
+        """The whole report as JSON (private keys left out)."""
         runs = [{k: v for k, v in run.items() if not k.startswith("_")} for run in self.runs]
         payload = {
             "options": msgspec.to_builtins(self.options),

@@ -83,6 +83,7 @@ class Progress:
         self._task: asyncio.Task[None] | None = None
 
     def line(self) -> str:
+        """The progress line: phase, chats, rate and memory, as of now."""
         now = time.monotonic()
         gen = self.gen
         if gen is None:
@@ -112,6 +113,7 @@ class Progress:
                 print(line, file=sys.stderr, flush=True)
 
     def say(self, text: str) -> None:
+        """Print ``text`` on stderr, above the progress line."""
         if not self.enabled:
             return
         if self.tty:
@@ -119,10 +121,12 @@ class Progress:
         print(text, file=sys.stderr, flush=True)
 
     def start(self) -> None:
+        """Start redrawing the progress line."""
         if self.enabled and self._task is None:
             self._task = asyncio.create_task(self._loop(), name="loadtest:progress")
 
     async def stop(self) -> None:
+        """Stop redrawing and clear the line."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -363,9 +367,11 @@ class _Meters:
         self._t0 = 0.0
 
     def clone(self) -> _Meters:
+        """A new set of meters over the same processes."""
         return _Meters(self.ctx)
 
     async def mark(self) -> None:
+        """Start a measured interval: CPU of every process, the probe and /metrics now."""
         self._t0 = time.monotonic()
         for meter in (self.server, self.sim, self.gen, self.machine):
             meter.mark()
@@ -374,6 +380,7 @@ class _Meters:
             self.metrics = await scrape_metrics(self.ctx.metrics_url)
 
     async def read(self, out: dict[str, Any], prefix: str) -> None:
+        """Write the interval's CPU shares and figures into ``out`` under ``prefix``."""
         out[f"cpu_{prefix}_pct"], cpu_s = self.server.since_mark()
         out[f"sim_cpu_{prefix}_pct"], _ = self.sim.since_mark()
         out[f"loadgen_cpu_{prefix}_pct"], _ = self.gen.since_mark()
@@ -427,6 +434,7 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
     out["tasks_base"] = base_probe.tasks if base_probe else None
 
     def until(seconds: float) -> float:
+        """A deadline ``seconds`` from now, never past the run's own."""
         return min(deadline, time.monotonic() + seconds)
 
     gen = LoadGenerator(ctx.ws_url, ctx.token, chats=topology.chats,
@@ -623,6 +631,7 @@ async def _run_all(opts: LoadTestOptions, workdir: Path, report: Report,
 
         def latency_rate(out: dict[str, Any], _ref: dict[str, float] = sat_ref,
                          _top: Topology = topology) -> float:
+            """The latency phase's message rate: half of bridged's saturation, or ``--rate``."""
             if opts.rate is not None:
                 return opts.rate
             sat = out.get("sat_msgs_per_s")

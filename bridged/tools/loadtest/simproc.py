@@ -57,6 +57,7 @@ class _Marks:
         self.dropped = 0
 
     def add(self, text: str, t_ns: int) -> None:
+        """Keep one mark, up to ``MAX_MARKS``; count the rest."""
         if len(self.items) >= MAX_MARKS:
             self.dropped += 1
         else:
@@ -68,6 +69,7 @@ def _middleware(marks: _Marks) -> Callable[..., Awaitable[web.StreamResponse]]:
     async def mark(request: web.Request,
                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                    ) -> web.StreamResponse:
+        """Mark the time each visitor message reaches the simulator."""
         if request.method != "POST" or not request.path.endswith("/ChatMessage"):
             return await handler(request)
         received = time.monotonic_ns()
@@ -82,6 +84,7 @@ def _middleware(marks: _Marks) -> Callable[..., Awaitable[web.StreamResponse]]:
 
 
 async def serve(listen: str, options_json: str) -> int:
+    """Serve the simulator with the load test's routes until cancelled."""
     from bridged.simulators.liveagent import Simulator, SimulatorOptions
 
     options = msgspec.json.decode(options_json.encode(), type=SimulatorOptions)
@@ -91,11 +94,13 @@ async def serve(listen: str, options_json: str) -> int:
     simulator.app.middlewares.append(_middleware(marks))
 
     async def take(_request: web.Request) -> web.Response:
+        """Hand over the marks gathered since the last call."""
         items, marks.items = marks.items, []
         return web.Response(body=msgspec.json.encode({"marks": items, "dropped": marks.dropped}),
                             content_type="application/json")
 
     async def ping(_request: web.Request) -> web.Response:
+        """Liveness, with the session count."""
         return web.Response(text=f"ok {len(simulator.sessions)}\n")
 
     simulator.app.router.add_get("/_loadtest/marks", take)
@@ -118,6 +123,7 @@ async def serve(listen: str, options_json: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bridged.tools.loadtest.simproc``."""
     import uvloop
 
     parser = argparse.ArgumentParser(prog="python -m bridged.tools.loadtest.simproc")
