@@ -15,6 +15,10 @@ A :class:`Chat` is what every side of bridged shares about a chat:
 Backpressure: the outbox is bounded (``max_held``). While it is full the actor does not
 poll Salesforce for more, so Salesforce keeps the agent's messages instead of bridged.
 
+The log: each step of the chat's life that a fact reports (queued, agent joined, transferred,
+ended) is one info line from :meth:`Chat.emit`, with the chat id and never a message text,
+so every backend logs the same steps the same way.
+
 Durability: an event is sent to OCP only once it is *durable*, i.e. once the chat's
 snapshot that holds it has been committed to the state store (``durable_seq``). A restart
 then never has to invent again an event that OCP has already seen: whatever OCP saw, the
@@ -26,6 +30,7 @@ from __future__ import annotations
 __all__ = ["Chat", "ChatRecord", "ChatSnapshot", "ChatStatic", "Command", "Link"]
 
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +38,7 @@ from typing import Protocol, TypeAlias
 
 import msgspec
 
+from bridged._log import log_event
 from bridged.chats import facts
 from bridged.chats.mailbox import LoadMeter, Mailbox
 from bridged.chats.texts import render
@@ -40,6 +46,8 @@ from bridged.config.webchat import WebchatConfig
 from bridged.ocp import envelopes as env
 
 Command: TypeAlias = env.Message | env.Typing
+
+log = logging.getLogger("bridged.chats.chat")
 
 
 class ChatStatic(msgspec.Struct, frozen=True, kw_only=True):
@@ -185,6 +193,7 @@ class Chat:
         elif isinstance(fact, facts.Queued):
             self.queue_position = fact.position
         event = render(fact, self.id, self.next_seq, self.webchat)
+        self._log_step(fact, event.seq)
         self.next_seq += 1
         self.held.append(event)
         if not self.persistent:
@@ -200,6 +209,22 @@ class Chat:
             if self.on_finished is not None:
                 self.on_finished(self, fact)
         self.wake()  # the actor saves the new event, which makes it durable
+
+    def _log_step(self, fact: facts.Fact, seq: int) -> None:
+        """One info line for a step of the chat's life; texts (agent's or ours) never."""
+        match fact:
+            case facts.Queued():
+                log_event(log, logging.INFO, "chat_queued", chat=self.id, seq=seq,
+                          position=fact.position, wait_s=fact.wait_s)
+            case facts.AgentJoined():
+                log_event(log, logging.INFO, "agent_joined", chat=self.id, seq=seq,
+                          agent=fact.agent)
+            case facts.Transferred():
+                log_event(log, logging.INFO, "chat_transferred", chat=self.id, seq=seq,
+                          agent=fact.agent)
+            case facts.Ended():
+                log_event(log, logging.INFO, "chat_ended", chat=self.id, seq=seq,
+                          reason=fact.reason, detail=fact.detail)
 
     def accept(self, message_id: str) -> None:
         """A visitor message was taken in; it counts as load until answered."""

@@ -5,7 +5,11 @@ A chat's effective configuration is built in four steps, each pure:
 1. merge: the named profile's fields, then the inline ``config`` of ``start`` over them,
    field by field (a list such as ``prechat_details`` is replaced whole);
 2. template: ``{{ocpvars:NAME}}`` in every string, however deep, becomes ``ocpvars[NAME]``
-   (the empty string for a name that is not given);
+   (the empty string for a name that is not given), within bounds: every string field has a
+   most characters it may hold after templating (:data:`FIELD_LIMITS`), and the whole
+   configuration :data:`TOTAL_LIMIT`. The renderer stops as soon as a field would outgrow its
+   bound, so a small ``start`` that references a long ocpvar thousands of times costs no more
+   than the bound (``bad_config`` naming the field), never the string it asked for;
 3. check: required fields present and non-empty, every value of the right shape
    (``bad_config`` naming the field);
 4. the Live Agent base URL is normalised to its REST endpoint and checked against
@@ -17,6 +21,13 @@ from __future__ import annotations
 
 __all__ = [
     "DEFAULT_TEXTS",
+    "FIELD_LIMITS",
+    "ID_LIMIT",
+    "NAME_LIMIT",
+    "TEXT_LIMIT",
+    "TOTAL_LIMIT",
+    "URL_LIMIT",
+    "VALUE_LIMIT",
     "Endpoint",
     "EntityFieldMap",
     "PrechatDetail",
@@ -27,6 +38,7 @@ __all__ = [
     "check_profile",
     "host_allowed",
     "parse_endpoint",
+    "render_fields",
     "render_template",
     "resolve_webchat",
 ]
@@ -167,33 +179,173 @@ class WebchatConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _REQUIRED = ("live_agent_base_url", "deployment_id", "organization_id", "button_id")
-_TEMPLATE = re.compile(r"\{\{\s*ocpvars:([^{}]*?)\s*\}\}")
+# The name is taken up to the closing braces and its trailing whitespace dropped in code: a
+# lazy name followed by ``\s*`` made the regex backtrack quadratically on a long run of
+# spaces (a 64 KiB ``start`` held the event loop for seconds).
+_TEMPLATE = re.compile(r"\{\{\s*ocpvars:([^{}]*)\}\}")
 # Salesforce record ids are 15 or 18 base-62 characters.
 _SF_ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _REST_PATHS = {"", "/", "/chat", "/chat/", "/chat/rest", "/chat/rest/"}
 
+# --- bounds after templating ----------------------------------------------------------------
+# Characters (Python ``len``), counted after templating. Each is what Salesforce itself takes
+# for such a value, or more; none is a figure a real webchat configuration comes near.
 
-def render_template(text: str, ocpvars: Mapping[str, str]) -> str:
+# A Salesforce id is 15 or 18 characters (checked after templating); room for the spaces
+# around it, which are stripped.
+ID_LIMIT = 64
+# Salesforce's Text field holds at most 255 characters, and API names (entities, fields,
+# hidden pre-chat fields, deployments) are shorter: labels, names, the language tag, the
+# visitor's displayed name.
+NAME_LIMIT = 255
+# A host name is at most 253 characters (RFC 1035), so a Live Agent or SCRT URL is under 300;
+# 2,048 is the usual ceiling for a URL anywhere (browsers, proxies).
+URL_LIMIT = 2048
+# The texts shown to the visitor (``queued``, ``ended``) or sent to the agent as a chat
+# message: as long as a chat message bridged sends (history.decoder.MAX_CHAT_MESSAGE).
+TEXT_LIMIT = 2000
+# A prechat detail's value (or a routing attribute's) may be copied into a transcript field;
+# Salesforce's Long Text Area holds 32,768 characters by default.
+VALUE_LIMIT = 32768
+# The whole configuration, every string counted (dict keys too): twice a full 64 KiB frame.
+TOTAL_LIMIT = 131072
+
+# The bound of each string field, by its path without list indexes ("prechat_details.value").
+# A field not named here gets TEXT_LIMIT. Enhanced Chat's fields (PROTOCOL.md section 6) are
+# named already, so that they are bounded the same way when they arrive.
+FIELD_LIMITS: dict[str, int] = {
+    "type": NAME_LIMIT,
+    "live_agent_base_url": URL_LIMIT,
+    "scrt_url": URL_LIMIT,
+    "organization_id": ID_LIMIT,
+    "deployment_id": ID_LIMIT,
+    "button_id": ID_LIMIT,
+    "es_developer_name": NAME_LIMIT,
+    "language": NAME_LIMIT,
+    "displayed_username": NAME_LIMIT,
+    "no_agent_available_message": TEXT_LIMIT,
+    "agent_session_ended_message": TEXT_LIMIT,
+    "chat_request_failed_message": TEXT_LIMIT,
+    "position_message": TEXT_LIMIT,
+    "estimated_time_message": TEXT_LIMIT,
+    "prechat_details.label": NAME_LIMIT,
+    "prechat_details.value": VALUE_LIMIT,
+    "prechat_details.transcript_fields": NAME_LIMIT,
+    "prechat_entities.entity_name": NAME_LIMIT,
+    "prechat_entities.link_to_entity_name": NAME_LIMIT,
+    "prechat_entities.link_to_entity_field": NAME_LIMIT,
+    "prechat_entities.save_to_transcript": NAME_LIMIT,
+    "prechat_entities.entity_fields_maps.field_name": NAME_LIMIT,
+    "prechat_entities.entity_fields_maps.label": NAME_LIMIT,
+    "history_prechat_label": NAME_LIMIT,
+    "history_transcript_field": NAME_LIMIT,
+    "history_header": TEXT_LIMIT,
+    "history_unavailable_message": TEXT_LIMIT,
+    "routing_attributes": VALUE_LIMIT,  # each value; each key is a name (NAME_LIMIT)
+    "history_routing_attribute": NAME_LIMIT,
+}
+# Fields that are maps with free keys (not structs): the bound above is each value's.
+_MAP_FIELDS = frozenset({"routing_attributes"})
+
+
+def render_template(text: str, ocpvars: Mapping[str, str], limit: int | None = None
+                    ) -> str | None:
     """Replace every ``{{ocpvars:NAME}}`` with ``ocpvars[NAME]`` (``""`` when not given).
 
     The replacement is not scanned again, so an ocpvar cannot inject another template.
+
+    Returns:
+        The text, or ``None`` when it would be longer than ``limit`` characters. The
+        output is never built past ``limit``: rendering stops at the piece that crosses it.
     """
     if "{{" not in text:
-        return text
-    return _TEMPLATE.sub(lambda m: ocpvars.get(m.group(1), ""), text)
+        return text if limit is None or len(text) <= limit else None
+    parts: list[str] = []
+    size = 0
+    pos = 0
+    for match in _TEMPLATE.finditer(text):
+        literal = text[pos:match.start()]
+        value = ocpvars.get(match.group(1).rstrip(), "")
+        size += len(literal) + len(value)
+        if limit is not None and size > limit:
+            return None
+        parts.append(literal)
+        parts.append(value)
+        pos = match.end()
+    tail = text[pos:]
+    size += len(tail)
+    if limit is not None and size > limit:
+        return None
+    parts.append(tail)
+    return "".join(parts)
 
 
-def _render_all(value: Any, ocpvars: Mapping[str, str]) -> Any:
-    """Template every string in a tree of dicts and lists."""
-    if isinstance(value, str):
-        return render_template(value, ocpvars)
-    if isinstance(value, dict):
-        return {k: _render_all(v, ocpvars) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_render_all(v, ocpvars) for v in value]
-    return value
+class _Renderer:
+    """Templates the strings of one configuration, field by field, within the bounds."""
+
+    def __init__(self, ocpvars: Mapping[str, str], total: int) -> None:
+        self.ocpvars = ocpvars
+        self.total = total
+        self.left = total
+
+    def text(self, text: str, where: str, limit: int, *, template: bool = True) -> str:
+        """``text`` rendered (or taken as it is), counted against ``limit`` and the total."""
+        room = min(limit, self.left)
+        if template:
+            out = render_template(text, self.ocpvars, room)
+        else:
+            out = text if len(text) <= room else None
+        if out is None:
+            if room < limit:
+                raise BadWebchatConfig(f"{where}: the webchat configuration is longer than"
+                                       f" {self.total} characters after templating")
+            raise BadWebchatConfig(f"{where}: longer than {limit} characters after templating")
+        self.left -= len(out)
+        return out
+
+    def value(self, value: Any, where: str, key: str) -> Any:
+        """Every string in a tree of dicts and lists, rendered; ``key`` finds the bound."""
+        if isinstance(value, str):
+            return self.text(value, where, FIELD_LIMITS.get(key, TEXT_LIMIT))
+        if isinstance(value, list):
+            return [self.value(item, f"{where}[{i}]", key) for i, item in enumerate(value)]
+        if isinstance(value, dict):
+            if key in _MAP_FIELDS:  # free keys, each a name; the field's bound is each value's
+                out = {}
+                for name, item in value.items():
+                    name = self.text(str(name), f"{where} (a key)", NAME_LIMIT, template=False)
+                    out[name] = self.value(item, f"{where}.{name}", key)
+                return out
+            return {name: self.value(item, f"{where}.{name}", f"{key}.{name}")
+                    for name, item in value.items()}
+        return value
+
+
+def render_fields(fields: Mapping[str, Any], ocpvars: Mapping[str, str],
+                  total: int = TOTAL_LIMIT, literal: Mapping[str, str] | None = None
+                  ) -> dict[str, Any]:
+    """Template every string of a merged configuration (builtins), within the bounds.
+
+    Args:
+        fields: field name -> value (strings, lists and dicts of them, other scalars).
+        ocpvars: values for ``{{ocpvars:NAME}}``.
+        total: the most characters every string together may hold.
+        literal: fields set as they are, not templated, but bounded all the same
+            (``visitor_name`` as ``displayed_username``).
+
+    Raises:
+        BadWebchatConfig: a field, or the whole, outgrows its bound; names the field.
+    """
+    renderer = _Renderer(ocpvars, total)
+    literal = literal or {}
+    out = {name: renderer.value(value, name, name) for name, value in fields.items()
+           if name not in literal}
+    for name, text in literal.items():
+        out[name] = renderer.text(text, name, FIELD_LIMITS.get(name, TEXT_LIMIT),
+                                  template=False)
+    return out
 
 
 def _is_loopback(host: str) -> bool:
@@ -287,6 +439,13 @@ def check_profile(fields: WebchatFields) -> tuple[str, str] | None:
     """
     if fields.type is not msgspec.UNSET and fields.type != "salesforce":
         return "type", f"the only type is 'salesforce', got {fields.type!r}"
+    try:
+        # With no ocpvars every string is as short as it can ever render: a field too long
+        # here is too long for every chat.
+        render_fields(msgspec.to_builtins(fields), {})
+    except BadWebchatConfig as exc:
+        field, _, reason = exc.detail.partition(": ")
+        return field, reason
     url = fields.live_agent_base_url
     if url is not msgspec.UNSET and "{{" not in url:
         try:
@@ -314,16 +473,16 @@ def resolve_webchat(
         visitor_name: ``start.visitor_name``; overrides ``displayed_username``.
 
     Raises:
-        BadWebchatConfig: a field is missing, empty or invalid after templating.
+        BadWebchatConfig: a field is missing, empty, invalid or longer than its bound
+            after templating (:data:`FIELD_LIMITS`, :data:`TOTAL_LIMIT`).
         HostNotAllowed: the Live Agent host is not in ``allowed_hosts``.
     """
     merged: dict[str, Any] = {}
     for part in (profile, inline):
         if part is not None:
             merged.update(msgspec.to_builtins(part))
-    merged = _render_all(merged, ocpvars)
-    if visitor_name is not None:
-        merged["displayed_username"] = visitor_name
+    literal = {"displayed_username": visitor_name} if visitor_name is not None else None
+    merged = render_fields(merged, ocpvars, literal=literal)
     for field in _REQUIRED:
         if not str(merged.get(field, "")).strip():
             raise BadWebchatConfig(f"{field}: required, and missing or empty after templating")

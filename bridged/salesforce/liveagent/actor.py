@@ -325,8 +325,6 @@ class ChatActor:
         for fact in self.session.facts_received():
             if isinstance(fact, facts.Ended):
                 self._refuse_inbox()
-                log_event(log, logging.INFO, "chat_ended", chat=self.chat.id,
-                          reason=fact.reason, detail=fact.detail)
             self.chat.emit(fact)
         self.chat.state = self.session.state.value
 
