@@ -42,7 +42,7 @@ from bridged._log import log_event
 from bridged.chats import facts
 from bridged.chats.mailbox import LoadMeter, Mailbox
 from bridged.chats.texts import render
-from bridged.config.webchat import WebchatConfig
+from bridged.config.webchat import AnyWebchat
 from bridged.ocp import envelopes as env
 
 Command: TypeAlias = env.Message | env.Typing
@@ -55,7 +55,7 @@ class ChatStatic(msgspec.Struct, frozen=True, kw_only=True):
 
     version: int = 1
     id: str
-    webchat: WebchatConfig
+    webchat: AnyWebchat
     start: env.Start
     created: float
     backend: str
@@ -132,7 +132,7 @@ class Chat:
         max_held: bound of the events held for replay.
     """
 
-    def __init__(self, chat_id: str, webchat: WebchatConfig, start: env.Start, *,
+    def __init__(self, chat_id: str, webchat: AnyWebchat, start: env.Start, *,
                  inbox_size: int, max_held: int) -> None:
         self.id = chat_id
         self.webchat = webchat

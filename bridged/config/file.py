@@ -80,6 +80,8 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class SalesforceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[salesforce]``: how bridged speaks to Live Agent."""
 
+    # PROTOCOL.md's default names Live Agent's hosts only: Enhanced Chat's SCRT hosts
+    # ("*.my.salesforce-scrt.com") are added by the operator, as the example config does.
     allowed_hosts: list[str] = msgspec.field(default_factory=lambda: ["*.salesforceliveagent.com"])
     # bridged's own keys
     api_version: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}(\.0)?$")] = "66"

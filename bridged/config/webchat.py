@@ -26,10 +26,13 @@ __all__ = [
     "NAME_LIMIT",
     "TEXT_LIMIT",
     "TOTAL_LIMIT",
+    "TYPES",
     "URL_LIMIT",
     "VALUE_LIMIT",
+    "AnyWebchat",
     "Endpoint",
     "EntityFieldMap",
+    "MessagingConfig",
     "PrechatDetail",
     "PrechatEntity",
     "ProfileFields",
@@ -46,7 +49,7 @@ __all__ = [
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -122,6 +125,13 @@ class WebchatFields(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     history_messages: bool | msgspec.UnsetType = msgspec.UNSET
     history_header: str | msgspec.UnsetType = msgspec.UNSET
     history_unavailable_message: str | msgspec.UnsetType = msgspec.UNSET
+    # Enhanced Chat (type "salesforce_messaging", PROTOCOL.md section 6).
+    scrt_url: str | msgspec.UnsetType = msgspec.UNSET
+    es_developer_name: str | msgspec.UnsetType = msgspec.UNSET
+    routing_attributes: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+    agent_wait_timeout_s: (Annotated[float, msgspec.Meta(ge=0)]
+                           | msgspec.UnsetType) = msgspec.UNSET
+    history_routing_attribute: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class ProfileFields(WebchatFields, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -147,19 +157,19 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
         netloc = host if self.port == default else f"{host}:{self.port}"
         return f"{self.scheme}://{netloc}/chat/rest/"
 
+    @property
+    def origin(self) -> str:
+        """``scheme://host[:port]``: the base of Enhanced Chat's paths (the SCRT URL)."""
+        return self.base_url.removesuffix("/chat/rest/")
+
 
 NonEmpty = msgspec.Meta(min_length=1)
 
 
-class WebchatConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """A chat's effective, complete and checked webchat configuration."""
+class _Effective(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """What every backend's effective configuration has: the visitor's name, the texts
+    OCP shows, and how the bot history reaches the agent as messages. ``type`` is the tag."""
 
-    type: Literal["salesforce"] = "salesforce"
-    live_agent_base_url: str
-    endpoint: Endpoint
-    deployment_id: str
-    organization_id: str
-    button_id: str
     language: str = "en-US"
     displayed_username: str = "Visitor"
     no_agent_available_message: str = DEFAULT_TEXTS["no_agent_available_message"]
@@ -167,18 +177,58 @@ class WebchatConfig(msgspec.Struct, frozen=True, kw_only=True):
     chat_request_failed_message: str = DEFAULT_TEXTS["chat_request_failed_message"]
     position_message: str = DEFAULT_TEXTS["position_message"]
     estimated_time_message: str = DEFAULT_TEXTS["estimated_time_message"]
+    history_messages: bool = True
+    history_header: str = "Conversation with the bot before this chat:"
+    history_unavailable_message: str = "The conversation with the bot is not available."
+
+
+class WebchatConfig(_Effective, frozen=True, kw_only=True, tag="salesforce"):
+    """A legacy Chat (Live Agent) chat's effective, complete and checked configuration."""
+
+    live_agent_base_url: str
+    endpoint: Endpoint
+    deployment_id: str
+    organization_id: str
+    button_id: str
     prechat_details: list[PrechatDetail] = []
     prechat_entities: list[PrechatEntity] = []
     check_availability: bool = False
     history_prechat: bool = True
     history_prechat_label: str = "Bot conversation"
     history_transcript_field: str = ""
-    history_messages: bool = True
-    history_header: str = "Conversation with the bot before this chat:"
-    history_unavailable_message: str = "The conversation with the bot is not available."
+
+
+class MessagingConfig(_Effective, frozen=True, kw_only=True, tag="salesforce_messaging"):
+    """An Enhanced Chat chat's effective, complete and checked configuration."""
+
+    scrt_url: str  # normalised: https://NAME.my.salesforce-scrt.com
+    endpoint: Endpoint
+    organization_id: str
+    es_developer_name: str
+    routing_attributes: dict[str, str] = {}
+    agent_wait_timeout_s: float = 0.0
+    history_routing_attribute: str = ""
+
+    @property
+    def org_id15(self) -> str:
+        """The 15-character form of the org id, which Salesforce wants in ``X-Org-Id``."""
+        return self.organization_id[:15]
+
+
+AnyWebchat: TypeAlias = WebchatConfig | MessagingConfig
+_Config = TypeVar("_Config", WebchatConfig, MessagingConfig)
+"""A chat's effective configuration, whichever backend serves it (tagged by ``type``)."""
+
+TYPES = ("salesforce", "salesforce_messaging")
 
 
 _REQUIRED = ("live_agent_base_url", "deployment_id", "organization_id", "button_id")
+_REQUIRED_MESSAGING = ("scrt_url", "organization_id", "es_developer_name")
+# An org id is 15 or 18 characters and starts with 00D (the sample client checks the same).
+_ORG_ID = re.compile(r"^00D[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$")
+# A deployment's API name: a letter, then letters, digits and single underscores.
+_API_NAME = re.compile(r"^[A-Za-z](?:[A-Za-z0-9]|_(?!_))*(?<!_)$")
+_ORIGIN_PATHS = {"", "/"}
 # The name is taken up to the closing braces and its trailing whitespace dropped in code: a
 # lazy name followed by ``\s*`` made the regex backtrack quadratically on a long run of
 # spaces (a 64 KiB ``start`` held the event loop for seconds).
@@ -357,19 +407,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def parse_endpoint(url: str) -> Endpoint:
-    """Normalise a ``live_agent_base_url`` to its REST endpoint.
+def parse_endpoint(url: str, field: str = "live_agent_base_url") -> Endpoint:
+    """Normalise a ``live_agent_base_url`` to its REST endpoint (or a ``scrt_url``).
 
     ``https://HOST/chat`` (the deployment snippet's ``liveagent.init`` URL), ``HOST`` alone,
-    and ``https://HOST/chat/rest[/]`` all mean ``https://HOST/chat/rest/``.
+    and ``https://HOST/chat/rest[/]`` all mean ``https://HOST/chat/rest/``. For ``field =
+    "scrt_url"`` (Enhanced Chat) the same rules hold, but the only path is ``/`` or none:
+    ``https://NAME.my.salesforce-scrt.com``.
 
     Raises:
         BadWebchatConfig: the URL is not one of those shapes (userinfo, query, fragment,
             another path or scheme).
         HostNotAllowed: plain http to a host that is not loopback.
     """
-    field = "live_agent_base_url"
     text = url.strip()
+    paths = _REST_PATHS if field == "live_agent_base_url" else _ORIGIN_PATHS
+    expected = "https://HOST/chat" if field == "live_agent_base_url" else "https://HOST"
     if "://" not in text:
         text = "https://" + text
     try:
@@ -383,8 +436,8 @@ def parse_endpoint(url: str) -> Endpoint:
         raise BadWebchatConfig(f"{field}: must not carry user information")
     if parts.query or parts.fragment or "?" in text or "#" in text:
         raise BadWebchatConfig(f"{field}: must not carry a query or a fragment")
-    if parts.path not in _REST_PATHS:
-        raise BadWebchatConfig(f"{field}: expected https://HOST/chat, got path {parts.path!r}")
+    if parts.path not in paths:
+        raise BadWebchatConfig(f"{field}: expected {expected}, got path {parts.path!r}")
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise BadWebchatConfig(f"{field}: has no host")
@@ -437,8 +490,8 @@ def check_profile(fields: WebchatFields) -> tuple[str, str] | None:
     Returns:
         ``(field, reason)`` for the first problem, or ``None``.
     """
-    if fields.type is not msgspec.UNSET and fields.type != "salesforce":
-        return "type", f"the only type is 'salesforce', got {fields.type!r}"
+    if fields.type is not msgspec.UNSET and fields.type not in TYPES:
+        return "type", f"expected 'salesforce' or 'salesforce_messaging', got {fields.type!r}"
     try:
         # With no ocpvars every string is as short as it can ever render: a field too long
         # here is too long for every chat.
@@ -446,13 +499,14 @@ def check_profile(fields: WebchatFields) -> tuple[str, str] | None:
     except BadWebchatConfig as exc:
         field, _, reason = exc.detail.partition(": ")
         return field, reason
-    url = fields.live_agent_base_url
-    if url is not msgspec.UNSET and "{{" not in url:
-        try:
-            parse_endpoint(url)
-        except (BadWebchatConfig, HostNotAllowed) as exc:
-            field, _, reason = exc.detail.partition(": ")
-            return field, reason
+    for field in ("live_agent_base_url", "scrt_url"):
+        url = getattr(fields, field)
+        if url is not msgspec.UNSET and "{{" not in url:
+            try:
+                parse_endpoint(url, field)
+            except (BadWebchatConfig, HostNotAllowed) as exc:
+                name, _, reason = exc.detail.partition(": ")
+                return name, reason
     return None
 
 
@@ -462,7 +516,7 @@ def resolve_webchat(
     ocpvars: Mapping[str, str],
     allowed_hosts: Sequence[str],
     visitor_name: str | None = None,
-) -> WebchatConfig:
+) -> AnyWebchat:
     """Build a chat's effective webchat configuration (merge, template, check).
 
     Args:
@@ -475,7 +529,7 @@ def resolve_webchat(
     Raises:
         BadWebchatConfig: a field is missing, empty, invalid or longer than its bound
             after templating (:data:`FIELD_LIMITS`, :data:`TOTAL_LIMIT`).
-        HostNotAllowed: the Live Agent host is not in ``allowed_hosts``.
+        HostNotAllowed: the Salesforce host is not in ``allowed_hosts``.
     """
     merged: dict[str, Any] = {}
     for part in (profile, inline):
@@ -483,6 +537,12 @@ def resolve_webchat(
             merged.update(msgspec.to_builtins(part))
     literal = {"displayed_username": visitor_name} if visitor_name is not None else None
     merged = render_fields(merged, ocpvars, literal=literal)
+    kind = merged.get("type", "salesforce")
+    if kind == "salesforce_messaging":
+        return _resolve_messaging(merged, allowed_hosts)
+    if kind != "salesforce":
+        raise BadWebchatConfig(
+            f"type: expected 'salesforce' or 'salesforce_messaging', got {kind!r}")
     for field in _REQUIRED:
         if not str(merged.get(field, "")).strip():
             raise BadWebchatConfig(f"{field}: required, and missing or empty after templating")
@@ -492,23 +552,66 @@ def resolve_webchat(
             raise BadWebchatConfig(
                 f"{field}: expected a 15 or 18 character Salesforce id, got {merged[field]!r}"
             )
-    if merged.get("type", "salesforce") != "salesforce":
-        raise BadWebchatConfig(f"type: the only type is 'salesforce', got {merged['type']!r}")
-    endpoint = parse_endpoint(merged["live_agent_base_url"])
-    if not host_allowed(endpoint, allowed_hosts):
-        raise HostNotAllowed(
-            f"live_agent_base_url: host {endpoint.host} (port {endpoint.port}) is not in"
-            " salesforce.allowed_hosts"
-        )
+    endpoint = _allowed_endpoint(merged, "live_agent_base_url", allowed_hosts)
     merged["endpoint"] = msgspec.to_builtins(endpoint)
     merged["live_agent_base_url"] = endpoint.base_url
+    webchat = _convert(merged, WebchatConfig)
+    _check_entities(webchat)
+    return webchat
+
+
+def _resolve_messaging(merged: dict[str, Any], allowed_hosts: Sequence[str]) -> MessagingConfig:
+    """The checks of an Enhanced Chat configuration (PROTOCOL.md section 6), after templating.
+
+    Live Agent's own fields (button, deployment id, prechat details) mean nothing here and
+    are ignored, as any unknown field of an inline configuration is.
+    """
+    for field in _REQUIRED_MESSAGING:
+        if not str(merged.get(field, "")).strip():
+            raise BadWebchatConfig(f"{field}: required, and missing or empty after templating")
+    org = merged["organization_id"] = merged["organization_id"].strip()
+    if not _ORG_ID.match(org):
+        raise BadWebchatConfig(
+            f"organization_id: expected a 15 or 18 character org id starting with 00D, got {org!r}")
+    name = merged["es_developer_name"] = merged["es_developer_name"].strip()
+    if not _API_NAME.match(name):
+        raise BadWebchatConfig(
+            f"es_developer_name: expected the deployment's API name (letters, digits and"
+            f" single underscores, starting with a letter), got {name!r}")
+    for key in merged.get("routing_attributes") or {}:
+        if not _API_NAME.match(key):
+            raise BadWebchatConfig(
+                f"routing_attributes: {key!r} is not a pre-chat field's API name")
+    hidden = merged["history_routing_attribute"] = merged.get(
+        "history_routing_attribute", "").strip()
+    if hidden and not _API_NAME.match(hidden):
+        raise BadWebchatConfig(
+            f"history_routing_attribute: {hidden!r} is not a pre-chat field's API name")
+    endpoint = _allowed_endpoint(merged, "scrt_url", allowed_hosts)
+    merged["endpoint"] = msgspec.to_builtins(endpoint)
+    merged["scrt_url"] = endpoint.origin
+    return _convert(merged, MessagingConfig)
+
+
+def _allowed_endpoint(merged: dict[str, Any], field: str, allowed_hosts: Sequence[str]
+                      ) -> Endpoint:
+    """Parse the URL ``field`` and hold it to ``salesforce.allowed_hosts``."""
+    endpoint = parse_endpoint(merged[field], field)
+    if not host_allowed(endpoint, allowed_hosts):
+        raise HostNotAllowed(
+            f"{field}: host {endpoint.host} (port {endpoint.port}) is not in"
+            " salesforce.allowed_hosts"
+        )
+    return endpoint
+
+
+def _convert(merged: dict[str, Any], kind: type[_Config]) -> _Config:
+    """The effective configuration as ``kind``; a wrong shape is ``bad_config`` naming it."""
     try:
-        webchat = msgspec.convert(merged, WebchatConfig)
+        return msgspec.convert(merged, kind)
     except msgspec.ValidationError as exc:
         field, reason = describe_validation_error(str(exc))
         raise BadWebchatConfig(f"{field}: {reason}") from None
-    _check_entities(webchat)
-    return webchat
 
 
 def _check_entities(webchat: WebchatConfig) -> None:

@@ -30,7 +30,12 @@ from bridged.chats.gate import Gate
 from bridged.chats.policy import RetryPolicy, retry_delay
 from bridged.config.file import SalesforceConfig
 from bridged.config.webchat import PrechatDetail, WebchatConfig, host_allowed, parse_endpoint
-from bridged.errors import BadWebchatConfig, HostNotAllowed, TransportError
+from bridged.errors import (
+    BadWebchatConfig,
+    HostNotAllowed,
+    LocalProtocolError,
+    TransportError,
+)
 from bridged.history.handover import Handover, HistoryHandover
 from bridged.ocp import envelopes as env
 from bridged.ops.metrics import Metrics
@@ -71,6 +76,13 @@ _SWITCH_OUTCOMES = {"server_switch": "started", "server_switch_done": "completed
 _state_encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(LiveAgentState)
 _params_decoder = msgspec.msgpack.Decoder(SessionParams)
+
+
+def live_agent_config(chat: Chat) -> WebchatConfig:
+    """The chat's configuration, which is a Live Agent one (the daemon routes by type)."""
+    if not isinstance(chat.webchat, WebchatConfig):
+        raise LocalProtocolError(f"chat {chat.id} is not a Live Agent chat")
+    return chat.webchat
 
 
 def session_params(webchat: WebchatConfig, salesforce: SalesforceConfig,
@@ -187,7 +199,8 @@ class ChatActor:
             if handover is not None and handover.messages:
                 self.session.send_history(handover.messages)
             log_event(log, logging.INFO, "chat_requested", chat=self.chat.id,
-                      host=self.chat.webchat.endpoint.host, button=self.chat.webchat.button_id)
+                      host=self.chat.webchat.endpoint.host,
+                      button=live_agent_config(self.chat).button_id)
         try:
             while True:
                 self._wake.clear()
@@ -520,7 +533,8 @@ class LiveAgentBackend:
                 chat.state = "fetching_history"
                 handover = await self._history.prepare(chat)
             extra = [handover.prechat] if handover.prechat is not None else []
-            session = LiveAgentSession(session_params(chat.webchat, self._salesforce, extra))
+            session = LiveAgentSession(session_params(live_agent_config(chat), self._salesforce,
+                                                      extra))
         actor = ChatActor(chat, session, self._transport,
                           request_timeout=self._salesforce.request_timeout_s,
                           max_pending=self._max_pending, retry=self._retry,
