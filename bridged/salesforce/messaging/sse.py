@@ -166,13 +166,11 @@ class SseParser:
             self._data.append(value)
             self._data_size += len(value) + 1
             self._check_size()
-        elif name == "id":
-            if "\0" not in value:
-                self._id = value
-        elif name == "retry":
-            if _DIGITS.fullmatch(value):
-                self.retry_ms = int(value)
-        # "Otherwise: The field is ignored."
+        elif name == "id" and "\0" not in value:
+            self._id = value
+        elif name == "retry" and _DIGITS.fullmatch(value):
+            self.retry_ms = int(value)
+        # Otherwise (an unknown field, an id with NUL, a retry not all digits): "ignore".
 
     def _dispatch(self, events: list[SseEvent]) -> None:
         self.last_event_id = self._id

@@ -611,7 +611,11 @@ def _fail(what: str, exc: msgspec.DecodeError) -> RemoteProtocolError:
     return RemoteProtocolError(f"{what} is not the documented shape: {exc}")
 
 
-def _entry(raw: _RawEntry, where: str) -> ConversationEntry:
+# The entry type an event implies when its entry names none bridged knows.
+_EVENT_ENTRY_TYPES = {"CONVERSATION_QUEUE_POSITION": "QueuePosition"}
+
+
+def _entry(raw: _RawEntry, where: str, event: str = "") -> ConversationEntry:
     """Decode ``raw.entry_payload`` (a JSON string on the stream, an object in the list)."""
     payload_bytes = bytes(raw.entry_payload)
     try:
@@ -621,13 +625,16 @@ def _entry(raw: _RawEntry, where: str) -> ConversationEntry:
         if not entry_type and payload_bytes.lstrip()[:1] == b"{":
             entry_type = _entry_type_decoder.decode(payload_bytes).entry_type
         decoder = _PAYLOAD_DECODERS.get(entry_type)
+        if decoder is None and event in _EVENT_ENTRY_TYPES:
+            decoder = _PAYLOAD_DECODERS[_EVENT_ENTRY_TYPES[event]]
         payload: EntryPayload
         if decoder is None:
             payload = UnknownPayload(entry_type=entry_type)
         elif payload_bytes.strip() in (b"", b"null"):
             # Typing and acknowledgement entries are read for their envelope only; any
             # other type without a payload is not what the docs describe.
-            if decoder.type not in (TypingPayload, AcknowledgementPayload):
+            if decoder.type not in (TypingPayload, AcknowledgementPayload,
+                                    QueuePositionPayload):
                 raise RemoteProtocolError(f"{where}.entryPayload is missing ({entry_type})")
             payload = decoder.type()
         else:
@@ -661,7 +668,7 @@ def decode_sse_data(data: str | bytes, event: str = "") -> SseData:
         raise _fail(where, exc) from None
     entry = None
     if envelope.conversation_entry is not None:
-        entry = _entry(envelope.conversation_entry, f"{where}: conversationEntry")
+        entry = _entry(envelope.conversation_entry, f"{where}: conversationEntry", event)
     return SseData(conversation_id=envelope.conversation_id,
                    channel_address_identifier=envelope.channel_address_identifier,
                    entry=entry, raw=raw_bytes)
