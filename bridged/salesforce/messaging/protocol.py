@@ -1291,7 +1291,8 @@ class MessagingSession:
             purpose=Purpose.SEND_MESSAGE, headers=self._rest_headers(),
             body=wire.encode_body(wire.SendMessage(
                 message=wire.OutgoingMessage(
-                    id=head.sf_id, static_content=wire.TextContent(text=head.text)),
+                    id=head.sf_id, message_type="StaticContentMessage",
+                    static_content=wire.TextContent(text=head.text)),
                 es_developer_name=self.params.es_developer_name,
                 language=self.params.language or None)),
             attempt=attempt, failures=head.failures, ref=head.sf_id,
@@ -1388,7 +1389,6 @@ class MessagingSession:
 
     def _token_refused(self, what: str, status: int, body: bytes) -> None:
         """401: "token missing, bad or expired" (4.5). No DELETE: it would be refused too."""
-        self._delete_sent = True
         message = wire.decode_error(body).message
         if "expired" in message.lower():  # "Jwt is expired" (3.1)
             detail = f"{_TOKEN_EXPIRED} (HTTP 401 on the {what})"

@@ -138,11 +138,15 @@ class TextContent(_Payload, frozen=True, kw_only=True):
 
 
 class OutgoingMessage(_Payload, frozen=True, kw_only=True, omit_defaults=True):
-    """``message`` of a send: a client-made lowercase UUID and the text."""
+    """``message`` of a send: a client-made lowercase UUID and the text.
+
+    ``messageType`` has no default, so that ``omit_defaults`` (which leaves out an absent
+    ``inReplyToMessageId``) cannot leave it out.
+    """
 
     in_reply_to_message_id: str | None = None
     id: str
-    message_type: str = "StaticContentMessage"
+    message_type: str
     static_content: TextContent
 
 
