@@ -100,6 +100,8 @@ How a shell drives it
 ---------------------
 1. Make a session (``MessagingSession(params)``, or ``MessagingSession.restore(params,
    snapshot, now=...)`` after a restart) and call ``start(now=...)`` once for a new one.
+   Drain the outputs (step 2) at once: a restored session may already have a stream to
+   open, a DELETE to send or an ``Ended`` to report.
 2. After every input, drain the outputs:
 
    * ``requests_to_send()``: send each one (concurrently is fine). If ``request.attempt`` is
@@ -159,13 +161,18 @@ UNCONFIRMED points and the readings chosen (MESSAGING.md 8)
 from __future__ import annotations
 
 __all__ = [
+    "API",
     "DEFAULT_TOKEN_LIFETIME_S",
+    "DELIVERED_IDS_MAX",
+    "ENTRIES_PAGE",
     "MAX_FAILURES",
     "MAX_HELD_EVENTS",
     "MAX_MESSAGES_PER_MINUTE",
     "MAX_RECONCILE_PAGES",
     "MAX_STREAM_ATTEMPTS",
+    "PACING_WINDOW_S",
     "SEEN_IDS_MAX",
+    "SSE_PATH",
     "STREAM_RETRY",
     "TOKEN_MARGIN_S",
     "FailureKind",
@@ -583,7 +590,9 @@ class MessagingSession:
             requested_at=self.requested_at,
             end=self._end, end_after_delete=self._end_after_delete,
             delete_sent=self._delete_sent and not self._delete_in_flight(),
-            ended_emitted=self._ended_emitted, routing_check=self._routing_check,
+            ended_emitted=self._ended_emitted,
+            # A routing-status check on the wire is asked again after a restart.
+            routing_check=self._routing_check or self._busy(Purpose.GET_CONVERSATION),
             poisoned=self._poisoned,
         )
 

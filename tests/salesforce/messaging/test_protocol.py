@@ -1090,6 +1090,17 @@ def test_restore_in_a_transfer_still_tells_the_next_agent() -> None:
     assert r.take_facts() == [facts.Transferred(agent="Bob")]
 
 
+def test_restore_asks_again_for_a_routing_status_lost_on_the_wire() -> None:
+    d = Driver().chatting()
+    d.push("CONVERSATION_PARTICIPANT_CHANGED", d.participant("remove", AGENT_A, "Ada"))
+    assert d.request(Purpose.GET_CONVERSATION)  # on the wire when the process dies
+    r = restarted(d)
+    r.opened()
+    r.answer(Purpose.LIST_ENTRIES, 200, p.entries_body())
+    r.answer(Purpose.GET_CONVERSATION, 200, {"routingStatus": "NEEDS_ROUTING"})
+    assert r.take_facts() == [facts.Ended(reason="agent")]
+
+
 def test_restore_before_the_token_answer_asks_again() -> None:
     d = Driver()
     d.s.start(now=d.now)
