@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from bridged.errors import ConfigError, RemoteProtocolError
@@ -174,17 +175,17 @@ def test_participant_changed_entries() -> None:
 
 
 def test_routing_result_estimate_and_failure() -> None:
-    ok = wire.msgspec.json.decode(json.dumps(p.routing_result("r", ewt=95)),
+    ok = msgspec.json.decode(json.dumps(p.routing_result("r", ewt=95)),
                                   type=wire.RoutingResultPayload)
     assert not ok.failed
     assert ok.estimated_wait_time is not None and ok.estimated_wait_time.seconds == 95
-    none = wire.msgspec.json.decode(json.dumps(p.routing_result("r")),
+    none = msgspec.json.decode(json.dumps(p.routing_result("r")),
                                     type=wire.RoutingResultPayload)
     assert none.estimated_wait_time is not None and none.estimated_wait_time.seconds is None
     unrequested = wire.EstimatedWaitTime(estimated_wait_time_in_seconds=30,
                                          is_ewt_requested=False)
     assert unrequested.seconds is None
-    failed = wire.msgspec.json.decode(
+    failed = msgspec.json.decode(
         json.dumps(p.routing_result("r", failure_type="RoutingError",
                                     error_messages=[{"message": "No queue"}, "busy"])),
         type=wire.RoutingResultPayload)
@@ -198,7 +199,7 @@ def test_message_text_for_attachments_and_choices() -> None:
         format_type="Attachments", text="Here you go",
         attachments=[wire.Attachment(name="invoice.pdf", url="https://x/y")]))
     assert files.text == "Here you go\ninvoice.pdf https://x/y"
-    choices = wire.msgspec.json.decode(json.dumps({
+    choices = msgspec.json.decode(json.dumps({
         "messageType": "ChoicesMessage",
         "choices": {"formatType": "QuickReplies", "text": "Pick one",
                     "optionItems": [{"titleItem": {"title": "Yes"}}, {"title": "No"}]}}),
