@@ -70,7 +70,6 @@ class TokenProblem(msgspec.Struct, frozen=True, kw_only=True):
 
 _MALFORMED = TokenProblem(message="Invalid token: not a JWT")
 _BAD_SIGNATURE = TokenProblem(message="Invalid token: signature does not match")
-_UNKNOWN = TokenProblem(message="Invalid token: unknown jwtId")
 _EXPIRED = TokenProblem(message="Jwt is expired")
 
 
@@ -198,11 +197,9 @@ class TokenBook:
             return _BAD_SIGNATURE
         token = self.tokens.get(str(claims.get("jwtId")))
         if token is None or token.raw != raw:
-            # Signed by us, so once minted: forgotten after its expiry (reaped), or never.
-            exp = claims.get("exp")
-            if isinstance(exp, (int, float)) and now >= exp:
-                return _EXPIRED
-            return _UNKNOWN
+            # Signed by this book, so minted here: a token is forgotten only once it has
+            # expired (reap), so it is still an expired one.
+            return _EXPIRED
         if token.expired(now):
             return _EXPIRED
         return token
