@@ -136,8 +136,10 @@ class Simulator(Engine):
         if self._runner is not None:
             raise SimulatorError("the simulator is already started")
         # No access log (a load test would drown everything); a short shutdown budget,
-        # because open streams are ended on shutdown.
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
+        # because open streams are ended on shutdown. Handler cancellation: a stream whose
+        # client went away ends at once (served by another runner, at the next ping).
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0,
+                               handler_cancellation=True)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port, backlog=4096)

@@ -490,11 +490,12 @@ class Engine:
 
     def drop_next_streams(self, after_events: int, count: int = 1, *, abort: bool = True) -> None:
         """Cut each of the next ``count`` streams opened after ``after_events`` events
-        (replayed ones count): by RST (``abort``) or by a clean end."""
+        (replayed ones count): mid-body (``abort``, an error) or by a clean end."""
         self.plan.add_drop(StreamDrop(after_events=after_events, abort=abort), count)
 
     def drop_streams(self, subject: str | None = None, *, abort: bool = True) -> int:
-        """Cut every open stream (of ``subject``) now; returns how many."""
+        """Cut every open stream (of ``subject``) now, mid-body (``abort``) or by a clean
+        end; events not yet written are lost. Returns how many."""
         streams = self.hub.all() if subject is None else self.hub.of_subject(subject)
         for stream in streams:
             stream.close("dropped", abort=abort)

@@ -15,7 +15,8 @@ An opened stream first gets the subject's buffered events after ``Last-Event-Id`
 with ``replay_depth`` 0 or replay turned off), then every new event of the subject, and a
 ``ping`` after each ``ping_interval_s`` of silence. It ends (cleanly) when the visitor
 closed the subject's last open conversation (``close_stream_on_close``), when the token
-expires, when a newer stream replaces it, or on shutdown; it is cut (RST) by an injected
+expires, when a newer stream replaces it, or on shutdown; it is cut (the connection closes
+in the middle of the body, after the events written: an incomplete response) by an injected
 drop or when it falls ``stream_pending_max`` events behind.
 """
 
@@ -29,7 +30,7 @@ from aiohttp import web
 
 from .engine import Engine
 from .faults import DELAY, Fault
-from .pipeline import Pipeline, abort_connection
+from .pipeline import Pipeline, cut_connection
 from .records import StreamRecord
 from .sse import PING_FRAME, parse_event_id
 from .streams import EventStream, StreamClosing
@@ -193,7 +194,7 @@ class StreamApi:
                 item = await stream.next(interval)
             except StreamClosing as closing:
                 if stream.abort:
-                    abort_connection(request)
+                    cut_connection(request)
                 else:
                     with contextlib.suppress(ConnectionError):
                         await response.write_eof()
@@ -207,4 +208,7 @@ class StreamApi:
             record.delivered.append(event_id)
             stream.written += 1
             if stream.drop_after is not None and stream.written >= stream.drop_after:
+                # Let the client read what it got: aiohttp's client, for one, drops what
+                # it has not read yet once the connection breaks.
+                await self.sim.pause(self.sim.options.stream_drop_grace_s)
                 stream.close("dropped", abort=stream.drop_abort)

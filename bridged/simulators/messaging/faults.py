@@ -19,8 +19,10 @@ kind       when      effect
 =========  ========  ==========================================================================
 
 Stream faults besides those: :class:`StreamDrop` (the next ``count`` streams opened are cut
-after ``after_events`` events, by RST or by a clean end), and in the shell "drop the open
-streams now", "expire tokens now" and "replay off".
+after ``after_events`` events, or end cleanly there), and in the engine "drop the open
+streams now", "expire tokens now" and "replay off". A cut stream's connection closes in the
+middle of the body, after the events written (the client reads them, then an incomplete
+response); a RST would lose them in the client's kernel.
 
 Every fault that hit a request is remembered as an :class:`InjectedFault`, and the
 request's :class:`~.records.RequestRecord` carries the fault's label.
@@ -138,8 +140,8 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
 class StreamDrop(msgspec.Struct, frozen=True, kw_only=True):
     """Cut a stream after ``after_events`` events (0: right after it opened).
 
-    ``abort`` True resets the connection (the client sees an error); False ends the body
-    cleanly (the client sees the stream end).
+    ``abort`` True cuts the connection mid-body (the client sees an error after the events);
+    False ends the body cleanly (the client sees the stream end).
     """
 
     after_events: int
@@ -151,7 +153,7 @@ class StreamDrop(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def label(self) -> str:
-        """``drop_after_<n>`` (RST) or ``end_after_<n>`` (clean end)."""
+        """``drop_after_<n>`` (cut) or ``end_after_<n>`` (clean end)."""
         return f"{'drop' if self.abort else 'end'}_after_{self.after_events}"
 
 

@@ -61,6 +61,9 @@ class MessagingOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             no open conversation left.
         stream_pending_max: Frames waiting for a slow stream; beyond it the stream is cut
             (no unbounded buffer).
+        stream_drop_grace_s: An injected "drop after N events" waits this long after the
+            N-th event before it cuts, so the client has read it (a client that breaks on
+            the cut may discard what it had not read).
 
     Rate limits (MESSAGING.md 4.2; 429 when exceeded):
         tokens_per_window / token_window_s: access-token requests per org (continuation
@@ -119,6 +122,7 @@ class MessagingOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     require_last_event_id: bool = True
     close_stream_on_close: bool = True
     stream_pending_max: int = 1_000
+    stream_drop_grace_s: float = 0.05
     tokens_per_window: int = 200
     token_window_s: float = 60.0
     starts_per_window: int = 3
@@ -179,7 +183,8 @@ class MessagingOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             "reap_interval_s",
         ):
             _check_number(name, getattr(self, name), positive=True)
-        for name in ("routing_delay_s", "join_delay_s", "reply_delay_s", "queue_step_s"):
+        for name in ("routing_delay_s", "join_delay_s", "reply_delay_s", "queue_step_s",
+                     "stream_drop_grace_s"):
             _check_number(name, getattr(self, name), positive=False)
         for name in (
             "tokens_per_window",

@@ -28,7 +28,7 @@ from .records import RequestRecord
 from .tokens import Token, TokenProblem
 from .wire import Reply, decode_json, error_reply
 
-__all__ = ["Apply", "Check", "Checked", "Pipeline", "abort_connection"]
+__all__ = ["Apply", "Check", "Checked", "Pipeline", "abort_connection", "cut_connection"]
 
 logger = logging.getLogger("bridged.simulators.messaging")
 
@@ -53,6 +53,18 @@ def abort_connection(request: web.Request) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
     transport.abort()
+
+
+def cut_connection(request: web.Request) -> None:
+    """Close the connection in the middle of a response body, after what was written.
+
+    The client gets every byte written so far, then the end of the connection without the
+    end of the (chunked) body: an incomplete response, an error. A RST would make the
+    client's kernel discard data it had not read yet.
+    """
+    transport = request.transport
+    if transport is not None and not transport.is_closing():
+        transport.close()
 
 
 class Pipeline:

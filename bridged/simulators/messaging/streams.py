@@ -50,7 +50,7 @@ class EventStream:
         record: Its :class:`~.records.StreamRecord`.
         jwt_id: The token it was opened with.
         closing: Why it is to close (None while it lives); the writer ends on it.
-        abort: Close by resetting the connection instead of ending the body.
+        abort: Cut the connection in the middle of the body instead of ending it.
         drain: Write what is pending before closing (a clean close after the last event).
         drop_after: Cut the stream after this many events (an injected drop), or None.
     """
