@@ -33,7 +33,9 @@ from .entries import CLOSE_EVENT, Entry
 from .faults import AFTER, BEFORE, DELAY, FAIL, RESET, Fault, FaultPlan, InjectedFault, StreamDrop
 from .limits import SlidingWindow
 from .model import (
+    ACTIVE,
     ENDED,
+    NEEDS_ROUTING,
     ROUTED,
     TRANSFER,
     WAITING,
@@ -118,11 +120,6 @@ class Engine:
         for stream in self.hub.all():
             stream.close("shutdown")
 
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.reap_interval_s)
-            self.reap()
-
     def reap(self, now: float | None = None) -> None:
         """Forget expired tokens, and the conversations nobody can reach any more."""
         now = time.time() if now is None else now
@@ -183,7 +180,8 @@ class Engine:
         return [self.conversations[cid] for cid in ids if cid in self.conversations]
 
     def next_event_id(self) -> str:
-        """The id the next event would carry as "nothing yet" (the token's lastEventId)."""
+        """An id naming "now": the latest event so far. A new token's ``lastEventId``, from
+        which a replay gives every event of the new subject."""
         return format_event_id(self._event_number, _wall_ms())
 
     def platform_key(self, subject: str) -> str:
@@ -192,16 +190,19 @@ class Engine:
 
     def emit(self, conv: Conversation, event: str, entry: Entry | None) -> str:
         """Emit one event of ``conv``: transcript, replay buffer, open streams. Its id."""
+        if entry is not None:
+            conv.remember(entry)
+        return self._publish(conv, event, entry.as_event() if entry is not None else None)
+
+    def _publish(self, conv: Conversation, event: str, entry: dict[str, Any] | None) -> str:
         self._event_number += 1
         event_id = format_event_id(self._event_number, _wall_ms())
         data = envelope(
             conversation_id=conv.id,
-            entry=entry.as_event() if entry is not None else None,
+            entry=entry,
             channel_address_id=self.options.channel_address_id,
             platform_key=self.platform_key(conv.subject),
         )
-        if entry is not None:
-            conv.remember(entry)
         conv.events.append((event_id, event))
         self.hub.publish(conv.subject, self._event_number, event_id,
                          event_frame(event_id, event, data))
@@ -253,7 +254,7 @@ class Engine:
                     routing_record_id=conv.routing_record_id, queue_id=_QUEUE_ID,
                     wait_s=action.wait_s, now_ms=now)))
                 if action.failure_type != "None":
-                    conv.routing_status = "NEEDS_ROUTING"
+                    conv.routing_status = NEEDS_ROUTING
             case scripts.QueueUpdate():
                 ids.append(self.emit_entry(conv, entries.queue_position(
                     position=action.position, wait_s=action.wait_s, now_ms=now)))
@@ -266,9 +267,9 @@ class Engine:
                     operation="add", participant=entries.agent_sender(action.subject),
                     display_name=action.name, now_ms=now)))
                 if conv.session_status == WAITING:
-                    conv.session_status = "Active"
+                    conv.session_status = ACTIVE
                     ids.append(self.emit_entry(conv, entries.session_status_changed(
-                        status="Active", previous=WAITING, ended_by_role=None,
+                        status=ACTIVE, previous=WAITING, ended_by_role=None,
                         session_record_id=conv.session_record_id, now_ms=now)))
             case scripts.Leave():
                 agent = self._agent(conv)
@@ -437,16 +438,7 @@ class Engine:
 
         ``entry`` becomes ``conversationEntry`` as given (no ``entryPayload`` rewriting).
         """
-        conv = self.conversation(conversation_id)
-        self._event_number += 1
-        event_id = format_event_id(self._event_number, _wall_ms())
-        data = envelope(conversation_id=conv.id, entry=entry,
-                        channel_address_id=self.options.channel_address_id,
-                        platform_key=self.platform_key(conv.subject))
-        conv.events.append((event_id, event))
-        self.hub.publish(conv.subject, self._event_number, event_id,
-                         event_frame(event_id, event, data))
-        return event_id
+        return self._publish(self.conversation(conversation_id), event, entry)
 
     # ------------------------------------------------------------------------------------
     # Control API: faults

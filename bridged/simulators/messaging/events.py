@@ -22,6 +22,7 @@ drop or when it falls ``stream_pending_max`` events behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import time
@@ -30,7 +31,7 @@ from aiohttp import web
 
 from .engine import Engine
 from .faults import DELAY, Fault
-from .pipeline import Pipeline, cut_connection
+from .pipeline import CLIENT_GONE, Pipeline, cut_connection
 from .records import StreamRecord
 from .sse import PING_FRAME, parse_event_id
 from .streams import EventStream, StreamClosing
@@ -117,7 +118,12 @@ class StreamApi:
         fault = pipeline.due(None, _RESOURCE, served)
         if fault is not None and fault is not served:
             if fault.kind == DELAY:
-                await self.sim.pause(fault.seconds)
+                try:
+                    await self.sim.pause(fault.seconds)
+                except asyncio.CancelledError:  # the client hung up meanwhile
+                    pipeline.record(request, _RESOURCE, body, CLIENT_GONE, None, fault.label,
+                                    arrived)
+                    raise
                 return await self._handle(request, fault, arrived)
             return pipeline.respond(request, _RESOURCE, body, fault.reply, None, arrived,
                                     fault.label)

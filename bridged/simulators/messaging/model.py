@@ -29,10 +29,13 @@ import msgspec
 from .entries import TRANSCRIPT_TYPES, Entry
 
 __all__ = [
+    "ACTIVE",
+    "ENDED",
     "INITIAL",
     "NEEDS_ROUTING",
     "ROUTED",
     "TRANSFER",
+    "WAITING",
     "Agent",
     "Conversation",
     "SessionOver",

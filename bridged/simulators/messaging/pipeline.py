@@ -12,6 +12,7 @@ A ``reset`` is a TCP RST: ``SO_LINGER`` with a zero timeout, then ``transport.ab
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -28,7 +29,15 @@ from .records import RequestRecord
 from .tokens import Token, TokenProblem
 from .wire import Reply, decode_json, error_reply
 
-__all__ = ["Apply", "Check", "Checked", "Pipeline", "abort_connection", "cut_connection"]
+__all__ = [
+    "CLIENT_GONE",
+    "Apply",
+    "Check",
+    "Checked",
+    "Pipeline",
+    "abort_connection",
+    "cut_connection",
+]
 
 logger = logging.getLogger("bridged.simulators.messaging")
 
@@ -38,6 +47,10 @@ Apply = Callable[[], Reply]
 # refusal or the Apply that carries the request out.
 Checked = tuple[str | None, Reply | Apply]
 Check = Callable[[web.Request, bytes], Checked]
+
+# The status recorded for a request whose client hung up before it was answered (nginx's
+# "client closed request"); nothing is sent.
+CLIENT_GONE = 499
 
 # SO_LINGER {on, 0 s}: close() discards the socket with a RST instead of a FIN handshake.
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -144,33 +157,51 @@ class Pipeline:
         return fault
 
     async def serve(
+        self, request: web.Request, resource: str, check: Check
+    ) -> web.StreamResponse:
+        """Serve one REST request (see the module docstring for the order).
+
+        A client that hangs up during an injected delay (the shell cancels the handler) is
+        recorded with status :data:`CLIENT_GONE`.
+        """
+        arrived = time.time()
+        body = await request.read()
+        seen: list[tuple[str | None, str | None]] = [(None, None)]
+        try:
+            return await self._serve(request, resource, check, body, arrived, None, seen)
+        except asyncio.CancelledError:
+            conversation_id, label = seen[-1]
+            self.record(request, resource, body, CLIENT_GONE, conversation_id, label, arrived)
+            raise
+
+    async def _serve(
         self,
         request: web.Request,
         resource: str,
         check: Check,
-        served: Fault | None = None,
-        arrived: float | None = None,
+        body: bytes,
+        arrived: float,
+        served: Fault | None,
+        seen: list[tuple[str | None, str | None]],
     ) -> web.StreamResponse:
-        """Serve one REST request (see the module docstring for the order)."""
-        arrived = time.time() if arrived is None else arrived
-        body = await request.read()
         conversation_id, checked = check(request, body)
         if isinstance(checked, Reply):
             return self.respond(request, resource, body, checked, conversation_id, arrived)
         fault = self.due(conversation_id, resource, served)
+        label = fault.label if fault is not None else None
+        seen.append((conversation_id, label))
         if fault is not None and fault is not served and not fault.after:
             if fault.kind == DELAY:
                 await self.sim.pause(fault.seconds)
-                return await self.serve(request, resource, check, fault, arrived)
+                return await self._serve(request, resource, check, body, arrived, fault, seen)
             return self.respond(request, resource, body, fault.reply, conversation_id,
-                                arrived, fault.label)
+                                arrived, label)
         reply = checked()
         if fault is not None and fault.after:
             if fault.kind == RESET:
                 reply = RESET_REPLY
             else:
                 await self.sim.pause(fault.seconds)
-        label = fault.label if fault is not None else None
         return self.respond(request, resource, body, reply, conversation_id, arrived, label)
 
     # ---------------------------------------------------------------------------------

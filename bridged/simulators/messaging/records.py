@@ -29,7 +29,8 @@ class RequestRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         body: The body as text (UTF-8, undecodable bytes replaced), cut to
             ``body_record_max`` characters.
         resource: The simulator's name of the endpoint (``SendMessage``, ``Stream``...).
-        status: The status answered; 0 when the connection was reset instead (a fault).
+        status: The status answered; 0 when the connection was reset instead (a fault);
+            499 when the client hung up before the answer (during an injected delay).
         conversation_id: The conversation the path names, if any.
         fault: The label of the fault injected into this request, None for a normal one.
     """

@@ -169,3 +169,23 @@ def test_options_decode_strictly_from_a_config() -> None:
     assert options.replay_depth == 0 and options.kind_of("Sim_Echo") == "echo"
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"replay": 0}, MessagingOptions)
+
+
+async def test_a_client_that_hangs_up_during_a_delay_is_recorded(guest: Any,
+                                                                 sim: Simulator) -> None:
+    visitor = guest(MANUAL_DEPLOYMENT)
+    await visitor.start(stream=False)
+    sim.delay_next("SendMessage", 5.0, when="before")
+    sim.delay_next("Stream", 5.0)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await visitor.send("never mind")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await visitor.open_stream()
+    await wait_until(lambda: len(sim.request_records("SendMessage")) == 1
+                     and len(sim.request_records("Stream")) == 1)
+    (sent,) = sim.request_records("SendMessage")
+    assert (sent.status, sent.fault) == (499, "delay_before")
+    assert sim.request_records("Stream")[0].status == 499
+    assert sim.conversation(visitor.conversation_id).message_ids == {}
