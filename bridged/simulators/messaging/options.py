@@ -38,7 +38,7 @@ class MessagingOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     Identity:
         org_id: The org's 15-character id (``00D...``). The token request accepts it or its
-            18-character form (these 15 and 3 more characters); the token's ``orgId`` claim,
+            18-character form (with its case-checksum suffix); the token's ``orgId`` claim,
             and so the stream's ``X-Org-Id``, is always the 15-character one.
         deployments: Deployment API name (``esDeveloperName``) -> the scripted agent behind
             it (:data:`~.deployments.SCRIPTS`), or ``"web"`` for a deployment that is not a

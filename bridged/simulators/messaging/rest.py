@@ -50,6 +50,7 @@ from .wire import (
     decode_json,
     error_reply,
     json_reply,
+    long_id,
     uuid_problem,
 )
 
@@ -199,7 +200,7 @@ class RestApi:
         if isinstance(req, Reply):
             return None, req
         org = req.org_id
-        if not (org == opts.org_id or (len(org) == 18 and org[:15] == opts.org_id)):
+        if org not in (opts.org_id, long_id(opts.org_id)):
             return None, error_reply(400, "Invalid orgId", "BAD_REQUEST")
         kind = self._deployment(req.es_developer_name, None)
         if isinstance(kind, Reply):

@@ -43,6 +43,7 @@ __all__ = [
     "error_reply",
     "is_lower_uuid",
     "json_reply",
+    "long_id",
     "uuid_problem",
 ]
 
@@ -111,6 +112,20 @@ def error_reply(
     code = error_code or _ERROR_CODES.get(status, "ERROR")
     body = encode({"message": message, "errorCode": code})
     return Reply(status=status, body=body, content_type="application/json", headers=headers)
+
+
+_SUFFIX_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+
+
+def long_id(short: str) -> str:
+    """The 18-character form of a 15-character Salesforce id: the id and its case checksum
+    (one character per 5-character chunk, its bit i set when character i is uppercase)."""
+    suffix = ""
+    for start in range(0, 15, 5):
+        bits = sum(1 << i for i, char in enumerate(short[start:start + 5])
+                   if "A" <= char <= "Z")
+        suffix += _SUFFIX_CHARS[bits]
+    return short + suffix
 
 
 def is_lower_uuid(value: str) -> bool:

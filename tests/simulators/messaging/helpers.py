@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 ORG = "00D000000000001"
-ORG18 = ORG + "AAA"
+ORG18 = ORG + "EAA"  # the case checksum of "00D000000000001"
 API = "/iamessage/api/v2/"
 STREAM = "/eventrouter/v1/sse"
 TIMEOUT = 3.0

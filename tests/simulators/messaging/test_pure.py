@@ -20,6 +20,7 @@ from bridged.simulators.messaging.wire import (
     Reply,
     decode_body,
     is_lower_uuid,
+    long_id,
 )
 from tests.simulators.messaging.helpers import ORG, new_id
 
@@ -113,3 +114,9 @@ def test_multipart_parsing() -> None:
     refused = check_file(parts["fileData"], max_bytes=3, extensions=("pdf",))
     assert isinstance(refused, Reply) and refused.status == 413
     assert isinstance(parse_form("application/json", body), Reply)
+
+
+def test_long_ids_carry_the_case_checksum() -> None:
+    assert long_id("00D000000000001") == "00D000000000001EAA"
+    # A real org id and its 18-character form (MESSAGING.md 2.2: 00DNy0000000Hgn).
+    assert long_id("00DNy0000000Hgn") == "00DNy0000000HgnMAE"

@@ -55,6 +55,7 @@ async def test_token_takes_the_18_character_org_id(guest: Any) -> None:
     [
         ({"orgId": "00D000000000002"}, "BAD_REQUEST", "Invalid orgId"),
         ({"orgId": ORG + "A"}, "BAD_REQUEST", "Invalid orgId"),
+        ({"orgId": ORG + "AAA"}, "BAD_REQUEST", "Invalid orgId"),
         ({"esDeveloperName": "Nope"}, "BAD_REQUEST",
          "Invalid esDeveloperName: no deployment named 'Nope'"),
         ({"esDeveloperName": WEB_DEPLOYMENT}, "BAD_REQUEST",
