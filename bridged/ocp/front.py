@@ -38,6 +38,7 @@ log = logging.getLogger("bridged.ocp.front")
 # Events of one chat written before the writer moves on to the next chat.
 _BATCH = 16
 _link_ids = itertools.count(1)
+_GOING_AWAY = b"bridged is shutting down"
 
 
 class BotLink:
@@ -171,6 +172,7 @@ class Front:
         self._tokens = [t.encode() for t in server.tokens]
         self._sockets: set[web.WebSocketResponse] = set()
         self._links: set[BotLink] = set()
+        self._going_away = False  # set by close_connections: the process is shutting down
         self.app = web.Application()
         self.app.router.add_get("/v1/chat", self._chat)
         self.app.router.add_get("/healthz", self._healthz)
@@ -208,6 +210,10 @@ class Front:
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="expected a WebSocket upgrade\n")
         await ws.prepare(request)
+        if self._going_away:
+            # Upgraded while the drain was under way: told "going away" like every other.
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=_GOING_AWAY)
+            return ws
         fmt: env.Format = env.MSGPACK if ws.ws_protocol == env.MSGPACK else env.JSON
         link = BotLink(ws, fmt, control_size=self.server.outbound_queue_size,
                        metrics=self._metrics)
@@ -285,11 +291,14 @@ class Front:
         return control, ready
 
     async def close_connections(self) -> None:
-        """Close every connection with 1001 (going away). Idempotent."""
+        """Close every connection with 1001 (going away), and any accepted from now on.
+
+        Idempotent.
+        """
+        self._going_away = True
         sockets = list(self._sockets)
         await asyncio.gather(
-            *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"bridged is shutting down")
-              for ws in sockets),
+            *(ws.close(code=WSCloseCode.GOING_AWAY, message=_GOING_AWAY) for ws in sockets),
             return_exceptions=True,
         )
 
