@@ -237,7 +237,7 @@ class Dispatcher:
         chat.on_finished = self._finished
         chat.on_event = self._on_chat_event
         if not chat.finished:
-            pending, chat.pending_ids = chat.pending_ids, set()
+            pending, chat.pending_ids = chat.pending_ids, {}
             chat.load = self.load
             for message_id in pending:
                 chat.accept(message_id)

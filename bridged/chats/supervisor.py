@@ -2,7 +2,9 @@
 
 ``ChatSupervisor`` is an isolating scope in the style of aiojobs: it keeps a strong
 reference to each chat's task (named ``chat:<id>``), and a crash inside one chat ends
-that chat, and only that chat, with ``ended`` reason ``failed``. A failure of the
+that chat, and only that chat: each of its messages not yet answered gets an ``error``,
+then the chat ``ended`` reason ``failed`` (the backend's actor, before it goes, ends the
+chat at Salesforce as best it can). A failure of the
 supervisor itself is not caught here: it goes up to the daemon's TaskGroup and the process
 exits non-zero, for systemd to restart it.
 
@@ -74,6 +76,10 @@ class ChatSupervisor:
             del self._tasks[chat]
 
     def _fail(self, chat: Chat, detail: str) -> None:
+        """End ``chat`` toward OCP for its gone actor: every message unanswered, then ended."""
+        for message_id in list(chat.pending_ids):
+            chat.emit(facts.Undelivered(
+                id=message_id, detail="the chat failed before Salesforce confirmed the message"))
         chat.emit(facts.Ended(reason="failed", detail=detail))
         if self._on_crashed is not None:
             self._on_crashed(chat)

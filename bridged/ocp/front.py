@@ -3,9 +3,10 @@
 ``GET /v1/chat`` upgrades to a WebSocket after checking the bearer token; each connection
 becomes a :class:`BotLink`, with one reader (this module's handler, which decodes frames
 and hands envelopes to the dispatcher) and one writer task. The writer sends control frames
-(``hello``, ``error``) first, then the chats that have unsent events, a few events per chat
-in turn, so that one busy chat cannot starve the others on the same connection. Writing
-waits for the socket to drain, so a slow client slows its own writer, its chats' outboxes
+(``hello``, and the ``error`` answering a refused envelope) first, then the chats that have
+unsent events (and the errors held with them), a few events per chat in turn, so that one
+busy chat cannot starve the others on the same connection. Writing waits for the socket to
+drain, so a slow client slows its own writer, its chats' outboxes
 fill, and their actors stop polling Salesforce: backpressure reaches Salesforce, not memory.
 
 ``/healthz``, ``/readyz`` and ``/metrics`` share the listener.
@@ -24,7 +25,7 @@ from collections import deque
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from bridged._log import log_event
-from bridged.chats.chat import Chat
+from bridged.chats.chat import Chat, HeldError
 from bridged.chats.dispatcher import Dispatcher
 from bridged.chats.policy import RateLimit
 from bridged.config.file import ServerConfig
@@ -76,14 +77,6 @@ class BotLink:
         self._ready.append(chat)
         self._wake.set()
 
-    def post_error(self, error: env.Error) -> None:
-        """Queue an error without waiting; dropped (and logged) if the link is hopelessly behind."""
-        if len(self._control) >= self._control_size:
-            log_event(log, logging.WARNING, "error_dropped", link=self.id, code=error.code,
-                      chat=error.chat if isinstance(error.chat, str) else "")
-            return
-        self._queue_control(error)
-
     # --- the reader's side --------------------------------------------------------------
 
     async def send_control(self, envelope: env.Hello | env.Error) -> None:
@@ -129,12 +122,19 @@ class BotLink:
         if chat.link is not self:
             return  # moved to another connection meanwhile
         epoch = chat.bind_epoch
-        for event in chat.unsent(_BATCH):
-            await self._write(event.__struct_config__.tag, env.encode(event, self.fmt))
+        for item in chat.outgoing(_BATCH):
+            if isinstance(item, HeldError):
+                self._metrics.errors.inc(item.error.code)
+                await self._write("error", env.encode(item.error, self.fmt))
+            else:
+                await self._write(item.__struct_config__.tag, env.encode(item, self.fmt))
             if chat.link is not self or chat.bind_epoch != epoch:
                 return  # rebound while writing: the new binding has its own replay point
-            chat.sent_upto = event.seq
-        if chat.unsent(1):
+            if isinstance(item, HeldError):
+                chat.errors_sent = item.serial
+            else:
+                chat.sent_upto = item.seq
+        if chat.outgoing(1):
             self.schedule(chat)  # more to send: take turns with the other chats
 
     async def _write(self, kind: object, frame: bytes) -> None:
