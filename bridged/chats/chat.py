@@ -171,7 +171,8 @@ class Chat:
         self.waker: Callable[[], None] | None = None
         self.on_finished: Callable[[Chat, facts.Ended], None] | None = None
         self.on_event: Callable[[env.ChatEvent], None] | None = None
-        self.load: LoadMeter | None = None  # counts this chat's messages not yet answered
+        # Counts this chat's messages not yet answered, as its bound link's.
+        self.load: LoadMeter | None = None
 
     # --- the actor's side -------------------------------------------------------------
 
@@ -234,18 +235,22 @@ class Chat:
         if message_id not in self.pending_ids:
             self.pending_ids[message_id] = None
             if self.load is not None:
-                self.load.add()
+                self.load.add(self._owner())
 
     def _settle(self, message_id: str) -> None:
         if message_id in self.pending_ids:
             del self.pending_ids[message_id]
             if self.load is not None:
-                self.load.remove()
+                self.load.remove(self._owner())
+
+    def _owner(self) -> str | None:
+        """Whose load this chat's unanswered messages are: its connection's, if bound."""
+        return self.link.id if self.link is not None else None
 
     def release_load(self) -> None:
         """The chat is gone from this process: its unanswered messages stop counting."""
         if self.load is not None and self.pending_ids:
-            self.load.remove(len(self.pending_ids))
+            self.load.remove(self._owner(), len(self.pending_ids))
         self.load = None
 
     def mark_durable(self, upto: int) -> None:
@@ -312,6 +317,8 @@ class Chat:
         And every held error that comes before such an event: OCP, having seen event
         ``after``, has seen what came before it.
         """
+        if self.load is not None:
+            self.load.move(self._owner(), link.id, len(self.pending_ids))
         self.link = link
         self.bind_epoch += 1
         self.sent_upto = min(after, self.next_seq - 1)
@@ -327,6 +334,8 @@ class Chat:
         """Forget ``link`` if it is the bound one; ``True`` if it was."""
         if self.link is not link:
             return False
+        if self.load is not None:
+            self.load.move(link.id, None, len(self.pending_ids))
         self.link = None
         return True
 

@@ -181,6 +181,12 @@ class Dispatcher:
             return
         if message.id in chat.pending_ids:
             return  # the first copy is on its way; its ``delivered`` answers both
+        if not self.load.admits(link.id):
+            load = self.load
+            raise Busy(f"bridged is overloaded (server.overload_high: {load.high} messages not"
+                       f" yet answered) and this connection holds {load.held_by(link.id)} of"
+                       " them; the message was NOT accepted, send it again later",
+                       chat=chat.id, ref=message.id)
         try:
             chat.inbox.put_nowait(message)
         except MailboxFull:

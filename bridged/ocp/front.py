@@ -244,11 +244,10 @@ class Front:
         limit = RateLimit(rate, burst=2 * rate)
         refused_in_a_row = 0
         loop = asyncio.get_running_loop()
-        load = self._dispatcher.load
+        # Never paused for the process's load: the dispatcher refuses (busy) the messages of
+        # the connection that causes it, and everything else, acks and ends included, is
+        # read and applied as usual.
         async for msg in ws:
-            if load.overloaded:
-                # Global overload: stop reading; aiohttp then stops reading the socket too.
-                await load.wait_ok()
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 if msg.type is WSMsgType.ERROR:
                     log_event(log, logging.INFO, "link_error", link=link.id,
