@@ -82,6 +82,27 @@ async def test_errors_for_a_detached_chat_are_held_and_replayed_on_attach(
         assert (await again.expect("error", chat="held-1"))["code"] == "unknown_chat"
 
 
+async def test_held_errors_are_kept_across_a_restart(
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with running_simulator(NO_AGENT_YET) as sim:
+        config = bridged_config(sim, tmp_path, detach_grace_s=1.0)
+        async with running_bridged(config) as first:
+            client = await connect(http, first.url, TOKEN)
+            await client.start("kept-1", profile="echo")
+            queued = await client.expect("queued")
+            await client.send({"type": "message", "chat": "kept-1", "id": "m0", "text": "0"})
+            await in_step(client)
+            await client.close()
+            (session,) = sim.sessions.values()
+            await wait_for(lambda: session.end_reason is not None)
+            await wait_for(lambda: "kept-1" in first.dispatcher.finished)
+        async with running_bridged(config) as second:
+            client = await connect(http, second.url, TOKEN)
+            await client.send({"type": "attach", "chat": "kept-1", "after": queued["seq"]})
+            frames = await client.events("kept-1", until="ended")
+            assert answers(frames) == [("unknown_chat", "m0"), ("ended", "detached")]
+
+
 def small_receive_buffer(addr_info: Any) -> socket.socket:
     """A client socket whose kernel buffer holds little, so that a client that stops reading
     soon stalls bridged's writer (the kernel would otherwise take tens of megabytes)."""
