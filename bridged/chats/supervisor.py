@@ -4,9 +4,9 @@
 reference to each chat's task (named ``chat:<id>``), and a crash inside one chat ends
 that chat, and only that chat: each of its messages not yet answered gets an ``error``,
 then the chat ``ended`` reason ``failed`` (the backend's actor, before it goes, ends the
-chat at Salesforce as best it can). A failure of the
-supervisor itself is not caught here: it goes up to the daemon's TaskGroup and the process
-exits non-zero, for systemd to restart it.
+chat at Salesforce as best it can). A failure of the supervisor itself is not caught here:
+it goes up to the daemon's TaskGroup and the process exits non-zero, for systemd to
+restart it.
 
 Tasks are kept per :class:`Chat`, not per chat id: an id is free again the moment its
 ``ended`` went out, while the old actor may still be winding down (cancelling its

@@ -6,8 +6,8 @@ and hands envelopes to the dispatcher) and one writer task. The writer sends con
 (``hello``, and the ``error`` answering a refused envelope) first, then the chats that have
 unsent events (and the errors held with them), a few events per chat in turn, so that one
 busy chat cannot starve the others on the same connection. Writing waits for the socket to
-drain, so a slow client slows its own writer, its chats' outboxes
-fill, and their actors stop polling Salesforce: backpressure reaches Salesforce, not memory.
+drain, so a slow client slows its own writer, its chats' outboxes fill, and their actors
+stop polling Salesforce: backpressure reaches Salesforce, not memory.
 
 ``/healthz``, ``/readyz`` and ``/metrics`` share the listener.
 """
