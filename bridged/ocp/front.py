@@ -179,6 +179,7 @@ class Front:
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics_page)
         admin_routes(self.app, dispatcher, lambda: self.server.admin_tokens)
+        metrics.ready.set_function(lambda: 1.0 if self.ready() else 0.0)
 
     def reconfigure(self, server: ServerConfig) -> None:
         """Take new tokens (SIGHUP); connections already open stay open."""
@@ -304,8 +305,12 @@ class Front:
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    def ready(self) -> bool:
+        """Whether bridged takes new chats: what ``/readyz`` and ``bridged_ready`` say."""
+        return not self._dispatcher.draining
+
     async def _readyz(self, _request: web.Request) -> web.Response:
-        if self._dispatcher.draining:
+        if not self.ready():
             return web.Response(status=503, text="draining\n")
         return web.Response(text="ready\n")
 
