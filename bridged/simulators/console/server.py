@@ -12,7 +12,9 @@ Routes, under ``/console/`` of the app it is mounted on::
 Every action is checked against the conversation's state first (accept a waiting chat; say,
 type, transfer and end an active one) and answered with the conversation as it is then, or
 ``{"error"}`` naming the field or the state: 400 bad body, 404 unknown backend, chat or
-action, 409 wrong state (or refused by the simulator).
+action, 409 wrong state (or refused by the simulator), 415 a body that is not
+``application/json`` (which keeps other web pages from driving the console: a JSON POST to
+another origin needs a CORS preflight, and the console allows none).
 
 The stream sends ``snapshot`` (what ``api/conversations`` answers) once, then
 ``conversation`` events ``{"backend", "id", "conversation"}`` (``conversation`` null once the
@@ -161,6 +163,11 @@ class AgentConsole:
 
     async def _action(self, request: web.Request) -> web.StreamResponse:
         key, id, action = (request.match_info[k] for k in ("backend", "id", "action"))
+        if request.content_type != "application/json":
+            # Another web page can send a "simple" POST (text/plain, a form) to 127.0.0.1
+            # without asking; a JSON one needs a CORS preflight, which is never allowed.
+            return _json({"error": f"{action}: the body must be application/json, not "
+                                   f"{request.content_type!r}"}, status=415)
         raw = await request.read()
         try:
             conversation = self.act(key, id, action, raw or b"{}")

@@ -84,6 +84,10 @@ async def test_actions_the_chat_does_not_allow_are_refused_and_reach_nobody(
     assert status == 400 and "`x`" in answer["error"], answer
     status, answer = await post(http, url, chat + "accept", raw=b"{not json")
     assert status == 400 and "not JSON" in answer["error"], answer
+    async with http.post(url + "api/" + chat + "accept", data=b'{"agent": "Eve"}',
+                         headers={"Content-Type": "text/plain"}) as response:  # another site
+        assert response.status == 415
+        assert "must be application/json" in (await response.json())["error"]
 
     status, answer = await post(http, url, chat + "accept", {"agent": " Ann Agent "})
     assert status == 200

@@ -6,6 +6,7 @@
 
 (() => {
   const TYPING_IDLE_MS = 3000; // the agent's typing indicator goes off after this pause
+  const RETRY_MS = 3000; // a new stream after the simulator refused one
   const $ = (id) => document.getElementById(id);
   const conversations = new Map(); // "backend/id" -> conversation
   const titles = {}; // backend key -> title
@@ -23,7 +24,12 @@
   function connect() {
     const events = new EventSource("events");
     events.addEventListener("open", () => setConnection(true));
-    events.addEventListener("error", () => setConnection(false)); // EventSource retries
+    events.addEventListener("error", () => {
+      setConnection(false);
+      // EventSource retries by itself after a dropped stream, but not after a refusal
+      // (too many pages open, the simulator stopping): then start over a little later.
+      if (events.readyState === EventSource.CLOSED) setTimeout(connect, RETRY_MS);
+    });
     events.addEventListener("snapshot", (e) => {
       const data = JSON.parse(e.data);
       for (const b of data.backends) titles[b.key] = b.title;
