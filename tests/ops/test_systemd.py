@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from bridged.ops.systemd import Notifier
 from tests.test_cli import free_port
 
