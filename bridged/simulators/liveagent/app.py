@@ -20,9 +20,10 @@ nobody polls and forgets ended ones after ``ended_retention_s``.
 Fault injection (table in :mod:`.faults`): every Live Agent request first passes the outage
 gate (:meth:`Simulator._gate`), then its header checks, then asks the :class:`FaultPlan`
 once whether a fault is due. A ``fail`` after is a proxy's answer: the request is applied
-(a poll is held, and its answer later goes nowhere) while the client gets the status. A ``reset`` is a TCP RST: ``SO_LINGER`` with a zero timeout,
-then ``transport.abort()``; aiohttp's attempt to write the (never sent) response then meets
-a closing transport, which it treats as a client disconnect, quietly. A ``delay`` before
+(a poll is held, and its answer later goes nowhere) while the client gets the status. A
+``reset`` is a TCP RST: ``SO_LINGER`` with a zero timeout, then ``transport.abort()``;
+aiohttp's attempt to write the (never sent) response then meets a closing transport, which
+it treats as a client disconnect, quietly. A ``delay`` before
 the request sleeps and then handles the request again from the top; after, it sleeps
 between applying and answering. A delayed Messages poll is an ordinary held poll with a
 "not before" time. None of this adds a task or a timer per session.
