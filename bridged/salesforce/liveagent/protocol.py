@@ -549,11 +549,7 @@ class LiveAgentSession:
         """
         if self._parked is None or self._in_flight[Lane.POLL] is not None or self.is_finished:
             return False
-        body = self._take_parked()
-        try:
-            self._take_batch(body)
-        except RemoteProtocolError as exc:  # it was decoded once already; kept for safety
-            self._poison(str(exc))
+        self._take_batch(self._take_parked())
         return True
 
     def take_unsettled_poll(self) -> bool:
@@ -1175,6 +1171,8 @@ class LiveAgentSession:
                 pass  # decoded once already
             finally:
                 self._draining = False
+            if self._ended:  # the batch itself gave up (too many SwitchServer messages)
+                return
             ended = self._drained_end or ended
         self._ended = True
         self.state = State.ENDED
