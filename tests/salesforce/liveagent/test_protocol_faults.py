@@ -317,3 +317,14 @@ def test_a_resend_refused_by_the_503_is_still_unconfirmed() -> None:
     _settle(session, ["did it arrive?"])
     assert session.next_request(Lane.POST) is None
     assert session.facts_received() == [facts.Delivered(id="m1")]
+
+
+def test_a_parked_batch_that_gives_up_while_the_chat_ends_ends_it_once() -> None:
+    session = chatting_session()
+    moves = [("SwitchServer", {"newUrl": f"https://h{i}.salesforceliveagent.com/chat"})
+             for i in range(7)]
+    session.receive_response(keepalive(session), messages(*moves, sequence=BASE + 1))
+    session.receive_response(keepalive(session), HttpResponse(403))
+    ended = [f for f in session.facts_received() if isinstance(f, facts.Ended)]
+    assert ended == [facts.Ended(reason="failed",
+                                 detail="Salesforce moved the session 5 times; giving up")]
