@@ -189,7 +189,7 @@ class ChatActor:
             self._poll_sent_wall = resumed.poll_sent_at
             self._static_saved = True
             # The previous process's last poll may still be held by Salesforce, and a second
-            # poll would end the session (409): wait as after a lost poll (see _failed).
+            # poll would end the session (409): wait as after a lost poll (see _collect).
             held_until = resumed.poll_sent_at + 0.9 * self.session.client_poll_timeout
             self._not_before[Lane.POLL] = time.monotonic() + max(0.0, held_until - time.time())
             log_event(log, logging.INFO, "chat_resumed", chat=self.chat.id,
@@ -206,6 +206,7 @@ class ChatActor:
             while True:
                 self._wake.clear()
                 self._collect()
+                self._release_parked()
                 self._move_host()
                 self._take_commands()
                 self._report()
@@ -256,11 +257,24 @@ class ChatActor:
                 self.session.receive_failure(request)
             else:
                 self.session.receive_response(request, result)
+            if self.session.take_unsettled_poll():
+                # That poll may still be held by Salesforce, and a second poll while one is
+                # outstanding ends the session (409). The server answers a held poll within
+                # its hold time, which is below clientPollTimeout: wait until then, but not
+                # so long that the session, which lives clientPollTimeout past that answer,
+                # runs out.
+                held_until = self._sent_at[Lane.POLL] + 0.9 * self.session.client_poll_timeout
+                self._not_before[Lane.POLL] = max(self._not_before[Lane.POLL], held_until)
             if self._give_up_reason is not None:
                 self.session.give_up(self._give_up_reason)
             self._cancel_abandoned()
         if not self.session.creating:
             self._start_gate.leave(self.chat.id)
+
+    def _release_parked(self) -> None:
+        """Room again: the batch a keep-alive poll brought is processed now (see protocol)."""
+        if self.session.parked and self.chat.has_room():
+            self.session.release_parked()
 
     def _cancel_abandoned(self) -> None:
         """Cancel the requests the session gave up on (the held poll, at a server switch)."""
@@ -307,15 +321,7 @@ class ChatActor:
                 f"no answer from Salesforce for {budget:g} s ({request.purpose.value}: {detail})"
             )
             return
-        not_before = now + retry_delay(self._retry, self._failures[lane])
-        if lane is Lane.POLL and isinstance(result, TransportError):
-            # The lost poll may still be held by the server, and a second poll while one is
-            # outstanding ends the session (409). The server answers a held poll within its
-            # hold time, which is below clientPollTimeout: wait until then, but not so long
-            # that the session, which lives clientPollTimeout past that answer, runs out.
-            held_until = self._sent_at[lane] + 0.9 * self.session.client_poll_timeout
-            not_before = max(not_before, held_until)
-        self._not_before[lane] = not_before
+        self._not_before[lane] = now + retry_delay(self._retry, self._failures[lane])
 
     def _take_commands(self) -> None:
         """Move the visitor's commands from the inbox into the session, within its bound."""
@@ -367,7 +373,7 @@ class ChatActor:
             if lane is Lane.POLL and self._unsaved:
                 continue
             # A full outbox stops acknowledging: Salesforce keeps the agent's messages, and
-            # a poll now and then (whose batch is left there) keeps the session alive.
+            # a poll now and then (whose batch the session parks) keeps the session alive.
             keepalive = False
             if lane is Lane.POLL and not self.chat.has_room():
                 due = self._last_poll_answer + 0.5 * self.session.client_poll_timeout
@@ -412,6 +418,7 @@ class ChatActor:
         """What, if changed, must reach the store (cheap to compute every turn)."""
         s, chat = self.session, self.chat
         return (s.state, s.ack, s.sequence, s.affinity, s.switch_phase, s.pending_activity,
+                s.parked_batch,
                 id(s.in_flight(Lane.POST)), chat.next_seq, chat.held[0].seq if chat.held else 0,
                 len(chat.inbox), chat.end_requested is not None, self._base_url)
 

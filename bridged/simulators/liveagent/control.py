@@ -24,7 +24,7 @@ One session (``/_sim/sessions/{id}/<action>``)::
     switch-server                                           503 server switch
     switch-url      {"newUrl"?}                             SwitchServer message
     expire                                                  ends as if not polled in time
-    fail-next       {"resource", "status", "body"?, "count"?}
+    fail-next       {"resource", "status", "body"?, "count"?, "when"?}
     reset-next      {"resource", "count"?, "when"?}
     delay-next      {"resource", "seconds", "count"?, "when"?}
 
@@ -125,6 +125,7 @@ class _FailNext(
     status: int
     body: str = ""
     count: int = 1
+    when: str = "before"
 
 
 class _ResetNext(
@@ -292,7 +293,8 @@ class ControlApi:
         match action:
             case "fail-next":
                 fail = body(_FailNext)
-                sim.fail_next(session_id, fail.resource, fail.status, fail.body, count=fail.count)
+                sim.fail_next(session_id, fail.resource, fail.status, fail.body, count=fail.count,
+                              when=fail.when)
                 return {"ok": True}
             case "reset-next":
                 reset = body(_ResetNext)

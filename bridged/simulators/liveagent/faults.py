@@ -13,7 +13,11 @@ Fault kinds and what the shell does with each:
 =========  ========  ==========================================================================
 kind       when      effect
 =========  ========  ==========================================================================
-``fail``   (before)  answer ``status`` (and ``body``) at once; the request is not applied
+``fail``   before    answer ``status`` (and ``body``) at once; the request is not applied
+``fail``   after     a proxy's answer: the request goes on to the session and is applied (a
+                     poll is opened and stays held there, outstanding until the server answers
+                     it into the void; a batch it takes is handed out and lost), and the
+                     client gets ``status`` at once, as from a gateway that gave up (502/504)
 ``reset``  before    close the TCP connection without an answer; the request is not applied
 ``reset``  after     apply the request (a ChatMessage is received, its sequence number used
                      up; a poll hands out its batch), then close the connection unanswered
@@ -99,7 +103,8 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         kind: ``fail``, ``reset`` or ``delay``.
-        when: ``before`` (the request is not applied first) or ``after`` (it is).
+        when: ``before`` (the request is not applied first) or ``after`` (it is; for a
+            ``fail``, the answer comes from a "proxy" while the request went on).
         seconds: For ``delay``: how long.
         status: For ``fail``: the HTTP status answered.
         body: For ``fail``: the plain-text body answered (may be empty).
@@ -127,15 +132,15 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def label(self) -> str:
-        """What request records show: ``fail_500``, ``reset_after``, ``delay_before``..."""
+        """What request records show: ``fail_500``, ``fail_502_after``, ``reset_after``..."""
         if self.kind == FAIL:
-            return f"fail_{self.status}"
+            return f"fail_{self.status}" + ("_after" if self.when == AFTER else "")
         return f"{self.kind}_{self.when}"
 
     @property
     def after(self) -> bool:
-        """True if the request is applied first (a ``fail`` never is)."""
-        return self.kind != FAIL and self.when == AFTER
+        """True if the request is applied first."""
+        return self.when == AFTER
 
     @property
     def reply(self) -> Reply:
