@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import socket
@@ -51,6 +50,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ..common import url_host
 from . import behaviours
 from .behaviours import AgentView, Step
 from .control import ControlApi
@@ -370,7 +370,7 @@ class Simulator:
             self._listeners.append(listener)
         self.ports = [listener.port for listener in self._listeners]
         self.port = self.ports[0]
-        urls = [f"http://{_url_host(host)}:{port}{BASE_PATH}" for port in self.ports]
+        urls = [f"http://{url_host(host)}:{port}{BASE_PATH}" for port in self.ports]
         self.base_url = urls[0]
         self.alias_base_urls = urls[1:]
 
@@ -1325,14 +1325,6 @@ def _parse_ids(raw: str) -> list[str] | None:
         return None
     return ids
 
-
-def _url_host(host: str) -> str:
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]"
-    except ValueError:
-        pass
-    return host
 
 
 @contextlib.asynccontextmanager
