@@ -444,6 +444,9 @@ class MessagingActor:
         self._stream_next = None
         previous = self._stream_task
         self._stream_number += 1
+        # The parser reports an event without ``id`` under the last id it knows: the one this
+        # connection sends as Last-Event-Id (the token's, at first), never an older one.
+        self._parser.last_event_id = self.session.last_event_id
         self._parser.reset()
         self._stream_sent_at = time.monotonic()
         if self._streams_opened and self._metrics is not None:
