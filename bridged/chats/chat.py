@@ -12,6 +12,13 @@ A :class:`Chat` is what every side of bridged shares about a chat:
   moves the binding and the replay point in one synchronous step, and the old link's
   writer sees that the chat is no longer its own.
 
+An ``error`` about one of the visitor's messages that will never be sent (the chat ended
+first) is part of that stream too, though ``error`` carries no ``seq``: it is held (as a
+:class:`HeldError`) *before* the event that follows it, goes out just before that event,
+is replayed by an ``attach`` whose ``after`` is below that event, and is forgotten with the
+``ack`` of that event. So it reaches OCP whether or not a connection is bound, and however
+far behind that connection is.
+
 Backpressure: the outbox is bounded (``max_held``). While it is full the actor does not
 poll Salesforce for more, so Salesforce keeps the agent's messages instead of bridged.
 
@@ -27,7 +34,7 @@ next process holds, with the same ``seq``.
 
 from __future__ import annotations
 
-__all__ = ["Chat", "ChatRecord", "ChatSnapshot", "ChatStatic", "Command", "Link"]
+__all__ = ["Chat", "ChatRecord", "ChatSnapshot", "ChatStatic", "Command", "HeldError", "Link"]
 
 import itertools
 import logging
@@ -72,6 +79,18 @@ class ChatStatic(msgspec.Struct, frozen=True, kw_only=True):
         return _static_decoder.decode(data)
 
 
+class HeldError(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An ``error`` held with a chat's events: it goes out right before event ``before``.
+
+    ``serial`` numbers the chat's held errors (1, 2, ...) for the writer's cursor; it never
+    goes on the wire.
+    """
+
+    serial: int
+    before: int
+    error: env.Error
+
+
 class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What changes about a chat, as of one instant (the delivered ids are kept apart)."""
 
@@ -84,6 +103,7 @@ class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     state: str
     agent: str | None
     queue_position: int | None = None
+    errors: list[HeldError] = []
 
 
 class ChatRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -115,10 +135,7 @@ class Link(Protocol):
     chats: set[str]  # ids of the chats bound to this link
 
     def schedule(self, chat: Chat) -> None:
-        """The chat has events this link has not sent yet."""
-
-    def post_error(self, error: env.Error) -> None:
-        """Send an ``error`` (not numbered, not held for replay)."""
+        """The chat has events (or held errors) this link has not sent yet."""
 
 
 class Chat:
@@ -147,6 +164,9 @@ class Chat:
         self.persistent = True  # False: no store, every event is durable at once
         self.link: Link | None = None
         self.sent_upto = 0  # the highest seq the bound link has written
+        self.held_errors: deque[HeldError] = deque()
+        self.next_error = 1  # serial of the next held error
+        self.errors_sent = 0  # the highest serial of a held error the bound link has written
         self.bind_epoch = 0  # +1 at every bind, so a writer can tell it was rebound
         self.end_requested: facts.Ended | None = None
         self.finished = False
@@ -159,11 +179,12 @@ class Chat:
         self.routing_status: str | None = None
         self.delivered_ids: set[str] = set()
         self.new_delivered: list[str] = []  # delivered since the last save
-        self.pending_ids: set[str] = set()
+        self.pending_ids: dict[str, None] = {}  # taken in, not yet answered; in order
         self.waker: Callable[[], None] | None = None
         self.on_finished: Callable[[Chat, facts.Ended], None] | None = None
         self.on_event: Callable[[env.ChatEvent], None] | None = None
-        self.load: LoadMeter | None = None  # counts this chat's messages not yet answered
+        # Counts this chat's messages not yet answered, as its bound link's.
+        self.load: LoadMeter | None = None
 
     # --- the actor's side -------------------------------------------------------------
 
@@ -182,9 +203,8 @@ class Chat:
             return
         if isinstance(fact, facts.Undelivered):
             self._settle(fact.id)
-            if self.link is not None:
-                self.link.post_error(env.Error(code="unknown_chat", detail=fact.detail,
-                                               chat=self.id, ref=fact.id))
+            self._hold_error(env.Error(code="unknown_chat", detail=fact.detail, chat=self.id,
+                                       ref=fact.id))
             return
         if isinstance(fact, facts.Delivered):
             self._settle(fact.id)
@@ -230,23 +250,36 @@ class Chat:
                 log_event(log, logging.INFO, "chat_ended", chat=self.id, seq=seq,
                           reason=fact.reason, detail=fact.detail)
 
+    def _hold_error(self, error: env.Error) -> None:
+        """Hold ``error`` before the next event, for the bound link and later attaches."""
+        self.held_errors.append(HeldError(serial=self.next_error, before=self.next_seq,
+                                          error=error))
+        self.next_error += 1
+        if self.link is not None:
+            self.link.schedule(self)
+        self.wake()  # the actor saves it with the chat
+
     def accept(self, message_id: str) -> None:
         """A visitor message was taken in; it counts as load until answered."""
         if message_id not in self.pending_ids:
-            self.pending_ids.add(message_id)
+            self.pending_ids[message_id] = None
             if self.load is not None:
-                self.load.add()
+                self.load.add(self._owner())
 
     def _settle(self, message_id: str) -> None:
         if message_id in self.pending_ids:
-            self.pending_ids.discard(message_id)
+            del self.pending_ids[message_id]
             if self.load is not None:
-                self.load.remove()
+                self.load.remove(self._owner())
+
+    def _owner(self) -> str | None:
+        """Whose load this chat's unanswered messages are: its connection's, if bound."""
+        return self.link.id if self.link is not None else None
 
     def release_load(self) -> None:
         """The chat is gone from this process: its unanswered messages stop counting."""
         if self.load is not None and self.pending_ids:
-            self.load.remove(len(self.pending_ids))
+            self.load.remove(self._owner(), len(self.pending_ids))
         self.load = None
 
     def mark_durable(self, upto: int) -> None:
@@ -271,6 +304,7 @@ class Chat:
             pending_ids=list(self.pending_ids), inbox=self.inbox.peek(),
             end_requested=self.end_requested, finished=self.finished, state=self.state,
             agent=self.agent, queue_position=self.queue_position,
+            errors=list(self.held_errors),
         )
 
     def take_new_delivered(self) -> list[str]:
@@ -289,7 +323,10 @@ class Chat:
         chat.durable_seq = snapshot.next_seq - 1
         chat.held.extend(snapshot.held)
         chat.delivered_ids.update(delivered)
-        chat.pending_ids.update(snapshot.pending_ids)
+        chat.pending_ids.update(dict.fromkeys(snapshot.pending_ids))
+        chat.held_errors.extend(snapshot.errors)
+        if snapshot.errors:
+            chat.next_error = snapshot.errors[-1].serial + 1
         chat.queue_position = snapshot.queue_position
         for command in snapshot.inbox:
             chat.inbox.put_nowait(command)
@@ -304,16 +341,30 @@ class Chat:
     # --- the connections' side --------------------------------------------------------
 
     def bind(self, link: Link, after: int) -> None:
-        """Bind to ``link`` and have it send every held event with ``seq > after``."""
+        """Bind to ``link`` and have it send every held event with ``seq > after``.
+
+        And every held error that comes before such an event: OCP, having seen event
+        ``after``, has seen what came before it.
+        """
+        if self.load is not None:
+            self.load.move(self._owner(), link.id, len(self.pending_ids))
         self.link = link
         self.bind_epoch += 1
         self.sent_upto = min(after, self.next_seq - 1)
+        seen = self.held_errors[0].serial - 1 if self.held_errors else self.next_error - 1
+        for held in self.held_errors:
+            if held.before > self.sent_upto:
+                break
+            seen = held.serial
+        self.errors_sent = seen
         link.schedule(self)
 
     def unbind(self, link: Link) -> bool:
         """Forget ``link`` if it is the bound one; ``True`` if it was."""
         if self.link is not link:
             return False
+        if self.load is not None:
+            self.load.move(link.id, None, len(self.pending_ids))
         self.link = None
         return True
 
@@ -330,11 +381,38 @@ class Chat:
             return []
         return list(itertools.islice(self.held, start, stop))
 
+    def outgoing(self, limit: int) -> list[env.ChatEvent | HeldError]:
+        """What the bound link writes next, in order: up to ``limit`` events (see
+        :meth:`unsent`), each held error just before the event it precedes.
+
+        An error before an event that does not exist yet goes out once every event before
+        it has: it does not wait for an event that may never come.
+        """
+        events = self.unsent(limit)
+        errors = [e for e in self.held_errors if e.serial > self.errors_sent]
+        if not errors:
+            return list(events)
+        out: list[env.ChatEvent | HeldError] = []
+        position = 0
+        for event in events:
+            while position < len(errors) and errors[position].before <= event.seq:
+                out.append(errors[position])
+                position += 1
+            out.append(event)
+        written = events[-1].seq if events else self.sent_upto
+        for held in errors[position:]:
+            if held.before > written and not held.before == written + 1 == self.next_seq:
+                break
+            out.append(held)
+        return out
+
     def ack(self, seq: int) -> None:
         """OCP has processed every event up to ``seq``: forget them, and make room."""
         was_full = not self.has_room()
         while self.held and self.held[0].seq <= seq:
             self.held.popleft()
+        while self.held_errors and self.held_errors[0].before <= seq:
+            self.held_errors.popleft()
         if was_full and self.has_room():
             self.wake()
 

@@ -67,8 +67,9 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # closed with 1008.
     max_chats_per_connection: PositiveInt = 20000
     max_envelopes_per_s: PositiveFloat = 2000.0
-    # Visitor messages taken in and not yet answered, over all chats: above the high mark
-    # bridged stops reading from every connection until the load falls to the low mark.
+    # Visitor messages taken in and not yet answered, over all chats: from the high mark
+    # until the load falls to the low mark, a connection holding its share of the high mark
+    # or more gets "busy" for its messages; every connection is still read.
     overload_high: PositiveInt = 100000
     overload_low: Annotated[int, msgspec.Meta(ge=0)] = 50000
     shutdown_budget_s: PositiveFloat = 8.0

@@ -201,6 +201,7 @@ class ChatActor:
             log_event(log, logging.INFO, "chat_requested", chat=self.chat.id,
                       host=self.chat.webchat.endpoint.host,
                       button=live_agent_config(self.chat).button_id)
+        crashed = False
         try:
             while True:
                 self._wake.clear()
@@ -217,9 +218,14 @@ class ChatActor:
                 self._send()
                 self._save()  # what went out (a POST now in flight)
                 await self._wake.wait()
+        except Exception:
+            crashed = True  # a bug: the supervisor ends the chat toward OCP
+            raise
         finally:
             self._start_gate.leave(self.chat.id)
             await self._cancel_requests()
+            if crashed:
+                await self._farewell()
 
     # --- one turn -----------------------------------------------------------------------
 
@@ -464,6 +470,23 @@ class ChatActor:
             return await self._transport.exchange(self._base_url, request, timeout)
         except TransportError as exc:
             return exc
+
+    async def _farewell(self) -> None:
+        """After a crash: end the chat at Salesforce too, so that no agent keeps a ghost."""
+        answer: HttpResponse | None = None
+        for _ in range(2):  # a 409 "Out of sync" gets one more try, numbered as asked
+            try:
+                request = self.session.farewell(answer)
+                if request is None:
+                    return
+                answer = await self._transport.exchange(self._base_url, request,
+                                                        self._request_timeout)
+            except Exception as exc:  # whatever broke the actor may break this too
+                log_event(log, logging.WARNING, "farewell_failed", chat=self.chat.id,
+                          detail=f"{type(exc).__name__}: {exc}")
+                return
+            log_event(log, logging.INFO, "farewell_sent", chat=self.chat.id,
+                      resource=request.purpose.value, status=answer.status)
 
     async def _cancel_requests(self) -> None:
         if self._timer is not None:

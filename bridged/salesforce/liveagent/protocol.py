@@ -418,6 +418,39 @@ class LiveAgentSession:
         """The shell cannot go on (no answer, a forbidden host): the chat fails with ``detail``."""
         self._finish(facts.Ended(reason="failed", detail=detail))
 
+    def farewell(self, answer: HttpResponse | None = None) -> HttpRequest | None:
+        """The request that ends the chat at Salesforce when the shell crashed (a bug).
+
+        Not a step of the state machine, which may be anywhere: the ChatEnd (or, before
+        ChasitorInit was accepted, the bare session's DELETE) under the session's key and
+        affinity, numbered above every POST sent (one whose fate is unknown included, so
+        that Salesforce cannot drop it as a duplicate); given the 409 "Out of sync"
+        ``answer`` to that, numbered as Salesforce expects. ``None``: nothing (more) to do,
+        no session, or one that is over.
+        """
+        if self.session_key is None or self.state is State.ENDED:
+            return None
+        if not self.requested:
+            if answer is not None:
+                return None
+            return HttpRequest(method="DELETE", path=f"System/SessionId/{self.session_key}",
+                               headers=self._headers(), purpose=Purpose.DELETE_SESSION,
+                               lane=Lane.POST)
+        if answer is None:
+            sent = [r.sequence for r in (self._in_flight[Lane.POST], self._retry)
+                    if r is not None and r.sequence is not None]
+            sequence = max([self.sequence, *sent]) + 1
+        else:
+            match = (_OUT_OF_SYNC.search(answer.body.decode("utf-8", "replace"))
+                     if answer.status == 409 else None)
+            if match is None:
+                return None
+            sequence = int(match[1]) + 1
+        body = wire.encode_body({"reason": "client"})
+        return HttpRequest(method="POST", path="Chasitor/ChatEnd",
+                           headers=self._headers(sequence=sequence, body=True), body=body,
+                           purpose=Purpose.CHAT_END, lane=Lane.POST, sequence=sequence)
+
     # --- outputs ----------------------------------------------------------------------
 
     def next_request(self, lane: Lane, *, keepalive: bool = False) -> HttpRequest | None:

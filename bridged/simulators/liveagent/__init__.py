@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from .app import Simulator, running_simulator, serve_forever
 from .behaviours import (
+    CONSOLE_BUTTON,
     ECHO_BUTTON,
     ENDS_BUTTON,
     ENDS_GREETING,
@@ -64,6 +65,7 @@ from .model import (
 from .options import SimulatorOptions
 
 __all__ = [
+    "CONSOLE_BUTTON",
     "ECHO_BUTTON",
     "ENDS_BUTTON",
     "ENDS_GREETING",

@@ -233,6 +233,9 @@ class Simulator:
         port: The bound port once served by :func:`running_simulator`.
         ports: Every bound port, ``port`` first, then the aliases.
         alias_base_urls: The base URLs of the extra ports (same sessions, other "host").
+        watchers: Called with a session's id after anything about it changed (a request, an
+            agent action, a script step, its end) and when it is forgotten; they must return
+            at once and never raise (the agent console watches this way).
     """
 
     def __init__(self, options: SimulatorOptions | None = None) -> None:
@@ -244,6 +247,7 @@ class Simulator:
         self.port: int | None = None
         self.ports: list[int] = []
         self.alias_base_urls: list[str] = []
+        self.watchers: list[Callable[[str], None]] = []
         self._by_key: dict[str, Session] = {}
         self._held: dict[str, _Held] = {}
         self._plan = FaultPlan()
@@ -341,6 +345,11 @@ class Simulator:
         self.sessions.pop(session.id, None)
         self._by_key.pop(session.key, None)
         self._plan.forget_session(session.id)
+        self._tell_watchers(session.id)
+
+    def _tell_watchers(self, session_id: str) -> None:
+        for watcher in self.watchers:
+            watcher(session_id)
 
     def _now(self) -> float:
         loop = self._loop
@@ -810,6 +819,7 @@ class Simulator:
 
     def _after_change(self, session: Session) -> None:
         """Answer the held poll if the change calls for it; the one place that does."""
+        self._tell_watchers(session.id)
         held = self._held.get(session.id)
         if held is None:
             return
@@ -1317,6 +1327,7 @@ async def running_simulator(
     port: int = 0,
     *,
     extra_ports: int = 0,
+    setup: Callable[[Simulator], None] | None = None,
 ) -> AsyncIterator[Simulator]:
     """Serve a simulator on ``host:port`` (port 0 picks a free one) for the block's duration.
 
@@ -1326,6 +1337,8 @@ async def running_simulator(
         port: Port to listen on; 0 picks a free one.
         extra_ports: How many more free ports serve the same sessions (``alias_base_urls``),
             e.g. as the target of a ``SwitchServer`` message.
+        setup: Called with the simulator before it serves, while routes can still be added
+            to its ``app`` (the agent console mounts itself this way).
 
     Yields:
         The :class:`Simulator`, with ``base_url``, ``port``, ``ports`` and
@@ -1334,6 +1347,8 @@ async def running_simulator(
     if extra_ports < 0:
         raise ValueError(f"extra_ports must be >= 0, got {extra_ports!r}")
     simulator = Simulator(options)
+    if setup is not None:
+        setup(simulator)
     # No access log: 10,000 sessions polling would drown everything else. The shutdown
     # budget is short because held polls are answered on shutdown.
     runner = web.AppRunner(simulator.app, access_log=None, shutdown_timeout=5.0)
@@ -1357,7 +1372,7 @@ async def serve_forever(
     *,
     extra_ports: int = 0,
 ) -> None:
-    """Serve the simulator until cancelled (for the ``bridged simulator`` command).
+    """Serve the simulator alone until cancelled (``bridged simulator`` adds the console).
 
     Cancellation is the way to stop it; the server is cleaned up and the
     ``CancelledError`` propagates.
