@@ -4,7 +4,8 @@ Everything runs in one process on 127.0.0.1: the Live Agent simulator (as Salesf
 its agent console, the Enhanced Chat simulator, bridged (configured with one profile per
 scripted agent of each, both backends at once), and the terminal chat client (as OCP). On
 profile ``manual`` nobody answers but a person at the agent console (a web page on the
-simulator, its URL printed at start), so one person can play both sides. Logs go to a file so they do not mix with the conversation.
+simulator, its URL printed at start), so one person can play both sides. Logs go to a file
+so they do not mix with the conversation.
 """
 
 from __future__ import annotations
