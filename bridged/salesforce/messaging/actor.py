@@ -250,6 +250,8 @@ class MessagingActor:
                 self._metrics.salesforce_answered(BACKEND, request.purpose.value, status,
                                                   time.monotonic() - sent_at)
             self._dirty = True
+            if request.purpose is Purpose.ACCESS_TOKEN:
+                self._tokens.answered(self.chat.id)  # it counts toward the limit from now
             if isinstance(result, TransportError):
                 log_event(log, logging.WARNING, "salesforce_request_failed", chat=self.chat.id,
                           resource=request.purpose.value, attempt=request.attempt + 1,

@@ -9,9 +9,12 @@ callback and is admitted, in arrival order, when the oldest grant of the window 
 out. Waiting costs no task and no future; one timer per org with waiters does the
 admitting.
 
-A grant is counted from the moment it is given (the request goes right after); a chat that
-leaves (ended, or cancelled) before using its admission does not give the grant back: the
-window may have counted it, so the count stays conservative.
+A grant counts from the moment the token request is answered (or given up), not from when
+it was given: Salesforce counts a request when it arrives, which is later than bridged's
+grant, so a window measured from the grants could let a request arrive inside Salesforce's
+window of the one before. A request on the wire counts as one of the window until then. A
+chat that leaves (ended, cancelled) with its grant unused or unanswered has it counted from
+then: the count stays conservative.
 """
 
 from __future__ import annotations
@@ -27,13 +30,18 @@ from collections.abc import Callable, Hashable
 class _Org:
     """The window and the waiters of one org."""
 
-    __slots__ = ("admitted", "grants", "timer", "waiting")
+    __slots__ = ("admitted", "grants", "in_flight", "timer", "waiting")
 
     def __init__(self) -> None:
-        self.grants: deque[float] = deque()
+        self.grants: deque[float] = deque()  # when each answered request was answered
+        self.in_flight: set[Hashable] = set()  # granted, not answered yet (admitted too)
         self.waiting: dict[Hashable, Callable[[], None]] = {}  # in arrival order
         self.admitted: set[Hashable] = set()  # admitted, not yet back to take it
         self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def used(self) -> int:
+        return len(self.grants) + len(self.in_flight)
 
 
 class TokenQueue:
@@ -84,12 +92,13 @@ class TokenQueue:
             o = self._orgs[org] = _Org()
         if key in o.admitted:
             o.admitted.discard(key)
-            self._where.pop(key, None)
             return True
-        now = self._clock()
-        self._expire(o, now)
-        if not o.waiting and len(o.grants) < self.limit:
-            o.grants.append(now)
+        if key in o.in_flight:
+            return True
+        self._expire(o, self._clock())
+        if not o.waiting and o.used < self.limit:
+            o.in_flight.add(key)
+            self._where[key] = org
             return True
         if key not in o.waiting:
             o.waiting[key] = wake
@@ -97,15 +106,22 @@ class TokenQueue:
         self._arm(org, o)
         return False
 
-    def leave(self, key: Hashable) -> None:
-        """``key`` no longer wants a grant (its chat ended). Idempotent."""
+    def answered(self, key: Hashable) -> None:
+        """``key``'s token request got its answer (or none, for good): it counts from now."""
         org = self._where.pop(key, None)
         if org is None:
             return
         o = self._orgs[org]
+        if key in o.in_flight:
+            o.in_flight.discard(key)
+            o.admitted.discard(key)
+            o.grants.append(self._clock())
         o.waiting.pop(key, None)
-        o.admitted.discard(key)
         self._admit(org)
+
+    def leave(self, key: Hashable) -> None:
+        """``key`` no longer wants a grant (its chat ended). Idempotent."""
+        self.answered(key)
 
     def close(self) -> None:
         """Cancel the timers (the daemon stops)."""
@@ -122,22 +138,25 @@ class TokenQueue:
         o = self._orgs.get(org)
         if o is None:
             return
-        o.timer = None
-        now = self._clock()
-        self._expire(o, now)
-        while o.waiting and len(o.grants) < self.limit:
+        if o.timer is not None:
+            o.timer.cancel()
+            o.timer = None
+        self._expire(o, self._clock())
+        while o.waiting and o.used < self.limit:
             key = next(iter(o.waiting))
             wake = o.waiting.pop(key)
-            o.grants.append(now)
+            o.in_flight.add(key)
             o.admitted.add(key)
             wake()
         if o.waiting:
             self._arm(org, o)
-        elif not o.grants and not o.admitted:
+        elif not o.grants and not o.in_flight:
             del self._orgs[org]
 
     def _arm(self, org: str, o: _Org) -> None:
-        if o.timer is not None or not o.waiting:
+        """Admit again when the oldest answered grant leaves the window (the requests on
+        the wire admit the next ones themselves, when answered)."""
+        if o.timer is not None or not o.waiting or not o.grants:
             return
-        due = (o.grants[0] + self.window_s - self._clock()) if o.grants else 0.0
+        due = o.grants[0] + self.window_s - self._clock()
         o.timer = asyncio.get_running_loop().call_later(max(0.0, due), self._admit, org)
