@@ -7,6 +7,7 @@ order, no duplicate at the agent, never two streams at once).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import uuid
@@ -205,7 +206,7 @@ async def test_stream_drops_lose_nothing_and_show_nothing_twice(
     streams = list(msim.streams)
     assert len(streams) >= 4
     # Each reopening asked from the last event the previous stream delivered.
-    for before, after in zip(streams, streams[1:], strict=False):
+    for before, after in itertools.pairwise(streams):
         if before.delivered:
             assert after.last_event_id == before.delivered[-1]
     assert requests(msim, "ListEntries"), "no reconciliation after a reopen"
@@ -273,12 +274,12 @@ async def test_an_expired_token_ends_the_chat_saying_so(
 async def test_bridged_ends_the_chat_before_the_token_runs_out(
         tmp_path: Path, http: aiohttp.ClientSession) -> None:
     """Guests get no renewal: bridged ends the hand-over gracefully before ``exp``."""
-    async with messaging_simulator(token_lifetime_s=301.0) as sim:
-        async with running_bridged(config(sim, tmp_path)) as daemon:
-            ocp = await client(http, daemon)
-            await ocp.start("c1", profile="m_echo")
-            ended = await ocp.expect("ended")
-            await wait_for(lambda: requests(sim, "CloseConversation"), "the DELETE")
+    async with messaging_simulator(token_lifetime_s=301.0) as sim, running_bridged(
+            config(sim, tmp_path)) as daemon:
+        ocp = await client(http, daemon)
+        await ocp.start("c1", profile="m_echo")
+        ended = await ocp.expect("ended")
+        await wait_for(lambda: requests(sim, "CloseConversation"), "the DELETE")
     assert ended["reason"] == "failed" and "access token expired" in ended["detail"]
     assert requests(sim, "CloseConversation")[0].status == 204  # the token still worked
 
