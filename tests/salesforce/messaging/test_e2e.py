@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import json
 import re
 import uuid
@@ -372,3 +373,31 @@ async def test_both_backends_serve_at_once_in_one_bridged(
     assert ('bridged_salesforce_requests_total{backend="salesforce_messaging",'
             'resource="access-token",status="200"} 1.0') in metrics
     assert len(la.sessions) == 1
+
+
+async def test_no_access_token_and_no_message_text_in_any_log_line(
+        msim: Simulator, tmp_path: Path, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with running_bridged(config(msim, tmp_path)) as daemon:
+        ocp = await client(http, daemon)
+        await ocp.start("c1", profile="m_echo")
+        await ocp.expect("agent_joined")
+        await ocp.send({"type": "message", "chat": "c1", "id": "v1", "text": "secret-text-42"})
+        await ocp.expect("agent_message")
+        msim.drop_streams()  # a reconnection logs too
+        msim.agent_says(only_conversation(msim).id, "agent-text-43")
+        await ocp.expect("agent_message", text="agent-text-43")
+        msim.expire_tokens()
+        await ocp.expect("ended")
+    (stream, *_) = msim.streams
+    token = stream.headers.get("Authorization", stream.headers.get("authorization", ""))
+    token = token.removeprefix("Bearer ")
+    assert token.count(".") == 2  # a JWT
+    logged = " ".join(repr(record.__dict__) for record in caplog.records)
+    assert "chat_requested" in logged and "stream_lost" in logged
+    for secret in (token, token.split(".")[1], "secret-text-42", "agent-text-43"):
+        assert secret not in logged
+    # The state file holds the token: readable by the service user only.
+    assert (tmp_path / "state" / "chats.sqlite3").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
