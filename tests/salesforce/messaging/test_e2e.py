@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import json
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
