@@ -289,7 +289,8 @@ async def test_a_burst_of_starts_over_the_token_limit_is_served_in_order(
         tmp_path: Path, http: aiohttp.ClientSession) -> None:
     async with messaging_simulator(tokens_per_window=3, token_window_s=1.0) as sim:
         limits = {"messaging_token_limit": 3, "messaging_limit_window_s": 1.0}
-        async with running_bridged(config(sim, tmp_path, salesforce=limits)) as daemon:
+        async with running_bridged(config(sim, tmp_path, salesforce=limits,
+                                          admin_tokens=["admin-0123456789"])) as daemon:
             ocp = await client(http, daemon)
             chats = [f"b{i}" for i in range(8)]
             for chat in chats:
@@ -297,6 +298,19 @@ async def test_a_burst_of_starts_over_the_token_limit_is_served_in_order(
             depth = await wait_for(lambda: daemon.backends.get(
                 "salesforce_messaging").tokens.depth, "a queue")  # type: ignore[attr-defined]
             assert depth > 0
+            # Visible in /metrics and in the admin view while the burst waits.
+            base = daemon.url.replace("ws://", "http://").removesuffix("/v1/chat")
+            async with http.get(base + "/metrics") as response:
+                metrics = await response.text()
+            async with http.get(base + "/v1/chats", headers={
+                    "Authorization": "Bearer admin-0123456789"}) as response:
+                listed = (await response.json())["chats"]
+            gauge = re.search(r"^bridged_messaging_token_queue_depth (\S+)$", metrics, re.M)
+            assert gauge is not None and float(gauge.group(1)) > 0
+            assert 'bridged_chats_live{backend="salesforce_messaging",state="token_queued"}' \
+                in metrics
+            assert {c["backend"] for c in listed} == {"salesforce_messaging"}
+            assert "token_queued" in {c["state"] for c in listed}
             joined: set[str] = set()
             async with asyncio.timeout(20):
                 while joined != set(chats):
@@ -401,3 +415,21 @@ async def test_no_access_token_and_no_message_text_in_any_log_line(
     # The state file holds the token: readable by the service user only.
     assert (tmp_path / "state" / "chats.sqlite3").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+
+
+async def test_a_silent_stream_counts_as_lost_and_is_reopened(
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """No ping within messaging_stream_timeout_s: the stream is reopened, the chat goes on."""
+    async with messaging_simulator(ping_interval_s=60.0) as sim, running_bridged(
+            config(sim, tmp_path, salesforce={"messaging_stream_timeout_s": 0.3})) as daemon:
+        ocp = await client(http, daemon)
+        await ocp.start("c1", profile="m_manual")
+        await ocp.expect("queued")
+        await wait_for(lambda: len(sim.streams) >= 3, "reopened streams")
+        sim.agent_joins(only_conversation(sim).id)
+        sim.agent_says(only_conversation(sim).id, "still there")
+        await ocp.expect("agent_message", text="still there")
+        await ocp.send({"type": "end", "chat": "c1"})
+        await ocp.expect("ended", reason="client")
+    assert_one_stream_at_a_time(sim)
+    assert [s.close_reason for s in list(sim.streams)[:2]] == ["client_gone"] * 2
