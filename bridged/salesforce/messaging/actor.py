@@ -220,6 +220,7 @@ class MessagingActor:
                       host=self.chat.webchat.endpoint.host,
                       deployment=self.session.params.es_developer_name,
                       conversation=self.session.conversation_id)
+        crashed = False
         try:
             while True:
                 self._wake.clear()
@@ -234,9 +235,29 @@ class MessagingActor:
                     return
                 self._send()
                 await self._wake.wait()
+        except Exception:
+            crashed = True  # a bug: the supervisor ends the chat toward OCP
+            raise
         finally:
             self._tokens.leave(self.chat.id)
             await self._cancel_tasks()
+            if crashed:
+                await self._farewell()
+
+    async def _farewell(self) -> None:
+        """After a crash: close the conversation at Salesforce too (no ghost for the agent)."""
+        try:
+            request = self.session.farewell(now=time.time())
+            if request is None:
+                return
+            answer = await self._transport.exchange(self._base_url, request,
+                                                    self._salesforce.request_timeout_s)
+        except Exception as exc:  # whatever broke the actor may break this too
+            log_event(log, logging.WARNING, "farewell_failed", chat=self.chat.id,
+                      detail=f"{type(exc).__name__}: {exc}")
+            return
+        log_event(log, logging.INFO, "farewell_sent", chat=self.chat.id,
+                  resource=request.purpose.value, status=answer.status)
 
     # --- one turn -----------------------------------------------------------------------
 

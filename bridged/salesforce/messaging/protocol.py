@@ -742,6 +742,26 @@ class MessagingSession:
         if self.state in _LIVE:
             self._end_from_bridged(facts.Ended(reason="failed", detail=detail), now)
 
+    def farewell(self, *, now: float) -> HttpRequest | None:
+        """The DELETE that ends the conversation at Salesforce after the shell broke down.
+
+        For a shell whose actor crashed (a bug): whatever state the session is in, the agent
+        must not keep a ghost chat. ``None`` when there is nothing to close, or it cannot be
+        closed (no token, or past ``exp``), or it was closed already. The answer, if any,
+        need not be given back: the session is not used after this.
+        """
+        if (self._delete_sent and not self._delete_in_flight()) or self.access_token is None:
+            return None
+        if not (self._created or self._busy(Purpose.CREATE_CONVERSATION)):
+            return None
+        if self.token_exp is not None and now >= self.token_exp:
+            return None
+        self._delete_sent = True
+        return HttpRequest(
+            method="DELETE", path=self._conversation_path(),
+            query=(("esDeveloperName", self.params.es_developer_name),),
+            purpose=Purpose.CLOSE_CONVERSATION, headers=self._rest_headers())
+
     def wake(self, *, now: float) -> None:
         """Time passed: release paced messages, and end at a deadline that has come."""
         self._pump(now)

@@ -433,3 +433,37 @@ async def test_a_silent_stream_counts_as_lost_and_is_reopened(
         await ocp.expect("ended", reason="client")
     assert_one_stream_at_a_time(sim)
     assert [s.close_reason for s in list(sim.streams)[:2]] == ["client_gone"] * 2
+
+
+async def test_a_crash_in_the_actor_ends_only_that_chat_and_closes_its_conversation(
+        msim: Simulator, tmp_path: Path, http: aiohttp.ClientSession,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridged.salesforce.messaging.protocol import MessagingSession
+
+    real = MessagingSession.send_text
+
+    def send_text(self: MessagingSession, ocp_id: str, text: str, *, now: float) -> None:
+        if text == "crash":
+            raise RuntimeError("a bug")
+        real(self, ocp_id, text, now=now)
+
+    monkeypatch.setattr(MessagingSession, "send_text", send_text)
+    async with running_bridged(config(msim, tmp_path)) as daemon:
+        ocp = await client(http, daemon)
+        await ocp.start("c1", profile="m_echo")
+        await ocp.start("c2", profile="m_echo")
+        await until(ocp, "agent_joined", chat="c1")
+        await until(ocp, "agent_joined", chat="c2")
+        await ocp.send({"type": "message", "chat": "c1", "id": "v1", "text": "crash"})
+        ended = await until(ocp, "ended", chat="c1")
+        await ocp.send({"type": "message", "chat": "c2", "id": "v1", "text": "fine"})
+        await until(ocp, "agent_message", chat="c2", text="Echo: fine")
+        await wait_for(lambda: requests(msim, "CloseConversation"), "the farewell DELETE")
+        crashed = daemon.dispatcher.finished.get("c1")
+        conversation_id = crashed.salesforce_id if crashed is not None else None
+    assert ended["reason"] == "failed" and "internal error" in ended["detail"]
+    (close,) = requests(msim, "CloseConversation")
+    assert close.status == 204
+    if conversation_id is not None:
+        assert close.conversation_id == conversation_id
+    assert [c.is_open for c in msim.conversations.values()].count(False) == 1
