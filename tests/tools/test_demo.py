@@ -23,7 +23,7 @@ class Demo:
     def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bridged", "demo", "--port", "0", "--simulator-port", "0",
-             *args],
+             "--messaging-simulator-port", "0", *args],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         self.lines: list[str] = []
@@ -88,6 +88,24 @@ def test_the_demo_chats_end_to_end() -> None:
     text = demo.text()
     assert "* Ada Agent joined the chat" in text
     assert "Ada Agent: Echo: hello from the test" in text
+    assert "* chat ended [client]: The agent has ended the chat." in text
+    assert code == 0
+
+
+def test_the_demo_chats_through_enhanced_chat_too() -> None:
+    demo = Demo("--profile", "enhanced_echo")
+    try:
+        demo.until("joined the chat")
+        demo.type("hello from the test")
+        demo.until("Echo: hello from the test")
+        demo.type("/end")
+        demo.until("chat ended")
+        code = demo.finish()
+    finally:
+        demo.stop()
+    text = demo.text()
+    assert "messaging    http://127.0.0.1:" in text
+    assert "* Ada Agent joined the chat" in text
     assert "* chat ended [client]: The agent has ended the chat." in text
     assert code == 0
 

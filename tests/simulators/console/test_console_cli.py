@@ -12,7 +12,8 @@ from tests.processes import Process, free_port, wait_http
 
 def test_bridged_simulator_serves_the_console_and_prints_its_url(tmp_path: Path) -> None:
     port = free_port()
-    process = Process(["simulator", "--listen", f"127.0.0.1:{port}", "--log-level", "warning"],
+    process = Process(["simulator", "--listen", f"127.0.0.1:{port}", "--log-level", "warning",
+                       "--messaging-listen", f"127.0.0.1:{free_port()}"],
                       tmp_path / "simulator.log")
     try:
         url = f"http://127.0.0.1:{port}/console/"
