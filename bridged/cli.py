@@ -124,7 +124,7 @@ async def _simulate(options: Any, host: str, port: int, extra_ports: int,
                     messaging: tuple[Any, str, int] | None = None) -> int:
     """Serve the Live Agent simulator (with the agent console) and the Enhanced Chat one."""
     from bridged.simulators import messaging as enhanced
-    from bridged.simulators.console import AgentConsole, LiveAgentConsole, console_url
+    from bridged.simulators.console import AgentConsole, add_simulators, console_url
     from bridged.simulators.liveagent import running_simulator
 
     console = AgentConsole()
@@ -137,12 +137,12 @@ async def _simulate(options: Any, host: str, port: int, extra_ports: int,
             print(f"bridged: cannot listen on {host}:{port}: {exc.strerror or exc}",
                   file=sys.stderr)
             return 1
-        console.add(LiveAgentConsole(sim))
+        add_simulators(console, sim)
         print(f"simulator    {sim.base_url}", flush=True)
         for url in sim.alias_base_urls:
             print(f"also         {url}  (same sessions)", flush=True)
         print(f"console      {console_url(sim)}  (the agent side of the chats on button "
-              "573CONSOLE00000)", flush=True)
+              "573CONSOLE00000, and of Enhanced Chat deployment Sim_Manual)", flush=True)
         if messaging is not None:
             m_options, m_host, m_port = messaging
             try:
@@ -152,6 +152,7 @@ async def _simulate(options: Any, host: str, port: int, extra_ports: int,
                 print(f"bridged: cannot listen on {m_host}:{m_port}: {exc.strerror or exc}",
                       file=sys.stderr)
                 return 1
+            add_simulators(console, messaging=m_sim)
             print(f"messaging    {m_sim.base_url}  (Enhanced Chat: scrt_url; org "
                   f"{m_options.org_id}; deployments {', '.join(sorted(m_options.deployments))})",
                   flush=True)
@@ -243,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
         "echo, queue, no_agent, fail, agent_ends, or manual: you answer as the agent in the "
         "agent console, a web page (default: queue); Enhanced Chat: enhanced_echo, "
         "enhanced_queue, enhanced_transfer, enhanced_agent_ends, enhanced_no_agent, "
-        "enhanced_fail"))
+        "enhanced_fail, enhanced_manual (the agent console)"))
     demo.add_argument("--port", type=int, default=8710, help="bridged's port (0: any free)")
     demo.add_argument("--simulator-port", type=int, default=8711,
                       help="the simulator's and its agent console's port (0: any free)")

@@ -40,6 +40,7 @@ MESSAGING_DEMO_PROFILES = {
     "enhanced_agent_ends": "Sim_Agent_Ends",
     "enhanced_no_agent": "Sim_No_Agent",
     "enhanced_fail": "Sim_Routing_Fails",
+    "enhanced_manual": "Sim_Manual",
 }
 DEMO_ORG = "00D000000000001"
 # Nobody ever comes to Sim_No_Agent: bridged gives up after this long.
@@ -90,7 +91,7 @@ async def run_demo(profile: str, port: int, serve_only: bool, simulator_port: in
 
     from bridged.ops.daemon import Daemon
     from bridged.simulators import messaging
-    from bridged.simulators.console import AgentConsole, LiveAgentConsole, console_url
+    from bridged.simulators.console import AgentConsole, add_simulators, console_url
     from bridged.simulators.liveagent import SimulatorOptions, running_simulator
     from bridged.tools.chatclient import run_chat_client
 
@@ -114,7 +115,6 @@ async def run_demo(profile: str, port: int, serve_only: bool, simulator_port: in
                 print(f"bridged: the simulator cannot listen on 127.0.0.1:{simulator_port}: "
                       f"{exc.strerror or exc} (try --simulator-port 0)", file=sys.stderr)
                 return 1
-            console.add(LiveAgentConsole(sim))
             m_options = messaging.MessagingOptions(routing_delay_s=0.5, join_delay_s=1.5,
                                                    reply_delay_s=1.0, queue_step_s=2.0)
             try:
@@ -125,6 +125,7 @@ async def run_demo(profile: str, port: int, serve_only: bool, simulator_port: in
                       f"{messaging_port}: {exc.strerror or exc} (try "
                       "--messaging-simulator-port 0)", file=sys.stderr)
                 return 1
+            add_simulators(console, sim, m_sim)
             token = secrets.token_urlsafe(16)
             assert sim.base_url is not None
             config = demo_config(sim.base_url, token, port, str(workdir / "state"),
@@ -140,7 +141,8 @@ async def run_demo(profile: str, port: int, serve_only: bool, simulator_port: in
                 print(f"bridged      {daemon.url}  (token {token})")
                 print(f"simulator    {sim.base_url}")
                 print(f"messaging    {m_sim.base_url}  (Enhanced Chat)")
-                print(f"console      {console_url(sim)}  (the agent side of profile manual)")
+                print(f"console      {console_url(sim)}  (the agent side of profiles manual and "
+                      "enhanced_manual)")
                 print(f"profiles     {', '.join(names)}")
                 print(f"logs         {log_path}")
                 if serve_only:
@@ -149,7 +151,7 @@ async def run_demo(profile: str, port: int, serve_only: bool, simulator_port: in
                           "Press Ctrl+C to stop.", flush=True)
                     await asyncio.Event().wait()
                     return 0
-                if profile == "manual":
+                if profile in ("manual", "enhanced_manual"):
                     print(f"You play both sides: open {console_url(sim)} in a browser, accept "
                           "the chat there under any agent name and answer it; type here as "
                           "the visitor.")

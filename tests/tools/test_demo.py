@@ -12,6 +12,8 @@ import time
 import urllib.request
 from typing import Any
 
+import pytest
+
 from tests.processes import ROOT
 
 TIMEOUT = 30.0
@@ -130,16 +132,19 @@ def console_poll(url: str, what: str, condition: Any) -> dict[str, Any]:
     raise AssertionError(f"the console never showed {what}")
 
 
-def test_on_profile_manual_a_person_answers_at_the_console_it_prints() -> None:
-    demo = Demo("--profile", "manual")
+@pytest.mark.parametrize(("profile", "backend"), [("manual", "liveagent"),
+                                                  ("enhanced_manual", "messaging")])
+def test_on_profile_manual_a_person_answers_at_the_console_it_prints(profile: str,
+                                                                      backend: str) -> None:
+    demo = Demo("--profile", profile)
     try:
         match = re.search(r"console\s+(http://127\.0\.0\.1:\d+/console/)", demo.until("console"))
         assert match, demo.text()
         url = match.group(1)
-        demo.until("Starting a chat on profile 'manual'")
+        demo.until(f"Starting a chat on profile {profile!r}")
         waiting = console_poll(url, "the chat waiting", lambda c: c["state"] == "waiting")
         assert waiting["visitor"] == "Demo Visitor"
-        chat = f"liveagent/{waiting['id']}/"
+        chat = f"{backend}/{waiting['id']}/"
 
         console_call(url, chat + "accept", {"agent": "Pat Person"})
         demo.until("* Pat Person joined the chat")

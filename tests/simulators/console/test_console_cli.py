@@ -26,6 +26,8 @@ def test_bridged_simulator_serves_the_console_and_prints_its_url(tmp_path: Path)
             assert "<title>Agent console</title>" in page.read().decode()
         with urllib.request.urlopen(url + "api/conversations", timeout=10) as answer:
             assert json.loads(answer.read()) == {
-                "backends": [{"key": "liveagent", "title": "Live Agent"}], "conversations": []}
+                "backends": [{"key": "liveagent", "title": "Live Agent"},
+                             {"key": "messaging", "title": "Enhanced Chat"}],
+                "conversations": []}
     finally:
         process.stop()
