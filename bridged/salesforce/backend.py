@@ -17,7 +17,7 @@ __all__ = ["Backend"]
 
 from typing import Any, Protocol
 
-from bridged.chats.chat import Chat
+from bridged.chats.chat import Chat, KeptLists
 
 
 class Backend(Protocol):
@@ -34,8 +34,13 @@ class Backend(Protocol):
         """
         ...
 
-    def resume_from(self, backend_static: bytes, state: bytes, poll_sent_at: float) -> Any:
-        """Decode the backend's parts of a kept chat (raises ``msgspec.DecodeError``)."""
+    def resume_from(self, backend_static: bytes, state: bytes, poll_sent_at: float,
+                    lists: KeptLists | None = None) -> Any:
+        """Decode the backend's parts of a kept chat (raises ``msgspec.DecodeError``).
+
+        ``lists`` are the chat's kept lists; the backend's own are numbered from
+        ``BACKEND_LISTS`` up (see :mod:`bridged.chats.chat`).
+        """
         ...
 
     async def aclose(self) -> None:
