@@ -2,8 +2,9 @@
 
 Why SQLite (standard library) rather than an append-only journal: SQLite in WAL mode is
 already an append-only journal with checksums, crash recovery and compaction (checkpoints),
-tested far beyond anything written here; each chat is one row (its latest snapshot), so
-reading the state back after a crash is one query, with no log to replay or compact.
+tested far beyond anything written here; each chat is one row (its latest snapshot) and the
+rows of its kept lists, so reading the state back after a crash is a few queries, with no log
+to replay or compact.
 
 Why this survives ``kill -9`` at any instant: a transaction is in the WAL or it is not;
 readers after a crash see the last committed transaction. With ``synchronous=NORMAL`` a

@@ -52,8 +52,10 @@ async def measure_resume(tmp: Path, hold_s: float, client_poll_timeout: float,
             try:
                 client = await connect(http, bridged.url, BridgedProcess.TOKEN)
                 await client.start("resume-1", profile="manual")
-                joined = await client.expect("agent_joined")
-                await client.close()  # (it would not answer pings while the test waits)
+                await client.expect("agent_joined")
+                # Read on meanwhile (a client that does not answer pings is dropped).
+                said = asyncio.create_task(client.expect("agent_message", text="before",
+                                                         timeout=hold_s * 3 + 30))
                 (summary,) = await asyncio.to_thread(simulator.sessions)
                 session_id = summary["id"]
                 # One idle poll answered (204) and the next one sent: the hold is observed.
@@ -62,11 +64,8 @@ async def measure_resume(tmp: Path, hold_s: float, client_poll_timeout: float,
                     while (await asyncio.to_thread(simulator.session, session_id))["polls"] < (
                             polls + 2):
                         await asyncio.sleep(0.05)
-                client = await connect(http, bridged.url, BridgedProcess.TOKEN)
-                await client.send({"type": "attach", "chat": "resume-1",
-                                   "after": joined["seq"]})
                 await asyncio.to_thread(simulator.action, session_id, "say", {"text": "before"})
-                before = await client.expect("agent_message", text="before")
+                before = await said
                 await client.send({"type": "ack", "chat": "resume-1", "seq": before["seq"]})
                 bridged.signal(signal.SIGKILL)
                 killed = time.monotonic()
