@@ -4,7 +4,7 @@
     bridged check --config PATH      validate a config and print it, secrets redacted
     bridged version
     bridged demo                     bridged + the built-in simulator + a terminal chat
-    bridged simulator                the built-in Live Agent simulator alone
+    bridged simulator                the built-in Live Agent simulator, with its agent console
     bridged chat --url URL ...       a terminal chat client for the OCP side
 
 Exit codes: 0 done, 1 runtime failure, 2 bad usage or bad config. A bad config is one line
@@ -17,6 +17,7 @@ __all__ = ["main"]
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import uuid
 from collections.abc import Coroutine, Sequence
@@ -72,12 +73,13 @@ def _cmd_version(_args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bridged.tools.demo import run_demo
 
-    return _run(run_demo(profile=args.profile, port=args.port, serve_only=args.serve))
+    return _run(run_demo(profile=args.profile, port=args.port, serve_only=args.serve,
+                         simulator_port=args.simulator_port))
 
 
 def _cmd_simulator(args: argparse.Namespace) -> int:
     from bridged.ops.logs import setup_logging
-    from bridged.simulators.liveagent import SimulatorOptions, serve_forever
+    from bridged.simulators.liveagent import SimulatorOptions
 
     try:
         host, port = split_listen(args.listen)
@@ -93,11 +95,34 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         print(f"bridged: simulator options: {exc}", file=sys.stderr)
         return 2
-    return _run(_forever(serve_forever(options, host, port, extra_ports=args.extra_ports)))
+    return _run(_simulate(options, host, port, args.extra_ports))
 
 
-async def _forever(coro: Coroutine[Any, Any, Any]) -> int:
-    await coro
+async def _simulate(options: Any, host: str, port: int, extra_ports: int) -> int:
+    """Serve the Live Agent simulator and the agent console on it until stopped."""
+    from bridged.simulators.console import AgentConsole, LiveAgentConsole, console_url
+    from bridged.simulators.liveagent import running_simulator
+
+    console = AgentConsole()
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            sim = await stack.enter_async_context(running_simulator(
+                options, host, port, extra_ports=extra_ports,
+                setup=lambda sim: console.mount(sim.app)))
+        except OSError as exc:
+            print(f"bridged: cannot listen on {host}:{port}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
+        console.add(LiveAgentConsole(sim))
+        print(f"simulator    {sim.base_url}", flush=True)
+        for url in sim.alias_base_urls:
+            print(f"also         {url}  (same sessions)", flush=True)
+        print(f"console      {console_url(sim)}  (the agent side of the chats on button "
+              "573CONSOLE00000)", flush=True)
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            print("bridged: the simulator's control API (/_sim/) and its console have no "
+                  "authentication", file=sys.stderr, flush=True)
+        await asyncio.Event().wait()
     return 0
 
 
@@ -178,14 +203,18 @@ def _parser() -> argparse.ArgumentParser:
     version.set_defaults(func=_cmd_version)
 
     demo = sub.add_parser("demo", help="bridged with its Live Agent simulator, and a chat")
-    demo.add_argument("--profile", default="queue",
-                      help="echo, queue, no_agent, fail or agent_ends (default: queue)")
+    demo.add_argument("--profile", default="queue", help=(
+        "echo, queue, no_agent, fail, agent_ends, or manual: you answer as the agent in the "
+        "agent console, a web page (default: queue)"))
     demo.add_argument("--port", type=int, default=8710, help="bridged's port (0: any free)")
+    demo.add_argument("--simulator-port", type=int, default=8711,
+                      help="the simulator's and its agent console's port (0: any free)")
     demo.add_argument("--serve", action="store_true",
                       help="only run bridged and the simulator; chat from another terminal")
     demo.set_defaults(func=_cmd_demo)
 
-    sim = sub.add_parser("simulator", help="run the built-in Live Agent simulator")
+    sim = sub.add_parser("simulator", help=(
+        "run the built-in Live Agent simulator and its agent console (/console/)"))
     sim.add_argument("--listen", default="127.0.0.1:8711", metavar="HOST:PORT")
     sim.add_argument("--hold-s", type=float, default=30.0, help="idle poll hold (s)")
     sim.add_argument("--client-poll-timeout", type=float, default=40.0,

@@ -13,7 +13,13 @@ import pytest
 
 from bridged.config.file import Config
 from bridged.ops.daemon import Daemon
-from bridged.simulators.liveagent import Simulator, SimulatorOptions, running_simulator
+from bridged.simulators.liveagent import (
+    CONSOLE_BUTTON,
+    MANUAL_BUTTON,
+    Simulator,
+    SimulatorOptions,
+    running_simulator,
+)
 from bridged.tools.demo import DEMO_DEPLOYMENT, DEMO_ORG, DEMO_PROFILES
 from tests import aioresponses_compat
 from tests.ocp_client import OcpClient, connect
@@ -27,13 +33,19 @@ FAST = SimulatorOptions(hold_s=0.5, client_poll_timeout=5, join_delay_s=0.05,
                         reply_delay_s=0.02, queue_step_s=0.05)
 
 
+# The demo's profiles, but "manual" is the agent a test drives through the control API: it
+# joins by itself, then only does what the test says (as in tests/processes.py). "console"
+# is the demo's "manual": it waits until someone accepts it at the agent console.
+PROFILES = {**DEMO_PROFILES, "manual": MANUAL_BUTTON, "console": CONSOLE_BUTTON}
+
+
 def bridged_config(sim: Simulator, tmp_path: Any, *, history: dict[str, Any] | None = None,
                    **server: Any) -> Config:
-    """A config whose profiles (named as in the demo) point at ``sim``."""
+    """A config whose profiles (:data:`PROFILES`) point at ``sim``."""
     profiles = {
         name: {"live_agent_base_url": sim.base_url, "organization_id": DEMO_ORG,
                "deployment_id": DEMO_DEPLOYMENT, "button_id": button}
-        for name, button in DEMO_PROFILES.items()
+        for name, button in PROFILES.items()
     }
     return msgspec.convert({
         "server": {"listen": "127.0.0.1:0", "tokens": [TOKEN], "detach_grace_s": 5, **server},

@@ -12,26 +12,38 @@ A :class:`Chat` is what every side of bridged shares about a chat:
   moves the binding and the replay point in one synchronous step, and the old link's
   writer sees that the chat is no longer its own.
 
+An ``error`` about one of the visitor's messages that will never be sent (the chat ended
+first) is part of that stream too, though ``error`` carries no ``seq``: it is held (as a
+:class:`HeldError`) *before* the event that follows it, goes out just before that event,
+is replayed by an ``attach`` whose ``after`` is below that event, and is forgotten with the
+``ack`` of that event. So it reaches OCP whether or not a connection is bound, and however
+far behind that connection is.
+
 Backpressure: the outbox is bounded (``max_held``). While it is full the actor does not
 poll Salesforce for more, so Salesforce keeps the agent's messages instead of bridged.
+
+The log: each step of the chat's life that a fact reports (queued, agent joined, transferred,
+ended) is one info line from :meth:`Chat.emit`, with the chat id and never a message text,
+so every backend logs the same steps the same way.
 
 Durability: an event is sent to OCP only once it is *durable*, i.e. once the chat's
 snapshot that holds it has been committed to the state store (``durable_seq``). A restart
 then never has to invent again an event that OCP has already seen: whatever OCP saw, the
 next process holds, with the same ``seq``.
 
-What a chat holds in numbers (its events, its inbox, the ids of its messages not yet
-answered) is kept item by item (the store's *kept lists*): :meth:`Chat.kept_changes` gives
-what was added and what is gone since the last save, so a save costs what changed, not
+What a chat holds in numbers (its events, its held errors, its inbox, the ids of its messages
+not yet answered) is kept item by item (the store's *kept lists*): :meth:`Chat.kept_changes`
+gives what was added and what is gone since the last save, so a save costs what changed, not
 what the chat holds.
 """
 
 from __future__ import annotations
 
 __all__ = ["BACKEND_LISTS", "Chat", "ChatRecord", "ChatSnapshot", "ChatStatic", "Command",
-           "KeptLists", "Link"]
+           "HeldError", "KeptLists", "Link"]
 
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,19 +51,22 @@ from typing import Protocol, TypeAlias
 
 import msgspec
 
+from bridged._log import log_event
 from bridged.chats import facts
 from bridged.chats.mailbox import LoadMeter, Mailbox
 from bridged.chats.texts import render
-from bridged.config.webchat import WebchatConfig
+from bridged.config.webchat import AnyWebchat
 from bridged.ocp import envelopes as env
 
 Command: TypeAlias = env.Message | env.Typing
 # The chat's kept lists (see bridged.state.sqlite); a backend numbers its own from
 # BACKEND_LISTS up. Keys: an event's seq; the n-th command put in the inbox; the n-th
-# message id taken in.
-_EVENTS, _INBOX, _PENDING = 1, 2, 3
+# message id taken in; a held error's serial.
+_EVENTS, _INBOX, _PENDING, _ERRORS = 1, 2, 3, 4
 BACKEND_LISTS = 16
 KeptLists: TypeAlias = dict[int, list[tuple[int, bytes]]]  # list -> [(key, data)] by key
+
+log = logging.getLogger("bridged.chats.chat")
 
 
 class ChatStatic(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,7 +74,7 @@ class ChatStatic(msgspec.Struct, frozen=True, kw_only=True):
 
     version: int = 1
     id: str
-    webchat: WebchatConfig
+    webchat: AnyWebchat
     start: env.Start
     created: float
     backend: str
@@ -76,11 +91,23 @@ class ChatStatic(msgspec.Struct, frozen=True, kw_only=True):
         return _static_decoder.decode(data)
 
 
+class HeldError(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An ``error`` held with a chat's events: it goes out right before event ``before``.
+
+    ``serial`` numbers the chat's held errors (1, 2, ...) for the writer's cursor; it never
+    goes on the wire.
+    """
+
+    serial: int
+    before: int
+    error: env.Error
+
+
 class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What changes about a chat, as of one instant (the delivered ids are kept apart).
 
-    The events, the inbox and the pending ids are kept lists of their own; the fields of
-    that name hold them only in records written before (version 1), read on an upgrade.
+    The events, held errors, inbox and pending ids are kept lists of their own; the fields of
+    those names hold them only in records written before (version 1), read on an upgrade.
     """
 
     next_seq: int
@@ -92,12 +119,13 @@ class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     state: str
     agent: str | None
     queue_position: int | None = None
+    errors: list[HeldError] = []
 
 
 class ChatRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A kept chat's changing part: the shared snapshot and the backend's (opaque here)."""
 
-    version: int = 2  # 1: the events, inbox and pending ids inline in ``chat``
+    version: int = 2  # 1: the events, errors, inbox and pending ids inline in ``chat``
     chat: ChatSnapshot
     state: msgspec.Raw = msgspec.Raw(b"\xc0")
 
@@ -117,6 +145,7 @@ _record_decoder = msgspec.msgpack.Decoder(ChatRecord)
 _item_encoder = msgspec.msgpack.Encoder()
 _event_decoder = msgspec.msgpack.Decoder(env.ChatEvent)
 _command_decoder = msgspec.msgpack.Decoder(Command)
+_error_decoder = msgspec.msgpack.Decoder(HeldError)
 
 
 class Link(Protocol):
@@ -126,10 +155,7 @@ class Link(Protocol):
     chats: set[str]  # ids of the chats bound to this link
 
     def schedule(self, chat: Chat) -> None:
-        """The chat has events this link has not sent yet."""
-
-    def post_error(self, error: env.Error) -> None:
-        """Send an ``error`` (not numbered, not held for replay)."""
+        """The chat has events (or held errors) this link has not sent yet."""
 
 
 class Chat:
@@ -143,7 +169,7 @@ class Chat:
         max_held: bound of the events held for replay.
     """
 
-    def __init__(self, chat_id: str, webchat: WebchatConfig, start: env.Start, *,
+    def __init__(self, chat_id: str, webchat: AnyWebchat, start: env.Start, *,
                  inbox_size: int, max_held: int) -> None:
         self.id = chat_id
         self.webchat = webchat
@@ -159,6 +185,9 @@ class Chat:
         self.persistent = True  # False: no store, every event is durable at once
         self.link: Link | None = None
         self.sent_upto = 0  # the highest seq the bound link has written
+        self.held_errors: deque[HeldError] = deque()
+        self.next_error = 1  # serial of the next held error
+        self.errors_sent = 0  # the highest serial of a held error the bound link has written
         self.bind_epoch = 0  # +1 at every bind, so a writer can tell it was rebound
         self.end_requested: facts.Ended | None = None
         self.finished = False
@@ -167,15 +196,18 @@ class Chat:
         self.queue_position: int | None = None
         self.delivered_ids: set[str] = set()
         self.new_delivered: list[str] = []  # delivered since the last save
-        self.pending_ids: set[str] = set()
+        self.pending_ids: dict[str, None] = {}  # taken in, not yet answered; in order
         self.waker: Callable[[], None] | None = None
         self.on_finished: Callable[[Chat, facts.Ended], None] | None = None
         self.on_event: Callable[[env.ChatEvent], None] | None = None
-        self.load: LoadMeter | None = None  # counts this chat's messages not yet answered
-        # What the store holds of the kept lists (see kept_changes): events from
-        # _kept_from to _kept_seq, inbox keys from _kept_inbox_from below _kept_inbox, and
-        # a key per pending id, with the ones added and dropped since the last save.
+        # Counts this chat's messages not yet answered, as its bound link's.
+        self.load: LoadMeter | None = None
+        # What the store holds of the kept lists (see kept_changes): events from _kept_from
+        # to _kept_seq, errors from _kept_error_from to _kept_error, inbox keys from
+        # _kept_inbox_from below _kept_inbox, and a key per pending id, with the ones added
+        # and dropped since the last save.
         self._kept_from, self._kept_seq = 1, 0
+        self._kept_error_from, self._kept_error = 1, 0
         self._kept_inbox_from = self._kept_inbox = 0
         self._pending_keys: dict[str, int] = {}
         self._pending_next = 0
@@ -203,9 +235,8 @@ class Chat:
             return
         if isinstance(fact, facts.Undelivered):
             self._settle(fact.id)
-            if self.link is not None:
-                self.link.post_error(env.Error(code="unknown_chat", detail=fact.detail,
-                                               chat=self.id, ref=fact.id))
+            self._hold_error(env.Error(code="unknown_chat", detail=fact.detail, chat=self.id,
+                                       ref=fact.id))
             return
         if isinstance(fact, facts.Delivered):
             self._settle(fact.id)
@@ -218,6 +249,7 @@ class Chat:
         elif isinstance(fact, facts.Queued):
             self.queue_position = fact.position
         event = render(fact, self.id, self.next_seq, self.webchat)
+        self._log_step(fact, event.seq)
         self.next_seq += 1
         self.held.append(event)
         if not self.persistent:
@@ -234,30 +266,59 @@ class Chat:
                 self.on_finished(self, fact)
         self.wake()  # the actor saves the new event, which makes it durable
 
+    def _log_step(self, fact: facts.Fact, seq: int) -> None:
+        """One info line for a step of the chat's life; texts (agent's or ours) never."""
+        match fact:
+            case facts.Queued():
+                log_event(log, logging.INFO, "chat_queued", chat=self.id, seq=seq,
+                          position=fact.position, wait_s=fact.wait_s)
+            case facts.AgentJoined():
+                log_event(log, logging.INFO, "agent_joined", chat=self.id, seq=seq,
+                          agent=fact.agent)
+            case facts.Transferred():
+                log_event(log, logging.INFO, "chat_transferred", chat=self.id, seq=seq,
+                          agent=fact.agent)
+            case facts.Ended():
+                log_event(log, logging.INFO, "chat_ended", chat=self.id, seq=seq,
+                          reason=fact.reason, detail=fact.detail)
+
+    def _hold_error(self, error: env.Error) -> None:
+        """Hold ``error`` before the next event, for the bound link and later attaches."""
+        self.held_errors.append(HeldError(serial=self.next_error, before=self.next_seq,
+                                          error=error))
+        self.next_error += 1
+        if self.link is not None:
+            self.link.schedule(self)
+        self.wake()  # the actor saves it with the chat
+
     def accept(self, message_id: str) -> None:
         """A visitor message was taken in; it counts as load until answered."""
         if message_id not in self.pending_ids:
-            self.pending_ids.add(message_id)
+            self.pending_ids[message_id] = None
             if message_id not in self._pending_keys:  # else kept already (adopted)
                 key = self._pending_keys[message_id] = self._pending_next
                 self._pending_next += 1
                 self._pending_added[key] = message_id
             if self.load is not None:
-                self.load.add()
+                self.load.add(self._owner())
 
     def _settle(self, message_id: str) -> None:
         if message_id in self.pending_ids:
-            self.pending_ids.discard(message_id)
+            del self.pending_ids[message_id]
             key = self._pending_keys.pop(message_id, None)
             if key is not None and self._pending_added.pop(key, None) is None:
                 self._pending_dropped.append(key)
             if self.load is not None:
-                self.load.remove()
+                self.load.remove(self._owner())
+
+    def _owner(self) -> str | None:
+        """Whose load this chat's unanswered messages are: its connection's, if bound."""
+        return self.link.id if self.link is not None else None
 
     def release_load(self) -> None:
         """The chat is gone from this process: its unanswered messages stop counting."""
         if self.load is not None and self.pending_ids:
-            self.load.remove(len(self.pending_ids))
+            self.load.remove(self._owner(), len(self.pending_ids))
         self.load = None
 
     def mark_durable(self, upto: int) -> None:
@@ -293,8 +354,8 @@ class Chat:
                      drops: list[tuple[int, int, int]]) -> None:
         """Append what changed in the chat's kept lists since the last call, for a save.
 
-        Events acknowledged and commands taken since are dropped (as ranges of keys), new
-        ones added; each item is encoded once, when it is new.
+        Events and errors acknowledged and commands taken since are dropped (as ranges of
+        keys), new ones added; each item is encoded once, when it is new.
         """
         # Events: held from held[0].seq (or none) to next_seq - 1, consecutively. Only keys
         # up to _kept_seq were ever written: one acknowledged before its save costs nothing.
@@ -310,6 +371,19 @@ class Chat:
                 event = self.held[index]
                 items.append((_EVENTS, event.seq, _item_encoder.encode(event)))
             self._kept_seq = last
+        # Held errors: serials from held_errors[0].serial to next_error - 1, the same way.
+        first = self.held_errors[0].serial if self.held_errors else self.next_error
+        if first > self._kept_error_from:
+            if self._kept_error >= self._kept_error_from:
+                drops.append((_ERRORS, self._kept_error_from, min(first - 1, self._kept_error)))
+            self._kept_error_from = first
+        last = self.next_error - 1
+        if last > self._kept_error:
+            new = last - max(self._kept_error + 1, first) + 1
+            for index in range(-new, 0):
+                held = self.held_errors[index]
+                items.append((_ERRORS, held.serial, _item_encoder.encode(held)))
+            self._kept_error = last
         # The inbox: keys from (puts - len) to puts - 1.
         oldest = self._inbox_puts - len(self.inbox)
         if oldest > self._kept_inbox_from:
@@ -347,6 +421,7 @@ class Chat:
         """
         lists = lists or {}
         kept_events = lists.get(_EVENTS, [])
+        kept_errors = lists.get(_ERRORS, [])
         kept_inbox = lists.get(_INBOX, [])
         kept_pending = lists.get(_PENDING, [])
         inbox = [*snapshot.inbox, *(_command_decoder.decode(data) for _, data in kept_inbox)]
@@ -355,19 +430,30 @@ class Chat:
         chat.created = static.created
         chat.next_seq = snapshot.next_seq
         chat.durable_seq = snapshot.next_seq - 1
-        events = {event.seq: event for event in snapshot.held}  # version 1: inline
+        # What came from the kept lists is in the store; what came inline (version 1) is
+        # written anew with the next save.
+        events = {event.seq: event for event in snapshot.held}
         events.update((key, _event_decoder.decode(data)) for key, data in kept_events)
         chat.held.extend(events[seq] for seq in sorted(events))
-        # What came from the kept lists is in the store; what came inline is written anew.
         if kept_events:
             chat._kept_from, chat._kept_seq = kept_events[0][0], kept_events[-1][0]
         else:
             chat._kept_from = chat.next_seq - len(chat.held)
             chat._kept_seq = chat._kept_from - 1
+        errors = {held.serial: held for held in snapshot.errors}
+        errors.update((key, _error_decoder.decode(data)) for key, data in kept_errors)
+        chat.held_errors.extend(errors[serial] for serial in sorted(errors))
+        if chat.held_errors:
+            chat.next_error = chat.held_errors[-1].serial + 1
+        if kept_errors:
+            chat._kept_error_from, chat._kept_error = kept_errors[0][0], kept_errors[-1][0]
+        else:
+            chat._kept_error_from = chat.next_error - len(chat.held_errors)
+            chat._kept_error = chat._kept_error_from - 1
         chat.delivered_ids.update(delivered)
         for key, data in kept_pending:
             message_id = data.decode()
-            chat.pending_ids.add(message_id)
+            chat.pending_ids[message_id] = None
             chat._pending_keys[message_id] = key
             chat._pending_next = key + 1
         for message_id in snapshot.pending_ids:
@@ -389,16 +475,30 @@ class Chat:
     # --- the connections' side --------------------------------------------------------
 
     def bind(self, link: Link, after: int) -> None:
-        """Bind to ``link`` and have it send every held event with ``seq > after``."""
+        """Bind to ``link`` and have it send every held event with ``seq > after``.
+
+        And every held error that comes before such an event: OCP, having seen event
+        ``after``, has seen what came before it.
+        """
+        if self.load is not None:
+            self.load.move(self._owner(), link.id, len(self.pending_ids))
         self.link = link
         self.bind_epoch += 1
         self.sent_upto = min(after, self.next_seq - 1)
+        seen = self.held_errors[0].serial - 1 if self.held_errors else self.next_error - 1
+        for held in self.held_errors:
+            if held.before > self.sent_upto:
+                break
+            seen = held.serial
+        self.errors_sent = seen
         link.schedule(self)
 
     def unbind(self, link: Link) -> bool:
         """Forget ``link`` if it is the bound one; ``True`` if it was."""
         if self.link is not link:
             return False
+        if self.load is not None:
+            self.load.move(link.id, None, len(self.pending_ids))
         self.link = None
         return True
 
@@ -415,11 +515,38 @@ class Chat:
             return []
         return list(itertools.islice(self.held, start, stop))
 
+    def outgoing(self, limit: int) -> list[env.ChatEvent | HeldError]:
+        """What the bound link writes next, in order: up to ``limit`` events (see
+        :meth:`unsent`), each held error just before the event it precedes.
+
+        An error before an event that does not exist yet goes out once every event before
+        it has: it does not wait for an event that may never come.
+        """
+        events = self.unsent(limit)
+        errors = [e for e in self.held_errors if e.serial > self.errors_sent]
+        if not errors:
+            return list(events)
+        out: list[env.ChatEvent | HeldError] = []
+        position = 0
+        for event in events:
+            while position < len(errors) and errors[position].before <= event.seq:
+                out.append(errors[position])
+                position += 1
+            out.append(event)
+        written = events[-1].seq if events else self.sent_upto
+        for held in errors[position:]:
+            if held.before > written and not held.before == written + 1 == self.next_seq:
+                break
+            out.append(held)
+        return out
+
     def ack(self, seq: int) -> None:
         """OCP has processed every event up to ``seq``: forget them, and make room."""
         was_full = not self.has_room()
         while self.held and self.held[0].seq <= seq:
             self.held.popleft()
+        while self.held_errors and self.held_errors[0].before <= seq:
+            self.held_errors.popleft()
         if was_full and self.has_room():
             self.wake()
 

@@ -148,12 +148,20 @@ class Dispatcher:
         except Refused as exc:
             exc.chat, exc.ref = start.chat, "start"
             raise
-        # A finished chat with the same id is superseded: the id is free again.
+        chat = Chat(start.chat, webchat, start, inbox_size=server.mailbox_size,
+                    max_held=server.max_held_events)
+        try:
+            # First, so that a chat is live only with an actor. Its task runs once this
+            # envelope is applied: the chat is fully set up by then.
+            self._supervisor.spawn(chat)
+        except RuntimeError:
+            raise AtCapacity("bridged is shutting down; start the chat on another node",
+                             chat=start.chat, ref="start") from None
+        # A finished chat with the same id is superseded: the id is free again (its actor
+        # may still be winding down; it is a task of its own).
         old = self.finished.get(start.chat)
         if old is not None:
             self._forget(old)
-        chat = Chat(start.chat, webchat, start, inbox_size=server.mailbox_size,
-                    max_held=server.max_held_events)
         chat.on_finished = self._finished
         chat.on_event = self._on_chat_event
         chat.load = self.load
@@ -164,7 +172,6 @@ class Dispatcher:
         chat.bind(link, after=0)
         log_event(log, logging.INFO, "chat_started", chat=chat.id, link=link.id,
                   profile=start.profile or "")
-        self._supervisor.spawn(chat)
 
     def _message(self, link: Link, message: env.Message) -> None:
         chat = self._bound_live(link, message.chat, message.id)
@@ -174,6 +181,12 @@ class Dispatcher:
             return
         if message.id in chat.pending_ids:
             return  # the first copy is on its way; its ``delivered`` answers both
+        if not self.load.admits(link.id):
+            load = self.load
+            raise Busy(f"bridged is overloaded (server.overload_high: {load.high} messages not"
+                       f" yet answered) and this connection holds {load.held_by(link.id)} of"
+                       " them; the message was NOT accepted, send it again later",
+                       chat=chat.id, ref=message.id)
         try:
             chat.inbox.put_nowait(message)
         except MailboxFull:
@@ -230,7 +243,7 @@ class Dispatcher:
         chat.on_finished = self._finished
         chat.on_event = self._on_chat_event
         if not chat.finished:
-            pending, chat.pending_ids = chat.pending_ids, set()
+            pending, chat.pending_ids = chat.pending_ids, {}
             chat.load = self.load
             for message_id in pending:
                 chat.accept(message_id)

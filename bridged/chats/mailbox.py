@@ -167,11 +167,15 @@ class Mailbox(Generic[T]):
 
 
 class LoadMeter:
-    """Work taken in and not yet done, across every chat, with high/low watermarks.
+    """Work taken in and not yet done (visitor messages not yet answered), in all and per
+    owner (the connection a chat is bound to; ``None`` for a chat bound to none), with
+    high/low watermarks.
 
-    Above ``high`` the process is overloaded: readers of OCP connections stop reading (so
-    TCP pushes back on OCP) until the load falls to ``low`` (websockets' Assembler idea,
-    applied to the whole process).
+    At ``high`` the process is overloaded, until the load falls to ``low``. While it is, an
+    owner may add more only while it holds less than its fair share: ``high`` divided among
+    the owners that hold some, itself included. So the connection that causes the backlog
+    is the one refused, the others are not, and no connection stops being read (its acks
+    and ends, which bring the load down, always get through).
     """
 
     def __init__(self, high: int, low: int) -> None:
@@ -179,23 +183,50 @@ class LoadMeter:
             raise ValueError("the low watermark must be below the high one")
         self.high, self.low = high, low
         self.total = 0
-        self._ok = asyncio.Event()
-        self._ok.set()
+        self._by_owner: dict[str, int] = {}  # only owners holding some
+        self._overloaded = False
 
     @property
     def overloaded(self) -> bool:
-        return not self._ok.is_set()
+        return self._overloaded
 
-    def add(self, amount: int = 1) -> None:
+    def held_by(self, owner: str) -> int:
+        """How much of the load ``owner`` holds."""
+        return self._by_owner.get(owner, 0)
+
+    def admits(self, owner: str) -> bool:
+        """Whether ``owner`` may add to the load now."""
+        if not self._overloaded:
+            return True
+        held = self._by_owner.get(owner, 0)
+        owners = len(self._by_owner) + (0 if held else 1)
+        return held < self.high // owners
+
+    def add(self, owner: str | None, amount: int = 1) -> None:
+        """``owner`` took in ``amount`` more."""
         self.total += amount
+        self._credit(owner, amount)
         if self.total >= self.high:
-            self._ok.clear()
+            self._overloaded = True
 
-    def remove(self, amount: int = 1) -> None:
+    def remove(self, owner: str | None, amount: int = 1) -> None:
+        """``amount`` of ``owner``'s load is done."""
         self.total = max(0, self.total - amount)
+        self._credit(owner, -amount)
         if self.total <= self.low:
-            self._ok.set()
+            self._overloaded = False
 
-    async def wait_ok(self) -> None:
-        """Return once the load is (back) at or below the low watermark."""
-        await self._ok.wait()
+    def move(self, old: str | None, new: str | None, amount: int) -> None:
+        """``amount`` of ``old``'s load is ``new``'s from now on (a chat changed connection)."""
+        if old != new:
+            self._credit(old, -amount)
+            self._credit(new, amount)
+
+    def _credit(self, owner: str | None, amount: int) -> None:
+        if owner is None or not amount:
+            return
+        held = self._by_owner.get(owner, 0) + amount
+        if held > 0:
+            self._by_owner[owner] = held
+        else:
+            self._by_owner.pop(owner, None)

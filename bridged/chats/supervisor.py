@@ -2,9 +2,15 @@
 
 ``ChatSupervisor`` is an isolating scope in the style of aiojobs: it keeps a strong
 reference to each chat's task (named ``chat:<id>``), and a crash inside one chat ends
-that chat, and only that chat, with ``ended`` reason ``failed``. A failure of the
-supervisor itself is not caught here: it goes up to the daemon's TaskGroup and the process
-exits non-zero, for systemd to restart it.
+that chat, and only that chat: each of its messages not yet answered gets an ``error``,
+then the chat ``ended`` reason ``failed`` (the backend's actor, before it goes, ends the
+chat at Salesforce as best it can). A failure of the supervisor itself is not caught here:
+it goes up to the daemon's TaskGroup and the process exits non-zero, for systemd to
+restart it.
+
+Tasks are kept per :class:`Chat`, not per chat id: an id is free again the moment its
+``ended`` went out, while the old actor may still be winding down (cancelling its
+requests), so for a while two actors of one id may run, the old one only finishing.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ class ChatSupervisor:
         self._run_chat = run_chat
         # Keeps the chat (its ``ended`` event) since its actor, which would have, is gone.
         self._on_crashed = on_crashed
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[Chat, asyncio.Task[None]] = {}
         self._closing = False
 
     def __len__(self) -> int:
@@ -45,14 +51,14 @@ class ChatSupervisor:
         """Start serving ``chat`` (from its kept backend state ``resume`` after a restart).
 
         Raises:
-            RuntimeError: the supervisor is closing, or the chat already has a task.
+            RuntimeError: the supervisor is closing, or this chat already has a task.
         """
         if self._closing:
             raise RuntimeError("the supervisor is closing")
-        if chat.id in self._tasks:
+        if chat in self._tasks:
             raise RuntimeError(f"chat {chat.id} already has an actor")
         task = asyncio.create_task(self._guard(chat, resume), name=f"chat:{chat.id}")
-        self._tasks[chat.id] = task
+        self._tasks[chat] = task
 
     async def _guard(self, chat: Chat, resume: Any) -> None:
         try:
@@ -67,10 +73,13 @@ class ChatSupervisor:
                 log_event(log, logging.ERROR, "chat_stopped_without_end", chat=chat.id)
                 self._fail(chat, "internal error in bridged")
         finally:
-            if self._tasks.get(chat.id) is asyncio.current_task():
-                del self._tasks[chat.id]
+            del self._tasks[chat]
 
     def _fail(self, chat: Chat, detail: str) -> None:
+        """End ``chat`` toward OCP for its gone actor: every message unanswered, then ended."""
+        for message_id in list(chat.pending_ids):
+            chat.emit(facts.Undelivered(
+                id=message_id, detail="the chat failed before Salesforce confirmed the message"))
         chat.emit(facts.Ended(reason="failed", detail=detail))
         if self._on_crashed is not None:
             self._on_crashed(chat)

@@ -14,7 +14,7 @@ import math
 import msgspec
 
 from bridged.chats import facts
-from bridged.config.webchat import WebchatConfig
+from bridged.config.webchat import AnyWebchat
 from bridged.ocp import envelopes as env
 
 
@@ -27,7 +27,7 @@ def format_wait(seconds: int) -> str:
     return f"{max(1, math.ceil(seconds / 60))} min"
 
 
-def queue_text(webchat: WebchatConfig, position: int | None, wait_s: int | None) -> str:
+def queue_text(webchat: AnyWebchat, position: int | None, wait_s: int | None) -> str:
     """The text of a ``queued`` event. Parts whose figure Salesforce did not give are left out."""
     lines = []
     if position is not None:
@@ -37,7 +37,7 @@ def queue_text(webchat: WebchatConfig, position: int | None, wait_s: int | None)
     return "\n".join(lines)
 
 
-def _ended_text(webchat: WebchatConfig, ended: facts.Ended) -> str:
+def _ended_text(webchat: AnyWebchat, ended: facts.Ended) -> str:
     if ended.reason == "no_agent":
         return webchat.no_agent_available_message
     if ended.reason == "failed":
@@ -45,7 +45,7 @@ def _ended_text(webchat: WebchatConfig, ended: facts.Ended) -> str:
     return webchat.agent_session_ended_message
 
 
-def render(fact: facts.Fact, chat: str, seq: int, webchat: WebchatConfig) -> env.ChatEvent:
+def render(fact: facts.Fact, chat: str, seq: int, webchat: AnyWebchat) -> env.ChatEvent:
     """The event for ``fact``, numbered ``seq``.
 
     Raises:

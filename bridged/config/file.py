@@ -67,8 +67,9 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # closed with 1008.
     max_chats_per_connection: PositiveInt = 20000
     max_envelopes_per_s: PositiveFloat = 2000.0
-    # Visitor messages taken in and not yet answered, over all chats: above the high mark
-    # bridged stops reading from every connection until the load falls to the low mark.
+    # Visitor messages taken in and not yet answered, over all chats: from the high mark
+    # until the load falls to the low mark, a connection holding its share of the high mark
+    # or more gets "busy" for its messages; every connection is still read.
     overload_high: PositiveInt = 100000
     overload_low: Annotated[int, msgspec.Meta(ge=0)] = 50000
     shutdown_budget_s: PositiveFloat = 8.0
@@ -80,6 +81,8 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class SalesforceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[salesforce]``: how bridged speaks to Live Agent."""
 
+    # PROTOCOL.md's default names Live Agent's hosts only: Enhanced Chat's SCRT hosts
+    # ("*.my.salesforce-scrt.com") are added by the operator, as the example config does.
     allowed_hosts: list[str] = msgspec.field(default_factory=lambda: ["*.salesforceliveagent.com"])
     # bridged's own keys
     api_version: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}(\.0)?$")] = "66"

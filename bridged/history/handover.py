@@ -1,9 +1,10 @@
 """The bot's conversation, fetched from OCP and shaped for the agent (PROTOCOL.md section 4).
 
 Backend-neutral: it fetches the history of a chat (before an agent is asked for) and turns
-it into what a backend hands over: the text of one prechat detail, and the messages of a
-transcript sent to the agent right after they join. A history that cannot be had never
-stops the chat: the agent is told that it is unavailable instead.
+it into what a backend hands over: the text of one field the agent sees before accepting
+(a Live Agent prechat detail, or an Enhanced Chat hidden pre-chat field), and the messages of
+a transcript sent to the agent as the conversation's first visitor messages. A history that
+cannot be had never stops the chat: the agent is told that it is unavailable instead.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import msgspec
 from bridged._log import log_event
 from bridged.chats.chat import Chat
 from bridged.config.file import HistoryConfig
-from bridged.config.webchat import PrechatDetail
+from bridged.config.webchat import AnyWebchat, PrechatDetail, WebchatConfig
 from bridged.history.client import HistoryAuth, fetch_history
 from bridged.history.decoder import (
     MAX_CHAT_MESSAGE,
@@ -29,14 +30,27 @@ from bridged.history.decoder import (
 )
 from bridged.ops.metrics import Metrics
 
-log = logging.getLogger("bridged.history.decoder")
+log = logging.getLogger("bridged.history.handover")
 
 
 class Handover(msgspec.Struct, frozen=True, kw_only=True):
-    """What the agent is given: a prechat detail and the transcript's messages."""
+    """What the agent is given: the history as one field's value, and as messages.
+
+    ``summary`` is the history in one value (for Enhanced Chat's hidden pre-chat field,
+    truncated there to the field's length); ``prechat`` is the same as a Live Agent prechat
+    detail, with the profile's label and transcript field.
+    """
 
     prechat: PrechatDetail | None = None
+    summary: str | None = None
     messages: list[str] = []
+
+
+def _wants_summary(webchat: AnyWebchat) -> bool:
+    """Whether the chat's configuration asks for the history in one field."""
+    if isinstance(webchat, WebchatConfig):
+        return webchat.history_prechat
+    return bool(webchat.history_routing_attribute)
 
 
 class HistoryHandover:
@@ -58,7 +72,7 @@ class HistoryHandover:
     async def prepare(self, chat: Chat) -> Handover:
         """The handover for ``chat``; empty when disabled or when the history is empty."""
         webchat = chat.webchat
-        if not self.enabled or not (webchat.history_prechat or webchat.history_messages):
+        if not self.enabled or not (_wants_summary(webchat) or webchat.history_messages):
             return Handover()
         auth = HistoryAuth(
             bearer_token=chat.start.history_token or self.config.bearer_token,
@@ -81,13 +95,10 @@ class HistoryHandover:
         if not turns:
             return Handover()
         lines = format_transcript(turns)
-        prechat = None
-        if webchat.history_prechat:
-            prechat = self._detail(chat, prechat_value(lines))
         messages = []
         if webchat.history_messages:
             messages = split_messages([webchat.history_header, *lines], MAX_CHAT_MESSAGE)
-        return Handover(prechat=prechat, messages=messages)
+        return self._shaped(webchat, prechat_value(lines), messages)
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
@@ -95,16 +106,20 @@ class HistoryHandover:
 
     def _unavailable(self, chat: Chat) -> Handover:
         text = chat.webchat.history_unavailable_message
-        return Handover(
-            prechat=self._detail(chat, text) if chat.webchat.history_prechat else None,
-            messages=[text] if chat.webchat.history_messages else [],
-        )
+        return self._shaped(chat.webchat, text, [text] if chat.webchat.history_messages else [])
 
     @staticmethod
-    def _detail(chat: Chat, value: str) -> PrechatDetail:
-        field = chat.webchat.history_transcript_field
-        return PrechatDetail(label=chat.webchat.history_prechat_label, value=value,
-                             display_to_agent=True, transcript_fields=[field] if field else [])
+    def _shaped(webchat: AnyWebchat, value: str, messages: list[str]) -> Handover:
+        """The handover for the chat's backend: ``value`` in its one field, and messages."""
+        if not _wants_summary(webchat):
+            return Handover(messages=messages)
+        if isinstance(webchat, WebchatConfig):
+            field = webchat.history_transcript_field
+            detail = PrechatDetail(label=webchat.history_prechat_label, value=value,
+                                   display_to_agent=True,
+                                   transcript_fields=[field] if field else [])
+            return Handover(prechat=detail, summary=value, messages=messages)
+        return Handover(summary=value, messages=messages)
 
     async def aclose(self) -> None:
         """Close the connection pool. Idempotent."""

@@ -3,10 +3,11 @@
 ``GET /v1/chat`` upgrades to a WebSocket after checking the bearer token; each connection
 becomes a :class:`BotLink`, with one reader (this module's handler, which decodes frames
 and hands envelopes to the dispatcher) and one writer task. The writer sends control frames
-(``hello``, ``error``) first, then the chats that have unsent events, a few events per chat
-in turn, so that one busy chat cannot starve the others on the same connection. Writing
-waits for the socket to drain, so a slow client slows its own writer, its chats' outboxes
-fill, and their actors stop polling Salesforce: backpressure reaches Salesforce, not memory.
+(``hello``, and the ``error`` answering a refused envelope) first, then the chats that have
+unsent events (and the errors held with them), a few events per chat in turn, so that one
+busy chat cannot starve the others on the same connection. Writing waits for the socket to
+drain, so a slow client slows its own writer, its chats' outboxes fill, and their actors
+stop polling Salesforce: backpressure reaches Salesforce, not memory.
 
 ``/healthz``, ``/readyz`` and ``/metrics`` share the listener.
 """
@@ -24,7 +25,7 @@ from collections import deque
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from bridged._log import log_event
-from bridged.chats.chat import Chat
+from bridged.chats.chat import Chat, HeldError
 from bridged.chats.dispatcher import Dispatcher
 from bridged.chats.policy import RateLimit
 from bridged.config.file import ServerConfig
@@ -38,6 +39,7 @@ log = logging.getLogger("bridged.ocp.front")
 # Events of one chat written before the writer moves on to the next chat.
 _BATCH = 16
 _link_ids = itertools.count(1)
+_GOING_AWAY = b"bridged is shutting down"
 
 
 class BotLink:
@@ -74,14 +76,6 @@ class BotLink:
         self._scheduled.add(id(chat))
         self._ready.append(chat)
         self._wake.set()
-
-    def post_error(self, error: env.Error) -> None:
-        """Queue an error without waiting; dropped (and logged) if the link is hopelessly behind."""
-        if len(self._control) >= self._control_size:
-            log_event(log, logging.WARNING, "error_dropped", link=self.id, code=error.code,
-                      chat=error.chat if isinstance(error.chat, str) else "")
-            return
-        self._queue_control(error)
 
     # --- the reader's side --------------------------------------------------------------
 
@@ -128,12 +122,19 @@ class BotLink:
         if chat.link is not self:
             return  # moved to another connection meanwhile
         epoch = chat.bind_epoch
-        for event in chat.unsent(_BATCH):
-            await self._write(event.__struct_config__.tag, env.encode(event, self.fmt))
+        for item in chat.outgoing(_BATCH):
+            if isinstance(item, HeldError):
+                self._metrics.errors.inc(item.error.code)
+                await self._write("error", env.encode(item.error, self.fmt))
+            else:
+                await self._write(item.__struct_config__.tag, env.encode(item, self.fmt))
             if chat.link is not self or chat.bind_epoch != epoch:
                 return  # rebound while writing: the new binding has its own replay point
-            chat.sent_upto = event.seq
-        if chat.unsent(1):
+            if isinstance(item, HeldError):
+                chat.errors_sent = item.serial
+            else:
+                chat.sent_upto = item.seq
+        if chat.outgoing(1):
             self.schedule(chat)  # more to send: take turns with the other chats
 
     async def _write(self, kind: object, frame: bytes) -> None:
@@ -171,12 +172,14 @@ class Front:
         self._tokens = [t.encode() for t in server.tokens]
         self._sockets: set[web.WebSocketResponse] = set()
         self._links: set[BotLink] = set()
+        self._going_away = False  # set by close_connections: the process is shutting down
         self.app = web.Application()
         self.app.router.add_get("/v1/chat", self._chat)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics_page)
         admin_routes(self.app, dispatcher, lambda: self.server.admin_tokens)
+        metrics.ready.set_function(lambda: 1.0 if self.ready() else 0.0)
 
     def reconfigure(self, server: ServerConfig) -> None:
         """Take new tokens (SIGHUP); connections already open stay open."""
@@ -208,6 +211,10 @@ class Front:
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="expected a WebSocket upgrade\n")
         await ws.prepare(request)
+        if self._going_away:
+            # Upgraded while the drain was under way: told "going away" like every other.
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=_GOING_AWAY)
+            return ws
         fmt: env.Format = env.MSGPACK if ws.ws_protocol == env.MSGPACK else env.JSON
         link = BotLink(ws, fmt, control_size=self.server.outbound_queue_size,
                        metrics=self._metrics)
@@ -238,11 +245,10 @@ class Front:
         limit = RateLimit(rate, burst=2 * rate)
         refused_in_a_row = 0
         loop = asyncio.get_running_loop()
-        load = self._dispatcher.load
+        # Never paused for the process's load: the dispatcher refuses (busy) the messages of
+        # the connection that causes it, and everything else, acks and ends included, is
+        # read and applied as usual.
         async for msg in ws:
-            if load.overloaded:
-                # Global overload: stop reading; aiohttp then stops reading the socket too.
-                await load.wait_ok()
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 if msg.type is WSMsgType.ERROR:
                     log_event(log, logging.INFO, "link_error", link=link.id,
@@ -285,19 +291,26 @@ class Front:
         return control, ready
 
     async def close_connections(self) -> None:
-        """Close every connection with 1001 (going away). Idempotent."""
+        """Close every connection with 1001 (going away), and any accepted from now on.
+
+        Idempotent.
+        """
+        self._going_away = True
         sockets = list(self._sockets)
         await asyncio.gather(
-            *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"bridged is shutting down")
-              for ws in sockets),
+            *(ws.close(code=WSCloseCode.GOING_AWAY, message=_GOING_AWAY) for ws in sockets),
             return_exceptions=True,
         )
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    def ready(self) -> bool:
+        """Whether bridged takes new chats: what ``/readyz`` and ``bridged_ready`` say."""
+        return not self._dispatcher.draining
+
     async def _readyz(self, _request: web.Request) -> web.Response:
-        if self._dispatcher.draining:
+        if not self.ready():
             return web.Response(status=503, text="draining\n")
         return web.Response(text="ready\n")
 

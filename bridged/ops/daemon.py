@@ -81,6 +81,7 @@ class Daemon:
         self.dispatcher.on_chat_started = self.metrics.chats_started.inc
         self.dispatcher.on_forget = self.store.delete
         self.metrics.read_live(self._live_metrics)
+        self.metrics.max_chats.set_function(lambda: self.config.server.max_chats)
         self.node = config.server.node or socket.gethostname()
         self.front = Front(config.server, self.dispatcher, self.metrics, self.node)
         self.fd_limit: int | None = None
@@ -137,6 +138,9 @@ class Daemon:
         yield CounterMetricFamily("bridged_state_commit_seconds",
                                   "Time spent committing the state store",
                                   value=stats.commit_seconds)
+        yield CounterMetricFamily("bridged_state_commit_failures",
+                                  "State store commits that failed (tried again a second later)",
+                                  value=stats.commit_failures)
 
     def _keep_finished(self, chat: Chat) -> None:
         """Keep a chat whose actor crashed, so that its ``ended`` is durable, then sent."""

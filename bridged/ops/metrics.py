@@ -16,7 +16,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
@@ -88,6 +95,15 @@ class Metrics:
                               registry=r)
         self.gc_seconds = Counter("bridged_gc_seconds", "Time spent in the garbage collector",
                                   registry=r)
+        # Read by the alerting rules (conf/prometheus/bridged-rules.yml); the owners set
+        # them with set_function, so that they say what /readyz and the config say.
+        self.ready = Gauge("bridged_ready", "1 while bridged takes new chats (/readyz answers"
+                           " 200), 0 while it does not", registry=r)
+        self.max_chats = Gauge("bridged_max_chats", "server.max_chats: the most chats bridged"
+                               " holds", registry=r)
+        # The official client's process figures (CPU, memory, open files and their limit),
+        # which a registry of one's own does not get by default.
+        ProcessCollector(registry=r)
         self._gc_started = 0.0
         self._read_live: Callable[[], Iterable[Metric]] | None = None
         r.register(_ScrapeTime(self._scrape))

@@ -100,6 +100,7 @@ class StoreStatistics(NamedTuple):
     rows_deleted: int
     commit_seconds: float
     pending: int
+    commit_failures: int = 0
     bytes_written: int = 0  # snapshots, unchanging parts and list items written
 
 
@@ -189,6 +190,7 @@ class StateStore:
         self._rows_written = 0
         self._rows_deleted = 0
         self._commit_seconds = 0.0
+        self._commit_failures = 0  # counted by the one writer (the loop, or the writer thread)
         self._bytes_written = 0
         self._idle = threading.Event()
         self._idle.set()
@@ -430,6 +432,7 @@ class StateStore:
             # chats hold their events); the batch is tried again a second later.
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
+            self._commit_failures += 1
             self._report_failure(str(exc))
             self._retry_later(batch, inline)
             return
@@ -479,7 +482,7 @@ class StateStore:
             pending = len(self._pending)
         return StoreStatistics(self._commits, self._rows_written, self._rows_deleted,
                                self._commit_seconds, pending + len(self._local),
-                               self._bytes_written)
+                               self._commit_failures, self._bytes_written)
 
     async def flush(self, timeout: float) -> bool:
         """Wait until everything saved so far is committed; ``False`` on timeout."""

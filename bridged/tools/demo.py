@@ -1,8 +1,10 @@
 """``bridged demo``: bridged on its embedded default, with the built-in simulator and a chat.
 
-Everything runs in one process on 127.0.0.1: the Live Agent simulator (as Salesforce),
-bridged (configured with one profile per scripted agent), and the terminal chat client
-(as OCP). Logs go to a file so they do not mix with the conversation.
+Everything runs in one process on 127.0.0.1: the Live Agent simulator (as Salesforce) with
+its agent console, bridged (configured with one profile per scripted agent), and the
+terminal chat client (as OCP). On profile ``manual`` nobody answers but a person at the
+agent console (a web page on the simulator, its URL printed at start), so one person can
+play both sides. Logs go to a file so they do not mix with the conversation.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import msgspec
 from bridged.config.file import Config
 from bridged.ops.logs import setup_logging
 
-# Profile name -> the simulator's scripted agent (its button id).
+# Profile name -> the simulator's scripted agent (its button id). "manual" waits for a
+# person at the agent console.
 DEMO_PROFILES = {
     "echo": "573ECHO00000000",
     "queue": "573QUEUE0000000",
     "no_agent": "573NOAGENT00000",
     "fail": "573FAIL00000000",
     "agent_ends": "573ENDS00000000",
-    "manual": "573MANUAL000000",
+    "manual": "573CONSOLE00000",
 }
 DEMO_ORG = "00D000000000001"
 DEMO_DEPLOYMENT = "572000000000001"
@@ -55,11 +58,13 @@ def demo_config(live_agent_url: str, token: str, port: int, state_dir: str) -> C
     }, Config)
 
 
-async def run_demo(profile: str, port: int, serve_only: bool) -> int:
+async def run_demo(profile: str, port: int, serve_only: bool, simulator_port: int = 0) -> int:
     """Run the demo; see the module docstring."""
     import asyncio
+    import contextlib
 
     from bridged.ops.daemon import Daemon
+    from bridged.simulators.console import AgentConsole, LiveAgentConsole, console_url
     from bridged.simulators.liveagent import SimulatorOptions, running_simulator
     from bridged.tools.chatclient import run_chat_client
 
@@ -72,7 +77,17 @@ async def run_demo(profile: str, port: int, serve_only: bool) -> int:
         setup_logging("info", log_file)
         options = SimulatorOptions(hold_s=20.0, join_delay_s=1.5, reply_delay_s=1.0,
                                    queue_step_s=2.0)
-        async with running_simulator(options, host="127.0.0.1", port=0) as sim:
+        console = AgentConsole()
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                sim = await stack.enter_async_context(running_simulator(
+                    options, host="127.0.0.1", port=simulator_port,
+                    setup=lambda sim: console.mount(sim.app)))
+            except OSError as exc:
+                print(f"bridged: the simulator cannot listen on 127.0.0.1:{simulator_port}: "
+                      f"{exc.strerror or exc} (try --simulator-port 0)", file=sys.stderr)
+                return 1
+            console.add(LiveAgentConsole(sim))
             token = secrets.token_urlsafe(16)
             assert sim.base_url is not None
             config = demo_config(sim.base_url, token, port, str(workdir / "state"))
@@ -86,6 +101,7 @@ async def run_demo(profile: str, port: int, serve_only: bool) -> int:
             try:
                 print(f"bridged      {daemon.url}  (token {token})")
                 print(f"simulator    {sim.base_url}")
+                print(f"console      {console_url(sim)}  (the agent side of profile manual)")
                 print(f"profiles     {', '.join(DEMO_PROFILES)}")
                 print(f"logs         {log_path}")
                 if serve_only:
@@ -94,6 +110,10 @@ async def run_demo(profile: str, port: int, serve_only: bool) -> int:
                           "Press Ctrl+C to stop.", flush=True)
                     await asyncio.Event().wait()
                     return 0
+                if profile == "manual":
+                    print(f"You play both sides: open {console_url(sim)} in a browser, accept "
+                          "the chat there under any agent name and answer it; type here as "
+                          "the visitor.")
                 print(f"Starting a chat on profile {profile!r}.", flush=True)
                 return await run_chat_client(daemon.url, token, f"demo-{secrets.token_hex(4)}",
                                              {"profile": profile,

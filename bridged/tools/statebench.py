@@ -29,7 +29,7 @@ from bridged.chats.chat import Chat
 from bridged.chats.gate import Gate
 from bridged.chats.policy import RetryPolicy
 from bridged.config.file import SalesforceConfig
-from bridged.config.webchat import WebchatFields, resolve_webchat
+from bridged.config.webchat import WebchatConfig, WebchatFields, resolve_webchat
 from bridged.ocp import envelopes as env
 from bridged.salesforce.liveagent.actor import ChatActor, session_params
 from bridged.salesforce.liveagent.protocol import LiveAgentSession
@@ -101,6 +101,7 @@ async def _chat_save(held: int, pending: int, directory: str,
         live_agent_base_url=_BASE, organization_id="00D000000000001",
         deployment_id="572000000000001", button_id="573000000000001"), None, {},
         ["*.salesforceliveagent.com"])
+    assert isinstance(webchat, WebchatConfig)
     chat = Chat("bench-1", webchat, env.Start(chat="bench-1"), inbox_size=64,
                 max_held=held + 1)
     session = LiveAgentSession(session_params(webchat, SalesforceConfig()))

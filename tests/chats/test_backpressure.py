@@ -6,9 +6,8 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
-import pytest
 
-from bridged.simulators.liveagent import Simulator
+from bridged.simulators.liveagent import Simulator, SimulatorOptions, running_simulator
 from tests.conftest import TOKEN, bridged_config, running_bridged
 from tests.ocp_client import connect
 
@@ -30,7 +29,8 @@ async def test_a_client_that_does_not_ack_stops_the_chat_at_its_bound_and_loses_
                 sim.agent_says(session.id, f"agent {wave * 10 + i}")
             await asyncio.sleep(0.2)
         # bridged takes events up to its bound (a batch may overshoot it once), then leaves
-        # the rest with Salesforce; keep-alive polls take nothing more.
+        # the rest with Salesforce; what a keep-alive poll brings is kept aside, not
+        # acknowledged, and not held for OCP.
         await asyncio.sleep(1.0)
         assert 16 <= len(chat.held) <= 16 + 10
         assert session.record()["queued"] > 0  # Salesforce keeps what bridged did not take
@@ -89,28 +89,62 @@ async def test_a_stalled_connection_holds_its_chat_at_the_bound_and_others_flow(
         assert texts == [str(i) for i in range(200)]
 
 
-async def test_global_overload_pauses_reading_until_the_load_falls(
+async def test_overload_slows_the_connection_that_causes_it_and_no_other(
         tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    from bridged.simulators.liveagent import SimulatorOptions, running_simulator
-    slow_join = SimulatorOptions(hold_s=0.5, client_poll_timeout=5, join_delay_s=1.0,
-                                 reply_delay_s=0.02)
-    async with running_simulator(slow_join) as sim, running_bridged(bridged_config(
-            sim, tmp_path, overload_high=5, overload_low=2)) as daemon:
-        client = await connect(http, daemon.url, TOKEN)
-        await client.start("load-1", profile="echo")
-        await client.expect("queued")
-        for i in range(6):  # held until the agent joins, about a second from now
-            await client.send({"type": "message", "chat": "load-1", "id": f"m{i}",
-                               "text": f"{i}"})
-        await asyncio.sleep(0.2)
-        assert daemon.dispatcher.load.overloaded
-        other = await connect(http, daemon.url, TOKEN)  # the upgrade is not an envelope
-        await other.start("load-2", profile="echo")
-        with pytest.raises(TimeoutError):
-            await other.expect("queued", timeout=0.4)  # not read while overloaded
-        # The agent joins, the messages go out, the load falls: reading resumes.
-        await other.expect("queued", chat="load-2", timeout=10)
+    # No agent joins by himself: visitor messages stay unanswered until the test says so.
+    no_agent_yet = SimulatorOptions(hold_s=0.5, client_poll_timeout=5, join_delay_s=600,
+                                    reply_delay_s=0.02)
+    async with running_simulator(no_agent_yet) as sim, running_bridged(bridged_config(
+            sim, tmp_path, overload_high=10, overload_low=5)) as daemon:
+        flooder = await connect(http, daemon.url, TOKEN)
+        for chat in ("a-1", "a-2"):
+            await flooder.start(chat, profile="echo")
+            await flooder.expect("queued", chat=chat)
+        # 20 messages, held for agents who have not joined: the process's backlog passes
+        # overload_high, and all of it is this connection's.
+        for i in range(20):
+            await flooder.send({"type": "message", "chat": f"a-{i % 2 + 1}", "id": f"m{i}",
+                                "text": f"{i}"})
+        async with asyncio.timeout(10):
+            while not daemon.dispatcher.load.overloaded:
+                await asyncio.sleep(0.01)
+
+        # Another connection is read, and served, as if nothing were happening: its start,
+        # its messages, its acks and its end.
+        other = await connect(http, daemon.url, TOKEN)
+        await other.start("b-1", profile="echo")
+        await other.expect("queued", chat="b-1")
+        a1_session, a2_session, b_session = sim.sessions.values()  # in order of start
+        sim.agent_joins(b_session.id)
+        await other.expect("agent_joined", chat="b-1")
+        for i in range(3):
+            await other.send({"type": "message", "chat": "b-1", "id": f"b{i}", "text": f"b{i}"})
+            assert (await other.expect("delivered"))["id"] == f"b{i}"
+            echo = await other.expect("agent_message", text=f"Echo: b{i}")
+            await other.send({"type": "ack", "chat": "b-1", "seq": echo["seq"]})
+        await other.send({"type": "end", "chat": "b-1"})
+        ended = await other.expect("ended", chat="b-1")
+        await other.send({"type": "ack", "chat": "b-1", "seq": ended["seq"]})
+        await other.send({"type": "attach", "chat": "b-1", "after": 0})
+        error = await other.expect("error", chat="b-1")
+        assert error["code"] == "unknown_chat"  # acknowledged to the end: forgotten
+        assert daemon.dispatcher.load.overloaded  # the flooder's backlog is still there
+
+        # The flooder was the one slowed: what it sent past the mark was refused.
+        busy = [await flooder.expect("error", code="busy") for _ in range(10)]
+        assert [e["ref"] for e in busy] == [f"m{i}" for i in range(10, 20)]
+        assert "NOT accepted" in busy[0]["detail"]
+
+        # The flooder's own acks and ends are read too: ending a-1 answers its messages
+        # and brings the load down to the low mark, and then it may send again.
+        await flooder.send({"type": "ack", "chat": "a-1", "seq": 1})
+        await flooder.send({"type": "end", "chat": "a-1"})
+        frames = await flooder.events("a-1", until="ended")
+        assert [f.get("ref") for f in frames if f["type"] == "error"] == [
+            f"m{i}" for i in range(0, 10, 2)]
         assert not daemon.dispatcher.load.overloaded
-        delivered = [f["id"] for f in client.received if f.get("type") == "delivered"]
-        delivered += [(await client.expect("delivered"))["id"] for _ in range(6 - len(delivered))]
-        assert sorted(delivered) == [f"m{i}" for i in range(6)]
+        await flooder.send({"type": "message", "chat": "a-2", "id": "m20", "text": "20"})
+        assert a1_session.end_reason == "client"
+        sim.agent_joins(a2_session.id)
+        delivered = [(await flooder.expect("delivered", chat="a-2"))["id"] for _ in range(6)]
+        assert delivered == ["m1", "m3", "m5", "m7", "m9", "m20"]

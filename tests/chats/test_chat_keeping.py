@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import msgspec
 
 from bridged.chats import facts
@@ -72,7 +74,7 @@ def test_events_inbox_and_pending_ids_come_back_after_item_by_item_saves() -> No
     again = kept.restored()
     assert [e.seq for e in again.held] == [3, 4, 5, 6]
     assert [c.id for c in again.inbox.peek() if isinstance(c, env.Message)] == ["m2", "m3"]
-    assert again.pending_ids == {"m1", "m2", "m3"}
+    assert list(again.pending_ids) == ["m1", "m2", "m3"]  # in the order taken in
     # And it goes on from there: new items after the kept ones, acks drop them.
     again.emit(facts.AgentMessage(agent="Ada", text="after"))
     again.inbox.put_nowait(message(9))
@@ -82,7 +84,26 @@ def test_events_inbox_and_pending_ids_come_back_after_item_by_item_saves() -> No
     third = kept.restored()
     assert [e.seq for e in third.held] == [6, 7]
     assert [c.id for c in third.inbox.peek() if isinstance(c, env.Message)] == ["m2", "m3", "m9"]
-    assert third.pending_ids == {"m1", "m2", "m3", "m9"}
+    assert list(third.pending_ids) == ["m1", "m2", "m3", "m9"]
+
+
+def test_held_errors_are_kept_item_by_item_and_go_with_their_ack() -> None:
+    chat, kept = new_chat(), Kept()
+    chat.emit(facts.AgentMessage(agent="Ada", text="one"))
+    chat.accept("m1")
+    chat.accept("m2")
+    chat.emit(facts.Undelivered(id="m1", detail="the chat ended first"))
+    kept.save(chat)
+    chat.emit(facts.Undelivered(id="m2", detail="the chat ended first"))
+    chat.emit(facts.AgentMessage(agent="Ada", text="two"))
+    kept.save(chat)
+    again = kept.restored()
+    assert [(h.serial, h.before, h.error.ref) for h in again.held_errors] == [
+        (1, 2, "m1"), (2, 2, "m2")]
+    again.ack(2)  # the errors before event 2 go with it
+    kept.save(again)
+    assert kept.restored().held_errors == deque()
+    assert not again.pending_ids
 
 
 def test_the_history_token_is_not_part_of_what_is_kept() -> None:
@@ -102,10 +123,10 @@ def test_a_record_of_version_1_is_read_and_kept_item_by_item_from_then_on() -> N
     kept.snapshot = msgspec.msgpack.encode(ChatRecord(version=1, chat=inline))
     kept.items = {}
     old = kept.restored()
-    assert [e.seq for e in old.held] == [1, 2, 3] and old.pending_ids == {"m1"}
+    assert [e.seq for e in old.held] == [1, 2, 3] and list(old.pending_ids) == ["m1"]
     kept.save(old)  # the next save writes it all as items, and the snapshot without it
     assert ChatRecord.decode(kept.snapshot).chat.held == []
     again = kept.restored()
     assert [e.seq for e in again.held] == [1, 2, 3]
     assert [c.id for c in again.inbox.peek() if isinstance(c, env.Message)] == ["m1"]
-    assert again.pending_ids == {"m1"}
+    assert list(again.pending_ids) == ["m1"]

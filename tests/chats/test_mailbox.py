@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bridged.chats.mailbox import Mailbox
+from bridged.chats.mailbox import LoadMeter, Mailbox
 from bridged.errors import MailboxClosed, MailboxFull
 
 
@@ -54,3 +54,24 @@ async def test_on_put_is_called_for_each_accepted_item() -> None:
     box.put_nowait(2)
     assert box.drain() == [1, 2]
     assert len(calls) == 2
+
+
+def test_the_load_meter_refuses_only_owners_past_their_fair_share() -> None:
+    load = LoadMeter(high=10, low=4)
+    load.add("flooder", 9)
+    load.add("quiet", 1)
+    assert load.overloaded
+    # Two owners hold some: each may hold up to 5 while overloaded.
+    assert not load.admits("flooder")
+    assert load.admits("quiet")
+    assert load.admits("newcomer")  # three owners then: a share of 3, and it holds none
+    load.add("quiet", 4)
+    assert not load.admits("quiet")
+    # Moving load between owners (a chat attached elsewhere) changes no total, no mark.
+    load.move("flooder", None, 9)
+    assert (load.total, load.overloaded, load.held_by("flooder")) == (14, True, 0)
+    assert load.admits("flooder")
+    load.remove(None, 9)
+    assert load.overloaded  # 5: above the low mark
+    load.remove("quiet", 1)
+    assert not load.overloaded and load.admits("quiet")

@@ -46,7 +46,12 @@ from bridged.chats.gate import Gate
 from bridged.chats.policy import RetryPolicy, retry_delay
 from bridged.config.file import SalesforceConfig
 from bridged.config.webchat import PrechatDetail, WebchatConfig, host_allowed, parse_endpoint
-from bridged.errors import BadWebchatConfig, HostNotAllowed, TransportError
+from bridged.errors import (
+    BadWebchatConfig,
+    HostNotAllowed,
+    LocalProtocolError,
+    TransportError,
+)
 from bridged.history.handover import Handover, HistoryHandover
 from bridged.ocp import envelopes as env
 from bridged.ops.metrics import Metrics
@@ -84,8 +89,10 @@ class Resume(msgspec.Struct, frozen=True, kw_only=True):
     session: LiveAgentSession  # restored from the kept snapshot and activity
 
 
-# The session's kept list of visitor activity (see bridged.chats.chat.KeptLists).
+# The session's kept lists (see bridged.chats.chat.KeptLists): its visitor activity, and the
+# batch a keep-alive poll parked (one item, key 0).
 _ACTIVITY_LIST = BACKEND_LISTS
+_PARKED_LIST = BACKEND_LISTS + 1
 # The kept time of a poll is at most this old when the poll goes (else it is kept anew).
 POLL_TIME_SLACK_S = 1.0
 # Added to an observed hold: the way to the server, and the hold's own jitter.
@@ -112,6 +119,13 @@ _SWITCH_OUTCOMES = {"server_switch": "started", "server_switch_done": "completed
 _state_encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(LiveAgentState)
 _params_decoder = msgspec.msgpack.Decoder(SessionParams)
+
+
+def live_agent_config(chat: Chat) -> WebchatConfig:
+    """The chat's configuration, which is a Live Agent one (the daemon routes by type)."""
+    if not isinstance(chat.webchat, WebchatConfig):
+        raise LocalProtocolError(f"chat {chat.id} is not a Live Agent chat")
+    return chat.webchat
 
 
 def session_params(webchat: WebchatConfig, salesforce: SalesforceConfig,
@@ -189,6 +203,7 @@ class ChatActor:
         # A sequenced POST taken from the session, waiting for the commit of its snapshot.
         self._prepared: tuple[HttpRequest, int] | None = None
         self._holds: dict[str, float] = {}  # longest idle poll hold observed, by base URL
+        self._kept_parked: bytes | None = None  # the parked batch as the store has it
         self._poll_touched: float | None = None  # the kept time of the next poll
         self._touching = False
         self._static_saved = False
@@ -236,11 +251,14 @@ class ChatActor:
             if handover is not None and handover.messages:
                 self.session.send_history(handover.messages)
             log_event(log, logging.INFO, "chat_requested", chat=self.chat.id,
-                      host=self.chat.webchat.endpoint.host, button=self.chat.webchat.button_id)
+                      host=self.chat.webchat.endpoint.host,
+                      button=live_agent_config(self.chat).button_id)
+        crashed = False
         try:
             while True:
                 self._wake.clear()
                 self._collect()
+                self._release_parked()
                 self._move_host()
                 self._take_commands()
                 self._report()
@@ -253,9 +271,14 @@ class ChatActor:
                 self._send()
                 self._save()  # what went out (a POST now in flight)
                 await self._wake.wait()
+        except Exception:
+            crashed = True  # a bug: the supervisor ends the chat toward OCP
+            raise
         finally:
             self._start_gate.leave(self.chat.id)
             await self._cancel_requests()
+            if crashed:
+                await self._farewell()
 
     # --- one turn -----------------------------------------------------------------------
 
@@ -288,11 +311,25 @@ class ChatActor:
                 self.session.receive_failure(request)
             else:
                 self.session.receive_response(request, result)
+            if self.session.take_unsettled_poll():
+                # That poll may still be held by Salesforce, and a second poll while one is
+                # outstanding ends the session (409). The server answers a held poll within
+                # its hold time, which is below clientPollTimeout: wait until then, but not
+                # so long that the session, which lives clientPollTimeout past that answer,
+                # runs out.
+                held_until = self._sent_at[Lane.POLL] + poll_held_for(
+                    self._holds, self._base_url, self.session.client_poll_timeout)
+                self._not_before[Lane.POLL] = max(self._not_before[Lane.POLL], held_until)
             if self._give_up_reason is not None:
                 self.session.give_up(self._give_up_reason)
             self._cancel_abandoned()
         if not self.session.creating:
             self._start_gate.leave(self.chat.id)
+
+    def _release_parked(self) -> None:
+        """Room again: the batch a keep-alive poll brought is processed now (see protocol)."""
+        if self.session.parked and self.chat.has_room():
+            self.session.release_parked()
 
     def _cancel_abandoned(self) -> None:
         """Cancel the requests the session gave up on (the held poll, at a server switch)."""
@@ -339,16 +376,7 @@ class ChatActor:
                 f"no answer from Salesforce for {budget:g} s ({request.purpose.value}: {detail})"
             )
             return
-        not_before = now + retry_delay(self._retry, self._failures[lane])
-        if lane is Lane.POLL and isinstance(result, TransportError):
-            # The lost poll may still be held by the server, and a second poll while one is
-            # outstanding ends the session (409). The server answers a held poll within its
-            # hold time, which is below clientPollTimeout: wait until then, but not so long
-            # that the session, which lives clientPollTimeout past that answer, runs out.
-            held_until = self._sent_at[lane] + poll_held_for(
-                self._holds, self._base_url, self.session.client_poll_timeout)
-            not_before = max(not_before, held_until)
-        self._not_before[lane] = not_before
+        self._not_before[lane] = now + retry_delay(self._retry, self._failures[lane])
 
     def _observe_hold(self, seconds: float) -> None:
         """An idle poll was answered (204) after ``seconds``: the server's hold, at most."""
@@ -383,8 +411,6 @@ class ChatActor:
         for fact in self.session.facts_received():
             if isinstance(fact, facts.Ended):
                 self._refuse_inbox()
-                log_event(log, logging.INFO, "chat_ended", chat=self.chat.id,
-                          reason=fact.reason, detail=fact.detail)
             self.chat.emit(fact)
         self.chat.state = self.session.state.value
 
@@ -414,7 +440,7 @@ class ChatActor:
             if lane is Lane.POLL and self._save_gen > self._durable_gen:
                 continue
             # A full outbox stops acknowledging: Salesforce keeps the agent's messages, and
-            # a poll now and then (whose batch is left there) keeps the session alive.
+            # a poll now and then (whose batch the session parks) keeps the session alive.
             keepalive = False
             if lane is Lane.POLL and not self.chat.has_room():
                 due = self._last_poll_answer + 0.5 * self.session.client_poll_timeout
@@ -472,7 +498,7 @@ class ChatActor:
         """What, if changed, must reach the store (cheap to compute every turn)."""
         s, chat = self.session, self.chat
         return (s.state, s.ack, s.sequence, s.affinity, s.switch_phase, s.pending_activity,
-                s.activity_changed, id(s.in_flight(Lane.POST)), chat.next_seq,
+                s.activity_changed, s.parked_batch, id(s.in_flight(Lane.POST)), chat.next_seq,
                 chat.held[0].seq if chat.held else 0, len(chat.inbox),
                 chat.end_requested is not None, self._base_url, len(self._holds),
                 self._holds.get(self._base_url))
@@ -489,8 +515,11 @@ class ChatActor:
         if fingerprint == self._saved and not force:
             return
         self._saved = fingerprint
-        state = LiveAgentState(session=self.session.snapshot(), base_url=self._base_url,
-                               holds=self._holds)
+        snapshot = self.session.snapshot()
+        parked = snapshot.parked
+        if parked is not None:  # kept as an item of its own, written when it changes
+            snapshot = msgspec.structs.replace(snapshot, parked=None)
+        state = LiveAgentState(session=snapshot, base_url=self._base_url, holds=self._holds)
         record = ChatRecord(chat=self.chat.snapshot(),
                             state=msgspec.Raw(_state_encoder.encode(state)))
         static = None
@@ -505,6 +534,12 @@ class ChatActor:
         added, gone = self.session.take_activity_changes()
         drops.extend((_ACTIVITY_LIST, first, last) for first, last in gone)
         items.extend((_ACTIVITY_LIST, key, data) for key, data in added)
+        if parked is not self._kept_parked:
+            self._kept_parked = parked
+            if parked is None:
+                drops.append((_PARKED_LIST, 0, 0))
+            else:
+                items.append((_PARKED_LIST, 0, parked))
         self._save_gen += 1
         # The next poll usually follows this save: keep its time in the same commit. Not
         # while a poll is out: the kept time must stay that poll's (see run()).
@@ -547,6 +582,23 @@ class ChatActor:
             return await self._transport.exchange(self._base_url, request, timeout)
         except TransportError as exc:
             return exc
+
+    async def _farewell(self) -> None:
+        """After a crash: end the chat at Salesforce too, so that no agent keeps a ghost."""
+        answer: HttpResponse | None = None
+        for _ in range(2):  # a 409 "Out of sync" gets one more try, numbered as asked
+            try:
+                request = self.session.farewell(answer)
+                if request is None:
+                    return
+                answer = await self._transport.exchange(self._base_url, request,
+                                                        self._request_timeout)
+            except Exception as exc:  # whatever broke the actor may break this too
+                log_event(log, logging.WARNING, "farewell_failed", chat=self.chat.id,
+                          detail=f"{type(exc).__name__}: {exc}")
+                return
+            log_event(log, logging.INFO, "farewell_sent", chat=self.chat.id,
+                      resource=request.purpose.value, status=answer.status)
 
     async def _cancel_requests(self) -> None:
         if self._timer is not None:
@@ -598,8 +650,13 @@ class LiveAgentBackend:
             msgspec.DecodeError: a damaged record.
         """
         kept = _state_decoder.decode(state)
-        session = LiveAgentSession.restore(_params_decoder.decode(backend_static), kept.session,
-                                           (lists or {}).get(_ACTIVITY_LIST, []))
+        lists = lists or {}
+        snapshot = kept.session
+        parked = lists.get(_PARKED_LIST)
+        if parked:
+            snapshot = msgspec.structs.replace(snapshot, parked=parked[0][1])
+        session = LiveAgentSession.restore(_params_decoder.decode(backend_static), snapshot,
+                                           lists.get(_ACTIVITY_LIST, []))
         return Resume(state=kept, poll_sent_at=poll_sent_at, session=session)
 
     async def run_chat(self, chat: Chat, resume: Resume | None = None) -> None:
@@ -620,7 +677,8 @@ class LiveAgentBackend:
                 chat.state = "fetching_history"
                 handover = await self._history.prepare(chat)
             extra = [handover.prechat] if handover.prechat is not None else []
-            session = LiveAgentSession(session_params(chat.webchat, self._salesforce, extra))
+            session = LiveAgentSession(session_params(live_agent_config(chat), self._salesforce,
+                                                      extra))
         actor = ChatActor(chat, session, self._transport,
                           request_timeout=self._salesforce.request_timeout_s,
                           max_pending=self._max_pending, retry=self._retry,

@@ -19,9 +19,11 @@ nobody polls and forgets ended ones after ``ended_retention_s``.
 
 Fault injection (table in :mod:`.faults`): every Live Agent request first passes the outage
 gate (:meth:`Simulator._gate`), then its header checks, then asks the :class:`FaultPlan`
-once whether a fault is due. A ``reset`` is a TCP RST: ``SO_LINGER`` with a zero timeout,
-then ``transport.abort()``; aiohttp's attempt to write the (never sent) response then meets
-a closing transport, which it treats as a client disconnect, quietly. A ``delay`` before
+once whether a fault is due. A ``fail`` after is a proxy's answer: the request is applied
+(a poll is held, and its answer later goes nowhere) while the client gets the status. A
+``reset`` is a TCP RST: ``SO_LINGER`` with a zero timeout, then ``transport.abort()``;
+aiohttp's attempt to write the (never sent) response then meets a closing transport, which
+it treats as a client disconnect, quietly. A ``delay`` before
 the request sleeps and then handles the request again from the top; after, it sleeps
 between applying and answering. A delayed Messages poll is an ordinary held poll with a
 "not before" time. None of this adds a task or a timer per session.
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import socket
@@ -49,6 +50,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ..common import url_host
 from . import behaviours
 from .behaviours import AgentView, Step
 from .control import ControlApi
@@ -233,6 +235,9 @@ class Simulator:
         port: The bound port once served by :func:`running_simulator`.
         ports: Every bound port, ``port`` first, then the aliases.
         alias_base_urls: The base URLs of the extra ports (same sessions, other "host").
+        watchers: Called with a session's id after anything about it changed (a request, an
+            agent action, a script step, its end) and when it is forgotten; they must return
+            at once and never raise (the agent console watches this way).
     """
 
     def __init__(self, options: SimulatorOptions | None = None) -> None:
@@ -244,6 +249,7 @@ class Simulator:
         self.port: int | None = None
         self.ports: list[int] = []
         self.alias_base_urls: list[str] = []
+        self.watchers: list[Callable[[str], None]] = []
         self._by_key: dict[str, Session] = {}
         self._held: dict[str, _Held] = {}
         self._plan = FaultPlan()
@@ -341,6 +347,11 @@ class Simulator:
         self.sessions.pop(session.id, None)
         self._by_key.pop(session.key, None)
         self._plan.forget_session(session.id)
+        self._tell_watchers(session.id)
+
+    def _tell_watchers(self, session_id: str) -> None:
+        for watcher in self.watchers:
+            watcher(session_id)
 
     def _now(self) -> float:
         loop = self._loop
@@ -359,7 +370,7 @@ class Simulator:
             self._listeners.append(listener)
         self.ports = [listener.port for listener in self._listeners]
         self.port = self.ports[0]
-        urls = [f"http://{_url_host(host)}:{port}{BASE_PATH}" for port in self.ports]
+        urls = [f"http://{url_host(host)}:{port}{BASE_PATH}" for port in self.ports]
         self.base_url = urls[0]
         self.alias_base_urls = urls[1:]
 
@@ -544,6 +555,8 @@ class Simulator:
         if fault is not None and fault.after:
             if fault.kind == RESET:
                 reply = RESET_REPLY
+            elif fault.kind == FAIL:
+                reply = fault.reply  # a proxy's answer; the server's own is lost
             else:
                 await self._pause(fault.seconds)
         return self._respond(request, session, reply, port, fault.label if fault else None)
@@ -749,6 +762,10 @@ class Simulator:
             timer = loop.call_later(self.options.hold_s, self._expire_poll, session, future)
             held = _Held(future, timer, request, arrived=now)
         self._held[session.id] = held
+        if fault is not None and fault.kind == FAIL:
+            # A proxy answered: the poll stays held here, outstanding (a second poll is the
+            # 409 duplicate), and its answer, when the server gives it, reaches nobody.
+            return self._respond(request, session, fault.reply, port, fault.label)
         try:
             reply = await future
         except asyncio.CancelledError:
@@ -810,6 +827,7 @@ class Simulator:
 
     def _after_change(self, session: Session) -> None:
         """Answer the held poll if the change calls for it; the one place that does."""
+        self._tell_watchers(session.id)
         held = self._held.get(session.id)
         if held is None:
             return
@@ -1102,17 +1120,24 @@ class Simulator:
         body: str = "",
         *,
         count: int = 1,
+        when: str = BEFORE,
     ) -> None:
-        """Answer the next ``count`` requests for ``resource`` with ``status``, unapplied.
+        """Answer the next ``count`` requests for ``resource`` with ``status``.
 
         ``session_id`` None means the requests of any session (and is the only choice for
         ``SessionId`` and ``Availability``). ``resource`` is a Chasitor resource name,
         ``SessionId``, ``Messages``, ``ReconnectSession``, ``ChasitorResyncState``,
         ``DeleteSession`` or ``Availability``. Requests are checked for their headers first,
-        so a fault never hides a header error. A sequenced POST answered this way does not
-        use its sequence number up. Faults for the same target queue up in order.
+        so a fault never hides a header error. Faults for the same target queue up in order.
+
+        ``when="before"`` (default): the request is not applied; a sequenced POST answered
+        this way does not use its sequence number up. ``when="after"``: the answer of a
+        proxy whose request went on to Salesforce (a 502 or 504 from a gateway that gave
+        up): the request is applied (a ChatMessage is received; a poll is opened and stays
+        held, so a second poll meanwhile is the 409 duplicate, and whatever the server
+        answers it later reaches nobody), and the client gets ``status`` at once.
         """
-        fault = Fault(kind=FAIL, status=status, body=body)
+        fault = Fault(kind=FAIL, status=status, body=body, when=when)
         self._plan.add(self._check_session(session_id), resource, fault, count)
 
     def reset_next(
@@ -1301,14 +1326,6 @@ def _parse_ids(raw: str) -> list[str] | None:
     return ids
 
 
-def _url_host(host: str) -> str:
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]"
-    except ValueError:
-        pass
-    return host
-
 
 @contextlib.asynccontextmanager
 async def running_simulator(
@@ -1317,6 +1334,7 @@ async def running_simulator(
     port: int = 0,
     *,
     extra_ports: int = 0,
+    setup: Callable[[Simulator], None] | None = None,
 ) -> AsyncIterator[Simulator]:
     """Serve a simulator on ``host:port`` (port 0 picks a free one) for the block's duration.
 
@@ -1326,6 +1344,8 @@ async def running_simulator(
         port: Port to listen on; 0 picks a free one.
         extra_ports: How many more free ports serve the same sessions (``alias_base_urls``),
             e.g. as the target of a ``SwitchServer`` message.
+        setup: Called with the simulator before it serves, while routes can still be added
+            to its ``app`` (the agent console mounts itself this way).
 
     Yields:
         The :class:`Simulator`, with ``base_url``, ``port``, ``ports`` and
@@ -1334,6 +1354,8 @@ async def running_simulator(
     if extra_ports < 0:
         raise ValueError(f"extra_ports must be >= 0, got {extra_ports!r}")
     simulator = Simulator(options)
+    if setup is not None:
+        setup(simulator)
     # No access log: 10,000 sessions polling would drown everything else. The shutdown
     # budget is short because held polls are answered on shutdown.
     runner = web.AppRunner(simulator.app, access_log=None, shutdown_timeout=5.0)
@@ -1357,7 +1379,7 @@ async def serve_forever(
     *,
     extra_ports: int = 0,
 ) -> None:
-    """Serve the simulator until cancelled (for the ``bridged simulator`` command).
+    """Serve the simulator alone until cancelled (``bridged simulator`` adds the console).
 
     Cancellation is the way to stop it; the server is cleaned up and the
     ``CancelledError`` propagates.

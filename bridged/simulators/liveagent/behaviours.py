@@ -15,6 +15,9 @@ Button table (15-character ids, prefix ``573`` like real chat buttons):
                      message."), echoes the first visitor message, then ChatEnded
                      ``{"reason": "agent"}``.
 ``573MANUAL000000``  Joins, then does nothing by itself: driven by the control API.
+``573CONSOLE00000``  ChatRequestSuccess (queuePosition 1), then waits for a person: nobody joins
+                     until the agent console (``bridged.simulators.console``) accepts the chat,
+                     or the control API's ``join``; then nothing happens by itself.
 ``573PEEK00000000``  Like ECHO, but ChatEstablished carries ``sneakPeekEnabled: true``.
 any other button     ChatRequestFail ``{"reason": "InternalFailure"}``.
 ===================  ===========================================================================
@@ -46,6 +49,7 @@ from .options import SimulatorOptions
 
 __all__ = [
     "BEHAVIOURS",
+    "CONSOLE_BUTTON",
     "ECHO_BUTTON",
     "ENDS_BUTTON",
     "ENDS_GREETING",
@@ -77,6 +81,7 @@ FAIL_BUTTON = "573FAIL00000000"
 ENDS_BUTTON = "573ENDS00000000"
 MANUAL_BUTTON = "573MANUAL000000"
 PEEK_BUTTON = "573PEEK00000000"
+CONSOLE_BUTTON = "573CONSOLE00000"
 
 ENDS_GREETING = "Hello, I am Ada. This chat will end after your first message."
 
@@ -322,6 +327,17 @@ class _Manual(_Echo):
         return []
 
 
+class _Console(Behaviour):
+    """Queued, waiting for a person (the agent console, or the control API's join)."""
+
+    available = True
+    wait_s = 60
+
+    def on_init(self, view: AgentView, options: SimulatorOptions) -> list[Step]:
+        success = chat_request_success(view, options, queue_position=1, wait_s=self.wait_s)
+        return [Step(delay_s=0, messages=(success,))]
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     ECHO_BUTTON: _Echo(),
     QUEUE_BUTTON: _Queue(),
@@ -331,6 +347,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     ENDS_BUTTON: _Ends(),
     MANUAL_BUTTON: _Manual(),
     PEEK_BUTTON: _Peek(),
+    CONSOLE_BUTTON: _Console(),
 }
 _UNKNOWN = Behaviour()
 

@@ -331,6 +331,13 @@ class Session:
         return [(res, seq) for res, seq, applied in self.sequence_log if not applied]
 
     @property
+    def transcript(self) -> list[dict[str, Any]]:
+        """The chat's messages both ways, oldest first (the latest ``record_max``), as
+        ChasitorSessionData carries them: ``{type: Agent/Chasitor, name, content, timestamp,
+        sequence}``."""
+        return list(self._transcript)
+
+    @property
     def requests(self) -> list[RequestRecord]:
         """The requests logged for this session, oldest first."""
         return list(self._requests) if self.options.request_log_max else []

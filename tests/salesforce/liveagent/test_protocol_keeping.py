@@ -6,8 +6,10 @@ import json
 
 import msgspec
 
+from bridged.chats import facts
 from bridged.salesforce.liveagent.protocol import HttpResponse, Lane, LiveAgentSession, Purpose
 from tests.salesforce.liveagent.test_protocol import answer, chatting_session, messages, params
+from tests.salesforce.liveagent.test_protocol_faults import _settle
 
 
 class KeptList:
@@ -91,3 +93,23 @@ def test_activity_inline_in_an_earlier_snapshot_is_kept_anew() -> None:
     kept = KeptList()
     assert kept.apply(again) == 2  # written as items with the next save
     assert texts(kept.restored(again)) == ["one", "two"]
+
+
+def test_a_message_a_switch_left_unconfirmed_is_found_again_by_its_key() -> None:
+    session = chatting_session()
+    kept = KeptList()
+    session.send_text("m1", "ok")
+    answer(session, Lane.POST, HttpResponse(200))
+    session.send_text("m2", "did it arrive?")
+    post = session.next_request(Lane.POST)
+    assert post is not None
+    session.receive_failure(post)  # no answer: it may have arrived
+    answer(session, Lane.POLL, HttpResponse(503))  # a server switch: m2 is unconfirmed
+    kept.apply(session)
+    session.send_text("m3", "later")  # kept with a later save: m2 is an older item by then
+    kept.apply(session)
+    session.facts_received()
+    again = kept.restored(session)
+    _settle(again, ["ok", "did it arrive?"])  # the new server's transcript has it
+    assert again.facts_received() == [facts.Delivered(id="m2")]
+    assert texts(again) == ["later"]

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from bridged.simulators.liveagent import (
+    CONSOLE_BUTTON,
     ECHO_BUTTON,
     ENDS_BUTTON,
     ENDS_GREETING,
@@ -212,6 +213,20 @@ async def test_manual_agent_only_joins(make_sim: Any) -> None:
     sim.agent_says(visitor.id, "yes")
     resp = await visitor.poll()
     assert resp.json()["messages"][0]["message"]["text"] == "yes"
+
+
+async def test_the_console_agent_waits_until_someone_joins(make_sim: Any) -> None:
+    sim, client = await make_sim()
+    visitor = Visitor(client)
+    await visitor.start()
+    assert (await visitor.init(CONSOLE_BUTTON)).status == 200
+    messages = await visitor.poll_until("ChatRequestSuccess")
+    assert types(messages) == ["ChatRequestSuccess"]
+    # A whole idle hold passes (the scripted agents join well within it): nobody joined.
+    assert (await visitor.poll()).status == 204
+    sim.agent_joins(visitor.id, "Pat Person", "005000000000PAT")
+    messages = await visitor.poll_until("ChatEstablished")
+    assert by_type(messages, "ChatEstablished")[0]["name"] == "Pat Person"
 
 
 async def test_echo_replies_come_from_the_agent_after_a_transfer(make_sim: Any) -> None:
