@@ -43,7 +43,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from bridged._log import log_event
 from bridged.chats import facts
-from bridged.chats.chat import Chat, ChatRecord
+from bridged.chats.chat import Chat, ChatRecord, KeptLists
 from bridged.chats.policy import RetryPolicy, retry_delay
 from bridged.config.file import SalesforceConfig
 from bridged.config.webchat import MessagingConfig
@@ -69,7 +69,7 @@ from bridged.salesforce.messaging.protocol import (
 from bridged.salesforce.messaging.sse import SseParser
 from bridged.salesforce.messaging.tokenqueue import TokenQueue
 from bridged.salesforce.messaging.transport import Answer, EventStream, MessagingTransport
-from bridged.state.sqlite import StateStore
+from bridged.state.sqlite import Drop, Item, StateStore
 
 log = logging.getLogger("bridged.salesforce.messaging")
 
@@ -548,10 +548,16 @@ class MessagingActor:
             self._static_saved = True
             params = msgspec.Raw(_snapshot_encoder.encode(self.session.params))
             static = self.chat.static(BACKEND, params).encode()
+        # The chat's lists (its held events, inbox, pending ids) are kept item by item:
+        # only what changed since the last save is written.
+        items: list[Item] = []
+        drops: list[Drop] = []
+        self.chat.kept_changes(items, drops)
         self._store.save(self.chat.id, record.encode(),
                          functools.partial(self._durable, self._save_gen,
                                            self.chat.next_seq - 1),
-                         static=static, delivered=self.chat.take_new_delivered())
+                         static=static, delivered=self.chat.take_new_delivered(),
+                         items=items, drops=drops)
 
     def _durable(self, gen: int, upto: int) -> None:
         self._durable_gen = max(self._durable_gen, gen)
@@ -619,8 +625,10 @@ class MessagingBackend:
         self._salesforce = salesforce
 
     @staticmethod
-    def resume_from(backend_static: bytes, state: bytes, poll_sent_at: float) -> MessagingResume:
-        """Decode a kept chat's Enhanced Chat parts (``poll_sent_at`` is Live Agent's).
+    def resume_from(backend_static: bytes, state: bytes, poll_sent_at: float,
+                    lists: KeptLists | None = None) -> MessagingResume:
+        """Decode a kept chat's Enhanced Chat parts (``poll_sent_at`` and ``lists`` are
+        Live Agent's: the session's own state is small and kept whole).
 
         Raises:
             msgspec.DecodeError: a damaged record.
