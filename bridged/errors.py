@@ -17,7 +17,7 @@ msgspec) are translated into this tree at the boundary where they occur and nowh
     │   ├── HostNotAllowed               host_not_allowed
     │   ├── AtCapacity                   capacity
     │   └── Busy                         busy
-    ├── ProtocolError                    the Live Agent conversation cannot go on
+    ├── ProtocolError                    the Salesforce conversation cannot go on
     │   ├── LocalProtocolError           bridged asked for something illegal in this state
     │   └── RemoteProtocolError          Salesforce sent an unexpected status or payload
     ├── TransportError                   a request got no HTTP answer
@@ -149,11 +149,11 @@ class Busy(Refused, code="busy"):
 
 
 class ProtocolError(BridgedError):
-    """The Live Agent conversation cannot go on; the chat session is poisoned."""
+    """The Salesforce conversation (either backend) cannot go on; the session is poisoned."""
 
 
 class LocalProtocolError(ProtocolError):
-    """bridged asked the Live Agent session for something illegal in its state (a bug)."""
+    """bridged asked a Salesforce session for something illegal in its state (a bug)."""
 
 
 class RemoteProtocolError(ProtocolError):
