@@ -41,11 +41,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from bridged._log import log_event
+from bridged.state.store import Callback, KeptChat, StoreStatistics
 
 log = logging.getLogger("bridged.state.sqlite")
 
@@ -63,27 +64,6 @@ _SCHEMA = (
         PRIMARY KEY (chat, id)
     ) WITHOUT ROWID""",
 )
-Callback = Callable[[], None]
-
-
-class KeptChat(NamedTuple):
-    """One chat as kept: its unchanging part, its latest snapshot, its delivered ids."""
-
-    static: bytes
-    snapshot: bytes
-    delivered: list[str]
-    poll_sent: float
-
-
-class StoreStatistics(NamedTuple):
-    """Counters of the writer, for metrics and the benchmark."""
-
-    commits: int
-    rows_written: int
-    rows_deleted: int
-    commit_seconds: float
-    pending: int
-    commit_failures: int = 0
 
 
 class _Change:
@@ -211,6 +191,14 @@ class StateStore:
         except sqlite3.Error as exc:
             raise OSError(f"cannot open {self.path}: {exc}") from exc
         return connection
+
+    async def load(self) -> dict[str, KeptChat]:
+        """:meth:`open`, as the :class:`~bridged.state.store.Store` interface has it."""
+        return self.open()
+
+    def may_send(self) -> bool:
+        """Always: one node on its own disk holds no lease."""
+        return True
 
     # --- writing (from the event loop's thread) -------------------------------------------
 
