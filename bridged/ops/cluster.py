@@ -190,6 +190,12 @@ class Cluster:
         link = chat.link
         self._spawn(self._supervisor.cancel(chat))
         if link is not None:
+            # The messages it took in and did not answer: OCP sends them again (same ids)
+            # once attached, and the node that holds the chat sends each once.
+            for message_id in chat.pending_ids:
+                _tell(link, env.Error(code="not_attached", chat=chat_id, ref=message_id,
+                                      detail="this node no longer holds the chat: attach"
+                                             " again, then send this message again"))
             _tell(link, env.Error(code="not_attached", chat=chat_id, ref="attach",
                                   detail="this node no longer holds the chat: attach again"))
 
