@@ -173,6 +173,10 @@ class Chat:
         self.state = "starting"  # for the admin view and metrics; set by the actor
         self.agent: str | None = None
         self.queue_position: int | None = None
+        # For the admin view, set by the actor: Salesforce's id of the chat (Enhanced Chat's
+        # conversation id) and its last routing news; never a secret.
+        self.salesforce_id: str | None = None
+        self.routing_status: str | None = None
         self.delivered_ids: set[str] = set()
         self.new_delivered: list[str] = []  # delivered since the last save
         self.pending_ids: dict[str, None] = {}  # taken in, not yet answered; in order

@@ -244,7 +244,8 @@ class ChatActor:
                 self._last_poll_answer = now
             if self._metrics is not None:
                 status = "error" if isinstance(result, TransportError) else str(result.status)
-                self._metrics.salesforce_answered(request.purpose.value, status,
+                self._metrics.salesforce_answered(LiveAgentBackend.name,
+                                                  request.purpose.value, status,
                                                   now - self._sent_at[lane])
             # Every 5xx backs the lane off, the 503 of a server switch included: the
             # requests that follow it (ReconnectSession) meet the same server trouble.
