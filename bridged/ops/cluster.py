@@ -158,9 +158,11 @@ class Cluster:
                                        + 2 * self._config.scan_interval_ms) / 1000
         try:
             while True:
-                if await self._claim(attach.chat) or attach.chat in self._dispatcher.live:
+                # (While this node renews or rejoins, it waits: it cannot claim meanwhile.)
+                if attach.chat in self._dispatcher.live or (
+                        self._store.may_send() and await self._claim(attach.chat)):
                     break
-                if time.monotonic() > deadline or not self._store.may_send():
+                if time.monotonic() > deadline:
                     _tell(link, env.Error(code="unknown_chat", chat=attach.chat, ref="attach",
                                           detail="no node of the cluster could take the chat"))
                     self._dispatcher.settle_attach(link, attach.chat)
