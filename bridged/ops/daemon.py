@@ -56,7 +56,7 @@ from bridged.salesforce.messaging.transport import (
 )
 from bridged.state.redisstore import RedisStore
 from bridged.state.sqlite import StateStore
-from bridged.state.store import KeptChat, Store
+from bridged.state.store import Drop, Item, KeptChat, Store
 
 log = logging.getLogger("bridged.ops.daemon")
 
@@ -172,9 +172,12 @@ class Daemon:
         """Keep a chat whose actor crashed, so that its ``ended`` is durable, then sent."""
         record = ChatRecord(chat=chat.snapshot())
         upto = chat.next_seq - 1
+        items: list[Item] = []
+        drops: list[Drop] = []
+        chat.kept_changes(items, drops)
         self.store.save(chat.id, record.encode(), lambda: chat.mark_durable(upto),
                         static=chat.static(backend_name(chat.webchat)).encode(),
-                        delivered=chat.take_new_delivered())
+                        delivered=chat.take_new_delivered(), items=items, drops=drops)
 
     async def _run_chat(self, chat: Chat, resume: Any) -> None:
         """Serve ``chat`` with the backend its type names (counted once, when new)."""
@@ -237,15 +240,19 @@ class Daemon:
                 except KeyError:
                     raise ValueError(f"unknown backend {static.backend!r}") from None
                 resume = None if record.chat.finished else backend.resume_from(
-                    static.backend_static, record.state, row.poll_sent)
+                    static.backend_static, record.state, row.poll_sent, row.lists)
+                chat = Chat.restore(static, record.chat, row.delivered, row.lists,
+                                    inbox_size=server.mailbox_size,
+                                    max_held=server.max_held_events)
             except (msgspec.DecodeError, ValueError) as exc:
                 log_event(log, logging.ERROR, "kept_chat_unreadable", chat=chat_id,
                           detail=str(exc))
                 self.store.delete(chat_id)
                 continue
-            chat = Chat.restore(static, record.chat, row.delivered,
-                                inbox_size=server.mailbox_size,
-                                max_held=server.max_held_events)
+            if static.start.history_token is not None:
+                # Kept by an earlier version: OCP's token is used once and never kept.
+                self.store.save(chat_id, row.snapshot, static=chat.static(
+                    static.backend, static.backend_static).encode())
             self.dispatcher.adopt(chat)
             if resume is not None:
                 self.supervisor.spawn(chat, resume)

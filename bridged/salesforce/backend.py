@@ -19,7 +19,7 @@ __all__ = ["Backend", "Backends", "backend_name"]
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from bridged.chats.chat import Chat
+from bridged.chats.chat import Chat, KeptLists
 from bridged.config.file import SalesforceConfig
 from bridged.config.webchat import AnyWebchat
 
@@ -38,8 +38,13 @@ class Backend(Protocol):
         """
         ...
 
-    def resume_from(self, backend_static: bytes, state: bytes, poll_sent_at: float) -> Any:
-        """Decode the backend's parts of a kept chat (raises ``msgspec.DecodeError``)."""
+    def resume_from(self, backend_static: bytes, state: bytes, poll_sent_at: float,
+                    lists: KeptLists | None = None) -> Any:
+        """Decode the backend's parts of a kept chat (raises ``msgspec.DecodeError``).
+
+        ``lists`` are the chat's kept lists; the backend's own are numbered from
+        ``BACKEND_LISTS`` up (see :mod:`bridged.chats.chat`).
+        """
         ...
 
     async def aclose(self) -> None:

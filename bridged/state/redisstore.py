@@ -19,7 +19,8 @@ it safe with Salesforce's rule that a second concurrent poll ends the session:
 
 Keys: ``b:store``; ``b:node:<node>`` (lease); ``b:nodes`` (set of ``node/inc``);
 ``b:owned:<node>/<inc>`` (the chats an incarnation holds); ``b:chat:<chat>`` (hash: owner,
-inc, token, gen, static, snap, poll_ms, released); ``b:dlv:<chat>`` (delivered ids).
+inc, token, gen, static, snap, poll_ms, released); ``b:dlv:<chat>`` (delivered ids);
+``b:it:<chat>`` (hash: the items of the chat's kept lists, field ``<list>:<key>``).
 
 Writes are group commits, as with SQLite: every change of one loop turn (and of the turns
 while a commit is in flight) goes in one script call, followed on the same connection by
@@ -44,7 +45,7 @@ from redis.exceptions import RedisError
 
 from bridged._log import log_event
 from bridged.config.file import ClusterConfig
-from bridged.state.store import Callback, KeptChat, StoreStatistics
+from bridged.state.store import Callback, Drop, Item, KeptChat, StoreStatistics
 
 log = logging.getLogger("bridged.state.redis")
 
@@ -62,16 +63,45 @@ local owned = 'b:owned:' .. node .. '/' .. inc
 """
 
 # ARGV[4..]: per chat, its id, token, flags, snapshot, static, the number n of delivered
-# ids, then those n ids (flat: binary-safe, and no decoder needed in the script).
+# ids, then those n ids, the number of drops, then each drop's list, first and last key,
+# the number of items, then each item's list, key and data (flat: binary-safe, and no
+# decoder needed in the script). Drops go before items, as in SQLite.
 COMMIT = _PRELUDE + """
+local function hcall(command, key, args)
+  for j = 1, #args, 1000 do
+    redis.call(command, key, unpack(args, j, math.min(j + 999, #args)))
+  end
+end
+-- A kept list's keys first..last go: named one by one when the range is no larger than
+-- the chat's items, else found among them (the lists are bounded, so either is short).
+local function drop(items, list, first, last)
+  local size = redis.call('HLEN', items)
+  if size == 0 or last < first then return end
+  local gone = {}
+  if last - first + 1 <= size then
+    for k = first, last do gone[#gone + 1] = string.format('%d:%d', list, k) end
+  else
+    for _, field in ipairs(redis.call('HKEYS', items)) do
+      local colon = string.find(field, ':', 1, true)
+      local l = tonumber(string.sub(field, 1, colon - 1))
+      local k = tonumber(string.sub(field, colon + 1))
+      if l == list and k >= first and k <= last then gone[#gone + 1] = field end
+    end
+  end
+  hcall('HDEL', items, gone)
+end
 local fenced = {}
 local i = 4
 while i <= #ARGV do
   local id, token, flags = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local snap, static, n = ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
   local first = i + 6
-  i = first + n
-  local key = 'b:chat:' .. id
+  local nd = tonumber(ARGV[first + n])
+  local drops = first + n + 1
+  local ni = tonumber(ARGV[drops + 3 * nd])
+  local adds = drops + 3 * nd + 1
+  i = adds + 3 * ni
+  local key, items = 'b:chat:' .. id, 'b:it:' .. id
   local current = redis.call('HGET', key, 'token')
   if flags % 2 == 1 and not current then
     redis.call('HSET', key, 'owner', node, 'inc', inc, 'token', token, 'gen', 1)
@@ -81,12 +111,23 @@ while i <= #ARGV do
   if current ~= token then
     fenced[#fenced + 1] = id
   elseif math.floor(flags / 2) % 2 == 1 then
-    redis.call('DEL', key, 'b:dlv:' .. id)
+    redis.call('DEL', key, 'b:dlv:' .. id, items)
     redis.call('SREM', owned, id)
   else
     if snap ~= '' then redis.call('HSET', key, 'snap', snap) end
     if static ~= '' then redis.call('HSET', key, 'static', static) end
-    if n > 0 then redis.call('SADD', 'b:dlv:' .. id, unpack(ARGV, first, first + n - 1)) end
+    if n > 0 then hcall('SADD', 'b:dlv:' .. id, {unpack(ARGV, first, first + n - 1)}) end
+    for j = drops, drops + 3 * nd - 1, 3 do
+      drop(items, tonumber(ARGV[j]), tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]))
+    end
+    if ni > 0 then
+      local fields = {}
+      for j = adds, adds + 3 * ni - 1, 3 do
+        fields[#fields + 1] = ARGV[j] .. ':' .. ARGV[j + 1]
+        fields[#fields + 1] = ARGV[j + 2]
+      end
+      hcall('HSET', items, fields)
+    end
     if math.floor(flags / 4) % 2 == 1 then
       redis.call('HSET', key, 'poll_ms', now)
       redis.call('HDEL', key, 'released')
@@ -114,7 +155,8 @@ redis.call('SADD', owned, chat)
 local age = -1
 if not h[4] and h[5] then age = now - tonumber(h[5]) end
 local kept = redis.call('HMGET', key, 'static', 'snap')
-return {'ok', age, kept[1] or '', kept[2] or '', redis.call('SMEMBERS', 'b:dlv:' .. chat), gen}
+return {'ok', age, kept[1] or '', kept[2] or '', redis.call('SMEMBERS', 'b:dlv:' .. chat), gen,
+        redis.call('HGETALL', 'b:it:' .. chat)}
 """
 
 # The chats whose incarnation's lease is gone (at most ARGV[4]), and the live nodes.
@@ -189,7 +231,8 @@ class Claimed(NamedTuple):
 
 
 class _Change:
-    __slots__ = ("callbacks", "delete", "delivered", "flags", "snapshot", "static")
+    __slots__ = ("callbacks", "delete", "delivered", "drops", "flags", "items", "snapshot",
+                 "static")
 
     def __init__(self) -> None:
         self.snapshot = b""
@@ -198,14 +241,33 @@ class _Change:
         self.flags = 0
         self.delete = False
         self.callbacks: list[Callback] = []
+        self.drops: list[Drop] = []
+        self.items: dict[tuple[int, int], bytes] = {}  # (list, key) -> data
+
+    def forget(self) -> None:
+        """Everything of the chat goes (it is deleted)."""
+        self.snapshot, self.static, self.delivered = b"", b"", []
+        self.drops, self.items = [], {}
+
+    def change_items(self, items: Sequence[Item], drops: Sequence[Drop]) -> None:
+        """Drop ``drops`` (also from the items not yet written), then add ``items``."""
+        for list_id, first, last in drops:
+            if self.items:
+                for gone in [k for k in self.items if k[0] == list_id and first <= k[1] <= last]:
+                    del self.items[gone]
+            self.drops.append((list_id, first, last))
+        for list_id, key, data in items:
+            self.items[(list_id, key)] = data
 
     def merge(self, newer: _Change) -> None:
         if newer.flags & _DELETE:
-            self.snapshot, self.static, self.delivered = b"", b"", []
+            self.forget()
             self.flags = _DELETE
         self.snapshot = newer.snapshot or self.snapshot
         self.static = newer.static or self.static
         self.delivered.extend(newer.delivered)
+        self.change_items([(lst, key, data) for (lst, key), data in newer.items.items()],
+                          newer.drops)
         self.flags |= newer.flags
         self.callbacks.extend(newer.callbacks)
 
@@ -255,6 +317,7 @@ class RedisStore:
         self._rows_deleted = 0
         self._commit_seconds = 0.0
         self._commit_failures = 0
+        self._bytes_written = 0
         self.store_errors = 0
         self.renew_seconds = 0.0  # the last renewal's round trip
         self.renewals = 0
@@ -424,7 +487,7 @@ class RedisStore:
         # is now minus that age (an interval, so no clock of ours needs to agree with it).
         poll_sent = 0.0 if age_ms < 0 else time.time() - age_ms / 1000
         kept = KeptChat(bytes(answer[2]), bytes(answer[3]),
-                        sorted(_text(d) for d in answer[4]), poll_sent)
+                        sorted(_text(d) for d in answer[4]), poll_sent, _lists(answer[6]))
         return Claimed(kept, int(answer[5]))
 
     async def release(self, chat_ids: Sequence[str]) -> list[str]:
@@ -466,8 +529,13 @@ class RedisStore:
         return change
 
     def save(self, chat_id: str, snapshot: bytes, on_durable: Callback | None = None, *,
-             static: bytes | None = None, delivered: Sequence[str] = ()) -> None:
-        """Keep ``snapshot`` as ``chat_id``'s; ``on_durable`` runs once confirmed."""
+             static: bytes | None = None, delivered: Sequence[str] = (),
+             items: Sequence[Item] = (), drops: Sequence[Drop] = ()) -> None:
+        """Keep ``snapshot`` as ``chat_id``'s; ``on_durable`` runs once confirmed.
+
+        ``items`` and ``drops`` change the chat's kept lists as in SQLite (drops first); they
+        are written in the same fenced script as the snapshot.
+        """
         change = self._change(chat_id)
         if change is None:
             return
@@ -475,6 +543,8 @@ class RedisStore:
         if static is not None:
             change.static = static
         change.delivered.extend(delivered)
+        if items or drops:
+            change.change_items(items, drops)
         if on_durable is not None:
             change.callbacks.append(on_durable)
 
@@ -494,7 +564,7 @@ class RedisStore:
         change = self._change(chat_id)
         if change is None:
             return
-        change.snapshot, change.static, change.delivered = b"", b"", []
+        change.forget()
         change.flags = _DELETE | (change.flags & _CREATE)
 
     async def _writer(self) -> None:
@@ -523,9 +593,17 @@ class RedisStore:
         assert self._redis is not None
         started = time.perf_counter()
         payload: list[bytes | str | int] = []
+        written = 0
         for chat, change in batch.items():
             payload += [chat, tokens[chat], change.flags, change.snapshot, change.static,
-                        len(change.delivered), *change.delivered]
+                        len(change.delivered), *change.delivered, len(change.drops)]
+            for drop in change.drops:
+                payload += drop
+            payload.append(len(change.items))
+            for (list_id, key), data in change.items.items():
+                payload += (list_id, key, data)
+                written += len(data)
+            written += len(change.snapshot) + len(change.static)
         replicas = self._cluster.min_replicas
         try:
             if replicas:
@@ -553,6 +631,7 @@ class RedisStore:
         fenced = {_text(c) for c in answer[1]}
         self._commits += 1
         self._commit_seconds += time.perf_counter() - started
+        self._bytes_written += written
         callbacks: list[Callback] = []
         for chat, change in batch.items():
             if chat in fenced:
@@ -589,7 +668,8 @@ class RedisStore:
     def statistics(self) -> StoreStatistics:
         """The writer's counters."""
         return StoreStatistics(self._commits, self._rows_written, self._rows_deleted,
-                               self._commit_seconds, len(self._local), self._commit_failures)
+                               self._commit_seconds, len(self._local), self._commit_failures,
+                               self._bytes_written)
 
     async def flush(self, timeout: float) -> bool:
         """Wait until everything saved so far is committed; ``False`` on timeout."""
@@ -620,3 +700,14 @@ class RedisStore:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _lists(flat: Sequence[Any]) -> dict[int, list[tuple[int, bytes]]]:
+    """The kept lists from ``HGETALL b:it:<chat>`` (field ``<list>:<key>``, value data)."""
+    lists: dict[int, list[tuple[int, bytes]]] = {}
+    for index in range(0, len(flat), 2):
+        list_id, _, key = _text(flat[index]).partition(":")
+        lists.setdefault(int(list_id), []).append((int(key), bytes(flat[index + 1])))
+    for entries in lists.values():
+        entries.sort()
+    return lists

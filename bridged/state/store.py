@@ -7,12 +7,15 @@ one from the config; nothing else knows which.
 
 from __future__ import annotations
 
-__all__ = ["Callback", "KeptChat", "Store", "StoreStatistics"]
+__all__ = ["Callback", "Drop", "Item", "KeptChat", "Store", "StoreStatistics"]
 
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 Callback = Callable[[], None]
+# An item of a kept list: (list, key, data); a range of keys that is gone: (list, first, last).
+Item = tuple[int, int, bytes]
+Drop = tuple[int, int, int]
 
 
 class KeptChat(NamedTuple):
@@ -26,6 +29,7 @@ class KeptChat(NamedTuple):
     snapshot: bytes
     delivered: list[str]
     poll_sent: float
+    lists: dict[int, list[tuple[int, bytes]]]  # list -> [(key, data)], by key
 
 
 class StoreStatistics(NamedTuple):
@@ -37,6 +41,7 @@ class StoreStatistics(NamedTuple):
     commit_seconds: float
     pending: int
     commit_failures: int = 0
+    bytes_written: int = 0  # snapshots, unchanging parts and list items written
 
 
 class Store(Protocol):
@@ -51,8 +56,14 @@ class Store(Protocol):
         ...
 
     def save(self, chat_id: str, snapshot: bytes, on_durable: Callback | None = None, *,
-             static: bytes | None = None, delivered: Sequence[str] = ()) -> None:
-        """Keep ``snapshot`` as the chat's; ``on_durable`` runs once it is committed."""
+             static: bytes | None = None, delivered: Sequence[str] = (),
+             items: Sequence[Item] = (), drops: Sequence[Drop] = ()) -> None:
+        """Keep ``snapshot`` as the chat's; ``on_durable`` runs once it is committed.
+
+        ``items`` are added to (or replace keys of) the chat's kept lists; each drop
+        ``(list, first, last)`` removes that list's keys ``first..last`` (inclusive), applied
+        before the items.
+        """
         ...
 
     def touch(self, chat_id: str, poll_sent: float, on_durable: Callback | None = None) -> None:

@@ -57,3 +57,43 @@ async def test_the_store_losing_its_data_is_seen(redis_server: RedisServer) -> N
         assert not a.holds("c1")
     finally:
         await a.aclose()
+
+
+async def test_kept_lists_change_item_by_item_and_a_takeover_gets_them_by_key(
+        redis_server: RedisServer) -> None:
+    a, b = RedisStore(config("a", redis_server.url)), RedisStore(config("b", redis_server.url))
+    await a.load()
+    await b.load()
+    try:
+        a.save("c1", b"s1", static=b"static",
+               items=[(1, k, f"e{k}".encode()) for k in (3, 1, 2)] + [(2, -1, b"x")])
+        a.save("c2", b"t1", static=b"static", items=[(1, 1, b"other chat")])
+        a.save("c3", b"u1", static=b"static", items=[(3, k, b"gone") for k in (10, 11, 12)])
+        assert await a.flush(2)
+        # Dropped before added: a range that covers an item not yet written removes it too.
+        a.save("c1", b"s2", drops=[(1, 1, 2)], items=[(1, 4, b"e4"), (1, 5, b"e5")])
+        a.save("c1", b"s3", drops=[(1, 5, 5), (2, -1, -1)], items=[(2, 7, b"y")])
+        # A range far wider than the list (found among its items, not named key by key).
+        a.save("c3", b"u2", drops=[(3, 0, 10**12)], items=[(3, 13, b"kept")])
+        a.delete("c2")  # a chat's lists go with it
+        assert await a.flush(2)
+        assert a.statistics().bytes_written > 0
+        await a.aclose()  # gives the lease up: its chats are orphans at once
+        claimed = await b.claim("c1")
+        assert claimed is not None
+        assert claimed.kept.snapshot == b"s3"
+        assert claimed.kept.lists == {1: [(3, b"e3"), (4, b"e4")], 2: [(7, b"y")]}
+        third = await b.claim("c3")
+        assert third is not None and third.kept.lists == {3: [(13, b"kept")]}
+        assert await b.claim("c2") is None  # deleted, with its lists
+        # The new holder goes on keeping them, fenced by its own token.
+        b.save("c1", b"s4", drops=[(1, 3, 3)], items=[(1, 6, b"e6")])
+        assert await b.flush(2)
+        async with b._redis.pipeline() as pipe:  # type: ignore[union-attr]
+            pipe.hgetall("b:it:c1").exists("b:it:c2")
+            fields, c2_left = await pipe.execute()
+        assert fields == {b"1:4": b"e4", b"1:6": b"e6", b"2:7": b"y"}
+        assert c2_left == 0
+    finally:
+        await a.aclose()
+        await b.aclose()

@@ -96,6 +96,7 @@ __all__ = [
 import enum
 import re
 from collections import deque
+from collections.abc import Iterable, Iterator
 
 import msgspec
 
@@ -213,6 +214,114 @@ class _Activity(msgspec.Struct, kw_only=True, gc=False):
     ref: str | None = None
 
 
+_activity_encoder = msgspec.msgpack.Encoder()
+_activity_decoder = msgspec.msgpack.Decoder(_Activity)
+
+
+class _ActivityQueue:
+    """The visitor activity waiting to be sent, oldest first: a deque that keeps a journal.
+
+    Each item gets a key that orders it (one appended: above every key so far; one put at
+    the head: below), and the queue notes which items were added and which keys went since
+    :meth:`take_changes`, so that the shell keeps the queue item by item rather than whole
+    at every change (it may hold a large bot history, or hundreds of held messages).
+    """
+
+    __slots__ = ("_added", "_gone", "_high", "_items", "_keys", "_low")
+
+    def __init__(self, kept: Iterable[tuple[int, _Activity]] = ()) -> None:
+        self._items: deque[_Activity] = deque()
+        self._keys: deque[int] = deque()
+        for key, item in kept:  # by key
+            self._items.append(item)
+            self._keys.append(key)
+        self._low = self._keys[0] if self._keys else 1
+        self._high = self._keys[-1] if self._keys else 0
+        self._added: dict[int, _Activity] = {}
+        self._gone: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[_Activity]:
+        return iter(self._items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __getitem__(self, index: int) -> _Activity:
+        return self._items[index]
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was added or removed since :meth:`take_changes`."""
+        return bool(self._added or self._gone)
+
+    def append(self, item: _Activity) -> None:
+        self._high += 1
+        self._items.append(item)
+        self._keys.append(self._high)
+        self._added[self._high] = item
+
+    def appendleft(self, item: _Activity) -> None:
+        self._low -= 1
+        self._items.appendleft(item)
+        self._keys.appendleft(self._low)
+        self._added[self._low] = item
+
+    def popleft(self) -> _Activity:
+        self._forget(self._keys.popleft())
+        return self._items.popleft()
+
+    def pop(self) -> _Activity:
+        self._forget(self._keys.pop())
+        return self._items.pop()
+
+    def remove(self, item: _Activity) -> None:
+        """Remove ``item`` itself (not an equal one: two messages may read the same)."""
+        index = self._index(item)
+        self._forget(self._keys[index])
+        del self._items[index], self._keys[index]
+
+    def key_of(self, item: _Activity) -> int | None:
+        """The key of ``item`` itself, if it is queued."""
+        try:
+            return self._keys[self._index(item)]
+        except ValueError:
+            return None
+
+    def item_with_key(self, key: int) -> _Activity | None:
+        """The item kept under ``key``, if any."""
+        for item, item_key in zip(self._items, self._keys, strict=True):
+            if item_key == key:
+                return item
+        return None
+
+    def _index(self, item: _Activity) -> int:
+        for index, queued in enumerate(self._items):  # usually at the head
+            if queued is item:
+                return index
+        raise ValueError("not queued")
+
+    def clear(self) -> None:
+        if self._items:
+            self._gone.append((self._low, self._high))
+        self._added.clear()
+        self._items.clear()
+        self._keys.clear()
+
+    def take_changes(self) -> tuple[list[tuple[int, _Activity]], list[tuple[int, int]]]:
+        """The items added (with their keys, by key) and the ranges of keys gone, since last
+        asked."""
+        added, gone = sorted(self._added.items()), self._gone
+        self._added, self._gone = {}, []
+        return added, gone
+
+    def _forget(self, key: int) -> None:
+        if self._added.pop(key, None) is None:  # it was kept: it must go from the store
+            self._gone.append((key, key))
+
+
 class SessionSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Everything a session needs to go on in another process (see :meth:`snapshot`)."""
 
@@ -232,14 +341,19 @@ class SessionSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     switches: int
     switch_phase: SwitchPhase | None
     resume: State
-    activity: list[_Activity]
+    # The activity waiting to be sent is kept apart, item by item (take_activity_changes);
+    # what is here goes before it: a visitor message whose POST was out when a server switch
+    # came, or (in snapshots of earlier versions, read on an upgrade) the whole of it.
+    activity: list[_Activity] = []
     unconfirmed_post: HttpRequest | None
     end: facts.Ended | None
     masks: list[tuple[str, str]]
     # The switch bookkeeping: how many visitor messages Salesforce accepted, and which held
-    # message (an index into ``activity``) may have arrived although its POST got no answer.
+    # message may have arrived although its POST got no answer: an index into ``activity``,
+    # or the key of a kept item.
     visitor_messages_accepted: int = 0
     unconfirmed: int | None = None
+    unconfirmed_key: int | None = None
     parked: bytes | None = None  # a keep-alive's batch, as received (JSON)
     cleanup: facts.Ended | None = None  # the end to report once the session is deleted
 
@@ -309,7 +423,7 @@ class LiveAgentSession:
         self.switch_url: str | None = None
         self._estimates = int(params.api_version.split(".")[0]) >= _ESTIMATE_SINCE
         self._resume = State.WAITING
-        self._activity: deque[_Activity] = deque()
+        self._activity = _ActivityQueue()
         self._in_flight: dict[Lane, HttpRequest | None] = {Lane.POLL: None, Lane.POST: None}
         self._abandoned: list[Lane] = []
         self._retry: HttpRequest | None = None
@@ -375,7 +489,8 @@ class LiveAgentSession:
     # --- keeping across restarts --------------------------------------------------------
 
     def snapshot(self) -> SessionSnapshot:
-        """The session's state, to go on after a restart of bridged.
+        """The session's state, to go on after a restart of bridged (the visitor activity
+        waiting to be sent is kept apart: :meth:`take_activity_changes`).
 
         A POST on the wire (or waiting to be retried) is kept as *unconfirmed*: after the
         restart it is sent again, number and all, and Salesforce drops it if the first
@@ -385,13 +500,14 @@ class LiveAgentSession:
         process polls again with the same ``ack``.
         """
         post = self._in_flight[Lane.POST] or self._retry
-        activity = list(self._activity)
-        unconfirmed = next((i for i, item in enumerate(activity) if item is self._unconfirmed),
-                           None)
+        activity: list[_Activity] = []
+        unconfirmed = None
+        unconfirmed_key = (self._activity.key_of(self._unconfirmed)
+                           if self._unconfirmed is not None else None)
         if (post is not None and post.purpose is Purpose.CHAT_MESSAGE
                 and self.state is State.RECONNECTING):
-            activity.insert(0, _Activity(purpose=post.purpose, body=post.body, ref=post.ref))
-            unconfirmed, post = 0, None
+            activity.append(_Activity(purpose=post.purpose, body=post.body, ref=post.ref))
+            unconfirmed, unconfirmed_key, post = 0, None, None
         return SessionSnapshot(
             state=self.state, session_id=self.session_id, session_key=self.session_key,
             affinity=self.affinity, client_poll_timeout=self.client_poll_timeout,
@@ -402,21 +518,46 @@ class LiveAgentSession:
             activity=activity, unconfirmed_post=post, end=self._end,
             masks=[(pattern.pattern, replacement) for pattern, replacement in self._masks],
             visitor_messages_accepted=self.visitor_messages_accepted,
-            unconfirmed=unconfirmed, parked=self._parked, cleanup=self._cleanup,
+            unconfirmed=unconfirmed, unconfirmed_key=unconfirmed_key, parked=self._parked,
+            cleanup=self._cleanup,
         )
 
+    @property
+    def activity_changed(self) -> bool:
+        """Whether the activity waiting to be sent changed since it was last taken."""
+        return self._activity.changed
+
+    def take_activity_changes(self) -> tuple[list[tuple[int, bytes]], list[tuple[int, int]]]:
+        """The visitor activity added since the last call, as ``(key, bytes)`` ordered by
+        key, and the ranges of keys gone: what to keep, item by item, with a snapshot."""
+        if not self._activity.changed:
+            return [], []
+        added, gone = self._activity.take_changes()
+        return [(key, _activity_encoder.encode(item)) for key, item in added], gone
+
     @classmethod
-    def restore(cls, params: SessionParams, snapshot: SessionSnapshot) -> LiveAgentSession:
-        """A session that goes on from ``snapshot`` (nothing in flight)."""
+    def restore(cls, params: SessionParams, snapshot: SessionSnapshot,
+                activity: Iterable[tuple[int, bytes]] = ()) -> LiveAgentSession:
+        """A session that goes on from ``snapshot`` and its kept ``activity`` (``(key,
+        bytes)`` by key, as :meth:`take_activity_changes` gave them), nothing in flight.
+
+        Raises:
+            msgspec.DecodeError: a damaged activity item.
+        """
         session = cls(params)
         for name in ("state", "session_id", "session_key", "affinity", "client_poll_timeout",
                      "connection_timeout", "ack", "sequence", "offset", "agent",
                      "agent_joined", "requested", "sneak_peek", "switches", "switch_phase"):
             setattr(session, name, getattr(snapshot, name))
         session._resume = snapshot.resume
-        session._activity = deque(snapshot.activity)
+        queue = session._activity = _ActivityQueue(
+            (key, _activity_decoder.decode(data)) for key, data in activity)
+        if snapshot.unconfirmed_key is not None:
+            session._unconfirmed = queue.item_with_key(snapshot.unconfirmed_key)
+        for item in reversed(snapshot.activity):  # before the kept items, and kept anew
+            queue.appendleft(item)
         if snapshot.unconfirmed is not None and 0 <= snapshot.unconfirmed < len(snapshot.activity):
-            session._unconfirmed = session._activity[snapshot.unconfirmed]
+            session._unconfirmed = snapshot.activity[snapshot.unconfirmed]
         session.visitor_messages_accepted = snapshot.visitor_messages_accepted
         retry = snapshot.unconfirmed_post
         if retry is not None and retry.purpose is Purpose.CHAT_MESSAGE:
@@ -1055,7 +1196,7 @@ class LiveAgentSession:
         visitor = [entry.content for entry in transcript if entry.type == "Chasitor"]
         text = msgspec.json.decode(item.body)["text"]
         if len(visitor) > self.visitor_messages_accepted and visitor[-1] == text:
-            self._activity = deque(a for a in self._activity if a is not item)
+            self._activity.remove(item)
             self.visitor_messages_accepted += 1
             self._notices.append(("unconfirmed_message_arrived", item.ref or ""))
             if item.ref is not None:

@@ -43,7 +43,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from bridged._log import log_event
 from bridged.chats import facts
-from bridged.chats.chat import Chat, ChatRecord
+from bridged.chats.chat import Chat, ChatRecord, KeptLists
 from bridged.chats.policy import RetryPolicy, retry_delay
 from bridged.config.file import SalesforceConfig
 from bridged.config.webchat import MessagingConfig
@@ -69,11 +69,13 @@ from bridged.salesforce.messaging.protocol import (
 from bridged.salesforce.messaging.sse import SseParser
 from bridged.salesforce.messaging.tokenqueue import TokenQueue
 from bridged.salesforce.messaging.transport import Answer, EventStream, MessagingTransport
-from bridged.state.store import Store
+from bridged.state.store import Drop, Item, Store
 
 log = logging.getLogger("bridged.salesforce.messaging")
 
 BACKEND = "salesforce_messaging"
+# How soon a node that may not send (its lease unconfirmed) looks again.
+MAY_SEND_RECHECK_S = 0.25
 # Stream inputs not yet handed to the session; past this the reader waits.
 _STREAM_BACKLOG = 32
 _TOKEN_QUEUED = "token_queued"
@@ -246,6 +248,8 @@ class MessagingActor:
 
     async def _farewell(self) -> None:
         """After a crash: close the conversation at Salesforce too (no ghost for the agent)."""
+        if self._store is not None and not self._store.may_send():
+            return  # another node may hold the chat now: it closes the conversation
         try:
             request = self.session.farewell(now=time.time())
             if request is None:
@@ -404,6 +408,11 @@ class MessagingActor:
             delay = retry_delay(self._retry, request.attempt) if request.attempt else 0.0
             self._outgoing.append(_Outgoing(request, self._save_gen, now + delay))
         due: float | None = self.session.next_wake_at
+        if self._store is not None and not self._store.may_send():
+            # Several nodes: this node's lease is not surely its own (the store is out of
+            # reach), so it sends nothing; it goes on once renewed, or the chat is dropped.
+            self._wake_at(now + MAY_SEND_RECHECK_S)
+            return
         waiting: list[_Outgoing] = []
         for item in self._outgoing:
             if item.gen > self._durable_gen:
@@ -548,10 +557,16 @@ class MessagingActor:
             self._static_saved = True
             params = msgspec.Raw(_snapshot_encoder.encode(self.session.params))
             static = self.chat.static(BACKEND, params).encode()
+        # The chat's lists (its held events, inbox, pending ids) are kept item by item:
+        # only what changed since the last save is written.
+        items: list[Item] = []
+        drops: list[Drop] = []
+        self.chat.kept_changes(items, drops)
         self._store.save(self.chat.id, record.encode(),
                          functools.partial(self._durable, self._save_gen,
                                            self.chat.next_seq - 1),
-                         static=static, delivered=self.chat.take_new_delivered())
+                         static=static, delivered=self.chat.take_new_delivered(),
+                         items=items, drops=drops)
 
     def _durable(self, gen: int, upto: int) -> None:
         self._durable_gen = max(self._durable_gen, gen)
@@ -619,8 +634,10 @@ class MessagingBackend:
         self._salesforce = salesforce
 
     @staticmethod
-    def resume_from(backend_static: bytes, state: bytes, poll_sent_at: float) -> MessagingResume:
-        """Decode a kept chat's Enhanced Chat parts (``poll_sent_at`` is Live Agent's).
+    def resume_from(backend_static: bytes, state: bytes, poll_sent_at: float,
+                    lists: KeptLists | None = None) -> MessagingResume:
+        """Decode a kept chat's Enhanced Chat parts (``poll_sent_at`` and ``lists`` are
+        Live Agent's: the session's own state is small and kept whole).
 
         Raises:
             msgspec.DecodeError: a damaged record.

@@ -1232,6 +1232,8 @@ class MessagingSession:
         if removed is None:
             self._notices.append(("unknown_agent_removed", name))
             return
+        # The same log line as Live Agent's AgentDisconnect: a step of the chat's life.
+        self._notices.append(("agent_disconnected", removed))
         if self._agents:
             if removed == self.agent:
                 # The other agent stays: the chat moved to them.

@@ -252,10 +252,12 @@ def test_a_chat_end_refused_with_a_5xx_falls_back_to_deleting_the_session(status
 
 
 def restore(session: LiveAgentSession) -> LiveAgentSession:
-    """The session as another process gets it: through the store's encoding."""
+    """The session as another process gets it: through the store's encoding (its snapshot,
+    and its activity, kept item by item)."""
     kept = msgspec.msgpack.decode(msgspec.msgpack.encode(session.snapshot()),
                                   type=SessionSnapshot)
-    return LiveAgentSession.restore(session.params, kept)
+    activity, _ = session.take_activity_changes()  # all of it: never taken before
+    return LiveAgentSession.restore(session.params, kept, activity)
 
 
 def _ok_then_ok_unanswered(*, in_flight: bool) -> LiveAgentSession:
