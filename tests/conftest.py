@@ -100,3 +100,14 @@ async def simulator(tmp_path: Any) -> AsyncIterator[SimulatorProcess]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Any:
+    """A real redis-server on a random port of 127.0.0.1 (append-only file on); stopped by pid."""
+    from tests.redis_server import RedisServer
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()

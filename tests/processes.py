@@ -123,6 +123,16 @@ class SimulatorProcess(Process):
         return self._call("POST", action, body or {})
 
 
+# BRIDGED_TEST_LOG=debug: the bridged processes log at that level (to debug a test).
+LOG_LEVEL = (["--log-level", os.environ["BRIDGED_TEST_LOG"]]
+             if os.environ.get("BRIDGED_TEST_LOG") else [])
+
+# Scaled-down cluster timings (a takeover in about 1.5 s; the simulator's hold is 0.5 s).
+CLUSTER = ('[cluster]\nnode = "{node}"\nredis_url = "{url}"\nlease_ttl_ms = 1000\n'
+           'renew_interval_ms = 200\nlease_margin_ms = 200\nscan_interval_ms = 100\n'
+           'socket_timeout_s = 0.5\n')
+
+
 class BridgedProcess(Process):
     """``bridged run`` on a config whose profiles point at a simulator process."""
 
@@ -130,6 +140,7 @@ class BridgedProcess(Process):
 
     def __init__(self, tmp: Path, simulator: SimulatorProcess, *, port: int | None = None,
                  state: Path | None = None, name: str = "bridged",
+                 redis_url: str | None = None, node: str = "a", wait_ready: bool = True,
                  state_options: dict[str, Any] | None = None) -> None:
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}/v1/chat"
@@ -147,8 +158,13 @@ class BridgedProcess(Process):
             f'[state]\ndir = "{state or tmp / "state"}"\n{state_lines}'
             f'[profiles.manual]\n{profile}button_id = "573MANUAL000000"\n'
             f'[profiles.echo]\n{profile}button_id = "573ECHO00000000"\n'
-            f'{self.messaging_profiles(simulator.messaging_base)}')
-        super().__init__(["run", "--config", str(config)], tmp / f"{name}.log")
+            f'{self.messaging_profiles(simulator.messaging_base)}'
+            + (CLUSTER.format(node=node, url=redis_url) if redis_url else ""))
+        super().__init__(["run", "--config", str(config), *LOG_LEVEL], tmp / f"{name}.log")
+        self.health = f"http://127.0.0.1:{self.port}"
+        if not wait_ready:
+            wait_http(f"{self.health}/healthz", process=self.process)  # type: ignore[arg-type]
+            return
         wait_http(f"http://127.0.0.1:{self.port}/readyz",
                   process=self.process)  # type: ignore[arg-type]
 

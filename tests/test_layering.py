@@ -25,10 +25,10 @@ LAYERS: dict[int, set[str]] = {
         "chats.policy", "chats.texts", "history.decoder", "salesforce.liveagent.wire",
         "salesforce.liveagent.protocol"},
     1: {"chats.mailbox", "chats.gate", "chats.chat", "chats.supervisor", "chats.dispatcher",
-        "salesforce.backend"},
+        "salesforce.backend", "state.store"},
     2: {"salesforce.liveagent.transport", "salesforce.liveagent.actor", "ocp.front",
         "ocp.admin", "ops.metrics", "history.client", "history.handover", "state.sqlite",
-        "ops.limits", "ops.systemd", "ops.logs"},
+        "state.redisstore", "ops.cluster", "ops.limits", "ops.systemd", "ops.logs"},
     3: {"ops.daemon"},
     4: set(),  # bridged.tools.*: every module there
     5: {"cli", "__main__"},

@@ -64,6 +64,13 @@ class Dispatcher:
         self.on_forget: Callable[[str], None] | None = None
         # Whether one more chat fits in the open-file limit (set by the daemon).
         self.fds_left: Callable[[], bool] | None = None
+        # Several nodes: whether this node may take new chats now (it holds its lease), and
+        # who serves an ``attach`` for a chat this node does not hold (True: it does).
+        self.accepting: Callable[[], bool] | None = None
+        self.on_unknown_attach: Callable[[Link, env.Attach], bool] | None = None
+        # (link id, chat) → what that link sent for the chat while its attach is settled
+        # elsewhere; applied, in order, once it is (see settle_attach).
+        self._awaiting: dict[tuple[str, str], list[env.Inbound]] = {}
         server = config.server
         self.load = LoadMeter(server.overload_high, server.overload_low)
 
@@ -75,6 +82,14 @@ class Dispatcher:
         Raises:
             Refused: the envelope is refused; the subclass names the wire error code.
         """
+        if self._awaiting and not isinstance(envelope, env.Start | env.Attach):
+            waiting = self._awaiting.get((link.id, envelope.chat))
+            if waiting is not None:
+                if len(waiting) >= self.config.server.mailbox_size:
+                    raise Busy("the chat is being attached and its queue is full; send this"
+                               " again later", chat=envelope.chat, ref=_ref(envelope))
+                waiting.append(envelope)
+                return
         match envelope:
             case env.Start():
                 self._start(link, envelope)
@@ -124,6 +139,9 @@ class Dispatcher:
         if self.draining:
             raise AtCapacity("bridged is shutting down; start the chat on another node",
                              chat=start.chat, ref="start")
+        if self.accepting is not None and not self.accepting():
+            raise AtCapacity("this node cannot reach the shared store; start the chat on"
+                             " another node", chat=start.chat, ref="start")
         if start.chat in self.live:
             raise ChatExists("a live chat has this id", chat=start.chat, ref="start")
         if len(self.live) >= server.max_chats:
@@ -195,6 +213,13 @@ class Dispatcher:
         chat.accept(message.id)
 
     def _attach(self, link: Link, attach: env.Attach) -> None:
+        if (attach.chat not in self.live and attach.chat not in self.finished
+                and self.on_unknown_attach is not None
+                and self.on_unknown_attach(link, attach)):
+            # Another node holds it: the cluster settles it (see ops.cluster); what this
+            # link sends for the chat meanwhile waits, in order.
+            self._awaiting.setdefault((link.id, attach.chat), [])
+            return
         chat = self._any(attach.chat, "attach")
         old = chat.link
         if old is not None and old is not link:
@@ -252,6 +277,21 @@ class Dispatcher:
         self._detach_timers[id(chat)] = loop.call_later(
             self.config.server.detach_grace_s, self._detach_expired, chat)
 
+    def settle_attach(self, link: Link, chat_id: str) -> list[env.Inbound]:
+        """The attach of ``chat_id`` on ``link`` is settled: what the link sent meanwhile."""
+        return self._awaiting.pop((link.id, chat_id), [])
+
+    def drop(self, chat_id: str) -> Chat | None:
+        """Let go of a chat another node now holds: no end, nothing forgotten in the store."""
+        chat = self.live.pop(chat_id, None) or self.finished.pop(chat_id, None)
+        if chat is None:
+            return None
+        chat.release_load()
+        self._cancel_detach(chat)
+        if chat.link is not None:
+            chat.link.chats.discard(chat.id)
+        return chat
+
     def _forget(self, chat: Chat) -> None:
         if self.finished.get(chat.id) is chat:
             del self.finished[chat.id]
@@ -275,3 +315,9 @@ class Dispatcher:
             return
         log_event(log, logging.INFO, "chat_detach_expired", chat=chat.id)
         chat.request_end("detached")
+
+
+def _ref(envelope: env.Inbound) -> str:
+    """What an ``error`` about ``envelope`` names as its ``ref``."""
+    return envelope.id if isinstance(envelope, env.Message) else str(
+        envelope.__struct_config__.tag)

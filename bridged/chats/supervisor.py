@@ -75,6 +75,17 @@ class ChatSupervisor:
         finally:
             del self._tasks[chat]
 
+    async def cancel(self, chat: Chat) -> None:
+        """Stop ``chat``'s actor without ending it anywhere (another node goes on with it)."""
+        task = self._tasks.get(chat)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def fail(self, chat: Chat, detail: str) -> None:
+        """End ``chat`` toward OCP (its actor is gone): messages unanswered, then ended."""
+        self._fail(chat, detail)
+
     def _fail(self, chat: Chat, detail: str) -> None:
         """End ``chat`` toward OCP for its gone actor: every message unanswered, then ended."""
         for message_id in list(chat.pending_ids):

@@ -8,6 +8,7 @@ Each component receives only its own sub-config.
 from __future__ import annotations
 
 __all__ = [
+    "ClusterConfig",
     "Config",
     "HistoryConfig",
     "LoggingConfig",
@@ -20,6 +21,7 @@ __all__ = [
 ]
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from string import Template
@@ -129,6 +131,34 @@ class StateConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     commit_interval_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
+class ClusterConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[cluster]``: several nodes sharing their chats through Redis (PROTOCOL.md 7).
+
+    Absent (``node`` empty), bridged is one node on its SQLite store in ``state.dir``.
+    """
+
+    node: str = ""  # this node's name, unique in the cluster; hello.node
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Sentinel: "host:port" of each Sentinel, and the name of the primary they watch; when
+    # set, redis_url gives only the database number, password and TLS of the primary.
+    sentinels: list[str] = []
+    sentinel_service: str = "bridged"
+    # The node's lease in the store: it lives lease_ttl_ms past its last renewal, renewed
+    # every renew_interval_ms; a node that cannot renew stops sending to Salesforce.
+    lease_ttl_ms: Annotated[int, msgspec.Meta(ge=200)] = 10000
+    renew_interval_ms: Annotated[int, msgspec.Meta(ge=50)] = 2000
+    # The lease's local deadline is this much before the store's, for clock rate drift.
+    lease_margin_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    # How often a node looks for chats whose holder is gone.
+    scan_interval_ms: Annotated[int, msgspec.Meta(ge=20)] = 1000
+    # After each commit, wait until this many replicas have it (Redis WAIT); a commit not
+    # confirmed in wait_timeout_ms is not confirmed, and nothing acts on it.
+    min_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
+    wait_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 100
+    # Seconds a single store call may take before it counts as failed.
+    socket_timeout_s: PositiveFloat = 2.0
+
+
 class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[logging]``: bridged's own section."""
 
@@ -142,6 +172,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     salesforce: SalesforceConfig = SalesforceConfig()
     history: HistoryConfig = HistoryConfig()
     state: StateConfig = StateConfig()
+    cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
     profiles: dict[str, ProfileFields] = {}
 
@@ -183,11 +214,36 @@ def _check(config: Config) -> None:
         raise ConfigError(
             "history.bearer_token", "set personal_access_token or bearer_token, not both"
         )
+    _check_cluster(config)
     for name, fields in config.profiles.items():
         problem = check_profile(fields)
         if problem is not None:
             field, reason = problem
             raise ConfigError(f"profiles.{name}.{field}", reason)
+
+
+_NODE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _check_cluster(config: Config) -> None:
+    """``[cluster]``: a usable node name, store address and lease timings."""
+    cluster = config.cluster
+    if not cluster.node:
+        return
+    if not _NODE_NAME.match(cluster.node):
+        raise ConfigError("cluster.node", "1 to 64 characters of A-Z a-z 0-9 . _ -")
+    if config.server.node and config.server.node != cluster.node:
+        raise ConfigError("server.node", "set cluster.node only (it is the node's name)")
+    scheme = cluster.redis_url.partition("://")[0]
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("cluster.redis_url", "expected redis://, rediss:// or unix://")
+    for i, address in enumerate(cluster.sentinels):
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"cluster.sentinels[{i}]", f"expected host:port, got {address!r}")
+    if cluster.renew_interval_ms * 2 > cluster.lease_ttl_ms - cluster.lease_margin_ms:
+        raise ConfigError("cluster.renew_interval_ms",
+                          "must allow two renewals within lease_ttl_ms - lease_margin_ms")
 
 
 def parse_config(text: str | bytes, environ: Mapping[str, str] | None = None) -> Config:
@@ -274,6 +330,12 @@ def redacted(config: Config) -> dict[str, Any]:
     data: dict[str, Any] = msgspec.to_builtins(config)
     data["server"]["tokens"] = ["<redacted>"] * len(config.server.tokens)
     data["server"]["admin_tokens"] = ["<redacted>"] * len(config.server.admin_tokens)
+    url = data["cluster"]["redis_url"]
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:  # redis://user:password@host: the password goes
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.partition(":")[0]
+        data["cluster"]["redis_url"] = f"{scheme}://{user}:<redacted>@{host}"
     for key in ("personal_access_token", "bearer_token"):
         if data["history"].get(key):
             data["history"][key] = "<redacted>"

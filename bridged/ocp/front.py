@@ -307,11 +307,13 @@ class Front:
 
     def ready(self) -> bool:
         """Whether bridged takes new chats: what ``/readyz`` and ``bridged_ready`` say."""
-        return not self._dispatcher.draining
+        accepting = self._dispatcher.accepting
+        return not self._dispatcher.draining and (accepting is None or accepting())
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         if not self.ready():
-            return web.Response(status=503, text="draining\n")
+            text = "draining\n" if self._dispatcher.draining else "no shared store\n"
+            return web.Response(status=503, text=text)
         return web.Response(text="ready\n")
 
     async def _metrics_page(self, _request: web.Request) -> web.Response:

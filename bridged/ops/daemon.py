@@ -42,6 +42,7 @@ from bridged.errors import ConfigError
 from bridged.history.handover import HistoryHandover
 from bridged.ocp.envelopes import ChatEvent, Ended
 from bridged.ocp.front import Front
+from bridged.ops.cluster import Cluster
 from bridged.ops.limits import fds_needed, raise_nofile_limit
 from bridged.ops.metrics import Metrics
 from bridged.ops.systemd import Notifier, watchdog_pings
@@ -53,7 +54,9 @@ from bridged.salesforce.messaging.transport import (
     AiohttpMessagingTransport,
     MessagingTransport,
 )
-from bridged.state.sqlite import Drop, Item, KeptChat, StateStore
+from bridged.state.redisstore import RedisStore
+from bridged.state.sqlite import StateStore
+from bridged.state.store import Drop, Item, KeptChat, Store
 
 log = logging.getLogger("bridged.ops.daemon")
 
@@ -75,8 +78,11 @@ class Daemon:
         self.config_path = config_path
         self.metrics = Metrics()
         interval = config.state.commit_interval_ms
-        self.store = StateStore(config.state.dir, config.state.synchronous,
-                                None if interval is None else interval / 1000)
+        # [cluster]: the chats are shared through Redis; otherwise kept in state.dir.
+        self.store: Store = (
+            RedisStore(config.cluster) if config.cluster.node else
+            StateStore(config.state.dir, config.state.synchronous,
+                       None if interval is None else interval / 1000))
         self._transport = transport or AiohttpTransport(config.salesforce.max_connections,
                                                         config.salesforce.keepalive_s)
         history = (HistoryHandover(config.history, self.metrics)
@@ -96,7 +102,10 @@ class Daemon:
         self.dispatcher.on_forget = self.store.delete
         self.metrics.read_live(self._live_metrics)
         self.metrics.max_chats.set_function(lambda: self.config.server.max_chats)
-        self.node = config.server.node or socket.gethostname()
+        self.node = config.cluster.node or config.server.node or socket.gethostname()
+        self.cluster = (Cluster(config.cluster, self.store, self.dispatcher, self.supervisor,
+                                self._resume, self.metrics)
+                        if isinstance(self.store, RedisStore) else None)
         self.front = Front(config.server, self.dispatcher, self.metrics, self.node)
         self.fd_limit: int | None = None
         self._runner: web.AppRunner | None = None
@@ -156,6 +165,8 @@ class Daemon:
         yield CounterMetricFamily("bridged_state_commit_failures",
                                   "State store commits that failed (tried again a second later)",
                                   value=stats.commit_failures)
+        if isinstance(self.store, RedisStore):
+            yield from _cluster_metrics(self.store)
 
     def _keep_finished(self, chat: Chat) -> None:
         """Keep a chat whose actor crashed, so that its ``ended`` is durable, then sent."""
@@ -195,7 +206,9 @@ class Daemon:
         Raises:
             OSError: the state directory cannot be used, or the address cannot be bound.
         """
-        self._resume(self.store.open())
+        self._resume(await self.store.load())
+        if self.cluster is not None:
+            self.cluster.start()
         self.metrics.watch_gc()
         self._lag = asyncio.create_task(self.metrics.measure_loop_lag(), name="loop-lag")
         server = self.config.server
@@ -265,6 +278,8 @@ class Daemon:
             self._lag.cancel()
             await asyncio.gather(self._lag, return_exceptions=True)
         self.metrics.unwatch_gc()
+        if self.cluster is not None:
+            await self.cluster.aclose()
         await self.supervisor.aclose(budget / 4)
         await self.store.aclose(budget / 4)
         await self.backends.aclose()
@@ -288,6 +303,18 @@ class Daemon:
         self.backends.reconfigure(new.salesforce)
         log_event(log, logging.INFO, "reloaded", profiles=len(new.profiles),
                   tokens=len(new.server.tokens))
+
+
+def _cluster_metrics(store: RedisStore) -> Iterable[Metric]:
+    """This node's figures in the cluster, read at scrape time."""
+    yield GaugeMetricFamily("bridged_cluster_lease_renew_seconds",
+                            "Round trip of the node's last lease renewal",
+                            value=store.renew_seconds)
+    yield GaugeMetricFamily("bridged_cluster_lease_remaining_seconds",
+                            "Seconds left before the node's local lease deadline",
+                            value=max(0.0, store.lease_remaining))
+    yield CounterMetricFamily("bridged_cluster_store_errors",
+                              "Calls to the shared store that failed", value=store.store_errors)
 
 
 async def serve(config: Config, config_path: str | Path | None = None) -> int:

@@ -109,6 +109,13 @@ class Metrics:
                                   registry=r)
         # Read by the alerting rules (conf/prometheus/bridged-rules.yml); the owners set
         # them with set_function, so that they say what /readyz and the config say.
+        # Several nodes ([cluster]); the node's other figures are read at scrape time.
+        self.cluster_takeovers = Counter("bridged_cluster_takeovers",
+                                         "Chats this node took over from a node gone",
+                                         registry=r)
+        self.cluster_dropped = Counter("bridged_cluster_dropped",
+                                       "Chats this node let go of (another node holds them)",
+                                       registry=r)
         self.ready = Gauge("bridged_ready", "1 while bridged takes new chats (/readyz answers"
                            " 200), 0 while it does not", registry=r)
         self.max_chats = Gauge("bridged_max_chats", "server.max_chats: the most chats bridged"

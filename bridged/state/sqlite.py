@@ -46,11 +46,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from bridged._log import log_event
+from bridged.state.store import Callback, Drop, Item, KeptChat, StoreStatistics
 
 log = logging.getLogger("bridged.state.sqlite")
 
@@ -76,32 +77,6 @@ _SCHEMA = (
         PRIMARY KEY (chat, list, key)
     )""",
 )
-Callback = Callable[[], None]
-# An item of a kept list: (list, key, data); a range of keys that is gone: (list, first, last).
-Item = tuple[int, int, bytes]
-Drop = tuple[int, int, int]
-
-
-class KeptChat(NamedTuple):
-    """One chat as kept: its unchanging part, its latest snapshot, its delivered ids."""
-
-    static: bytes
-    snapshot: bytes
-    delivered: list[str]
-    poll_sent: float
-    lists: dict[int, list[tuple[int, bytes]]]  # list -> [(key, data)], by key
-
-
-class StoreStatistics(NamedTuple):
-    """Counters of the writer, for metrics and the benchmark."""
-
-    commits: int
-    rows_written: int
-    rows_deleted: int
-    commit_seconds: float
-    pending: int
-    commit_failures: int = 0
-    bytes_written: int = 0  # snapshots, unchanging parts and list items written
 
 
 class _Change:
@@ -256,6 +231,14 @@ class StateStore:
         except sqlite3.Error as exc:
             raise OSError(f"cannot open {self.path}: {exc}") from exc
         return connection
+
+    async def load(self) -> dict[str, KeptChat]:
+        """:meth:`open`, as the :class:`~bridged.state.store.Store` interface has it."""
+        return self.open()
+
+    def may_send(self) -> bool:
+        """Always: one node on its own disk holds no lease."""
+        return True
 
     # --- writing (from the event loop's thread) -------------------------------------------
 

@@ -77,3 +77,24 @@ def test_tokens_can_come_from_credential_files(tmp_path: Path) -> None:
         parse_config(text, {})
     assert str(info.value).startswith("server.tokens_file: '${CREDENTIALS_DIRECTORY}/tokens'"
                                       " names an unset environment variable")
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ('node = "a b"', "cluster.node"),
+    ('node = "a"\nredis_url = "http://x"', "cluster.redis_url"),
+    ('node = "a"\nsentinels = ["nohost"]', "cluster.sentinels[0]"),
+    ('node = "a"\nlease_ttl_ms = 1000\nrenew_interval_ms = 900', "cluster.renew_interval_ms"),
+    ('node = "a"\nlease_ttl = 5', "cluster.lease_ttl"),
+])
+def test_a_bad_cluster_section_is_refused_naming_the_key(section: str, key: str) -> None:
+    from bridged.errors import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL + "[cluster]\n" + section + "\n")
+    assert key in str(caught.value)
+
+
+def test_the_cluster_password_is_redacted() -> None:
+    config = parse_config(MINIMAL + '[cluster]\nnode = "a"\n'
+                          'redis_url = "redis://bridged:s3cret@10.0.0.1:6379/0"\n')
+    assert "s3cret" not in str(redacted(config))
+    assert config.cluster.node == "a"

@@ -79,11 +79,16 @@ async def visitor(conversation: Conversation, message_id: str, text: str) -> Non
                                     "id": message_id, "text": text})
 
 
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
 async def test_bridged_dies_mid_conversation_and_the_chat_goes_on(
-        tmp_path: Path, simulator: SimulatorProcess, how: signal.Signals) -> None:
+        tmp_path: Path, simulator: SimulatorProcess, how: signal.Signals, store: str,
+        request: pytest.FixtureRequest) -> None:
+    # One node on Redis ([cluster]) behaves exactly as one node on SQLite.
+    redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
     async with aiohttp.ClientSession() as http:
-        bridged = await asyncio.to_thread(BridgedProcess, tmp_path, simulator)
+        bridged = await asyncio.to_thread(BridgedProcess, tmp_path, simulator,
+                                          redis_url=redis_url)
         try:
             talk = await start(bridged, http, simulator, "proc-1")
             for i in range(3):
@@ -101,7 +106,8 @@ async def test_bridged_dies_mid_conversation_and_the_chat_goes_on(
         for i in range(4, 7):
             await say(simulator, talk, f"agent {i}")
         restarted = await asyncio.to_thread(BridgedProcess, tmp_path, simulator,
-                                            port=bridged.port, name="bridged-2")
+                                            port=bridged.port, name="bridged-2",
+                                            redis_url=redis_url)
         try:
             await reattach(talk, restarted, http)
             # v3 may or may not have reached bridged before it died: OCP sends it again

@@ -65,7 +65,7 @@ from bridged.salesforce.liveagent.protocol import (
     SessionSnapshot,
 )
 from bridged.salesforce.liveagent.transport import Transport
-from bridged.state.sqlite import Drop, Item, StateStore
+from bridged.state.store import Drop, Item, Store
 
 log = logging.getLogger("bridged.salesforce.liveagent")
 
@@ -185,7 +185,7 @@ class ChatActor:
     def __init__(self, chat: Chat, session: LiveAgentSession, transport: Transport, *,
                  request_timeout: float, max_pending: int, retry: RetryPolicy,
                  start_gate: Gate, allowed_hosts: list[str],
-                 store: StateStore | None = None, metrics: Metrics | None = None) -> None:
+                 store: Store | None = None, metrics: Metrics | None = None) -> None:
         self.chat = chat
         self.session = session
         self._transport = transport
@@ -425,6 +425,11 @@ class ChatActor:
     def _send(self) -> None:
         """Start the requests the session wants, lane by lane, when the lane may go."""
         now = time.monotonic()
+        if self._store is not None and not self._store.may_send():
+            # Several nodes: this node's lease is not surely its own (the store is out of
+            # reach), so it sends nothing; it goes on once renewed, or the chat is dropped.
+            self._wake_at(now + 0.25)
+            return
         for lane in (Lane.POST, Lane.POLL):
             if self._tasks[lane] is not None:
                 continue
@@ -586,6 +591,8 @@ class ChatActor:
 
     async def _farewell(self) -> None:
         """After a crash: end the chat at Salesforce too, so that no agent keeps a ghost."""
+        if self._store is not None and not self._store.may_send():
+            return  # another node may hold the chat now: it ends the chat
         answer: HttpResponse | None = None
         for _ in range(2):  # a 409 "Out of sync" gets one more try, numbered as asked
             try:
@@ -628,7 +635,7 @@ class LiveAgentBackend:
     def __init__(self, transport: Transport, salesforce: SalesforceConfig, *,
                  max_pending: int, retry: RetryPolicy | None = None,
                  history: HistoryHandover | None = None,
-                 store: StateStore | None = None, metrics: Metrics | None = None) -> None:
+                 store: Store | None = None, metrics: Metrics | None = None) -> None:
         self._transport = transport
         self._history = history
         self._store = store

@@ -69,11 +69,13 @@ from bridged.salesforce.messaging.protocol import (
 from bridged.salesforce.messaging.sse import SseParser
 from bridged.salesforce.messaging.tokenqueue import TokenQueue
 from bridged.salesforce.messaging.transport import Answer, EventStream, MessagingTransport
-from bridged.state.sqlite import Drop, Item, StateStore
+from bridged.state.store import Drop, Item, Store
 
 log = logging.getLogger("bridged.salesforce.messaging")
 
 BACKEND = "salesforce_messaging"
+# How soon a node that may not send (its lease unconfirmed) looks again.
+MAY_SEND_RECHECK_S = 0.25
 # Stream inputs not yet handed to the session; past this the reader waits.
 _STREAM_BACKLOG = 32
 _TOKEN_QUEUED = "token_queued"
@@ -151,7 +153,7 @@ class MessagingActor:
 
     def __init__(self, chat: Chat, session: MessagingSession, transport: MessagingTransport,
                  *, salesforce: SalesforceConfig, max_pending: int, retry: RetryPolicy,
-                 tokens: TokenQueue, store: StateStore | None = None,
+                 tokens: TokenQueue, store: Store | None = None,
                  metrics: Metrics | None = None) -> None:
         self.chat = chat
         self.session = session
@@ -246,6 +248,8 @@ class MessagingActor:
 
     async def _farewell(self) -> None:
         """After a crash: close the conversation at Salesforce too (no ghost for the agent)."""
+        if self._store is not None and not self._store.may_send():
+            return  # another node may hold the chat now: it closes the conversation
         try:
             request = self.session.farewell(now=time.time())
             if request is None:
@@ -404,6 +408,11 @@ class MessagingActor:
             delay = retry_delay(self._retry, request.attempt) if request.attempt else 0.0
             self._outgoing.append(_Outgoing(request, self._save_gen, now + delay))
         due: float | None = self.session.next_wake_at
+        if self._store is not None and not self._store.may_send():
+            # Several nodes: this node's lease is not surely its own (the store is out of
+            # reach), so it sends nothing; it goes on once renewed, or the chat is dropped.
+            self._wake_at(now + MAY_SEND_RECHECK_S)
+            return
         waiting: list[_Outgoing] = []
         for item in self._outgoing:
             if item.gen > self._durable_gen:
@@ -606,7 +615,7 @@ class MessagingBackend:
     def __init__(self, transport: MessagingTransport, salesforce: SalesforceConfig, *,
                  max_pending: int, retry: RetryPolicy | None = None,
                  history: HistoryHandover | None = None,
-                 store: StateStore | None = None, metrics: Metrics | None = None) -> None:
+                 store: Store | None = None, metrics: Metrics | None = None) -> None:
         self._transport = transport
         self._salesforce = salesforce
         self._max_pending = max_pending

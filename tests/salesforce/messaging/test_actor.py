@@ -295,3 +295,64 @@ async def test_a_token_refused_by_the_stream_ends_the_chat_saying_so() -> None:
     (ended,) = link.events
     assert isinstance(ended, env.Ended) and ended.reason == "failed"
     assert "access token expired" in ended.text
+
+
+class GatedStore(StateStore):
+    """A store whose node may not send until ``allowed`` (a lease not confirmed, as on Redis)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.allowed = False
+        self.refused = 0
+        self.asked_thrice = asyncio.Event()
+
+    def may_send(self) -> bool:
+        if not self.allowed:
+            self.refused += 1
+            if self.refused >= 3:
+                self.asked_thrice.set()
+        return self.allowed
+
+
+async def test_nothing_goes_to_salesforce_while_the_node_may_not_send(tmp_path: Path) -> None:
+    """Several nodes: while the lease is not surely this node's, no request and no stream."""
+    chat, link = make_chat()
+    rec = Recorder()
+    store = GatedStore(tmp_path / "state")
+    store.open()
+
+    async def stream(url: Any, **kwargs: Any) -> CallbackResult:
+        rec("GET")(url, **kwargs)
+        await asyncio.sleep(0.05)
+        return CallbackResult(status=200, body=stream_body(), content_type="text/event-stream")
+
+    def send(url: Any, **kwargs: Any) -> CallbackResult:
+        rec("POST")(url, **kwargs)
+        chat.request_end("client")
+        return CallbackResult(status=202, payload={})
+
+    with aioresponses() as mock:
+        mock.post(API + "/authorization/unauthenticated/access-token",
+                  callback=rec("POST"), body=TOKEN_BODY)
+        mock.get(SSE, callback=stream, repeat=True)
+        mock.post(API + "/conversation", callback=rec("POST"), status=201, payload={})
+        mock.get(re.compile(re.escape(f"{API}/conversation/{p.CONV}/entries") + r".*"),
+                 body=p.entries_body(), repeat=True)
+        mock.post(f"{API}/conversation/{p.CONV}/message", callback=send)
+        mock.delete(re.compile(re.escape(f"{API}/conversation/{p.CONV}") + r"\?.*"), status=204)
+        chat.inbox.put_nowait(env.Message(chat="m1", id="v1", text="hello"))
+        b = backend(store)
+        run = asyncio.create_task(b.run_chat(chat))
+        try:
+            await asyncio.wait_for(store.asked_thrice.wait(), 10)
+            assert rec.seen == []  # asked, refused, and nothing went
+            store.allowed = True  # the lease is renewed: the chat goes on
+            await asyncio.wait_for(run, 15)
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            await b.aclose()
+            await store.aclose(2)
+    order = [(m, u.split("?")[0].rsplit("/", 1)[-1]) for m, u, _, _ in rec.seen]
+    assert order[:3] == [("POST", "access-token"), ("GET", "sse"), ("POST", "conversation")]
+    assert [type(e).__name__ for e in link.events][-1] == "Ended"

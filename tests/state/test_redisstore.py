@@ -1,0 +1,99 @@
+"""The Redis store's rules, against a real redis-server: leases, fencing, one winner per claim."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bridged.config.file import ClusterConfig
+from bridged.state.redisstore import RedisStore
+from tests.redis_server import RedisServer
+
+
+def config(node: str, url: str) -> ClusterConfig:
+    return ClusterConfig(node=node, redis_url=url, lease_ttl_ms=600, renew_interval_ms=100,
+                         lease_margin_ms=100, scan_interval_ms=50, socket_timeout_s=0.5)
+
+
+async def test_a_node_that_lost_its_chat_gets_no_write_through(
+        redis_server: RedisServer) -> None:
+    a, b = RedisStore(config("a", redis_server.url)), RedisStore(config("b", redis_server.url))
+    await a.load()
+    await b.load()
+    try:
+        durable: list[str] = []
+        a.save("c1", b"snap-1", lambda: durable.append("a1"), static=b"static",
+               delivered=["m1"])
+        a.touch("c1", 0.0)
+        assert await a.flush(2)
+        assert durable == ["a1"]
+        assert await b.claim("c1") is None  # a's lease is alive: no takeover
+        for task in a._tasks:  # a freezes: no renewal from now on
+            task.cancel()
+        await asyncio.sleep(0.8)  # past a's lease
+        assert not a.may_send()  # a itself knows it may not send
+        claimed = await b.claim("c1")
+        assert claimed is not None
+        assert claimed.kept.snapshot == b"snap-1" and claimed.kept.delivered == ["m1"]
+        assert claimed.kept.poll_sent > 0  # a poll may be outstanding: the new holder waits
+        assert await a.claim("c1") is None  # one winner
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_the_store_losing_its_data_is_seen(redis_server: RedisServer) -> None:
+    a = RedisStore(config("a", redis_server.url))
+    lost: list[bool] = []
+    a.on_store_lost = lambda: lost.append(True)
+    await a.load()
+    try:
+        a.save("c1", b"snap", static=b"static")
+        assert await a.flush(2)
+        redis_server.wipe()
+        await asyncio.to_thread(redis_server.start)
+        async with asyncio.timeout(5):
+            while not lost:
+                await asyncio.sleep(0.05)
+        assert not a.holds("c1")
+    finally:
+        await a.aclose()
+
+
+async def test_kept_lists_change_item_by_item_and_a_takeover_gets_them_by_key(
+        redis_server: RedisServer) -> None:
+    a, b = RedisStore(config("a", redis_server.url)), RedisStore(config("b", redis_server.url))
+    await a.load()
+    await b.load()
+    try:
+        a.save("c1", b"s1", static=b"static",
+               items=[(1, k, f"e{k}".encode()) for k in (3, 1, 2)] + [(2, -1, b"x")])
+        a.save("c2", b"t1", static=b"static", items=[(1, 1, b"other chat")])
+        a.save("c3", b"u1", static=b"static", items=[(3, k, b"gone") for k in (10, 11, 12)])
+        assert await a.flush(2)
+        # Dropped before added: a range that covers an item not yet written removes it too.
+        a.save("c1", b"s2", drops=[(1, 1, 2)], items=[(1, 4, b"e4"), (1, 5, b"e5")])
+        a.save("c1", b"s3", drops=[(1, 5, 5), (2, -1, -1)], items=[(2, 7, b"y")])
+        # A range far wider than the list (found among its items, not named key by key).
+        a.save("c3", b"u2", drops=[(3, 0, 10**12)], items=[(3, 13, b"kept")])
+        a.delete("c2")  # a chat's lists go with it
+        assert await a.flush(2)
+        assert a.statistics().bytes_written > 0
+        await a.aclose()  # gives the lease up: its chats are orphans at once
+        claimed = await b.claim("c1")
+        assert claimed is not None
+        assert claimed.kept.snapshot == b"s3"
+        assert claimed.kept.lists == {1: [(3, b"e3"), (4, b"e4")], 2: [(7, b"y")]}
+        third = await b.claim("c3")
+        assert third is not None and third.kept.lists == {3: [(13, b"kept")]}
+        assert await b.claim("c2") is None  # deleted, with its lists
+        # The new holder goes on keeping them, fenced by its own token.
+        b.save("c1", b"s4", drops=[(1, 3, 3)], items=[(1, 6, b"e6")])
+        assert await b.flush(2)
+        async with b._redis.pipeline() as pipe:  # type: ignore[union-attr]
+            pipe.hgetall("b:it:c1").exists("b:it:c2")
+            fields, c2_left = await pipe.execute()
+        assert fields == {b"1:4": b"e4", b"1:6": b"e6", b"2:7": b"y"}
+        assert c2_left == 0
+    finally:
+        await a.aclose()
+        await b.aclose()
