@@ -1,9 +1,9 @@
 """Smoke test of ``bridged loadtest``: a few chats through bridged and the null bridge.
 
 It runs the real thing (the simulator, bridged and the null bridge in processes of their
-own, over loopback) at a tiny scale, and asserts only what must hold on any machine however
-loaded: nothing lost, nothing duplicated, every chat joined and ended, and a report with
-every field. Never timings.
+own, over loopback) at a tiny scale, for each backend (Live Agent, Enhanced Chat), and
+asserts only what must hold on any machine however loaded: nothing lost, nothing
+duplicated, every chat joined and ended, and a report with every field. Never timings.
 """
 
 from __future__ import annotations
@@ -78,6 +78,18 @@ async def test_one_connection_per_chat_loses_and_duplicates_nothing(tmp_path: ob
     _assert_clean(report.runs[0])
     assert report.runs[0]["connections_opened"] == 6
     assert report.ok()
+
+
+async def test_enhanced_chat_null_bridge_loses_and_duplicates_nothing(
+        tmp_path: object) -> None:
+    # One event stream per chat on the strict Enhanced Chat simulator, its limits lifted.
+    report = await run_loadtest(_options(
+        tmp_path, backend="messaging", targets=("null",), routing_delay_s=0.01))
+
+    assert report.environment["backend"] == "messaging"
+    assert [(r["target"], r["topology"]) for r in report.runs] == [("null", "30x3")]
+    _assert_clean(report.runs[0])
+    assert "Enhanced Chat: 30 chats over 3 connections" in report.table()
 
 
 def test_percentiles_are_nearest_rank() -> None:

@@ -217,13 +217,20 @@ class Report:
     def table(self) -> str:
         """The human-readable table, one block per topology."""
         lines: list[str] = [f"note: {note}" for note in self.notes]
+        backend = {"liveagent": "Live Agent", "messaging": "Enhanced Chat"}.get(
+            self.environment.get("backend", ""), "")
+        env = self.environment
+        if env.get("python"):
+            lines.append(f"{backend or 'bridged'}: Python {env['python']}, aiohttp "
+                         f"{env.get('aiohttp')}, msgspec {env.get('msgspec')}, "
+                         f"{env.get('cpus')} CPUs ({env.get('machine')})")
         comparison = self.comparison()
         for topology, b, n in self._pairs():
             any_run = b or n or {}
             chats, conns = any_run.get("chats"), any_run.get("connections")
             title = (f"{chats} chats, one connection each" if conns == chats
                      else f"{chats} chats over {conns} connections")
-            lines.append(f"== {title} ==")
+            lines.append(f"== {backend + ': ' if backend else ''}{title} ==")
             for run in (b, n):
                 if run and run.get("failed"):
                     lines.append(f"   {run['target']} FAILED: {run['failed'].splitlines()[0]}")

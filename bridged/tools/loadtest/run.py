@@ -143,7 +143,7 @@ class RunContext:
     def __init__(self) -> None:
         self.sim: ServerProcess | None = None
         self.sim_http: str | None = None  # http://HOST:PORT of our simulator (marks), if ours
-        self.live_agent_url = ""
+        self.salesforce_url = ""  # the Live Agent chat URL or the Enhanced Chat SCRT URL
         self.server: ServerProcess | None = None
         self.server_pid: int | None = None
         self.ws_url = ""
@@ -156,12 +156,38 @@ def _toml_str(value: str) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def bridged_config(path: Path, *, port: int, token: str, live_agent_url: str, state_dir: Path,
-                   opts: LoadTestOptions, max_chats: int) -> None:
-    """Write a bridged config for the run: one profile ``echo`` on the Live Agent URL, the
-    defaults for everything else but the per-connection envelope rate limit (lifted)."""
-    parts = urlsplit(live_agent_url)
+def bridged_config(path: Path, *, port: int, token: str, salesforce_url: str,
+                   state_dir: Path, opts: LoadTestOptions, max_chats: int) -> None:
+    """Write a bridged config for the run: one profile ``echo`` on the simulator (Live Agent
+    or Enhanced Chat, per ``opts.backend``), the defaults for everything else but the
+    limits that would measure a limiter instead of bridged (lifted, each said below)."""
+    parts = urlsplit(salesforce_url)
     allowed = f"{parts.hostname}:*"
+    if opts.backend == "messaging":
+        limits = """\
+# Lifted: Salesforce allows 200 guest tokens a minute per org (one per hand-over) and 22
+# visitor messages a minute per conversation. bridged keeps both (a burst waits its turn);
+# at those limits starting 10,000 chats takes 50 minutes and a chat's messages are paced,
+# which would measure the limiter, not bridged. The simulator's are lifted alike.
+messaging_token_limit = 1000000
+messaging_message_limit = 1000000
+"""
+        profile = f"""\
+[profiles.echo]
+type = "salesforce_messaging"
+scrt_url = {_toml_str(salesforce_url)}
+organization_id = {_toml_str(opts.organization_id)}
+es_developer_name = {_toml_str(opts.es_developer_name)}
+"""
+    else:
+        limits = ""
+        profile = f"""\
+[profiles.echo]
+live_agent_base_url = {_toml_str(salesforce_url)}
+organization_id = {_toml_str(opts.organization_id)}
+deployment_id = {_toml_str(opts.deployment_id)}
+button_id = {_toml_str(opts.button_id)}
+"""
     path.write_text(f"""\
 [server]
 listen = "127.0.0.1:{port}"
@@ -173,19 +199,43 @@ max_envelopes_per_s = 1000000
 
 [salesforce]
 allowed_hosts = [{_toml_str(allowed)}]
-
+{limits}
 [state]
 dir = {_toml_str(str(state_dir))}
 
 [logging]
 level = {_toml_str(opts.bridged_log_level)}
 
-[profiles.echo]
-live_agent_base_url = {_toml_str(live_agent_url)}
-organization_id = {_toml_str(opts.organization_id)}
-deployment_id = {_toml_str(opts.deployment_id)}
-button_id = {_toml_str(opts.button_id)}
-""")
+{profile}""")
+
+
+def simulator_options(opts: LoadTestOptions, topology: Topology) -> dict[str, Any]:
+    """The options of the run's simulator (``SimulatorOptions`` or ``MessagingOptions``):
+    the run's timings, nothing recorded, room for every chat, and for Enhanced Chat the
+    rate limits lifted (Salesforce's are 200 tokens a minute per org, 3 conversations per
+    30 s per subject, 22 messages a minute per conversation: the load test measures bridged,
+    not them)."""
+    if opts.backend == "messaging":
+        lifted = 1_000_000_000
+        return {
+            "org_id": opts.organization_id[:15],
+            "routing_delay_s": opts.routing_delay_s, "join_delay_s": opts.join_delay_s,
+            "reply_delay_s": opts.reply_delay_s,
+            "request_log_max": 0, "record_max": 0,
+            # A reconnect replays from here; 20 events a subject is a few KiB per chat.
+            "replay_depth": 20,
+            "tokens_per_window": lifted, "starts_per_window": lifted,
+            "messages_per_window": lifted,
+            "max_conversations": 2 * topology.chats + 1000,
+            "max_tokens": 2 * topology.chats + 1000,
+        }
+    return {
+        "hold_s": opts.hold_s, "client_poll_timeout": opts.hold_s + 10.0,
+        "join_delay_s": opts.join_delay_s, "reply_delay_s": opts.reply_delay_s,
+        "request_log_max": 0, "record_max": 0,
+        "max_sessions": 2 * topology.chats + 1000,
+        "org_id": opts.organization_id, "deployment_id": opts.deployment_id,
+    }
 
 
 @contextlib.asynccontextmanager
@@ -194,25 +244,22 @@ async def _processes(opts: LoadTestOptions, target: str, topology: Topology, wor
     ctx = RunContext()
     procs: list[ServerProcess] = []
     try:
-        if opts.live_agent_url:
-            ctx.live_agent_url = opts.live_agent_url
+        external = opts.scrt_url if opts.backend == "messaging" else opts.live_agent_url
+        if external:
+            ctx.salesforce_url = external
         else:
             port = free_port()
-            sim_options = {
-                "hold_s": opts.hold_s, "client_poll_timeout": opts.hold_s + 10.0,
-                "join_delay_s": opts.join_delay_s, "reply_delay_s": opts.reply_delay_s,
-                "request_log_max": 0, "record_max": 0,
-                "max_sessions": 2 * topology.chats + 1000,
-                "org_id": opts.organization_id, "deployment_id": opts.deployment_id,
-            }
+            sim_options = simulator_options(opts, topology)
             ctx.sim = ServerProcess(
                 f"simulator-{target}-{topology.key}",
                 python_module("bridged.tools.loadtest.simproc", "--listen", f"127.0.0.1:{port}",
+                              "--backend", opts.backend,
                               "--options", msgspec.json.encode(sim_options).decode()),
                 workdir, f"http://127.0.0.1:{port}/_loadtest/ping")
             procs.append(ctx.sim)
             ctx.sim_http = f"http://127.0.0.1:{port}"
-            ctx.live_agent_url = f"http://127.0.0.1:{port}/chat"
+            ctx.salesforce_url = (f"http://127.0.0.1:{port}" if opts.backend == "messaging"
+                                  else f"http://127.0.0.1:{port}/chat")
         if target == "bridged" and opts.bridged_url:
             ctx.ws_url, ctx.token, ctx.server_pid = opts.bridged_url, opts.token or "", \
                 opts.bridged_pid
@@ -235,7 +282,7 @@ async def _processes(opts: LoadTestOptions, target: str, topology: Topology, wor
                 state.mkdir(exist_ok=True)
                 config = workdir / f"bridged-{topology.key}.toml"
                 bridged_config(config, port=port, token=ctx.token,
-                               live_agent_url=ctx.live_agent_url, state_dir=state, opts=opts,
+                               salesforce_url=ctx.salesforce_url, state_dir=state, opts=opts,
                                max_chats=max(20000, topology.chats))
                 args = ["bridged", "run", "--config", str(config)]
                 argv = ([sys.executable, *probe, *args] if probe
@@ -244,9 +291,14 @@ async def _processes(opts: LoadTestOptions, target: str, topology: Topology, wor
                 ctx.metrics_url = f"http://127.0.0.1:{port}/metrics"
             else:
                 args = ["nullbridge", "--listen", f"127.0.0.1:{port}", "--token", ctx.token,
-                        "--live-agent-url", ctx.live_agent_url,
-                        "--organization-id", opts.organization_id,
-                        "--deployment-id", opts.deployment_id, "--button-id", opts.button_id]
+                        "--backend", opts.backend, "--organization-id", opts.organization_id]
+                if opts.backend == "messaging":
+                    args += ["--scrt-url", ctx.salesforce_url,
+                             "--es-developer-name", opts.es_developer_name]
+                else:
+                    args += ["--live-agent-url", ctx.salesforce_url,
+                             "--deployment-id", opts.deployment_id,
+                             "--button-id", opts.button_id]
                 argv = ([sys.executable, *probe, *args] if probe
                         else python_module("bridged.tools.nullbridge", *args[1:]))
                 ready = f"http://127.0.0.1:{port}/healthz"
@@ -698,7 +750,7 @@ async def run_loadtest(opts: LoadTestOptions) -> Report:
     workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="bridged-loadtest-"))
     workdir.mkdir(parents=True, exist_ok=True)
     report = Report(opts, environment={
-        "python": platform.python_version(), "machine": platform.machine(),
+        "backend": opts.backend, "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "aiohttp": aiohttp.__version__,
         "msgspec": msgspec.__version__, "workdir": str(workdir),
     })
