@@ -55,6 +55,7 @@ __all__ = ["GC_MODES", "NullBridge", "main", "tune_gc"]
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import hmac
 import signal
@@ -64,7 +65,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from aiohttp import ClientSession, ClientTimeout, TCPConnector, WSMsgType, web
+from aiohttp import ClientResponse, ClientSession, ClientTimeout, TCPConnector, WSMsgType, web
 
 JSON = "bridged.v1+json"
 MSGPACK = "bridged.v1+msgpack"
@@ -202,31 +203,10 @@ class _LiveAgent(_Backend):
         """SessionId, ChasitorInit, then the long poll until the chat is over."""
         http = self.http
         base = self.base_url
-        async with http.get(base + "System/SessionId", headers={
-                "X-LIVEAGENT-API-VERSION": self._version,
-                "X-LIVEAGENT-AFFINITY": "null"}) as response:
-            if response.status != 200:
-                await self.bridge.failed(chat, f"SessionId HTTP {response.status}")
-                return
-            session = _session_decoder.decode(await response.read())
-        chat.headers = {"X-LIVEAGENT-API-VERSION": self._version,
-                        "X-LIVEAGENT-AFFINITY": session.affinity_token,
-                        "X-LIVEAGENT-SESSION-KEY": session.key}
-        init = {
-            "organizationId": self._org, "deploymentId": self._deployment,
-            "buttonId": self._button, "sessionId": session.id,
-            "userAgent": "nullbridge", "language": "en-US",
-            "screenResolution": "1920x1080", "visitorName": "Visitor",
-            "prechatDetails": [], "prechatEntities": [],
-            "receiveQueueUpdates": True, "isPost": True,
-        }
-        # The first POST: no message can go before it (they wait for the agent).
-        async with http.post(base + "Chasitor/ChasitorInit", data=_json.encode(init),
-                             headers=self._headers(chat, True)) as response:
-            await response.read()
-            if response.status != 200:
-                await self.bridge.failed(chat, f"ChasitorInit HTTP {response.status}")
-                return
+        async with self.bridge.starts:
+            session = await self._open(chat)
+        if session is None:
+            return
         timeout = ClientTimeout(total=float(session.client_poll_timeout))
         ack = -1
         while True:
@@ -246,6 +226,37 @@ class _LiveAgent(_Backend):
             for item in batch.messages:
                 if await self._relay(chat, item):
                     return
+
+    async def _open(self, chat: _Chat) -> _SessionId | None:
+        """SessionId and ChasitorInit; the session, or None when the chat failed."""
+        http = self.http
+        base = self.base_url
+        async with http.get(base + "System/SessionId", headers={
+                "X-LIVEAGENT-API-VERSION": self._version,
+                "X-LIVEAGENT-AFFINITY": "null"}) as response:
+            if response.status != 200:
+                await self.bridge.failed(chat, f"SessionId HTTP {response.status}")
+                return None
+            session = _session_decoder.decode(await response.read())
+        chat.headers = {"X-LIVEAGENT-API-VERSION": self._version,
+                        "X-LIVEAGENT-AFFINITY": session.affinity_token,
+                        "X-LIVEAGENT-SESSION-KEY": session.key}
+        init = {
+            "organizationId": self._org, "deploymentId": self._deployment,
+            "buttonId": self._button, "sessionId": session.id,
+            "userAgent": "nullbridge", "language": "en-US",
+            "screenResolution": "1920x1080", "visitorName": "Visitor",
+            "prechatDetails": [], "prechatEntities": [],
+            "receiveQueueUpdates": True, "isPost": True,
+        }
+        # The first POST: no message can go before it (they wait for the agent).
+        async with http.post(base + "Chasitor/ChasitorInit", data=_json.encode(init),
+                             headers=self._headers(chat, True)) as response:
+            await response.read()
+            if response.status != 200:
+                await self.bridge.failed(chat, f"ChasitorInit HTTP {response.status}")
+                return None
+        return session
 
     async def _relay(self, chat: _Chat, item: _Item) -> bool:
         """One Live Agent message, one frame; True when the chat is over."""
@@ -398,35 +409,11 @@ class _Messaging(_Backend):
 
     async def run(self, chat: _Chat) -> None:
         """Token, stream, create; then relay the stream until the chat is over."""
-        http = self.http
-        base = self.scrt_url
-        async with http.post(base + _TOKEN_PATH, data=self._token_body,
-                             headers={"Content-Type": "application/json"}) as response:
-            body = await response.read()
-            if response.status != 200:
-                await self.bridge.failed(chat, f"access token HTTP {response.status}")
+        async with contextlib.AsyncExitStack() as hold:
+            async with self.bridge.starts:
+                stream = await self._open(chat, hold)
+            if stream is None:
                 return
-        token = _token_decoder.decode(body)
-        bearer = "Bearer " + token.access_token
-        chat.headers = {"Authorization": bearer, "Content-Type": "application/json"}
-        stream_headers = {"Authorization": bearer, "X-Org-Id": self._org15,
-                          "Last-Event-Id": token.last_event_id or "0",
-                          "Accept": "text/event-stream"}
-        async with http.get(base + _STREAM_PATH, headers=stream_headers,
-                            timeout=self._stream_timeout) as stream:
-            if stream.status != 200:
-                await self.bridge.failed(chat, f"event stream HTTP {stream.status}")
-                return
-            # The stream is open: create the conversation (its events are buffered meanwhile).
-            chat.conversation = str(uuid.uuid4())
-            create = _json.encode({"esDeveloperName": self._deployment,
-                                   "conversationId": chat.conversation})
-            async with http.post(base + _CONVERSATION_PATH, data=create,
-                                 headers=chat.headers) as response:
-                await response.read()
-                if not 200 <= response.status < 300:
-                    await self.bridge.failed(chat, f"create HTTP {response.status}")
-                    return
             pending = b""
             async for chunk in stream.content.iter_any():
                 pending = pending + chunk if pending else chunk
@@ -439,6 +426,40 @@ class _Messaging(_Backend):
                         return
         if not chat.ending:
             await self.bridge.failed(chat, "the event stream ended")
+
+    async def _open(self, chat: _Chat, hold: contextlib.AsyncExitStack
+                    ) -> ClientResponse | None:
+        """Token, stream (held open by ``hold``), create; the stream, or None (failed)."""
+        http = self.http
+        base = self.scrt_url
+        async with http.post(base + _TOKEN_PATH, data=self._token_body,
+                             headers={"Content-Type": "application/json"}) as response:
+            body = await response.read()
+            if response.status != 200:
+                await self.bridge.failed(chat, f"access token HTTP {response.status}")
+                return None
+        token = _token_decoder.decode(body)
+        bearer = "Bearer " + token.access_token
+        chat.headers = {"Authorization": bearer, "Content-Type": "application/json"}
+        stream_headers = {"Authorization": bearer, "X-Org-Id": self._org15,
+                          "Last-Event-Id": token.last_event_id or "0",
+                          "Accept": "text/event-stream"}
+        stream = await hold.enter_async_context(http.get(
+            base + _STREAM_PATH, headers=stream_headers, timeout=self._stream_timeout))
+        if stream.status != 200:
+            await self.bridge.failed(chat, f"event stream HTTP {stream.status}")
+            return None
+        # The stream is open: create the conversation (its events are buffered meanwhile).
+        chat.conversation = str(uuid.uuid4())
+        create = _json.encode({"esDeveloperName": self._deployment,
+                               "conversationId": chat.conversation})
+        async with http.post(base + _CONVERSATION_PATH, data=create,
+                             headers=chat.headers) as response:
+            await response.read()
+            if not 200 <= response.status < 300:
+                await self.bridge.failed(chat, f"create HTTP {response.status}")
+                return None
+        return stream
 
     async def _relay(self, chat: _Chat, block: bytes) -> bool:
         """One event, at most one frame; True when the chat is over."""
@@ -519,12 +540,18 @@ class NullBridge:
     Args:
         tokens: accepted bearer tokens.
         keepalive_s: seconds an idle connection to Salesforce is kept for the next request.
+        max_concurrent_starts: chats opening their Salesforce session at once.
 
     Then :meth:`live_agent` or :meth:`messaging` chooses the backend.
     """
 
-    def __init__(self, tokens: Sequence[str], *, keepalive_s: float = 5.0) -> None:
+    def __init__(self, tokens: Sequence[str], *, keepalive_s: float = 5.0,
+                 max_concurrent_starts: int = 50) -> None:
         self._tokens = [t.encode() for t in tokens]
+        # Session-creating calls in progress at once, as bridged's
+        # salesforce.max_concurrent_starts: a burst of starts queues instead of opening
+        # thousands of connections at once (the calls would time out).
+        self.starts = asyncio.Semaphore(max_concurrent_starts)
         self._keepalive_s = keepalive_s
         self.http: ClientSession | None = None
         self.backend: _Backend | None = None
@@ -706,7 +733,8 @@ def tune_gc(mode: str) -> None:
 async def serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT."""
     host, _, port = args.listen.rpartition(":")
-    bridge = NullBridge(args.token, keepalive_s=args.keepalive_s)
+    bridge = NullBridge(args.token, keepalive_s=args.keepalive_s,
+                        max_concurrent_starts=args.max_concurrent_starts)
     if args.backend == "messaging":
         bridge.messaging(args.scrt_url, organization_id=args.organization_id,
                          es_developer_name=args.es_developer_name)
@@ -749,6 +777,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-version", default="66")
     parser.add_argument("--keepalive-s", type=float, default=5.0,
                         help="seconds an idle connection to Salesforce is kept")
+    parser.add_argument("--max-concurrent-starts", type=int, default=50,
+                        help="chats opening their Salesforce session at once (as bridged's "
+                             "salesforce.max_concurrent_starts)")
     parser.add_argument("--gc", choices=GC_MODES, default="bridged",
                         help="the garbage collector: bridged's settings or Python's defaults")
     return parser

@@ -644,7 +644,7 @@ def _counts(gen: LoadGenerator, out: dict[str, Any]) -> None:
         "started": c.started, "joined": c.joined, "connections_opened": c.connections,
         "connection_errors": c.connection_errors,
         "ended_unexpected": c.ended_unexpected, "ended_client": c.ended_client,
-        "ended_reasons": dict(c.ended_reasons),
+        "ended_reasons": dict(c.ended_reasons), "ended_details": dict(c.ended_details),
         "errors": dict(c.errors), "errors_total": c.errors_total,
         "sent": c.sent, "delivered": c.delivered, "echoed": c.echoed,
         "busy": c.busy, "lost": lost, "undelivered": undelivered,
