@@ -117,6 +117,9 @@ def add_parser(subparsers: Any) -> None:
                                        "temporary directory, kept only on failure)")
     out.add_argument("--no-probe", dest="probe", action="store_false",
                      help="run the servers without the GC/task probe")
+    out.add_argument("--null-gc", default="off", choices=["off", "bridged", "python"],
+                     help="the null bridge's garbage collector (python -m "
+                          "bridged.tools.nullbridge --help)")
     out.add_argument("--bridged-log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
     out.add_argument("--quiet", action="store_true", help="no progress line")
@@ -153,7 +156,8 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
         es_developer_name=args.es_developer_name, routing_delay_s=args.routing_delay_s,
         hold_s=args.hold_s,
         join_delay_s=args.join_delay_s, reply_delay_s=args.reply_delay_s,
-        probe=args.probe, bridged_log_level=args.bridged_log_level, json_path=args.json,
+        probe=args.probe, null_gc=args.null_gc, bridged_log_level=args.bridged_log_level,
+        json_path=args.json,
         plot_path=args.plot, workdir=args.workdir, progress=not args.quiet)
 
 

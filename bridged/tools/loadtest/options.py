@@ -69,6 +69,7 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
     es_developer_name: str = SIM_ECHO_DEPLOYMENT
     routing_delay_s: float = 0.05
     probe: bool = True
+    null_gc: str = "off"
     probe_interval_s: float = 0.5
     bridged_log_level: str = "info"
     json_path: str | None = None

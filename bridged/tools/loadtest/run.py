@@ -50,7 +50,7 @@ import msgspec
 from bridged.ops.limits import fds_needed
 from bridged.tools.loadtest.client import LoadGenerator
 from bridged.tools.loadtest.options import LoadTestOptions, Topology
-from bridged.tools.loadtest.probe import ProbeSample, read_sample
+from bridged.tools.loadtest.probe import ProbeSample, ask_tasks, read_sample
 from bridged.tools.loadtest.procs import (
     CpuMeter,
     ServerProcess,
@@ -291,7 +291,8 @@ async def _processes(opts: LoadTestOptions, target: str, topology: Topology, wor
                 ctx.metrics_url = f"http://127.0.0.1:{port}/metrics"
             else:
                 args = ["nullbridge", "--listen", f"127.0.0.1:{port}", "--token", ctx.token,
-                        "--backend", opts.backend, "--organization-id", opts.organization_id]
+                        "--backend", opts.backend, "--organization-id", opts.organization_id,
+                        "--gc", opts.null_gc]
                 if opts.backend == "messaging":
                     args += ["--scrt-url", ctx.salesforce_url,
                              "--es-developer-name", opts.es_developer_name]
@@ -375,6 +376,7 @@ async def server_sample(ctx: RunContext, fresh: bool = False) -> ProbeSample | N
         if not fresh:
             return read_sample(ctx.stats_path)
         start = time.monotonic()
+        ask_tasks(ctx.stats_path)
         while time.monotonic() - start < 3.0:
             sample = read_sample(ctx.stats_path)
             if sample is not None and sample.t >= start and sample.tasks is not None:
