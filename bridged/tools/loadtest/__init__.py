@@ -117,6 +117,10 @@ def add_parser(subparsers: Any) -> None:
                                        "temporary directory, kept only on failure)")
     out.add_argument("--no-probe", dest="probe", action="store_false",
                      help="run the servers without the GC/task probe")
+    out.add_argument("--py-spy", metavar="PROGRAM",
+                     help="sample each server with this py-spy over its saturation and "
+                          "half-load phases, and report where its time goes (the raw "
+                          "profiles stay in the run's directory)")
     out.add_argument("--null-gc", default="off", choices=["off", "bridged", "python"],
                      help="the null bridge's garbage collector (python -m "
                           "bridged.tools.nullbridge --help)")
@@ -146,19 +150,17 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     return LoadTestOptions(
         **profile, backend=args.backend, targets=targets, start_rate=args.start_rate,
-        rate=args.rate,
-        saturate=args.saturate, window=args.window, msg_bytes=args.msg_bytes,
+        rate=args.rate, saturate=args.saturate, window=args.window, msg_bytes=args.msg_bytes,
         fmt="bridged.v1+msgpack" if args.format == "msgpack" else "bridged.v1+json",
         live_agent_url=args.live_agent_url, scrt_url=args.scrt_url,
         bridged_url=args.bridged_url, token=args.token,
         bridged_pid=args.bridged_pid, organization_id=args.organization_id,
         deployment_id=args.deployment_id, button_id=args.button_id,
         es_developer_name=args.es_developer_name, routing_delay_s=args.routing_delay_s,
-        hold_s=args.hold_s,
-        join_delay_s=args.join_delay_s, reply_delay_s=args.reply_delay_s,
-        probe=args.probe, null_gc=args.null_gc, bridged_log_level=args.bridged_log_level,
-        json_path=args.json,
-        plot_path=args.plot, workdir=args.workdir, progress=not args.quiet)
+        hold_s=args.hold_s, join_delay_s=args.join_delay_s, reply_delay_s=args.reply_delay_s,
+        probe=args.probe, null_gc=args.null_gc, py_spy=args.py_spy,
+        bridged_log_level=args.bridged_log_level, json_path=args.json, plot_path=args.plot,
+        workdir=args.workdir, progress=not args.quiet)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -70,6 +70,7 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
     routing_delay_s: float = 0.05
     probe: bool = True
     null_gc: str = "off"
+    py_spy: str | None = None
     probe_interval_s: float = 0.5
     bridged_log_level: str = "info"
     json_path: str | None = None

@@ -60,6 +60,7 @@ from bridged.tools.loadtest.procs import (
     python_module,
     read_rss_kib,
 )
+from bridged.tools.loadtest.profile import ProfileRecorder
 from bridged.tools.loadtest.report import Report, percentiles
 from bridged.tools.loadtest.simproc import raise_nofile_limit
 
@@ -150,6 +151,7 @@ class RunContext:
         self.token = ""
         self.stats_path: str | None = None
         self.metrics_url: str | None = None  # bridged's /metrics
+        self.workdir = Path(".")
 
 
 def _toml_str(value: str) -> str:
@@ -242,6 +244,7 @@ def simulator_options(opts: LoadTestOptions, topology: Topology) -> dict[str, An
 async def _processes(opts: LoadTestOptions, target: str, topology: Topology, workdir: Path,
                      ) -> AsyncIterator[RunContext]:
     ctx = RunContext()
+    ctx.workdir = workdir
     procs: list[ServerProcess] = []
     try:
         external = opts.scrt_url if opts.backend == "messaging" else opts.live_agent_url
@@ -526,7 +529,10 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
         # --- saturation ------------------------------------------------------------------
         if opts.saturate:
             progress.phase = "saturate"
+            recorder = _profiler(opts, ctx, target, topology, "sat")
             await _saturate(opts, gen, meters, out)
+            if recorder is not None:
+                out["profile_sat"] = await recorder.stop()
             progress.phase = "drain"
             out["sat_drained"] = await gen.drain(until(opts.drain_timeout_s))
 
@@ -542,12 +548,15 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
             marks = (asyncio.create_task(_marks_loop(http, ctx.sim_http, gen))
                      if ctx.sim_http else None)
             await meters.mark()
+            recorder = _profiler(opts, ctx, target, topology, "load")
             open_task = asyncio.create_task(gen.run_open(rate, opts.duration_s))
             await asyncio.sleep(min(opts.duration_s / 2, 5.0))
             load_probe = await server_sample(ctx, fresh=True)
             out["tasks_load"] = load_probe.tasks if load_probe else None
             sent, spent = await open_task
             await meters.read(out, "load")
+            if recorder is not None:
+                out["profile_load"] = await recorder.stop()
             out["latency_sent"] = sent
             out["latency_achieved_rate"] = sent / spent if spent else None
             progress.phase = "drain"
@@ -582,6 +591,17 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
     _derive(out)
     out["_samples"] = gen.samples  # for the plot; dropped from the JSON
     return out
+
+
+def _profiler(opts: LoadTestOptions, ctx: RunContext, target: str, topology: Topology,
+              phase: str) -> ProfileRecorder | None:
+    """py-spy sampling the server from now on (``--py-spy``), or None."""
+    if not opts.py_spy or not ctx.server_pid:
+        return None
+    recorder = ProfileRecorder(opts.py_spy, ctx.server_pid,
+                               ctx.workdir / f"profile-{target}-{topology.key}-{phase}.txt")
+    recorder.start()
+    return recorder
 
 
 # Saturation search: the window doubles while the throughput still grows by this much.
@@ -769,7 +789,8 @@ async def run_loadtest(opts: LoadTestOptions) -> Report:
     finally:
         await progress.stop()
         failed = any(r.get("failed") for r in report.runs)
-        if own_workdir and not failed and not report.timed_out and not report.has_loss():
+        if own_workdir and not failed and not report.timed_out and not report.has_loss() \
+                and not opts.py_spy:
             shutil.rmtree(workdir, ignore_errors=True)
             report.environment["workdir"] = None
     return report
