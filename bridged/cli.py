@@ -4,7 +4,8 @@
     bridged check --config PATH      validate a config and print it, secrets redacted
     bridged version
     bridged demo                     bridged + the built-in simulator + a terminal chat
-    bridged simulator                the built-in Live Agent simulator, with its agent console
+    bridged simulator                the built-in Live Agent simulator, with its agent console,
+                                     and the Enhanced Chat simulator beside it
     bridged chat --url URL ...       a terminal chat client for the OCP side
 
 Exit codes: 0 done, 1 runtime failure, 2 bad usage or bad config. A bad config is one line
@@ -74,7 +75,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from bridged.tools.demo import run_demo
 
     return _run(run_demo(profile=args.profile, port=args.port, serve_only=args.serve,
-                         simulator_port=args.simulator_port))
+                         simulator_port=args.simulator_port,
+                         messaging_port=args.messaging_simulator_port))
 
 
 def _cmd_simulator(args: argparse.Namespace) -> int:
@@ -95,12 +97,34 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         print(f"bridged: simulator options: {exc}", file=sys.stderr)
         return 2
-    return _run(_simulate(options, host, port, args.extra_ports))
+    messaging: tuple[Any, str, int] | None = None
+    if args.messaging_listen:
+        from bridged.simulators.messaging import MessagingOptions
+        try:
+            m_host, m_port = split_listen(args.messaging_listen)
+        except ConfigError as exc:
+            print(f"bridged: {exc}".replace("server.listen", "--messaging-listen"),
+                  file=sys.stderr)
+            return 2
+        try:
+            m_options = MessagingOptions(
+                routing_delay_s=args.messaging_routing_delay_s,
+                join_delay_s=args.join_delay_s, reply_delay_s=args.reply_delay_s,
+                queue_step_s=args.queue_step_s, ping_interval_s=args.messaging_ping_s,
+                token_lifetime_s=args.messaging_token_lifetime_s,
+                replay_depth=args.messaging_replay_depth)
+        except (ValueError, TypeError) as exc:
+            print(f"bridged: Enhanced Chat simulator options: {exc}", file=sys.stderr)
+            return 2
+        messaging = (m_options, m_host, m_port)
+    return _run(_simulate(options, host, port, args.extra_ports, messaging))
 
 
-async def _simulate(options: Any, host: str, port: int, extra_ports: int) -> int:
-    """Serve the Live Agent simulator and the agent console on it until stopped."""
-    from bridged.simulators.console import AgentConsole, LiveAgentConsole, console_url
+async def _simulate(options: Any, host: str, port: int, extra_ports: int,
+                    messaging: tuple[Any, str, int] | None = None) -> int:
+    """Serve the Live Agent simulator (with the agent console) and the Enhanced Chat one."""
+    from bridged.simulators import messaging as enhanced
+    from bridged.simulators.console import AgentConsole, add_simulators, console_url
     from bridged.simulators.liveagent import running_simulator
 
     console = AgentConsole()
@@ -113,12 +137,25 @@ async def _simulate(options: Any, host: str, port: int, extra_ports: int) -> int
             print(f"bridged: cannot listen on {host}:{port}: {exc.strerror or exc}",
                   file=sys.stderr)
             return 1
-        console.add(LiveAgentConsole(sim))
+        add_simulators(console, sim)
         print(f"simulator    {sim.base_url}", flush=True)
         for url in sim.alias_base_urls:
             print(f"also         {url}  (same sessions)", flush=True)
         print(f"console      {console_url(sim)}  (the agent side of the chats on button "
-              "573CONSOLE00000)", flush=True)
+              "573CONSOLE00000, and of Enhanced Chat deployment Sim_Manual)", flush=True)
+        if messaging is not None:
+            m_options, m_host, m_port = messaging
+            try:
+                m_sim = await stack.enter_async_context(
+                    enhanced.running_simulator(m_options, m_host, m_port))
+            except OSError as exc:
+                print(f"bridged: cannot listen on {m_host}:{m_port}: {exc.strerror or exc}",
+                      file=sys.stderr)
+                return 1
+            add_simulators(console, messaging=m_sim)
+            print(f"messaging    {m_sim.base_url}  (Enhanced Chat: scrt_url; org "
+                  f"{m_options.org_id}; deployments {', '.join(sorted(m_options.deployments))})",
+                  flush=True)
         if host not in ("127.0.0.1", "::1", "localhost"):
             print("bridged: the simulator's control API (/_sim/) and its console have no "
                   "authentication", file=sys.stderr, flush=True)
@@ -202,19 +239,24 @@ def _parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)
 
-    demo = sub.add_parser("demo", help="bridged with its Live Agent simulator, and a chat")
+    demo = sub.add_parser("demo", help="bridged with its simulators, and a chat")
     demo.add_argument("--profile", default="queue", help=(
         "echo, queue, no_agent, fail, agent_ends, or manual: you answer as the agent in the "
-        "agent console, a web page (default: queue)"))
+        "agent console, a web page (default: queue); Enhanced Chat: enhanced_echo, "
+        "enhanced_queue, enhanced_transfer, enhanced_agent_ends, enhanced_no_agent, "
+        "enhanced_fail, enhanced_manual (the agent console)"))
     demo.add_argument("--port", type=int, default=8710, help="bridged's port (0: any free)")
     demo.add_argument("--simulator-port", type=int, default=8711,
                       help="the simulator's and its agent console's port (0: any free)")
+    demo.add_argument("--messaging-simulator-port", type=int, default=8712,
+                      help="the Enhanced Chat simulator's port (0: any free)")
     demo.add_argument("--serve", action="store_true",
                       help="only run bridged and the simulator; chat from another terminal")
     demo.set_defaults(func=_cmd_demo)
 
     sim = sub.add_parser("simulator", help=(
-        "run the built-in Live Agent simulator and its agent console (/console/)"))
+        "run the built-in Live Agent simulator and its agent console (/console/), and the"
+        " Enhanced Chat simulator"))
     sim.add_argument("--listen", default="127.0.0.1:8711", metavar="HOST:PORT")
     sim.add_argument("--hold-s", type=float, default=30.0, help="idle poll hold (s)")
     sim.add_argument("--client-poll-timeout", type=float, default=40.0,
@@ -225,6 +267,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="time between queue positions (s)")
     sim.add_argument("--extra-ports", type=int, default=0,
                      help="more ports serving the same sessions (for SwitchServer)")
+    sim.add_argument("--messaging-listen", default="127.0.0.1:8712", metavar="HOST:PORT",
+                     help='the Enhanced Chat simulator ("" for none); its agents take the '
+                     "join, reply and queue delays above")
+    sim.add_argument("--messaging-routing-delay-s", type=float, default=0.3,
+                     help="Enhanced Chat: from create to the routing result (s)")
+    sim.add_argument("--messaging-ping-s", type=float, default=15.0,
+                     help="Enhanced Chat: seconds of stream silence before a ping")
+    sim.add_argument("--messaging-token-lifetime-s", type=float, default=21600.0,
+                     help="Enhanced Chat: access token lifetime (s)")
+    sim.add_argument("--messaging-replay-depth", type=int, default=100,
+                     help="Enhanced Chat: events replayed after Last-Event-Id (0: none)")
     sim.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
     sim.set_defaults(func=_cmd_simulator)

@@ -71,16 +71,35 @@ class Process:
 class SimulatorProcess(Process):
     """``bridged simulator`` with short timings, controlled through its ``/_sim/`` API."""
 
-    def __init__(self, tmp: Path, hold_s: float = 0.5, client_poll_timeout: float = 5.0) -> None:
+    def __init__(self, tmp: Path, hold_s: float = 0.5, client_poll_timeout: float = 5.0,
+                 messaging_ping_s: float = 0.5) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        # The Enhanced Chat simulator beside it (its SCRT URL), driven under its /_sim/.
+        self.messaging_port = free_port()
+        self.messaging_base = f"http://127.0.0.1:{self.messaging_port}"
         super().__init__(["simulator", "--listen", f"127.0.0.1:{self.port}",
                           "--hold-s", str(hold_s),
                           "--client-poll-timeout", str(client_poll_timeout),
                           "--join-delay-s", "0.05", "--reply-delay-s", "0.02",
-                          "--queue-step-s", "0.05", "--log-level", "warning"],
+                          "--queue-step-s", "0.05", "--log-level", "warning",
+                          "--messaging-listen", f"127.0.0.1:{self.messaging_port}",
+                          "--messaging-routing-delay-s", "0.02",
+                          "--messaging-ping-s", str(messaging_ping_s)],
                          tmp / "simulator.log")
         wait_http(self.base + "/_sim/sessions", process=self.process)  # type: ignore[arg-type]
+        wait_http(self.messaging_base + "/_sim/conversations",
+                  process=self.process)  # type: ignore[arg-type]
+
+    def messaging(self, method: str, path: str, body: Any = None) -> Any:
+        """Call the Enhanced Chat simulator's control API (``/_sim/PATH``)."""
+        data = None if body is None else msgspec.json.encode(body)
+        request = urllib.request.Request(self.messaging_base + "/_sim/" + path, data=data,
+                                         method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read()
+        return msgspec.json.decode(text) if text else None
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else msgspec.json.encode(body)
@@ -110,20 +129,34 @@ class BridgedProcess(Process):
     TOKEN = "proc-token-0123456789"
 
     def __init__(self, tmp: Path, simulator: SimulatorProcess, *, port: int | None = None,
-                 state: Path | None = None, name: str = "bridged") -> None:
+                 state: Path | None = None, name: str = "bridged",
+                 state_options: dict[str, Any] | None = None) -> None:
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}/v1/chat"
         config = tmp / f"{name}.toml"
         profile = (f'live_agent_base_url = "{simulator.base}/chat"\n'
                    'organization_id = "00D000000000001"\n'
                    'deployment_id = "572000000000001"\n')
+        state_lines = "".join(f"{key} = {msgspec.json.encode(value).decode()}\n"
+                              for key, value in (state_options or {}).items())
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{self.port}"\ntokens = ["{self.TOKEN}"]\n'
             'detach_grace_s = 60\n'
             f'[salesforce]\nallowed_hosts = ["127.0.0.1:*"]\n'
-            f'[state]\ndir = "{state or tmp / "state"}"\n'
+            'messaging_stream_timeout_s = 5\n'
+            f'[state]\ndir = "{state or tmp / "state"}"\n{state_lines}'
             f'[profiles.manual]\n{profile}button_id = "573MANUAL000000"\n'
-            f'[profiles.echo]\n{profile}button_id = "573ECHO00000000"\n')
+            f'[profiles.echo]\n{profile}button_id = "573ECHO00000000"\n'
+            f'{self.messaging_profiles(simulator.messaging_base)}')
         super().__init__(["run", "--config", str(config)], tmp / f"{name}.log")
         wait_http(f"http://127.0.0.1:{self.port}/readyz",
                   process=self.process)  # type: ignore[arg-type]
+
+    @staticmethod
+    def messaging_profiles(scrt_url: str) -> str:
+        """Enhanced Chat profiles ``m_manual`` and ``m_echo`` (an 18-character org id)."""
+        return "".join(
+            f'[profiles.{name}]\ntype = "salesforce_messaging"\nscrt_url = "{scrt_url}"\n'
+            'organization_id = "00D000000000001EAA"\n'
+            f'es_developer_name = "{deployment}"\n'
+            for name, deployment in (("m_manual", "Sim_Manual"), ("m_echo", "Sim_Echo")))

@@ -30,11 +30,17 @@ Durability: an event is sent to OCP only once it is *durable*, i.e. once the cha
 snapshot that holds it has been committed to the state store (``durable_seq``). A restart
 then never has to invent again an event that OCP has already seen: whatever OCP saw, the
 next process holds, with the same ``seq``.
+
+What a chat holds in numbers (its events, its held errors, its inbox, the ids of its messages
+not yet answered) is kept item by item (the store's *kept lists*): :meth:`Chat.kept_changes`
+gives what was added and what is gone since the last save, so a save costs what changed, not
+what the chat holds.
 """
 
 from __future__ import annotations
 
-__all__ = ["Chat", "ChatRecord", "ChatSnapshot", "ChatStatic", "Command", "HeldError", "Link"]
+__all__ = ["BACKEND_LISTS", "Chat", "ChatRecord", "ChatSnapshot", "ChatStatic", "Command",
+           "HeldError", "KeptLists", "Link"]
 
 import itertools
 import logging
@@ -53,6 +59,12 @@ from bridged.config.webchat import AnyWebchat
 from bridged.ocp import envelopes as env
 
 Command: TypeAlias = env.Message | env.Typing
+# The chat's kept lists (see bridged.state.sqlite); a backend numbers its own from
+# BACKEND_LISTS up. Keys: an event's seq; the n-th command put in the inbox; the n-th
+# message id taken in; a held error's serial.
+_EVENTS, _INBOX, _PENDING, _ERRORS = 1, 2, 3, 4
+BACKEND_LISTS = 16
+KeptLists: TypeAlias = dict[int, list[tuple[int, bytes]]]  # list -> [(key, data)] by key
 
 log = logging.getLogger("bridged.chats.chat")
 
@@ -92,12 +104,16 @@ class HeldError(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """What changes about a chat, as of one instant (the delivered ids are kept apart)."""
+    """What changes about a chat, as of one instant (the delivered ids are kept apart).
+
+    The events, held errors, inbox and pending ids are kept lists of their own; the fields of
+    those names hold them only in records written before (version 1), read on an upgrade.
+    """
 
     next_seq: int
-    held: list[env.ChatEvent]
-    pending_ids: list[str]
-    inbox: list[Command]
+    held: list[env.ChatEvent] = []
+    pending_ids: list[str] = []
+    inbox: list[Command] = []
     end_requested: facts.Ended | None
     finished: bool
     state: str
@@ -109,7 +125,7 @@ class ChatSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class ChatRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A kept chat's changing part: the shared snapshot and the backend's (opaque here)."""
 
-    version: int = 1
+    version: int = 2  # 1: the events, errors, inbox and pending ids inline in ``chat``
     chat: ChatSnapshot
     state: msgspec.Raw = msgspec.Raw(b"\xc0")
 
@@ -126,6 +142,10 @@ _static_encoder = msgspec.msgpack.Encoder()
 _static_decoder = msgspec.msgpack.Decoder(ChatStatic)
 _record_encoder = msgspec.msgpack.Encoder()
 _record_decoder = msgspec.msgpack.Decoder(ChatRecord)
+_item_encoder = msgspec.msgpack.Encoder()
+_event_decoder = msgspec.msgpack.Decoder(env.ChatEvent)
+_command_decoder = msgspec.msgpack.Decoder(Command)
+_error_decoder = msgspec.msgpack.Decoder(HeldError)
 
 
 class Link(Protocol):
@@ -156,7 +176,8 @@ class Chat:
         self.start = start
         self.created = time.time()
         self.last_activity = self.created
-        self.inbox: Mailbox[Command] = Mailbox(inbox_size, on_put=self.wake)
+        self.inbox: Mailbox[Command] = Mailbox(inbox_size, on_put=self._put)
+        self._inbox_puts = 0  # commands ever put in the inbox: the next one's key
         self.max_held = max_held
         self.held: deque[env.ChatEvent] = deque()
         self.next_seq = 1
@@ -173,6 +194,10 @@ class Chat:
         self.state = "starting"  # for the admin view and metrics; set by the actor
         self.agent: str | None = None
         self.queue_position: int | None = None
+        # For the admin view, set by the actor: Salesforce's id of the chat (Enhanced Chat's
+        # conversation id) and its last routing news; never a secret.
+        self.salesforce_id: str | None = None
+        self.routing_status: str | None = None
         self.delivered_ids: set[str] = set()
         self.new_delivered: list[str] = []  # delivered since the last save
         self.pending_ids: dict[str, None] = {}  # taken in, not yet answered; in order
@@ -181,6 +206,17 @@ class Chat:
         self.on_event: Callable[[env.ChatEvent], None] | None = None
         # Counts this chat's messages not yet answered, as its bound link's.
         self.load: LoadMeter | None = None
+        # What the store holds of the kept lists (see kept_changes): events from _kept_from
+        # to _kept_seq, errors from _kept_error_from to _kept_error, inbox keys from
+        # _kept_inbox_from below _kept_inbox, and a key per pending id, with the ones added
+        # and dropped since the last save.
+        self._kept_from, self._kept_seq = 1, 0
+        self._kept_error_from, self._kept_error = 1, 0
+        self._kept_inbox_from = self._kept_inbox = 0
+        self._pending_keys: dict[str, int] = {}
+        self._pending_next = 0
+        self._pending_added: dict[int, str] = {}
+        self._pending_dropped: list[int] = []
 
     # --- the actor's side -------------------------------------------------------------
 
@@ -188,6 +224,10 @@ class Chat:
         """Tell the actor that something changed (a command, an ack, an end)."""
         if self.waker is not None:
             self.waker()
+
+    def _put(self) -> None:
+        self._inbox_puts += 1
+        self.wake()
 
     def has_room(self) -> bool:
         """Whether more events can be held; the actor polls Salesforce only while true."""
@@ -259,12 +299,19 @@ class Chat:
         """A visitor message was taken in; it counts as load until answered."""
         if message_id not in self.pending_ids:
             self.pending_ids[message_id] = None
+            if message_id not in self._pending_keys:  # else kept already (adopted)
+                key = self._pending_keys[message_id] = self._pending_next
+                self._pending_next += 1
+                self._pending_added[key] = message_id
             if self.load is not None:
                 self.load.add(self._owner())
 
     def _settle(self, message_id: str) -> None:
         if message_id in self.pending_ids:
             del self.pending_ids[message_id]
+            key = self._pending_keys.pop(message_id, None)
+            if key is not None and self._pending_added.pop(key, None) is None:
+                self._pending_dropped.append(key)
             if self.load is not None:
                 self.load.remove(self._owner())
 
@@ -288,20 +335,79 @@ class Chat:
     # --- keeping across restarts --------------------------------------------------------
 
     def static(self, backend: str, backend_static: msgspec.Raw | None = None) -> ChatStatic:
-        """The chat's unchanging part, for the store."""
-        return ChatStatic(id=self.id, webchat=self.webchat, start=self.start,
+        """The chat's unchanging part, for the store.
+
+        Without ``start.history_token``: OCP's bearer token for the bot history is used once,
+        before the session exists, and is never written down.
+        """
+        start = self.start
+        if start.history_token is not None:
+            start = msgspec.structs.replace(start, history_token=None)
+        return ChatStatic(id=self.id, webchat=self.webchat, start=start,
                           created=self.created, backend=backend,
                           backend_static=backend_static or msgspec.Raw(b"\xc0"))
 
     def snapshot(self) -> ChatSnapshot:
-        """The chat's changing state (events held, commands not yet taken), for the store."""
+        """The chat's changing scalars, for the store (its lists: :meth:`kept_changes`)."""
         return ChatSnapshot(
-            next_seq=self.next_seq, held=list(self.held),
-            pending_ids=list(self.pending_ids), inbox=self.inbox.peek(),
-            end_requested=self.end_requested, finished=self.finished, state=self.state,
-            agent=self.agent, queue_position=self.queue_position,
-            errors=list(self.held_errors),
+            next_seq=self.next_seq, end_requested=self.end_requested, finished=self.finished,
+            state=self.state, agent=self.agent, queue_position=self.queue_position,
         )
+
+    def kept_changes(self, items: list[tuple[int, int, bytes]],
+                     drops: list[tuple[int, int, int]]) -> None:
+        """Append what changed in the chat's kept lists since the last call, for a save.
+
+        Events and errors acknowledged and commands taken since are dropped (as ranges of
+        keys), new ones added; each item is encoded once, when it is new.
+        """
+        # Events: held from held[0].seq (or none) to next_seq - 1, consecutively. Only keys
+        # up to _kept_seq were ever written: one acknowledged before its save costs nothing.
+        first = self.held[0].seq if self.held else self.next_seq
+        if first > self._kept_from:
+            if self._kept_seq >= self._kept_from:
+                drops.append((_EVENTS, self._kept_from, min(first - 1, self._kept_seq)))
+            self._kept_from = first
+        last = self.next_seq - 1
+        if last > self._kept_seq:
+            new = last - max(self._kept_seq + 1, first) + 1
+            for index in range(-new, 0):
+                event = self.held[index]
+                items.append((_EVENTS, event.seq, _item_encoder.encode(event)))
+            self._kept_seq = last
+        # Held errors: serials from held_errors[0].serial to next_error - 1, the same way.
+        first = self.held_errors[0].serial if self.held_errors else self.next_error
+        if first > self._kept_error_from:
+            if self._kept_error >= self._kept_error_from:
+                drops.append((_ERRORS, self._kept_error_from, min(first - 1, self._kept_error)))
+            self._kept_error_from = first
+        last = self.next_error - 1
+        if last > self._kept_error:
+            new = last - max(self._kept_error + 1, first) + 1
+            for index in range(-new, 0):
+                held = self.held_errors[index]
+                items.append((_ERRORS, held.serial, _item_encoder.encode(held)))
+            self._kept_error = last
+        # The inbox: keys from (puts - len) to puts - 1.
+        oldest = self._inbox_puts - len(self.inbox)
+        if oldest > self._kept_inbox_from:
+            if self._kept_inbox > self._kept_inbox_from:
+                drops.append((_INBOX, self._kept_inbox_from,
+                              min(oldest, self._kept_inbox) - 1))
+            self._kept_inbox_from = oldest
+        if self._inbox_puts > self._kept_inbox:
+            start = max(self._kept_inbox, oldest)
+            for key, command in enumerate(self.inbox.newest(self._inbox_puts - start), start):
+                items.append((_INBOX, key, _item_encoder.encode(command)))
+            self._kept_inbox = self._inbox_puts
+        # The ids of messages taken in and not yet answered.
+        if self._pending_dropped:
+            drops.extend((_PENDING, key, key) for key in self._pending_dropped)
+            self._pending_dropped = []
+        if self._pending_added:
+            items.extend((_PENDING, key, message_id.encode())
+                         for key, message_id in self._pending_added.items())
+            self._pending_added = {}
 
     def take_new_delivered(self) -> list[str]:
         """The ids delivered since the last call (appended to the store with a save)."""
@@ -309,23 +415,59 @@ class Chat:
         return new
 
     @classmethod
-    def restore(cls, static: ChatStatic, snapshot: ChatSnapshot, delivered: list[str], *,
-                inbox_size: int, max_held: int) -> Chat:
-        """The chat kept as ``static`` + ``snapshot``, unbound, its events durable."""
+    def restore(cls, static: ChatStatic, snapshot: ChatSnapshot, delivered: list[str],
+                lists: KeptLists | None = None, *, inbox_size: int, max_held: int) -> Chat:
+        """The chat kept as ``static`` + ``snapshot`` + its kept lists, unbound, its events
+        durable.
+
+        Raises:
+            msgspec.DecodeError: a damaged item.
+        """
+        lists = lists or {}
+        kept_events = lists.get(_EVENTS, [])
+        kept_errors = lists.get(_ERRORS, [])
+        kept_inbox = lists.get(_INBOX, [])
+        kept_pending = lists.get(_PENDING, [])
+        inbox = [*snapshot.inbox, *(_command_decoder.decode(data) for _, data in kept_inbox)]
         chat = cls(static.id, static.webchat, static.start,
-                   inbox_size=max(inbox_size, len(snapshot.inbox)), max_held=max_held)
+                   inbox_size=max(inbox_size, len(inbox)), max_held=max_held)
         chat.created = static.created
         chat.next_seq = snapshot.next_seq
         chat.durable_seq = snapshot.next_seq - 1
-        chat.held.extend(snapshot.held)
+        # What came from the kept lists is in the store; what came inline (version 1) is
+        # written anew with the next save.
+        events = {event.seq: event for event in snapshot.held}
+        events.update((key, _event_decoder.decode(data)) for key, data in kept_events)
+        chat.held.extend(events[seq] for seq in sorted(events))
+        if kept_events:
+            chat._kept_from, chat._kept_seq = kept_events[0][0], kept_events[-1][0]
+        else:
+            chat._kept_from = chat.next_seq - len(chat.held)
+            chat._kept_seq = chat._kept_from - 1
+        errors = {held.serial: held for held in snapshot.errors}
+        errors.update((key, _error_decoder.decode(data)) for key, data in kept_errors)
+        chat.held_errors.extend(errors[serial] for serial in sorted(errors))
+        if chat.held_errors:
+            chat.next_error = chat.held_errors[-1].serial + 1
+        if kept_errors:
+            chat._kept_error_from, chat._kept_error = kept_errors[0][0], kept_errors[-1][0]
+        else:
+            chat._kept_error_from = chat.next_error - len(chat.held_errors)
+            chat._kept_error = chat._kept_error_from - 1
         chat.delivered_ids.update(delivered)
-        chat.pending_ids.update(dict.fromkeys(snapshot.pending_ids))
-        chat.held_errors.extend(snapshot.errors)
-        if snapshot.errors:
-            chat.next_error = snapshot.errors[-1].serial + 1
+        for key, data in kept_pending:
+            message_id = data.decode()
+            chat.pending_ids[message_id] = None
+            chat._pending_keys[message_id] = key
+            chat._pending_next = key + 1
+        for message_id in snapshot.pending_ids:
+            chat.accept(message_id)
         chat.queue_position = snapshot.queue_position
-        for command in snapshot.inbox:
+        for command in inbox:
             chat.inbox.put_nowait(command)
+        if kept_inbox:
+            chat._kept_inbox_from = kept_inbox[0][0]
+            chat._kept_inbox = chat._inbox_puts = kept_inbox[-1][0] + 1
         chat.end_requested = snapshot.end_requested
         chat.finished = snapshot.finished
         chat.state = snapshot.state

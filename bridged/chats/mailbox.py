@@ -106,6 +106,11 @@ class Mailbox(Generic[T]):
         """The items, oldest first, without taking them."""
         return list(self._items)
 
+    def newest(self, count: int) -> list[T]:
+        """The ``count`` newest items, oldest first, without taking them (cost: ``count``)."""
+        count = min(count, len(self._items))
+        return [self._items[i] for i in range(-count, 0)]
+
     def drain(self, limit: int | None = None) -> list[T]:
         """Take up to ``limit`` items (all when ``None``), oldest first."""
         count = len(self._items) if limit is None else min(limit, len(self._items))

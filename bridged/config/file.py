@@ -79,7 +79,7 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 
 class SalesforceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[salesforce]``: how bridged speaks to Live Agent."""
+    """``[salesforce]``: how bridged speaks to Salesforce (Live Agent and Enhanced Chat)."""
 
     # PROTOCOL.md's default names Live Agent's hosts only: Enhanced Chat's SCRT hosts
     # ("*.my.salesforce-scrt.com") are added by the operator, as the example config does.
@@ -94,6 +94,16 @@ class SalesforceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_field
     max_concurrent_starts: PositiveInt = 50
     user_agent: str = "bridged"
     screen_resolution: str = "1920x1080"
+    # Enhanced Chat: Salesforce's limits (MESSAGING.md 4.2), kept by bridged. Access tokens
+    # per org and visitor messages per conversation per window; lower the token limit if
+    # other clients of the org (a website's own chat button) mint tokens too.
+    messaging_token_limit: PositiveInt = 200
+    messaging_message_limit: PositiveInt = 22
+    # Salesforce's window is a minute; only tests shorten it.
+    messaging_limit_window_s: PositiveFloat = 60.0
+    # An event stream silent this long counts as lost and is reopened (Salesforce's sample
+    # client waits 90 s; the server pings well within that).
+    messaging_stream_timeout_s: PositiveFloat = 90.0
 
 
 class HistoryConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

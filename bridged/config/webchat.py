@@ -228,6 +228,9 @@ _REQUIRED_MESSAGING = ("scrt_url", "organization_id", "es_developer_name")
 _ORG_ID = re.compile(r"^00D[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$")
 # A deployment's API name: a letter, then letters, digits and single underscores.
 _API_NAME = re.compile(r"^[A-Za-z](?:[A-Za-z0-9]|_(?!_))*(?<!_)$")
+# A pre-chat field's API name: the same, or a standard field's, which starts with one
+# underscore ("_firstName", "_lastName", "_email": MESSAGING.md 2.4).
+_PRECHAT_NAME = re.compile(r"^_?[A-Za-z](?:[A-Za-z0-9]|_(?!_))*(?<!_)$")
 _ORIGIN_PATHS = {"", "/"}
 # The name is taken up to the closing braces and its trailing whitespace dropped in code: a
 # lazy name followed by ``\s*`` made the regex backtrack quadratically on a long run of
@@ -579,12 +582,12 @@ def _resolve_messaging(merged: dict[str, Any], allowed_hosts: Sequence[str]) -> 
             f"es_developer_name: expected the deployment's API name (letters, digits and"
             f" single underscores, starting with a letter), got {name!r}")
     for key in merged.get("routing_attributes") or {}:
-        if not _API_NAME.match(key):
+        if not _PRECHAT_NAME.match(key):
             raise BadWebchatConfig(
                 f"routing_attributes: {key!r} is not a pre-chat field's API name")
     hidden = merged["history_routing_attribute"] = merged.get(
         "history_routing_attribute", "").strip()
-    if hidden and not _API_NAME.match(hidden):
+    if hidden and not _PRECHAT_NAME.match(hidden):
         raise BadWebchatConfig(
             f"history_routing_attribute: {hidden!r} is not a pre-chat field's API name")
     endpoint = _allowed_endpoint(merged, "scrt_url", allowed_hosts)

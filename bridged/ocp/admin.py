@@ -2,7 +2,9 @@
 
 Behind ``server.admin_tokens`` (a bearer token, compared in constant time); off (404) when
 there is none. It shows what an operator needs to see a chat's health, and nothing secret:
-no session key, no message text.
+no session key, no access token, no message text. For each chat: its backend (``type``), its
+Salesforce id (Enhanced Chat's conversation id) and routing news, and its state, where
+``token_queued`` is an Enhanced Chat hand-over waiting its turn for an access token.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aiohttp import web
 
 from bridged.chats.chat import Chat
 from bridged.chats.dispatcher import Dispatcher
+from bridged.salesforce.backend import backend_name
 
 
 class ChatInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +37,9 @@ class ChatInfo(msgspec.Struct, frozen=True, kw_only=True):
     held_events: int
     pending_messages: int
     finished: bool
+    backend: str = ""
+    salesforce_id: str | None = None  # Enhanced Chat: the conversation id
+    routing_status: str | None = None
 
 
 def chat_info(chat: Chat, now: float | None = None) -> ChatInfo:
@@ -46,6 +52,8 @@ def chat_info(chat: Chat, now: float | None = None) -> ChatInfo:
         connection=chat.link.id if chat.link is not None else None,
         last_seq=chat.next_seq - 1, held_events=len(chat.held),
         pending_messages=len(chat.pending_ids), finished=chat.finished,
+        backend=backend_name(chat.webchat), salesforce_id=chat.salesforce_id,
+        routing_status=chat.routing_status,
     )
 
 
@@ -93,9 +101,10 @@ def admin_routes(app: web.Application, dispatcher: Dispatcher,
 
 def render_table(chats: Sequence[ChatInfo]) -> str:
     """The chats as a plain text table, for ``bridged chats``."""
-    headers = ("CHAT", "STATE", "AGENT", "QUEUE", "AGE", "IDLE", "CONNECTION", "SEQ", "HELD")
+    headers = ("CHAT", "BACKEND", "STATE", "AGENT", "QUEUE", "AGE", "IDLE", "CONNECTION",
+               "SEQ", "HELD")
     rows = [headers] + [
-        (c.id, c.state, c.agent or "-",
+        (c.id, _BACKENDS.get(c.backend, c.backend or "-"), c.state, c.agent or "-",
          "-" if c.queue_position is None else str(c.queue_position),
          _duration(c.age_s), _duration(c.idle_s), c.connection or "(detached)",
          str(c.last_seq), str(c.held_events))
@@ -105,6 +114,9 @@ def render_table(chats: Sequence[ChatInfo]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
              .rstrip() for row in rows]
     return "\n".join(lines) + "\n"
+
+
+_BACKENDS = {"salesforce": "liveagent", "salesforce_messaging": "messaging"}
 
 
 def _duration(seconds: float) -> str:

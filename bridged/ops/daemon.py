@@ -1,7 +1,8 @@
 """The composition root: builds bridged from its config, runs it, and stops it in order.
 
-Start order: metrics, state store, transport, backend, supervisor, dispatcher, front;
-then the kept chats are resumed (their long polls start at once, their events are held
+Start order: metrics, state store, transports, backends (Live Agent and Enhanced Chat, both
+at once), supervisor, dispatcher, front; then the kept chats are resumed, each by the backend
+its record names (their long polls and event streams start at once, their events are held
 until OCP attaches), and only then does the listener open.
 
 Stop order (under ``server.shutdown_budget_s``), the reverse, with a drain first:
@@ -26,6 +27,7 @@ import socket
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -43,10 +45,15 @@ from bridged.ocp.front import Front
 from bridged.ops.limits import fds_needed, raise_nofile_limit
 from bridged.ops.metrics import Metrics
 from bridged.ops.systemd import Notifier, watchdog_pings
-from bridged.salesforce.backend import Backend
+from bridged.salesforce.backend import Backends, backend_name
 from bridged.salesforce.liveagent.actor import LiveAgentBackend
 from bridged.salesforce.liveagent.transport import AiohttpTransport, Transport
-from bridged.state.sqlite import KeptChat, StateStore
+from bridged.salesforce.messaging.actor import MessagingBackend
+from bridged.salesforce.messaging.transport import (
+    AiohttpMessagingTransport,
+    MessagingTransport,
+)
+from bridged.state.sqlite import Drop, Item, KeptChat, StateStore
 
 log = logging.getLogger("bridged.ops.daemon")
 
@@ -56,11 +63,13 @@ class Daemon:
 
     Args:
         config: the validated config.
-        transport: the Salesforce transport (tests inject one); a real one by default.
+        transport: the Live Agent transport (tests inject one); a real one by default.
+        messaging_transport: the Enhanced Chat transport; a real one by default.
         config_path: where SIGHUP reloads the config from.
     """
 
     def __init__(self, config: Config, *, transport: Transport | None = None,
+                 messaging_transport: MessagingTransport | None = None,
                  config_path: str | Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
@@ -70,15 +79,20 @@ class Daemon:
                                 None if interval is None else interval / 1000)
         self._transport = transport or AiohttpTransport(config.salesforce.max_connections,
                                                         config.salesforce.keepalive_s)
-        self.backend: Backend = LiveAgentBackend(
-            self._transport, config.salesforce,
-            max_pending=config.server.max_pending_messages,
-            history=(HistoryHandover(config.history, self.metrics)
-                     if config.history.base_url else None),
-            store=self.store, metrics=self.metrics)
-        self.supervisor = ChatSupervisor(self.backend.run_chat, on_crashed=self._keep_finished)
+        history = (HistoryHandover(config.history, self.metrics)
+                   if config.history.base_url else None)
+        salesforce = config.salesforce
+        # Both backends serve at once; each chat goes to the one its type names.
+        self.backends = Backends(
+            LiveAgentBackend(self._transport, salesforce,
+                             max_pending=config.server.max_pending_messages,
+                             history=history, store=self.store, metrics=self.metrics),
+            MessagingBackend(messaging_transport or AiohttpMessagingTransport(
+                                 salesforce.max_connections, salesforce.keepalive_s),
+                             salesforce, max_pending=config.server.max_pending_messages,
+                             history=history, store=self.store, metrics=self.metrics))
+        self.supervisor = ChatSupervisor(self._run_chat, on_crashed=self._keep_finished)
         self.dispatcher = Dispatcher(config, self.supervisor, on_chat_event=self._count_event)
-        self.dispatcher.on_chat_started = self.metrics.chats_started.inc
         self.dispatcher.on_forget = self.store.delete
         self.metrics.read_live(self._live_metrics)
         self.metrics.max_chats.set_function(lambda: self.config.server.max_chats)
@@ -104,18 +118,19 @@ class Daemon:
 
     def _live_metrics(self) -> Iterable[Metric]:
         """Chats by state and the depths of their queues, read at scrape time."""
-        by_state: dict[str, int] = {}
+        by_state: dict[tuple[str, str], int] = {}
         inbox = held = 0
         for chat in self.dispatcher.live.values():
-            by_state[chat.state] = by_state.get(chat.state, 0) + 1
+            key = (backend_name(chat.webchat), chat.state)
+            by_state[key] = by_state.get(key, 0) + 1
             inbox += len(chat.inbox)
             held += len(chat.held)
         for chat in self.dispatcher.finished.values():
             held += len(chat.held)
-        states = GaugeMetricFamily("bridged_chats_live", "Chats live now, by state",
-                                   labels=["state"])
-        for state, count in sorted(by_state.items()):
-            states.add_metric([state], count)
+        states = GaugeMetricFamily("bridged_chats_live", "Chats live now, by backend and state",
+                                   labels=["backend", "state"])
+        for (backend, state), count in sorted(by_state.items()):
+            states.add_metric([backend, state], count)
         yield states
         yield GaugeMetricFamily("bridged_chats_finished_held",
                                 "Ended chats whose ended event OCP has not acknowledged",
@@ -146,13 +161,25 @@ class Daemon:
         """Keep a chat whose actor crashed, so that its ``ended`` is durable, then sent."""
         record = ChatRecord(chat=chat.snapshot())
         upto = chat.next_seq - 1
+        items: list[Item] = []
+        drops: list[Drop] = []
+        chat.kept_changes(items, drops)
         self.store.save(chat.id, record.encode(), lambda: chat.mark_durable(upto),
-                        static=chat.static(self.backend.name).encode(),
-                        delivered=chat.take_new_delivered())
+                        static=chat.static(backend_name(chat.webchat)).encode(),
+                        delivered=chat.take_new_delivered(), items=items, drops=drops)
+
+    async def _run_chat(self, chat: Chat, resume: Any) -> None:
+        """Serve ``chat`` with the backend its type names (counted once, when new)."""
+        if resume is None:
+            self.metrics.chats_started.inc(backend_name(chat.webchat))
+        await self.backends.run_chat(chat, resume)
 
     def _count_event(self, event: ChatEvent) -> None:
         if isinstance(event, Ended):
-            self.metrics.chats_ended.inc(event.reason)
+            # Emitted while the chat is still live (before it is marked finished).
+            chat = self.dispatcher.live.get(event.chat)
+            backend = backend_name(chat.webchat) if chat is not None else "unknown"
+            self.metrics.chats_ended.inc(backend, event.reason)
 
     @property
     def url(self) -> str:
@@ -195,18 +222,24 @@ class Daemon:
             try:
                 static = ChatStatic.decode(row.static)
                 record = ChatRecord.decode(row.snapshot)
-                if static.backend != self.backend.name:
-                    raise ValueError(f"unknown backend {static.backend!r}")
-                resume = None if record.chat.finished else self.backend.resume_from(
-                    static.backend_static, record.state, row.poll_sent)
+                try:
+                    backend = self.backends.get(static.backend)
+                except KeyError:
+                    raise ValueError(f"unknown backend {static.backend!r}") from None
+                resume = None if record.chat.finished else backend.resume_from(
+                    static.backend_static, record.state, row.poll_sent, row.lists)
+                chat = Chat.restore(static, record.chat, row.delivered, row.lists,
+                                    inbox_size=server.mailbox_size,
+                                    max_held=server.max_held_events)
             except (msgspec.DecodeError, ValueError) as exc:
                 log_event(log, logging.ERROR, "kept_chat_unreadable", chat=chat_id,
                           detail=str(exc))
                 self.store.delete(chat_id)
                 continue
-            chat = Chat.restore(static, record.chat, row.delivered,
-                                inbox_size=server.mailbox_size,
-                                max_held=server.max_held_events)
+            if static.start.history_token is not None:
+                # Kept by an earlier version: OCP's token is used once and never kept.
+                self.store.save(chat_id, row.snapshot, static=chat.static(
+                    static.backend, static.backend_static).encode())
             self.dispatcher.adopt(chat)
             if resume is not None:
                 self.supervisor.spawn(chat, resume)
@@ -234,7 +267,7 @@ class Daemon:
         self.metrics.unwatch_gc()
         await self.supervisor.aclose(budget / 4)
         await self.store.aclose(budget / 4)
-        await self.backend.aclose()
+        await self.backends.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
         log_event(log, logging.INFO, "stopped")
@@ -252,9 +285,7 @@ class Daemon:
         self.config = new
         self.dispatcher.reconfigure(new)
         self.front.reconfigure(new.server)
-        reconfigure = getattr(self.backend, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(new.salesforce)
+        self.backends.reconfigure(new.salesforce)
         log_event(log, logging.INFO, "reloaded", profiles=len(new.profiles),
                   tokens=len(new.server.tokens))
 

@@ -66,9 +66,12 @@ class Metrics:
         r = self.registry
         self.connections = Gauge("bridged_connections", "WebSocket connections open now",
                                  registry=r)
-        self.chats_started = Counter("bridged_chats_started", "Chats started", registry=r)
-        self.chats_ended = _Labelled(Counter("bridged_chats_ended", "Chats ended, by reason",
-                                             ["reason"], registry=r))
+        self.chats_started = _Labelled(Counter("bridged_chats_started",
+                                               "Chats started, by backend", ["backend"],
+                                               registry=r))
+        self.chats_ended = _Labelled(Counter("bridged_chats_ended",
+                                             "Chats ended, by backend and reason",
+                                             ["backend", "reason"], registry=r))
         self.envelopes_in = _Labelled(Counter("bridged_envelopes_in",
                                               "Envelopes received from OCP, by type",
                                               ["type"], registry=r))
@@ -78,12 +81,21 @@ class Metrics:
         self.errors = _Labelled(Counter("bridged_errors", "Error envelopes sent, by code",
                                         ["code"], registry=r))
         self.salesforce_requests = _Labelled(Counter(
-            "bridged_salesforce_requests", "Requests to Salesforce, by resource and status"
-            " (the status is 'error' when no answer came)", ["resource", "status"], registry=r))
+            "bridged_salesforce_requests", "Requests to Salesforce, by backend, resource and"
+            " status (the status is 'error' when no answer came)",
+            ["backend", "resource", "status"], registry=r))
         self._salesforce_latency = Histogram(
-            "bridged_salesforce_request_seconds", "Time to Salesforce's answer, by resource",
-            ["resource"], buckets=_LATENCY_BUCKETS, registry=r)
-        self._latency_children: dict[str, Any] = {}
+            "bridged_salesforce_request_seconds",
+            "Time to Salesforce's answer, by backend and resource",
+            ["backend", "resource"], buckets=_LATENCY_BUCKETS, registry=r)
+        self._latency_children: dict[tuple[str, str], Any] = {}
+        self.messaging_stream_reconnects = Counter(
+            "bridged_messaging_stream_reconnects",
+            "Enhanced Chat event streams opened again (after a drop or a restart)", registry=r)
+        self.messaging_pacing_waits = Counter(
+            "bridged_messaging_pacing_waits",
+            "Times a chat's visitor messages waited for Salesforce's per-conversation limit",
+            registry=r)
         self.server_switches = _Labelled(Counter(
             "bridged_salesforce_switches", "Salesforce server switches (503), by outcome",
             ["outcome"], registry=r))
@@ -106,20 +118,28 @@ class Metrics:
         ProcessCollector(registry=r)
         self._gc_started = 0.0
         self._read_live: Callable[[], Iterable[Metric]] | None = None
+        self._read_more: list[Callable[[], Iterable[Metric]]] = []
         r.register(_ScrapeTime(self._scrape))
 
     # --- what the rest of bridged reports ------------------------------------------------
 
-    def salesforce_answered(self, resource: str, status: str, seconds: float) -> None:
-        self.salesforce_requests.inc(resource, status)
-        child = self._latency_children.get(resource)
+    def salesforce_answered(self, backend: str, resource: str, status: str,
+                            seconds: float) -> None:
+        """Count one answer (or none: ``status`` "error") from Salesforce, and its time."""
+        self.salesforce_requests.inc(backend, resource, status)
+        child = self._latency_children.get((backend, resource))
         if child is None:
-            child = self._latency_children[resource] = self._salesforce_latency.labels(resource)
+            child = self._latency_children[(backend, resource)] = (
+                self._salesforce_latency.labels(backend, resource))
         child.observe(seconds)
 
     def read_live(self, read: Callable[[], Iterable[Metric]]) -> None:
         """Give the scrape-time reader of chats by state and queue depths."""
         self._read_live = read
+
+    def read_more(self, read: Callable[[], Iterable[Metric]]) -> None:
+        """Add a scrape-time reader of a backend's own figures."""
+        self._read_more.append(read)
 
     def _scrape(self) -> Iterable[Metric]:
         tasks = GaugeMetricFamily("bridged_tasks", "asyncio tasks alive (actors and requests)")
@@ -130,6 +150,8 @@ class Metrics:
         yield tasks
         if self._read_live is not None:
             yield from self._read_live()
+        for read in self._read_more:
+            yield from read()
 
     # --- the process --------------------------------------------------------------------
 

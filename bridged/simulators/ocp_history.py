@@ -47,13 +47,14 @@ __all__ = [
 
 import asyncio
 import contextlib
-import ipaddress
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Literal, TypeAlias
 
 import msgspec
 from aiohttp import web
+
+from .common import url_host
 
 HISTORY_PATH = "/chat/dialogs/history"
 
@@ -205,14 +206,6 @@ def _auth_kind(request: web.Request) -> AuthKind:
     return "bearer" if scheme.lower() == "bearer" and token.strip() else "other"
 
 
-def _url_host(host: str) -> str:
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]"
-    except ValueError:
-        pass
-    return host
-
 
 @contextlib.asynccontextmanager
 async def running_history_service(
@@ -229,6 +222,6 @@ async def running_history_service(
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound_port = runner.addresses[0][1]
-        yield f"http://{_url_host(host)}:{bound_port}"
+        yield f"http://{url_host(host)}:{bound_port}"
     finally:
         await runner.cleanup()

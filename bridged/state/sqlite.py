@@ -2,8 +2,9 @@
 
 Why SQLite (standard library) rather than an append-only journal: SQLite in WAL mode is
 already an append-only journal with checksums, crash recovery and compaction (checkpoints),
-tested far beyond anything written here; each chat is one row (its latest snapshot), so
-reading the state back after a crash is one query, with no log to replay or compact.
+tested far beyond anything written here; each chat is one row (its latest snapshot) and the
+rows of its kept lists, so reading the state back after a crash is a few queries, with no log
+to replay or compact.
 
 Why this survives ``kill -9`` at any instant: a transaction is in the WAL or it is not;
 readers after a crash see the last committed transaction. With ``synchronous=NORMAL`` a
@@ -19,7 +20,11 @@ Why it stays cheap with thousands of chats:
   changing within a few milliseconds cost one commit, not thousands;
 * what never changes about a chat (its webchat configuration, its ``start``) is written once,
   what only grows (the ids of delivered messages) is appended, and the time of the last
-  poll is a column of its own: the snapshot written at every change is small.
+  poll is a column of its own: the snapshot written at every change is small;
+* what a chat holds in numbers (its events not yet acknowledged, the commands and visitor
+  messages not yet sent) is kept item by item, in *kept lists*: a save adds the items that
+  are new and drops the ranges that are gone, so its cost follows what changed, not what
+  the chat holds (a chat under backpressure holds a thousand events).
 
 Whoever saved learns from a callback on the event loop when their change is durable.
 
@@ -32,7 +37,7 @@ every commit fsyncs, so the commits run in a writer thread.
 
 from __future__ import annotations
 
-__all__ = ["KeptChat", "StateStore", "StoreStatistics"]
+__all__ = ["Drop", "Item", "KeptChat", "StateStore", "StoreStatistics"]
 
 import asyncio
 import contextlib
@@ -62,8 +67,19 @@ _SCHEMA = (
         id TEXT NOT NULL,
         PRIMARY KEY (chat, id)
     ) WITHOUT ROWID""",
+    # The kept lists: one row per item, ordered by key within (chat, list).
+    """CREATE TABLE IF NOT EXISTS items (
+        chat TEXT NOT NULL,
+        list INTEGER NOT NULL,
+        key INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (chat, list, key)
+    )""",
 )
 Callback = Callable[[], None]
+# An item of a kept list: (list, key, data); a range of keys that is gone: (list, first, last).
+Item = tuple[int, int, bytes]
+Drop = tuple[int, int, int]
 
 
 class KeptChat(NamedTuple):
@@ -73,6 +89,7 @@ class KeptChat(NamedTuple):
     snapshot: bytes
     delivered: list[str]
     poll_sent: float
+    lists: dict[int, list[tuple[int, bytes]]]  # list -> [(key, data)], by key
 
 
 class StoreStatistics(NamedTuple):
@@ -84,12 +101,14 @@ class StoreStatistics(NamedTuple):
     commit_seconds: float
     pending: int
     commit_failures: int = 0
+    bytes_written: int = 0  # snapshots, unchanging parts and list items written
 
 
 class _Change:
     """What is pending for one chat."""
 
-    __slots__ = ("callbacks", "delete", "delivered", "poll_sent", "snapshot", "static")
+    __slots__ = ("callbacks", "delete", "delivered", "drops", "items", "poll_sent", "snapshot",
+                 "static")
 
     def __init__(self) -> None:
         self.static: bytes | None = None
@@ -97,19 +116,40 @@ class _Change:
         self.delivered: list[str] = []
         self.poll_sent: float | None = None
         self.delete = False
+        # Written in this order: the ranges dropped, then the items (a later drop has
+        # already removed the earlier items it covers, see change_items).
+        self.drops: list[Drop] = []
+        self.items: dict[tuple[int, int], bytes] = {}
         self.callbacks: list[Callback] = []
+
+    def forget(self) -> None:
+        """Everything of the chat goes (it is deleted)."""
+        self.static, self.snapshot, self.delivered = None, None, []
+        self.poll_sent, self.delete = None, True
+        self.drops, self.items = [], {}
+
+    def change_items(self, items: Sequence[Item], drops: Sequence[Drop]) -> None:
+        """Drop ``drops`` (also from the items not yet written), then add ``items``."""
+        for list_id, first, last in drops:
+            if self.items:
+                for gone in [k for k in self.items if k[0] == list_id and first <= k[1] <= last]:
+                    del self.items[gone]
+            self.drops.append((list_id, first, last))
+        for list_id, key, data in items:
+            self.items[(list_id, key)] = data
 
     def merge(self, newer: _Change) -> None:
         # A delete stays a delete (written first), even if a new chat of the same id
         # saved after it: the old chat's rows must go.
         if newer.delete:
-            self.static, self.snapshot, self.delivered = None, None, []
-            self.poll_sent, self.delete = None, True
+            self.forget()
         self.static = newer.static or self.static
         if newer.snapshot is not None:
             self.snapshot = newer.snapshot
         self.delivered.extend(newer.delivered)
         self.poll_sent = newer.poll_sent if newer.poll_sent is not None else self.poll_sent
+        self.change_items([(lst, key, data) for (lst, key), data in newer.items.items()],
+                          newer.drops)
         self.callbacks.extend(newer.callbacks)
 
 
@@ -151,6 +191,7 @@ class StateStore:
         self._rows_deleted = 0
         self._commit_seconds = 0.0
         self._commit_failures = 0  # counted by the one writer (the loop, or the writer thread)
+        self._bytes_written = 0
         self._idle = threading.Event()
         self._idle.set()
 
@@ -177,6 +218,10 @@ class StateStore:
             delivered: dict[str, list[str]] = {}
             for chat, message in connection.execute("SELECT chat, id FROM delivered"):
                 delivered.setdefault(chat, []).append(message)
+            lists: dict[str, dict[int, list[tuple[int, bytes]]]] = {}
+            for chat, list_id, key, data in connection.execute(
+                    "SELECT chat, list, key, data FROM items ORDER BY chat, list, key"):
+                lists.setdefault(chat, {}).setdefault(list_id, []).append((key, bytes(data)))
         except sqlite3.Error as exc:
             raise OSError(f"cannot read {self.path}: {exc}") from exc
         finally:
@@ -194,7 +239,7 @@ class StateStore:
                                             daemon=True)
         self._thread.start()
         return {chat_id: KeptChat(bytes(static or b""), bytes(snapshot),
-                                  delivered.get(chat_id, []), poll_sent)
+                                  delivered.get(chat_id, []), poll_sent, lists.get(chat_id, {}))
                 for chat_id, static, snapshot, poll_sent in rows}
 
     def _connect(self, checkpoints: bool = True) -> sqlite3.Connection:
@@ -215,7 +260,8 @@ class StateStore:
     # --- writing (from the event loop's thread) -------------------------------------------
 
     def save(self, chat_id: str, snapshot: bytes, on_durable: Callback | None = None, *,
-             static: bytes | None = None, delivered: Sequence[str] = ()) -> None:
+             static: bytes | None = None, delivered: Sequence[str] = (),
+             items: Sequence[Item] = (), drops: Sequence[Drop] = ()) -> None:
         """Keep ``snapshot`` as ``chat_id``'s; ``on_durable`` runs on the loop once committed.
 
         Args:
@@ -224,12 +270,17 @@ class StateStore:
             on_durable: called once this change is committed.
             static: the chat's unchanging part; given once (with its first save).
             delivered: message ids delivered since the last save (appended).
+            items: items of the chat's kept lists added (or replaced) since the last save.
+            drops: ranges of keys gone from its kept lists since the last save (applied
+                before ``items``).
         """
         change = self._change(chat_id)
         change.snapshot = snapshot
         if static is not None:
             change.static = static
         change.delivered.extend(delivered)
+        if items or drops:
+            change.change_items(items, drops)
         if on_durable is not None:
             change.callbacks.append(on_durable)
 
@@ -242,9 +293,7 @@ class StateStore:
 
     def delete(self, chat_id: str) -> None:
         """Forget ``chat_id`` (it ended, and OCP knows)."""
-        change = self._change(chat_id)
-        change.static, change.snapshot, change.delivered = None, None, []
-        change.poll_sent, change.delete = None, True
+        self._change(chat_id).forget()
 
     def _change(self, chat_id: str) -> _Change:
         change = self._local.get(chat_id)
@@ -332,21 +381,39 @@ class StateStore:
         statics: list[tuple[bytes, str]] = []
         touches: list[tuple[float, str]] = []
         delivered: list[tuple[str, str]] = []
+        drops: list[tuple[str, int, int, int]] = []
+        items: list[tuple[str, int, int, bytes]] = []
+        written = 0
         for chat_id, change in batch.items():
             if change.delete:
                 deletes.append((chat_id,))
             if change.snapshot is not None:
                 upserts.append((chat_id, change.snapshot, now))
+                written += len(change.snapshot)
             if change.static is not None:
                 statics.append((change.static, chat_id))
+                written += len(change.static)
             if change.poll_sent is not None:
                 touches.append((change.poll_sent, chat_id))
             delivered.extend((chat_id, message) for message in change.delivered)
+            drops.extend((chat_id, *drop) for drop in change.drops)
+            for (list_id, key), data in change.items.items():
+                items.append((chat_id, list_id, key, data))
+                written += len(data)
         try:
             connection.execute("BEGIN IMMEDIATE")
             if deletes:
                 connection.executemany("DELETE FROM chats WHERE id = ?", deletes)
                 connection.executemany("DELETE FROM delivered WHERE chat = ?", deletes)
+                connection.executemany("DELETE FROM items WHERE chat = ?", deletes)
+            if drops:
+                connection.executemany(
+                    "DELETE FROM items WHERE chat = ? AND list = ? AND key BETWEEN ? AND ?",
+                    drops)
+            if items:
+                connection.executemany(
+                    "INSERT OR REPLACE INTO items (chat, list, key, data) VALUES (?, ?, ?, ?)",
+                    items)
             if upserts:
                 connection.executemany(
                     "INSERT INTO chats (id, snapshot, updated) VALUES (?, ?, ?) "
@@ -372,6 +439,7 @@ class StateStore:
         self._commits += 1
         self._rows_written += len(upserts)
         self._rows_deleted += len(deletes)
+        self._bytes_written += written
         self._commit_seconds += time.perf_counter() - started
         callbacks = [cb for change in batch.values() for cb in change.callbacks]
         if inline:
@@ -414,7 +482,7 @@ class StateStore:
             pending = len(self._pending)
         return StoreStatistics(self._commits, self._rows_written, self._rows_deleted,
                                self._commit_seconds, pending + len(self._local),
-                               self._commit_failures)
+                               self._commit_failures, self._bytes_written)
 
     async def flush(self, timeout: float) -> bool:
         """Wait until everything saved so far is committed; ``False`` on timeout."""

@@ -1,15 +1,16 @@
-"""``bridged demo``: bridged on its embedded default, with the built-in simulator and a chat.
+"""``bridged demo``: bridged on its embedded default, with the built-in simulators and a chat.
 
 Everything runs in one process on 127.0.0.1: the Live Agent simulator (as Salesforce) with
-its agent console, bridged (configured with one profile per scripted agent), and the
-terminal chat client (as OCP). On profile ``manual`` nobody answers but a person at the
-agent console (a web page on the simulator, its URL printed at start), so one person can
-play both sides. Logs go to a file so they do not mix with the conversation.
+its agent console, the Enhanced Chat simulator, bridged (configured with one profile per
+scripted agent of each, both backends at once), and the terminal chat client (as OCP). On
+profile ``manual`` nobody answers but a person at the agent console (a web page on the
+simulator, its URL printed at start), so one person can play both sides. Logs go to a file
+so they do not mix with the conversation.
 """
 
 from __future__ import annotations
 
-__all__ = ["DEMO_PROFILES", "demo_config", "run_demo"]
+__all__ = ["DEMO_PROFILES", "MESSAGING_DEMO_PROFILES", "demo_config", "run_demo"]
 
 import secrets
 import sys
@@ -31,13 +32,26 @@ DEMO_PROFILES = {
     "agent_ends": "573ENDS00000000",
     "manual": "573CONSOLE00000",
 }
+# Profile name -> the Enhanced Chat simulator's scripted agent (its deployment name).
+MESSAGING_DEMO_PROFILES = {
+    "enhanced_echo": "Sim_Echo",
+    "enhanced_queue": "Sim_Queue",
+    "enhanced_transfer": "Sim_Transfer",
+    "enhanced_agent_ends": "Sim_Agent_Ends",
+    "enhanced_no_agent": "Sim_No_Agent",
+    "enhanced_fail": "Sim_Routing_Fails",
+    "enhanced_manual": "Sim_Manual",
+}
 DEMO_ORG = "00D000000000001"
+# Nobody ever comes to Sim_No_Agent: bridged gives up after this long.
+DEMO_AGENT_WAIT_S = 20
 DEMO_DEPLOYMENT = "572000000000001"
 
 
-def demo_config(live_agent_url: str, token: str, port: int, state_dir: str) -> Config:
-    """A config whose profiles point at the simulator, one per scripted agent."""
-    profiles = {
+def demo_config(live_agent_url: str, token: str, port: int, state_dir: str,
+                messaging_url: str | None = None) -> Config:
+    """A config whose profiles point at the simulators, one per scripted agent."""
+    profiles: dict[str, dict[str, object]] = {
         name: {
             "live_agent_base_url": live_agent_url,
             "organization_id": DEMO_ORG,
@@ -50,6 +64,17 @@ def demo_config(live_agent_url: str, token: str, port: int, state_dir: str) -> C
         }
         for name, button in DEMO_PROFILES.items()
     }
+    if messaging_url is not None:
+        for name, deployment in MESSAGING_DEMO_PROFILES.items():
+            profiles[name] = {
+                "type": "salesforce_messaging",
+                "scrt_url": messaging_url,
+                "organization_id": DEMO_ORG,
+                "es_developer_name": deployment,
+                "displayed_username": "{{ocpvars:name}}",
+                "routing_attributes": {"_firstName": "{{ocpvars:name}}"},
+                "agent_wait_timeout_s": DEMO_AGENT_WAIT_S,
+            }
     return msgspec.convert({
         "server": {"listen": f"127.0.0.1:{port}", "tokens": [token]},
         "salesforce": {"allowed_hosts": ["127.0.0.1:*"]},
@@ -58,18 +83,21 @@ def demo_config(live_agent_url: str, token: str, port: int, state_dir: str) -> C
     }, Config)
 
 
-async def run_demo(profile: str, port: int, serve_only: bool, simulator_port: int = 0) -> int:
+async def run_demo(profile: str, port: int, serve_only: bool, simulator_port: int = 0,
+                   messaging_port: int = 0) -> int:
     """Run the demo; see the module docstring."""
     import asyncio
     import contextlib
 
     from bridged.ops.daemon import Daemon
-    from bridged.simulators.console import AgentConsole, LiveAgentConsole, console_url
+    from bridged.simulators import messaging
+    from bridged.simulators.console import AgentConsole, add_simulators, console_url
     from bridged.simulators.liveagent import SimulatorOptions, running_simulator
     from bridged.tools.chatclient import run_chat_client
 
-    if profile not in DEMO_PROFILES:
-        print(f"bridged: --profile must be one of {', '.join(DEMO_PROFILES)}", file=sys.stderr)
+    names = [*DEMO_PROFILES, *MESSAGING_DEMO_PROFILES]
+    if profile not in names:
+        print(f"bridged: --profile must be one of {', '.join(names)}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="bridged-demo-"))
     log_path = workdir / "bridged.log"
@@ -87,10 +115,21 @@ async def run_demo(profile: str, port: int, serve_only: bool, simulator_port: in
                 print(f"bridged: the simulator cannot listen on 127.0.0.1:{simulator_port}: "
                       f"{exc.strerror or exc} (try --simulator-port 0)", file=sys.stderr)
                 return 1
-            console.add(LiveAgentConsole(sim))
+            m_options = messaging.MessagingOptions(routing_delay_s=0.5, join_delay_s=1.5,
+                                                   reply_delay_s=1.0, queue_step_s=2.0)
+            try:
+                m_sim = await stack.enter_async_context(messaging.running_simulator(
+                    m_options, host="127.0.0.1", port=messaging_port))
+            except OSError as exc:
+                print(f"bridged: the Enhanced Chat simulator cannot listen on 127.0.0.1:"
+                      f"{messaging_port}: {exc.strerror or exc} (try "
+                      "--messaging-simulator-port 0)", file=sys.stderr)
+                return 1
+            add_simulators(console, sim, m_sim)
             token = secrets.token_urlsafe(16)
             assert sim.base_url is not None
-            config = demo_config(sim.base_url, token, port, str(workdir / "state"))
+            config = demo_config(sim.base_url, token, port, str(workdir / "state"),
+                                 m_sim.base_url)
             daemon = Daemon(config)
             try:
                 await daemon.start()
@@ -101,8 +140,10 @@ async def run_demo(profile: str, port: int, serve_only: bool, simulator_port: in
             try:
                 print(f"bridged      {daemon.url}  (token {token})")
                 print(f"simulator    {sim.base_url}")
-                print(f"console      {console_url(sim)}  (the agent side of profile manual)")
-                print(f"profiles     {', '.join(DEMO_PROFILES)}")
+                print(f"messaging    {m_sim.base_url}  (Enhanced Chat)")
+                print(f"console      {console_url(sim)}  (the agent side of profiles manual and "
+                      "enhanced_manual)")
+                print(f"profiles     {', '.join(names)}")
                 print(f"logs         {log_path}")
                 if serve_only:
                     print("Chat from another terminal with:\n"
@@ -110,7 +151,7 @@ async def run_demo(profile: str, port: int, serve_only: bool, simulator_port: in
                           "Press Ctrl+C to stop.", flush=True)
                     await asyncio.Event().wait()
                     return 0
-                if profile == "manual":
+                if profile in ("manual", "enhanced_manual"):
                     print(f"You play both sides: open {console_url(sim)} in a browser, accept "
                           "the chat there under any agent name and answer it; type here as "
                           "the visitor.")

@@ -29,7 +29,8 @@ async def test_a_client_that_does_not_ack_stops_the_chat_at_its_bound_and_loses_
                 sim.agent_says(session.id, f"agent {wave * 10 + i}")
             await asyncio.sleep(0.2)
         # bridged takes events up to its bound (a batch may overshoot it once), then leaves
-        # the rest with Salesforce; keep-alive polls take nothing more.
+        # the rest with Salesforce; what a keep-alive poll brings is kept aside, not
+        # acknowledged, and not held for OCP.
         await asyncio.sleep(1.0)
         assert 16 <= len(chat.held) <= 16 + 10
         assert session.record()["queued"] > 0  # Salesforce keeps what bridged did not take

@@ -162,3 +162,12 @@ scrt_url = "https://acme.my.salesforce-scrt.com/chat"
     with pytest.raises(ConfigError) as caught:
         parse_config(text.replace("/chat", "") + "agent_wait_timeout_s = -1\n")
     assert "agent_wait_timeout_s" in str(caught.value)
+
+
+def test_standard_pre_chat_fields_start_with_an_underscore() -> None:
+    """"Salesforce's standard pre-chat fields carry an underscore prefix" (MESSAGING.md 2.4)."""
+    webchat = resolve(fields(routing_attributes={"_firstName": "Ada", "_email": "a@b.c"},
+                             history_routing_attribute="_BotHistory"))
+    assert webchat.routing_attributes == {"_firstName": "Ada", "_email": "a@b.c"}
+    assert webchat.history_routing_attribute == "_BotHistory"
+    assert refused(fields(routing_attributes={"__x": "y"})).startswith("routing_attributes: ")

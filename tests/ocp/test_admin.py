@@ -57,10 +57,10 @@ async def test_admin_view_is_off_without_admin_tokens(
 def test_render_table() -> None:
     info = ChatInfo(id="c1", state="waiting", agent=None, queue_position=3, age_s=75.0,
                     idle_s=2.0, connection=None, last_seq=4, held_events=4,
-                    pending_messages=0, finished=False)
+                    pending_messages=0, finished=False, backend="salesforce_messaging")
     assert render_table([info]) == (
-        "CHAT  STATE    AGENT  QUEUE  AGE    IDLE  CONNECTION  SEQ  HELD\n"
-        "c1    waiting  -      3      1m15s  2s    (detached)  4    4\n")
+        "CHAT  BACKEND    STATE    AGENT  QUEUE  AGE    IDLE  CONNECTION  SEQ  HELD\n"
+        "c1    messaging  waiting  -      3      1m15s  2s    (detached)  4    4\n")
 
 
 @pytest.mark.parametrize("token", [ADMIN, "wrong-token-123"])
@@ -86,7 +86,7 @@ def test_bridged_chats_command(tmp_path: Path, token: str) -> None:
                                 capture_output=True, text=True, cwd=ROOT, timeout=30)
         if token == ADMIN:
             assert result.returncode == 0, result.stderr
-            assert result.stdout.startswith("CHAT  STATE")
+            assert result.stdout.startswith("CHAT  BACKEND  STATE")
             assert result.stderr == "0 chats\n"
         else:
             assert result.returncode == 1

@@ -29,17 +29,19 @@ async def scrape(http: aiohttp.ClientSession, daemon: Daemon) -> dict[tuple[str,
 async def test_metrics_move_when_chats_move(bridged: Daemon, http: aiohttp.ClientSession,
                                             ocp: Connect) -> None:
     before = await scrape(http, bridged)
-    assert before[("bridged_chats_started_total", ())] == 0
+    assert ("bridged_chats_started_total", (("backend", "salesforce"),)) not in before
     client = await ocp()
     await client.start("m-1", profile="echo")
     await client.expect("agent_joined")
     during = await scrape(http, bridged)
-    assert during[("bridged_chats_live", (("state", "chatting"),))] == 1
+    assert during[("bridged_chats_live",
+                   (("backend", "salesforce"), ("state", "chatting")))] == 1
     assert during[("bridged_connections", ())] == 1
     assert during[("bridged_salesforce_requests_total",
-                   (("resource", "SessionId"), ("status", "200")))] == 1
+                   (("backend", "salesforce"), ("resource", "SessionId"),
+                    ("status", "200")))] == 1
     assert during[("bridged_salesforce_request_seconds_count",
-                   (("resource", "ChasitorInit"),))] == 1
+                   (("backend", "salesforce"), ("resource", "ChasitorInit")))] == 1
     assert during[("bridged_tasks", ())] >= 1
     assert during[("bridged_state_commits_total", ())] >= 1
     await client.send({"type": "ack", "chat": "nope", "seq": 1})
@@ -47,11 +49,12 @@ async def test_metrics_move_when_chats_move(bridged: Daemon, http: aiohttp.Clien
     await client.send({"type": "end", "chat": "m-1"})
     await client.expect("ended")
     after = await scrape(http, bridged)
-    assert after[("bridged_chats_started_total", ())] == 1
-    assert after[("bridged_chats_ended_total", (("reason", "client"),))] == 1
+    assert after[("bridged_chats_started_total", (("backend", "salesforce"),))] == 1
+    assert after[("bridged_chats_ended_total",
+                  (("backend", "salesforce"), ("reason", "client")))] == 1
     assert after[("bridged_envelopes_in_total", (("type", "start"),))] == 1
     assert after[("bridged_envelopes_out_total", (("type", "ended"),))] == 1
     assert after[("bridged_errors_total", (("code", "unknown_chat"),))] == 1
-    assert ("bridged_chats_live", (("state", "chatting"),)) not in after
+    assert ("bridged_chats_live", (("backend", "salesforce"), ("state", "chatting"))) not in after
     assert ("bridged_event_loop_lag_seconds", ()) in after
     assert ("bridged_gc_seconds_total", ()) in after

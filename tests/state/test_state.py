@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -54,7 +54,7 @@ async def test_saved_snapshots_come_back_and_callbacks_run_on_the_loop(tmp_path:
     kept = again.open()
     assert set(kept) == {"a", "c"}
     assert kept["a"].snapshot == b"two"
-    assert kept["c"] == (b"unchanging", b"five", ["m1", "m2"], 1234.5)
+    assert kept["c"] == (b"unchanging", b"five", ["m1", "m2"], 1234.5, {})
     await again.aclose()
 
 
@@ -69,8 +69,36 @@ async def test_a_deleted_chat_leaves_nothing_for_a_new_chat_of_the_same_id(
     assert await store.flush(5)
     await store.aclose()
     again = StateStore(tmp_path)
-    assert again.open()["x"] == (b"new-static", b"new", [], 0.0)
+    assert again.open()["x"] == (b"new-static", b"new", [], 0.0, {})
     await again.aclose()
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+async def test_kept_lists_change_item_by_item_and_come_back_by_key(
+        tmp_path: Path, synchronous: Literal["normal", "full"]) -> None:
+    store = StateStore(tmp_path, synchronous)
+    store.open()
+    store.save("a", b"s1", items=[(1, k, f"e{k}".encode()) for k in (3, 1, 2)] + [(2, -1, b"x")])
+    assert await store.flush(5)
+    # Dropped before added: a range that covers an item not yet written removes it too.
+    store.save("a", b"s2", drops=[(1, 1, 2)], items=[(1, 4, b"e4"), (1, 5, b"e5")])
+    store.save("a", b"s3", drops=[(1, 5, 5), (2, -1, -1)], items=[(2, 7, b"y")])
+    store.save("b", b"t1", items=[(1, 1, b"other chat")])
+    assert await store.flush(5)
+    stats = store.statistics()
+    await store.aclose()
+    again = StateStore(tmp_path)
+    kept = again.open()
+    assert kept["a"].snapshot == b"s3"
+    assert kept["a"].lists == {1: [(3, b"e3"), (4, b"e4")], 2: [(7, b"y")]}
+    assert kept["b"].lists == {1: [(1, b"other chat")]}
+    assert stats.bytes_written > 0
+    again.delete("a")  # a chat's lists go with it
+    assert await again.flush(5)
+    await again.aclose()
+    third = StateStore(tmp_path)
+    assert set(third.open()) == {"b"}
+    await third.aclose()
 
 
 async def test_thousands_of_saves_become_few_commits(tmp_path: Path) -> None:
@@ -158,12 +186,17 @@ async def test_a_failed_commit_releases_nothing_and_is_tried_again(
     store.open()
     store._connection = FailingOnce(store._connection)  # type: ignore[assignment]
     durable = asyncio.Event()
-    store.save("a", b"kept", durable.set)
+    store.save("a", b"kept", durable.set, items=[(1, 1, b"one"), (1, 2, b"two")])
     await asyncio.sleep(0.2)
     assert not durable.is_set()  # not committed: not durable
     assert "state_write_failed" in caplog.text
+    # Changes meanwhile join the failed ones, in order.
+    store.save("a", b"kept later", drops=[(1, 1, 1)], items=[(1, 3, b"three")])
     await asyncio.wait_for(durable.wait(), 5)  # the retry a second later
+    assert await store.flush(5)
     await store.aclose()
     again = StateStore(tmp_path)
-    assert again.open()["a"].snapshot == b"kept"
+    kept = again.open()["a"]
+    assert kept.snapshot == b"kept later"
+    assert kept.lists == {1: [(2, b"two"), (3, b"three")]}
     await again.aclose()

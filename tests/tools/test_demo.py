@@ -12,6 +12,8 @@ import time
 import urllib.request
 from typing import Any
 
+import pytest
+
 from tests.processes import ROOT
 
 TIMEOUT = 30.0
@@ -23,7 +25,7 @@ class Demo:
     def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bridged", "demo", "--port", "0", "--simulator-port", "0",
-             *args],
+             "--messaging-simulator-port", "0", *args],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         self.lines: list[str] = []
@@ -92,6 +94,24 @@ def test_the_demo_chats_end_to_end() -> None:
     assert code == 0
 
 
+def test_the_demo_chats_through_enhanced_chat_too() -> None:
+    demo = Demo("--profile", "enhanced_echo")
+    try:
+        demo.until("joined the chat")
+        demo.type("hello from the test")
+        demo.until("Echo: hello from the test")
+        demo.type("/end")
+        demo.until("chat ended")
+        code = demo.finish()
+    finally:
+        demo.stop()
+    text = demo.text()
+    assert "messaging    http://127.0.0.1:" in text
+    assert "* Ada Agent joined the chat" in text
+    assert "* chat ended [client]: The agent has ended the chat." in text
+    assert code == 0
+
+
 def console_call(url: str, path: str, body: Any = None) -> Any:
     """GET (no body) or POST a JSON body to the console's API."""
     data = None if body is None else json.dumps(body).encode()
@@ -112,16 +132,19 @@ def console_poll(url: str, what: str, condition: Any) -> dict[str, Any]:
     raise AssertionError(f"the console never showed {what}")
 
 
-def test_on_profile_manual_a_person_answers_at_the_console_it_prints() -> None:
-    demo = Demo("--profile", "manual")
+@pytest.mark.parametrize(("profile", "backend"), [("manual", "liveagent"),
+                                                  ("enhanced_manual", "messaging")])
+def test_on_profile_manual_a_person_answers_at_the_console_it_prints(profile: str,
+                                                                      backend: str) -> None:
+    demo = Demo("--profile", profile)
     try:
         match = re.search(r"console\s+(http://127\.0\.0\.1:\d+/console/)", demo.until("console"))
         assert match, demo.text()
         url = match.group(1)
-        demo.until("Starting a chat on profile 'manual'")
+        demo.until(f"Starting a chat on profile {profile!r}")
         waiting = console_poll(url, "the chat waiting", lambda c: c["state"] == "waiting")
         assert waiting["visitor"] == "Demo Visitor"
-        chat = f"liveagent/{waiting['id']}/"
+        chat = f"{backend}/{waiting['id']}/"
 
         console_call(url, chat + "accept", {"agent": "Pat Person"})
         demo.until("* Pat Person joined the chat")

@@ -7,17 +7,33 @@ the rest of bridged (the chat's inbox and :meth:`Chat.emit`).
 One task runs the actor's loop; at most one more waits for the long poll and one for the
 POST in flight (the session's two lanes). The loop sleeps on a single event that is set
 by whatever can change its mind: a command in the inbox, an answer, an ack that makes
-room, a backoff timer. Each turn it takes answers, takes commands, reports facts and starts
-the requests the session wants, all synchronously.
+room, a backoff timer, a commit of the state store. Each turn it takes answers, takes
+commands, reports facts and starts the requests the session wants, all synchronously.
+
+Durability, with a state store: nothing leaves that the store could not account for after
+a ``kill -9``. A poll (which acknowledges the batch just processed) waits until the state
+that holds that batch is committed, and so does every sequenced POST: it is taken from the
+session, the snapshot that records it as unconfirmed (number and all) is saved, and only
+once that is committed does it go. The next process then knows every number Salesforce may
+have accepted, and sends an unconfirmed POST again with its own number (a duplicate is
+dropped by Salesforce), whatever the durability mode, commit window or failing disk.
+
+After a restart, a kept chat polls again once the poll the previous process left behind
+cannot be held any more: the server holds an idle poll for its hold time, which the actor
+observes on every idle poll (a 204), keeps per host with the chat's state, and waits that
+long (plus a margin) from the kept time of the last poll; before any was observed it falls
+back to 0.9 x ``clientPollTimeout``.
 """
 
 from __future__ import annotations
 
-__all__ = ["ChatActor", "LiveAgentBackend", "LiveAgentState", "Resume", "session_params"]
+__all__ = ["HOLD_MARGIN_S", "POLL_TIME_SLACK_S", "ChatActor", "LiveAgentBackend", "LiveAgentState",
+           "Resume", "poll_held_for", "session_params"]
 
 import asyncio
 import functools
 import logging
+import math
 import time
 from typing import Any
 
@@ -25,7 +41,7 @@ import msgspec
 
 from bridged._log import log_event
 from bridged.chats import facts
-from bridged.chats.chat import Chat, ChatRecord
+from bridged.chats.chat import BACKEND_LISTS, Chat, ChatRecord, KeptLists
 from bridged.chats.gate import Gate
 from bridged.chats.policy import RetryPolicy, retry_delay
 from bridged.config.file import SalesforceConfig
@@ -49,7 +65,7 @@ from bridged.salesforce.liveagent.protocol import (
     SessionSnapshot,
 )
 from bridged.salesforce.liveagent.transport import Transport
-from bridged.state.sqlite import StateStore
+from bridged.state.sqlite import Drop, Item, StateStore
 
 log = logging.getLogger("bridged.salesforce.liveagent")
 
@@ -61,14 +77,41 @@ class LiveAgentState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     session: SessionSnapshot
     base_url: str
+    # The longest hold of an idle poll observed (a 204), in seconds, by base URL.
+    holds: dict[str, float] = {}
 
 
 class Resume(msgspec.Struct, frozen=True, kw_only=True):
     """What a kept chat's actor goes on from after a restart."""
 
-    params: SessionParams
     state: LiveAgentState
     poll_sent_at: float  # wall clock, so that another process can read it
+    session: LiveAgentSession  # restored from the kept snapshot and activity
+
+
+# The session's kept lists (see bridged.chats.chat.KeptLists): its visitor activity, and the
+# batch a keep-alive poll parked (one item, key 0).
+_ACTIVITY_LIST = BACKEND_LISTS
+_PARKED_LIST = BACKEND_LISTS + 1
+# The kept time of a poll is at most this old when the poll goes (else it is kept anew).
+POLL_TIME_SLACK_S = 1.0
+# Added to an observed hold: the way to the server, and the hold's own jitter.
+HOLD_MARGIN_S = 1.0
+
+
+def poll_held_for(holds: dict[str, float], base_url: str, client_poll_timeout: float,
+                  slack: float = 0.0) -> float:
+    """How long after the time ``slack`` before it was sent a poll may still be held by the
+    server at ``base_url``.
+
+    The longest hold observed there, plus ``slack`` and :data:`HOLD_MARGIN_S`; before any
+    was observed, 0.9 x ``clientPollTimeout`` (the server answers an idle poll within its
+    hold time, which is below ``clientPollTimeout``).
+    """
+    hold = holds.get(base_url)
+    if hold is None:
+        return 0.9 * client_poll_timeout
+    return hold + slack + HOLD_MARGIN_S
 
 
 _SWITCH_OUTCOMES = {"server_switch": "started", "server_switch_done": "completed",
@@ -154,8 +197,13 @@ class ChatActor:
         self._store = store
         self._metrics = metrics
         self._saved: tuple[Any, ...] | None = None
-        self._unsaved = 0  # snapshots handed to the store and not yet committed
-        self._poll_sent_wall = 0.0
+        # Snapshots are numbered as they are handed to the store; the highest committed:
+        self._save_gen = 0
+        self._durable_gen = 0
+        # A sequenced POST taken from the session, waiting for the commit of its snapshot.
+        self._prepared: tuple[HttpRequest, int] | None = None
+        self._holds: dict[str, float] = {}  # longest idle poll hold observed, by base URL
+        self._kept_parked: bytes | None = None  # the parked batch as the store has it
         self._poll_touched: float | None = None  # the kept time of the next poll
         self._touching = False
         self._static_saved = False
@@ -186,14 +234,18 @@ class ChatActor:
         """
         if resumed is not None:
             self._base_url = resumed.state.base_url
-            self._poll_sent_wall = resumed.poll_sent_at
+            self._holds = dict(resumed.state.holds)
             self._static_saved = True
             # The previous process's last poll may still be held by Salesforce, and a second
-            # poll would end the session (409): wait as after a lost poll (see _failed).
-            held_until = resumed.poll_sent_at + 0.9 * self.session.client_poll_timeout
-            self._not_before[Lane.POLL] = time.monotonic() + max(0.0, held_until - time.time())
+            # poll would end the session (409): wait until the server must have answered it.
+            # It went at most POLL_TIME_SLACK_S after its kept time.
+            held_until = resumed.poll_sent_at + poll_held_for(
+                self._holds, self._base_url, self.session.client_poll_timeout,
+                POLL_TIME_SLACK_S)
+            wait = max(0.0, held_until - time.time())
+            self._not_before[Lane.POLL] = time.monotonic() + wait
             log_event(log, logging.INFO, "chat_resumed", chat=self.chat.id,
-                      state=self.session.state.value)
+                      state=self.session.state.value, poll_in_s=round(wait, 1))
         else:
             self.session.start()
             if handover is not None and handover.messages:
@@ -206,6 +258,7 @@ class ChatActor:
             while True:
                 self._wake.clear()
                 self._collect()
+                self._release_parked()
                 self._move_host()
                 self._take_commands()
                 self._report()
@@ -241,9 +294,12 @@ class ChatActor:
             result = task.result()
             if lane is Lane.POLL:
                 self._last_poll_answer = now
+                if isinstance(result, HttpResponse) and result.status == 204:
+                    self._observe_hold(now - self._sent_at[lane])
             if self._metrics is not None:
                 status = "error" if isinstance(result, TransportError) else str(result.status)
-                self._metrics.salesforce_answered(request.purpose.value, status,
+                self._metrics.salesforce_answered(LiveAgentBackend.name,
+                                                  request.purpose.value, status,
                                                   now - self._sent_at[lane])
             # Every 5xx backs the lane off, the 503 of a server switch included: the
             # requests that follow it (ReconnectSession) meet the same server trouble.
@@ -256,11 +312,25 @@ class ChatActor:
                 self.session.receive_failure(request)
             else:
                 self.session.receive_response(request, result)
+            if self.session.take_unsettled_poll():
+                # That poll may still be held by Salesforce, and a second poll while one is
+                # outstanding ends the session (409). The server answers a held poll within
+                # its hold time, which is below clientPollTimeout: wait until then, but not
+                # so long that the session, which lives clientPollTimeout past that answer,
+                # runs out.
+                held_until = self._sent_at[Lane.POLL] + poll_held_for(
+                    self._holds, self._base_url, self.session.client_poll_timeout)
+                self._not_before[Lane.POLL] = max(self._not_before[Lane.POLL], held_until)
             if self._give_up_reason is not None:
                 self.session.give_up(self._give_up_reason)
             self._cancel_abandoned()
         if not self.session.creating:
             self._start_gate.leave(self.chat.id)
+
+    def _release_parked(self) -> None:
+        """Room again: the batch a keep-alive poll brought is processed now (see protocol)."""
+        if self.session.parked and self.chat.has_room():
+            self.session.release_parked()
 
     def _cancel_abandoned(self) -> None:
         """Cancel the requests the session gave up on (the held poll, at a server switch)."""
@@ -307,15 +377,13 @@ class ChatActor:
                 f"no answer from Salesforce for {budget:g} s ({request.purpose.value}: {detail})"
             )
             return
-        not_before = now + retry_delay(self._retry, self._failures[lane])
-        if lane is Lane.POLL and isinstance(result, TransportError):
-            # The lost poll may still be held by the server, and a second poll while one is
-            # outstanding ends the session (409). The server answers a held poll within its
-            # hold time, which is below clientPollTimeout: wait until then, but not so long
-            # that the session, which lives clientPollTimeout past that answer, runs out.
-            held_until = self._sent_at[lane] + 0.9 * self.session.client_poll_timeout
-            not_before = max(not_before, held_until)
-        self._not_before[lane] = not_before
+        self._not_before[lane] = now + retry_delay(self._retry, self._failures[lane])
+
+    def _observe_hold(self, seconds: float) -> None:
+        """An idle poll was answered (204) after ``seconds``: the server's hold, at most."""
+        seconds = math.ceil(seconds * 10) / 10  # a tenth of a second: fewer saves
+        if seconds > self._holds.get(self._base_url, 0.0):
+            self._holds[self._base_url] = seconds
 
     def _take_commands(self) -> None:
         """Move the visitor's commands from the inbox into the session, within its bound."""
@@ -360,14 +428,20 @@ class ChatActor:
         for lane in (Lane.POST, Lane.POLL):
             if self._tasks[lane] is not None:
                 continue
+            if lane is Lane.POST and self._prepared is not None:
+                prepared, generation = self._prepared
+                if generation <= self._durable_gen:  # its snapshot is committed: it goes
+                    self._prepared = None
+                    self._start(prepared, now)
+                continue
             if now < self._not_before[lane]:
                 self._wake_at(self._not_before[lane])
                 continue
             # No poll acknowledges a batch before the events it made are durable.
-            if lane is Lane.POLL and self._unsaved:
+            if lane is Lane.POLL and self._save_gen > self._durable_gen:
                 continue
             # A full outbox stops acknowledging: Salesforce keeps the agent's messages, and
-            # a poll now and then (whose batch is left there) keeps the session alive.
+            # a poll now and then (whose batch the session parks) keeps the session alive.
             keepalive = False
             if lane is Lane.POLL and not self.chat.has_room():
                 due = self._last_poll_answer + 0.5 * self.session.client_poll_timeout
@@ -378,12 +452,14 @@ class ChatActor:
             # The time of a poll is kept before the poll goes: after a crash, the next process
             # must know how long the server may still hold it (see run()).
             if lane is Lane.POLL and self._poll_touched is not None and (
-                    time.time() - self._poll_touched > 1.0):
+                    time.time() - self._poll_touched > POLL_TIME_SLACK_S):
                 self._poll_touched = None  # kept too long ago: keep a fresh time
             if lane is Lane.POLL and self._store is not None and self._poll_touched is None:
                 if not self._touching:
                     self._touching = True
-                    self._store.touch(self.chat.id, time.time(), self._touch_durable)
+                    touched = time.time()
+                    self._store.touch(self.chat.id, touched,
+                                      functools.partial(self._touch_durable, touched))
                 continue
             # A burst of new chats is admitted to Salesforce a few at a time.
             if lane is Lane.POST and self.session.creating and not self._start_gate.try_enter(
@@ -392,16 +468,27 @@ class ChatActor:
             request = self.session.next_request(lane, keepalive=keepalive)
             if request is None:
                 continue
-            timeout = (self.session.poll_timeout if lane is Lane.POLL
-                       else self._request_timeout)
-            task = asyncio.create_task(self._exchange(request, timeout),
-                                       name=f"chat:{self.chat.id}:{lane.value}")
-            task.add_done_callback(self._on_answer)
-            self._tasks[lane] = task
-            self._sent_at[lane] = now
-            if lane is Lane.POLL:
-                self._poll_sent_wall = self._poll_touched or time.time()
-                self._poll_touched = None
+            if request.sequence is not None and self._store is not None:
+                # A sequenced POST goes only once the state that records it is committed:
+                # otherwise a kill -9 would leave the next process a number behind what
+                # Salesforce accepted (a new message dropped as a duplicate, or a message
+                # sent again under a new number, twice at the agent).
+                self._save(force=True)
+                self._prepared = (request, self._save_gen)
+                continue
+            self._start(request, now)
+
+    def _start(self, request: HttpRequest, now: float) -> None:
+        """Put ``request`` on the wire, in a task of its own."""
+        lane = request.lane
+        timeout = self.session.poll_timeout if lane is Lane.POLL else self._request_timeout
+        task = asyncio.create_task(self._exchange(request, timeout),
+                                   name=f"chat:{self.chat.id}:{lane.value}")
+        task.add_done_callback(self._on_answer)
+        self._tasks[lane] = task
+        self._sent_at[lane] = now
+        if lane is Lane.POLL:
+            self._poll_touched = None
 
     def _on_answer(self, _task: asyncio.Task[_Result]) -> None:
         self._wake.set()
@@ -412,18 +499,28 @@ class ChatActor:
         """What, if changed, must reach the store (cheap to compute every turn)."""
         s, chat = self.session, self.chat
         return (s.state, s.ack, s.sequence, s.affinity, s.switch_phase, s.pending_activity,
-                id(s.in_flight(Lane.POST)), chat.next_seq, chat.held[0].seq if chat.held else 0,
-                len(chat.inbox), chat.end_requested is not None, self._base_url)
+                s.activity_changed, s.parked_batch, id(s.in_flight(Lane.POST)), chat.next_seq,
+                chat.held[0].seq if chat.held else 0, len(chat.inbox),
+                chat.end_requested is not None, self._base_url, len(self._holds),
+                self._holds.get(self._base_url))
 
-    def _save(self) -> None:
-        """Hand the chat's snapshot to the store when it changed; events go out once durable."""
+    def _save(self, force: bool = False) -> None:
+        """Hand the chat's snapshot to the store when it changed; events go out once durable.
+
+        What the chat and the session hold in numbers (events, inbox, visitor activity) is
+        kept item by item: only what was added or went since the last save is written.
+        """
         if self._store is None:
             return
         fingerprint = self._fingerprint()
-        if fingerprint == self._saved:
+        if fingerprint == self._saved and not force:
             return
         self._saved = fingerprint
-        state = LiveAgentState(session=self.session.snapshot(), base_url=self._base_url)
+        snapshot = self.session.snapshot()
+        parked = snapshot.parked
+        if parked is not None:  # kept as an item of its own, written when it changes
+            snapshot = msgspec.structs.replace(snapshot, parked=None)
+        state = LiveAgentState(session=snapshot, base_url=self._base_url, holds=self._holds)
         record = ChatRecord(chat=self.chat.snapshot(),
                             state=msgspec.Raw(_state_encoder.encode(state)))
         static = None
@@ -432,22 +529,39 @@ class ChatActor:
             self._static_saved = True
             params = msgspec.Raw(_state_encoder.encode(self.session.params))
             static = self.chat.static(LiveAgentBackend.name, params).encode()
-        self._unsaved += 1
-        # The next poll usually follows this save: keep its time in the same commit.
-        now = time.time()
+        items: list[Item] = []
+        drops: list[Drop] = []
+        self.chat.kept_changes(items, drops)
+        added, gone = self.session.take_activity_changes()
+        drops.extend((_ACTIVITY_LIST, first, last) for first, last in gone)
+        items.extend((_ACTIVITY_LIST, key, data) for key, data in added)
+        if parked is not self._kept_parked:
+            self._kept_parked = parked
+            if parked is None:
+                drops.append((_PARKED_LIST, 0, 0))
+            else:
+                items.append((_PARKED_LIST, 0, parked))
+        self._save_gen += 1
+        # The next poll usually follows this save: keep its time in the same commit. Not
+        # while a poll is out: the kept time must stay that poll's (see run()).
+        touched = time.time() if self._tasks[Lane.POLL] is None else None
         self._store.save(self.chat.id, record.encode(),
-                         functools.partial(self._durable, self.chat.next_seq - 1, now),
-                         static=static, delivered=self.chat.take_new_delivered())
-        self._store.touch(self.chat.id, now)
+                         functools.partial(self._durable, self._save_gen,
+                                           self.chat.next_seq - 1, touched),
+                         static=static, delivered=self.chat.take_new_delivered(),
+                         items=items, drops=drops)
+        if touched is not None:
+            self._store.touch(self.chat.id, touched)
 
-    def _touch_durable(self) -> None:
+    def _touch_durable(self, touched: float) -> None:
         self._touching = False
-        self._poll_touched = time.time()
+        self._poll_touched = max(self._poll_touched or 0.0, touched)
         self._wake.set()
 
-    def _durable(self, upto: int, touched: float) -> None:
-        self._unsaved -= 1
-        self._poll_touched = max(self._poll_touched or 0.0, touched)
+    def _durable(self, generation: int, upto: int, touched: float | None) -> None:
+        self._durable_gen = max(self._durable_gen, generation)
+        if touched is not None:
+            self._poll_touched = max(self._poll_touched or 0.0, touched)
         self.chat.mark_durable(upto)
         self._wake.set()
 
@@ -529,14 +643,22 @@ class LiveAgentBackend:
         self._salesforce = salesforce
 
     @staticmethod
-    def resume_from(backend_static: bytes, state: bytes, poll_sent_at: float) -> Resume:
+    def resume_from(backend_static: bytes, state: bytes, poll_sent_at: float,
+                    lists: KeptLists | None = None) -> Resume:
         """Decode a kept chat's Live Agent parts.
 
         Raises:
             msgspec.DecodeError: a damaged record.
         """
-        return Resume(params=_params_decoder.decode(backend_static),
-                      state=_state_decoder.decode(state), poll_sent_at=poll_sent_at)
+        kept = _state_decoder.decode(state)
+        lists = lists or {}
+        snapshot = kept.session
+        parked = lists.get(_PARKED_LIST)
+        if parked:
+            snapshot = msgspec.structs.replace(snapshot, parked=parked[0][1])
+        session = LiveAgentSession.restore(_params_decoder.decode(backend_static), snapshot,
+                                           lists.get(_ACTIVITY_LIST, []))
+        return Resume(state=kept, poll_sent_at=poll_sent_at, session=session)
 
     async def run_chat(self, chat: Chat, resume: Resume | None = None) -> None:
         """Serve ``chat`` until it ends; the last fact it emits is ``Ended``.
@@ -548,7 +670,7 @@ class LiveAgentBackend:
         resumed = resume
         handover = Handover()
         if resumed is not None:
-            session = LiveAgentSession.restore(resumed.params, resumed.state.session)
+            session = resumed.session
         else:
             # "before asking for an agent" (PROTOCOL.md 4): the history rides on
             # ChasitorInit.

@@ -7,11 +7,12 @@ Salesforce answer means*, and nothing that waits: no sockets, clocks, sleeps or 
 The actor (``bridged.salesforce.liveagent.actor``) is the shell around it.
 
 Inputs are commands (:meth:`start`, :meth:`send_text`, :meth:`set_typing`,
-:meth:`send_history`, :meth:`end`) and answers (:meth:`receive_response`,
-:meth:`receive_failure`). Outputs are drained: :meth:`next_request` gives the next HTTP
-request of a lane, :meth:`facts_received` the facts for OCP, :meth:`notices_received` things
-worth a log line, :meth:`abandoned_lanes` the requests the shell must cancel, and
-:attr:`switch_url` a host Salesforce asked to move to.
+:meth:`send_history`, :meth:`end`, :meth:`release_parked`) and answers
+(:meth:`receive_response`, :meth:`receive_failure`). Outputs are drained:
+:meth:`next_request` gives the next HTTP request of a lane, :meth:`facts_received` the facts
+for OCP, :meth:`notices_received` things worth a log line, :meth:`abandoned_lanes` the
+requests the shell must cancel, :meth:`take_unsettled_poll` whether the last poll may still
+be held by Salesforce, and :attr:`switch_url` a host Salesforce asked to move to.
 
 Requests travel in two lanes, because Live Agent has two kinds of traffic:
 
@@ -53,7 +54,26 @@ Sequencing rules, quoted from SALESFORCE.md:
   activity before the agent joined) does not use it up (section 11.3), and a POST re-sent
   after a network failure keeps its number so that the server drops a duplicate (11.4).
 * "before sending further requests, wait for ``ChatRequestSuccess`` **and**
-  ``ChatEstablished``" (D-GS): visitor activity is held until an agent joins.
+  ``ChatEstablished``" (D-GS): visitor activity is held until an agent joins. A ``ChatEnd``
+  refused that way (a 5xx) would leave the chat request waiting for an agent: the session is
+  deleted instead (``DELETE System/SessionId``, which carries no sequence).
+
+A batch is never thrown away. When the shell holds all the events it may (OCP does not
+acknowledge), it asks for *keep-alive* polls, which only keep the session alive. Whatever
+such a poll brings is *parked*: kept here (and in the snapshot), neither processed nor
+acknowledged. Later keep-alives repeat the old ``ack``, so Salesforce delivers the same
+messages again, with what came since: they replace the parked batch (a batch that does not
+start with the parked messages is added to it, so that a server which does not deliver
+again loses nothing either). A parked ``ChatEnded`` or ``ChatRequestFail`` means the session
+is over at Salesforce ("later requests get 403"): nothing is polled any more. When the shell
+has room again it calls :meth:`release_parked`, and the batch is processed as if it had just
+arrived; a server switch or the end of the chat processes it first as well, since nothing
+that came after it may overtake it.
+
+A poll that got no answer from Salesforce itself (no answer at all, a gateway's 502 or 504,
+a 503 that ``ReconnectSession`` shows was no switch) may still be held by Salesforce, and a
+second poll meanwhile ends the session (409): :meth:`take_unsettled_poll` tells the shell to
+wait until Salesforce must have answered it.
 """
 
 from __future__ import annotations
@@ -76,6 +96,7 @@ __all__ = [
 import enum
 import re
 from collections import deque
+from collections.abc import Iterable, Iterator
 
 import msgspec
 
@@ -137,6 +158,9 @@ _OUT_OF_SYNC = re.compile(r"Actual\s+(-?\d+)")
 _EXPIRED = facts.Ended(reason="failed", detail="the Salesforce session expired")
 _EXPIRED_WHILE_DOWN = facts.Ended(
     reason="failed", detail="the Salesforce session expired while bridged was restarting")
+# What Salesforce itself answers to a poll (its 503 starts a switch and never gets here);
+# any other status came from something in between, or left the poll held.
+_SALESFORCE_POLL_ANSWERS = frozenset({200, 204, 403, 409})
 # "estimatedWaitTime ... (>= 47)" (D-TYPES): older API versions have no estimate.
 _ESTIMATE_SINCE = 47
 
@@ -154,8 +178,11 @@ class HttpRequest(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     sequence: int | None = None
     ref: str | None = None
     # A poll made only to keep the session alive while bridged holds all the events it
-    # may: its batch is left with Salesforce (not processed, not acknowledged).
+    # may: its batch is parked (kept, not processed, not acknowledged).
     keepalive: bool = False
+    # A POST sent again after an attempt that got no answer: Salesforce may have applied
+    # that attempt.
+    unanswered: bool = False
 
 
 class HttpResponse(msgspec.Struct, frozen=True, gc=False):
@@ -187,6 +214,114 @@ class _Activity(msgspec.Struct, kw_only=True, gc=False):
     ref: str | None = None
 
 
+_activity_encoder = msgspec.msgpack.Encoder()
+_activity_decoder = msgspec.msgpack.Decoder(_Activity)
+
+
+class _ActivityQueue:
+    """The visitor activity waiting to be sent, oldest first: a deque that keeps a journal.
+
+    Each item gets a key that orders it (one appended: above every key so far; one put at
+    the head: below), and the queue notes which items were added and which keys went since
+    :meth:`take_changes`, so that the shell keeps the queue item by item rather than whole
+    at every change (it may hold a large bot history, or hundreds of held messages).
+    """
+
+    __slots__ = ("_added", "_gone", "_high", "_items", "_keys", "_low")
+
+    def __init__(self, kept: Iterable[tuple[int, _Activity]] = ()) -> None:
+        self._items: deque[_Activity] = deque()
+        self._keys: deque[int] = deque()
+        for key, item in kept:  # by key
+            self._items.append(item)
+            self._keys.append(key)
+        self._low = self._keys[0] if self._keys else 1
+        self._high = self._keys[-1] if self._keys else 0
+        self._added: dict[int, _Activity] = {}
+        self._gone: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[_Activity]:
+        return iter(self._items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __getitem__(self, index: int) -> _Activity:
+        return self._items[index]
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was added or removed since :meth:`take_changes`."""
+        return bool(self._added or self._gone)
+
+    def append(self, item: _Activity) -> None:
+        self._high += 1
+        self._items.append(item)
+        self._keys.append(self._high)
+        self._added[self._high] = item
+
+    def appendleft(self, item: _Activity) -> None:
+        self._low -= 1
+        self._items.appendleft(item)
+        self._keys.appendleft(self._low)
+        self._added[self._low] = item
+
+    def popleft(self) -> _Activity:
+        self._forget(self._keys.popleft())
+        return self._items.popleft()
+
+    def pop(self) -> _Activity:
+        self._forget(self._keys.pop())
+        return self._items.pop()
+
+    def remove(self, item: _Activity) -> None:
+        """Remove ``item`` itself (not an equal one: two messages may read the same)."""
+        index = self._index(item)
+        self._forget(self._keys[index])
+        del self._items[index], self._keys[index]
+
+    def key_of(self, item: _Activity) -> int | None:
+        """The key of ``item`` itself, if it is queued."""
+        try:
+            return self._keys[self._index(item)]
+        except ValueError:
+            return None
+
+    def item_with_key(self, key: int) -> _Activity | None:
+        """The item kept under ``key``, if any."""
+        for item, item_key in zip(self._items, self._keys, strict=True):
+            if item_key == key:
+                return item
+        return None
+
+    def _index(self, item: _Activity) -> int:
+        for index, queued in enumerate(self._items):  # usually at the head
+            if queued is item:
+                return index
+        raise ValueError("not queued")
+
+    def clear(self) -> None:
+        if self._items:
+            self._gone.append((self._low, self._high))
+        self._added.clear()
+        self._items.clear()
+        self._keys.clear()
+
+    def take_changes(self) -> tuple[list[tuple[int, _Activity]], list[tuple[int, int]]]:
+        """The items added (with their keys, by key) and the ranges of keys gone, since last
+        asked."""
+        added, gone = sorted(self._added.items()), self._gone
+        self._added, self._gone = {}, []
+        return added, gone
+
+    def _forget(self, key: int) -> None:
+        if self._added.pop(key, None) is None:  # it was kept: it must go from the store
+            self._gone.append((key, key))
+
+
 class SessionSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Everything a session needs to go on in another process (see :meth:`snapshot`)."""
 
@@ -206,10 +341,21 @@ class SessionSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     switches: int
     switch_phase: SwitchPhase | None
     resume: State
-    activity: list[_Activity]
+    # The activity waiting to be sent is kept apart, item by item (take_activity_changes);
+    # what is here goes before it: a visitor message whose POST was out when a server switch
+    # came, or (in snapshots of earlier versions, read on an upgrade) the whole of it.
+    activity: list[_Activity] = []
     unconfirmed_post: HttpRequest | None
     end: facts.Ended | None
     masks: list[tuple[str, str]]
+    # The switch bookkeeping: how many visitor messages Salesforce accepted, and which held
+    # message may have arrived although its POST got no answer: an index into ``activity``,
+    # or the key of a kept item.
+    visitor_messages_accepted: int = 0
+    unconfirmed: int | None = None
+    unconfirmed_key: int | None = None
+    parked: bytes | None = None  # a keep-alive's batch, as received (JSON)
+    cleanup: facts.Ended | None = None  # the end to report once the session is deleted
 
 
 def map_request_fail(reason: str) -> facts.Ended:
@@ -229,11 +375,15 @@ _CHAT_ENDED: dict[str, facts.EndReason] = {
 
 
 def map_chat_ended(reason: str) -> facts.Ended:
-    """ChatEnded: by the agent, by the visitor, no agent, or a failure with its reason."""
-    mapped = _CHAT_ENDED.get(reason)
+    """ChatEnded: by the agent, by the visitor, no agent, or a failure with its reason.
+
+    Without a reason the agent ended it: the visitor's end is a ChatEnd bridged sent, and
+    every other cause names itself (see ``wire.ChatEnded``).
+    """
+    mapped = _CHAT_ENDED.get(reason or "agent")
     if mapped is not None:
         return facts.Ended(reason=mapped)
-    return facts.Ended(reason="failed", detail=reason or "unknown")
+    return facts.Ended(reason="failed", detail=reason)
 
 
 def _position(value: int | None) -> int | None:
@@ -273,7 +423,7 @@ class LiveAgentSession:
         self.switch_url: str | None = None
         self._estimates = int(params.api_version.split(".")[0]) >= _ESTIMATE_SINCE
         self._resume = State.WAITING
-        self._activity: deque[_Activity] = deque()
+        self._activity = _ActivityQueue()
         self._in_flight: dict[Lane, HttpRequest | None] = {Lane.POLL: None, Lane.POST: None}
         self._abandoned: list[Lane] = []
         self._retry: HttpRequest | None = None
@@ -289,6 +439,16 @@ class LiveAgentSession:
         # new server's transcript can tell whether it arrived (see _begin_switch).
         self._unconfirmed: _Activity | None = None
         self.restored = False  # made by restore(), and no poll answered since
+        self._parked: bytes | None = None  # see the module doc
+        self._parked_final = False  # the parked batch ends the session
+        self._poll_unsettled = False  # the last poll may still be held by Salesforce
+        self._end_by_delete = False  # ChatEnd was refused: DELETE the session instead
+        # A failure to report once the session Salesforce made is deleted (a 503 to
+        # ChasitorInit), unlike _end, which is OCP's.
+        self._cleanup: facts.Ended | None = None
+        self._unread: set[str] = set()  # fields already logged as unreadable
+        self._draining = False  # _finish is reporting the parked batch
+        self._drained_end: facts.Ended | None = None
 
     # --- predicates -------------------------------------------------------------------
 
@@ -316,17 +476,38 @@ class LiveAgentSession:
         """The request outstanding on ``lane``, if any."""
         return self._in_flight[lane]
 
+    @property
+    def parked(self) -> bool:
+        """A keep-alive poll's batch is kept, unprocessed (see :meth:`release_parked`)."""
+        return self._parked is not None
+
+    @property
+    def parked_batch(self) -> bytes | None:
+        """The parked batch as kept (JSON), for the shell to notice that it changed."""
+        return self._parked
+
     # --- keeping across restarts --------------------------------------------------------
 
     def snapshot(self) -> SessionSnapshot:
-        """The session's state, to go on after a restart of bridged.
+        """The session's state, to go on after a restart of bridged (the visitor activity
+        waiting to be sent is kept apart: :meth:`take_activity_changes`).
 
         A POST on the wire (or waiting to be retried) is kept as *unconfirmed*: after the
         restart it is sent again, number and all, and Salesforce drops it if the first
-        attempt arrived (11.4). A poll on the wire is not kept: the next process polls
-        again with the same ``ack``.
+        attempt arrived (11.4). During a server switch its number belongs to the old server,
+        so a visitor message is kept instead as receive_failure() would keep it: held, for
+        the new server's transcript to settle. A poll on the wire is not kept: the next
+        process polls again with the same ``ack``.
         """
         post = self._in_flight[Lane.POST] or self._retry
+        activity: list[_Activity] = []
+        unconfirmed = None
+        unconfirmed_key = (self._activity.key_of(self._unconfirmed)
+                           if self._unconfirmed is not None else None)
+        if (post is not None and post.purpose is Purpose.CHAT_MESSAGE
+                and self.state is State.RECONNECTING):
+            activity.append(_Activity(purpose=post.purpose, body=post.body, ref=post.ref))
+            unconfirmed, unconfirmed_key, post = 0, None, None
         return SessionSnapshot(
             state=self.state, session_id=self.session_id, session_key=self.session_key,
             affinity=self.affinity, client_poll_timeout=self.client_poll_timeout,
@@ -334,23 +515,59 @@ class LiveAgentSession:
             offset=self.offset, agent=self.agent, agent_joined=self.agent_joined,
             requested=self.requested, sneak_peek=self.sneak_peek, switches=self.switches,
             switch_phase=self.switch_phase, resume=self._resume,
-            activity=list(self._activity), unconfirmed_post=post, end=self._end,
+            activity=activity, unconfirmed_post=post, end=self._end,
             masks=[(pattern.pattern, replacement) for pattern, replacement in self._masks],
+            visitor_messages_accepted=self.visitor_messages_accepted,
+            unconfirmed=unconfirmed, unconfirmed_key=unconfirmed_key, parked=self._parked,
+            cleanup=self._cleanup,
         )
 
+    @property
+    def activity_changed(self) -> bool:
+        """Whether the activity waiting to be sent changed since it was last taken."""
+        return self._activity.changed
+
+    def take_activity_changes(self) -> tuple[list[tuple[int, bytes]], list[tuple[int, int]]]:
+        """The visitor activity added since the last call, as ``(key, bytes)`` ordered by
+        key, and the ranges of keys gone: what to keep, item by item, with a snapshot."""
+        if not self._activity.changed:
+            return [], []
+        added, gone = self._activity.take_changes()
+        return [(key, _activity_encoder.encode(item)) for key, item in added], gone
+
     @classmethod
-    def restore(cls, params: SessionParams, snapshot: SessionSnapshot) -> LiveAgentSession:
-        """A session that goes on from ``snapshot`` (nothing in flight)."""
+    def restore(cls, params: SessionParams, snapshot: SessionSnapshot,
+                activity: Iterable[tuple[int, bytes]] = ()) -> LiveAgentSession:
+        """A session that goes on from ``snapshot`` and its kept ``activity`` (``(key,
+        bytes)`` by key, as :meth:`take_activity_changes` gave them), nothing in flight.
+
+        Raises:
+            msgspec.DecodeError: a damaged activity item.
+        """
         session = cls(params)
         for name in ("state", "session_id", "session_key", "affinity", "client_poll_timeout",
                      "connection_timeout", "ack", "sequence", "offset", "agent",
                      "agent_joined", "requested", "sneak_peek", "switches", "switch_phase"):
             setattr(session, name, getattr(snapshot, name))
         session._resume = snapshot.resume
-        session._activity = deque(snapshot.activity)
-        session._retry = snapshot.unconfirmed_post
+        queue = session._activity = _ActivityQueue(
+            (key, _activity_decoder.decode(data)) for key, data in activity)
+        if snapshot.unconfirmed_key is not None:
+            session._unconfirmed = queue.item_with_key(snapshot.unconfirmed_key)
+        for item in reversed(snapshot.activity):  # before the kept items, and kept anew
+            queue.appendleft(item)
+        if snapshot.unconfirmed is not None and 0 <= snapshot.unconfirmed < len(snapshot.activity):
+            session._unconfirmed = snapshot.activity[snapshot.unconfirmed]
+        session.visitor_messages_accepted = snapshot.visitor_messages_accepted
+        retry = snapshot.unconfirmed_post
+        if retry is not None and retry.purpose is Purpose.CHAT_MESSAGE:
+            retry = msgspec.structs.replace(retry, unanswered=True)  # its answer was lost
+        session._retry = retry
         session._end = snapshot.end
+        session._cleanup = snapshot.cleanup
         session._masks = [(re.compile(p), r) for p, r in snapshot.masks]
+        if snapshot.parked is not None:
+            session._set_parked(snapshot.parked)
         session.restored = True
         return session
 
@@ -406,7 +623,11 @@ class LiveAgentSession:
         if self.is_finished or self._end is not None:
             return
         self._end = facts.Ended(reason=reason, detail=detail)
-        if self.session_key is None and self._in_flight[Lane.POST] is None:
+        if self._parked_final:
+            # Salesforce ended the session when it handed over the parked batch: there is
+            # nothing to end there, only the batch to report (see _finish).
+            self._finish(self._end)
+        elif self.session_key is None and self._in_flight[Lane.POST] is None:
             # No Salesforce session exists (nor is one being created): nothing to end there.
             self._finish(self._end)
         elif self.state is State.RECONNECTING:
@@ -459,10 +680,11 @@ class LiveAgentSession:
         Args:
             lane: which lane.
             keepalive: for a poll: the shell holds all the events it may, so whatever this
-                poll brings is left with Salesforce: its batch is neither processed nor
-                acknowledged, and Salesforce delivers it again to a later poll (the
-                ``ack`` semantics: "send the same ack again"). The session stays alive
-                meanwhile, which a session that is not polled would not (11.10).
+                poll brings is parked (see the module doc): kept, neither processed nor
+                acknowledged. The session stays alive meanwhile, which a session that is
+                not polled would not (11.10). While a batch is parked every poll is a
+                keep-alive; the polls of a server switch that wait for
+                ChasitorSessionData never are (the switch cannot finish without it).
 
         Raises:
             LocalProtocolError: a request is already in flight on ``lane``.
@@ -472,7 +694,8 @@ class LiveAgentSession:
         if self.is_finished:
             return None
         request = self._next_poll() if lane is Lane.POLL else self._next_post()
-        if keepalive and request is not None and lane is Lane.POLL:
+        if (lane is Lane.POLL and request is not None and (keepalive or self.parked)
+                and self.switch_phase is not SwitchPhase.SESSION_DATA):
             request = msgspec.structs.replace(request, keepalive=True)
         self._in_flight[lane] = request
         return request
@@ -492,6 +715,29 @@ class LiveAgentSession:
         out, self._abandoned = self._abandoned, []
         return out
 
+    def release_parked(self) -> bool:
+        """The shell has room again: process the parked batch as if it had just arrived.
+
+        Only while no poll is in flight (its answer could bring the same messages again,
+        and would then be taken for new ones): ``False`` if nothing was released.
+        """
+        if self._parked is None or self._in_flight[Lane.POLL] is not None or self.is_finished:
+            return False
+        self._take_batch(self._take_parked())
+        return True
+
+    def take_unsettled_poll(self) -> bool:
+        """Whether the last poll may still be held by Salesforce (once per such poll).
+
+        True after a poll got no answer from Salesforce itself: none at all, a status that
+        is not one of Salesforce's answers to a poll (a gateway's 502 or 504), or a 503 that
+        turned out to be no server switch. A second poll while Salesforce holds one ends the
+        session (409), so the shell waits before it polls again until Salesforce, which
+        answers a held poll within its hold time, must have answered that one.
+        """
+        unsettled, self._poll_unsettled = self._poll_unsettled, False
+        return unsettled
+
     def take_switch_url(self) -> str | None:
         """The ``newUrl`` of a ``SwitchServer`` message, once; the shell moves there."""
         url, self.switch_url = self.switch_url, None
@@ -506,7 +752,8 @@ class LiveAgentSession:
         try:
             if response.status == 503 and request.purpose is Purpose.RECONNECT:
                 self._retry = request  # the new server is not ready yet: ask again, later
-            elif response.status == 503 and request.purpose is not Purpose.AVAILABILITY:
+            elif response.status == 503 and request.purpose not in (Purpose.AVAILABILITY,
+                                                                    Purpose.DELETE_SESSION):
                 # "affinity token changed (server hand-over)"; "Any request type can get
                 # the 503" (D-RECON).
                 self._begin_switch(request)
@@ -526,12 +773,14 @@ class LiveAgentSession:
         """
         if not self._release(request):
             return
-        if request.lane is Lane.POST and self.state is State.RECONNECTING:
+        if request.lane is Lane.POLL:
+            self._poll_unsettled = True  # it may have reached Salesforce, and be held there
+        elif self.state is State.RECONNECTING:
             # Its number and affinity belong to the old server: keep it for after the
             # switch, as a message whose fate the transcript will tell.
             self._keep_unconfirmed(request)
-        elif request.lane is Lane.POST:
-            self._retry = request
+        else:
+            self._retry = msgspec.structs.replace(request, unanswered=True)
 
     # --- internals: requests ----------------------------------------------------------
 
@@ -558,6 +807,8 @@ class LiveAgentSession:
             return None
         if not self.requested and self.state is State.ENDING:
             return None  # ChasitorInit never went through: nothing to poll
+        if self._parked_final:
+            return None  # Salesforce ended the session when it handed the batch over
         return HttpRequest(
             method="GET",
             path="System/Messages",
@@ -648,8 +899,9 @@ class LiveAgentSession:
         return None  # SESSION_DATA: the poll brings ChasitorSessionData first
 
     def _end_request(self) -> HttpRequest:
-        if not self.requested:
-            # ChasitorInit was never accepted: delete the bare session instead (D-GS).
+        if not self.requested or self._end_by_delete:
+            # ChasitorInit was never accepted, or ChatEnd was refused: delete the session
+            # instead ("Either one ends the session", D-GS).
             assert self.session_key is not None
             return HttpRequest(
                 method="DELETE",
@@ -692,20 +944,17 @@ class LiveAgentSession:
         status = response.status
         if status in (200, 204):
             self.restored = False
+        if status not in _SALESFORCE_POLL_ANSWERS:
+            # Not Salesforce's own answer to the poll (a gateway's 502 or 504, say): the poll
+            # may have reached Salesforce and still be held there.
+            self._poll_unsettled = True
         if status == 200 and request.keepalive:
-            self._notices.append(("batch_left_with_salesforce", f"ack stays {self.ack}"))
-            return
-        if status == 200:
+            self._park(response.body)
+        elif status == 200:
             body = wire.decode_messages(response.body)
-            if body.sequence is not None and 0 <= body.sequence <= self.ack:
-                # Already processed: a batch Salesforce delivered again (11.7).
-                self._notices.append(("redelivered_batch_skipped", str(body.sequence)))
-                return
-            if body.messages and body.offset is not None:
-                self.offset = body.offset  # for ReconnectSession.offset
-            self._process(body.messages)
-            if body.sequence is not None:
-                self.ack = body.sequence
+            if self._parked is not None:  # it came first
+                self._take_batch(self._take_parked())
+            self._take_batch(body)
         elif status == 204:
             pass  # "Poll again at once with the **same** ack."
         elif status == 403:
@@ -718,13 +967,59 @@ class LiveAgentSession:
         else:
             raise RemoteProtocolError(f"Messages answered HTTP {status}", status)
 
+    def _take_batch(self, body: wire.MessagesBody) -> None:
+        """Process a batch that arrived (or was parked), and acknowledge it from now on."""
+        if body.sequence is not None and 0 <= body.sequence <= self.ack:
+            # Already processed: a batch Salesforce delivered again (11.7).
+            self._notices.append(("redelivered_batch_skipped", str(body.sequence)))
+            return
+        if body.messages and body.offset is not None:
+            self.offset = body.offset  # for ReconnectSession.offset
+        for name in body.unread:
+            if name not in self._unread:
+                self._unread.add(name)
+                self._notices.append(("field_unreadable", name))
+        self._process(body.messages)
+        if body.sequence is not None:
+            self.ack = body.sequence
+
+    def _park(self, raw: bytes) -> None:
+        """Keep a keep-alive poll's batch, with what earlier keep-alives brought."""
+        body = wire.decode_messages(raw)  # a batch that cannot be read fails now
+        if body.sequence is not None and 0 <= body.sequence <= self.ack:
+            self._notices.append(("redelivered_batch_skipped", str(body.sequence)))
+            return
+        if not body.messages and body.sequence is None:
+            return
+        merged = raw if self._parked is None else wire.merge_batches(self._parked, raw)
+        self._set_parked(merged)
+        self._notices.append(("batch_parked", f"ack stays {self.ack}"))
+
+    def _set_parked(self, raw: bytes) -> None:
+        self._parked = raw
+        self._parked_final = any(isinstance(m, (wire.ChatEnded, wire.ChatRequestFail))
+                                 for m in wire.decode_messages(raw).messages)
+
+    def _take_parked(self) -> wire.MessagesBody:
+        raw, self._parked, self._parked_final = self._parked, None, False
+        assert raw is not None
+        return wire.decode_messages(raw)
+
     def _receive_post(self, request: HttpRequest, response: HttpResponse) -> None:
         status = response.status
         purpose = request.purpose
+        if purpose is Purpose.CHAT_END and status >= 500 and not self._end_by_delete:
+            # D-GS's 500 for activity before an agent joined, or a server's trouble: the
+            # chat request may still be waiting for an agent. DELETE ends it for sure, and
+            # needs no sequence number.
+            self._end_by_delete = True
+            self._notices.append(("chat_end_refused", f"HTTP {status}: deleting the session"))
+            return
         if purpose in (Purpose.CHAT_END, Purpose.DELETE_SESSION):
             # Whatever the answer (403 included: already over), the session is ended.
-            assert self._end is not None
-            self._finish(self._end)
+            ended = self._end or self._cleanup
+            assert ended is not None
+            self._finish(ended)
             return
         if purpose is Purpose.AVAILABILITY:
             self._receive_availability(response)
@@ -766,6 +1061,9 @@ class LiveAgentSession:
             self._notices.append(("reconnect_not_needed", f"switch {self.switches}"))
             self.state = self._resume
             self.switch_phase = None
+            # Then the 503 did not come from the server that holds the poll, which may be
+            # holding it still (the 503 answered it, or the switch abandoned it).
+            self._poll_unsettled = True
         elif purpose is Purpose.RECONNECT:
             self._finish(facts.Ended(
                 reason="failed",
@@ -810,12 +1108,7 @@ class LiveAgentSession:
             body = wire.decode_session_id(response.body)
             self.session_id, self.session_key = body.id, body.key
             self.affinity = body.affinity_token
-            try:
-                self.client_poll_timeout = float(body.client_poll_timeout)
-            except ValueError:
-                raise RemoteProtocolError(
-                    f"SessionId clientPollTimeout is not a number: {body.client_poll_timeout!r}"
-                ) from None
+            self.client_poll_timeout = body.client_poll_timeout
             # An end() that came while SessionId was in flight is served next.
             self.state = State.ENDING if self._end is not None else State.INITIATING
         elif purpose is Purpose.CHASITOR_INIT:
@@ -837,10 +1130,22 @@ class LiveAgentSession:
         """A 503: Salesforce moved the session to another server (SALESFORCE.md 6)."""
         if self.state in (State.CHECKING, State.CREATING, State.INITIATING):
             # There is no chat to carry over yet: requests at this stage cannot be resumed.
-            self._finish(facts.Ended(reason="failed",
-                                     detail="Salesforce moved the session before the chat began"),
-                         request)
+            failed = facts.Ended(reason="failed",
+                                 detail="Salesforce moved the session before the chat began")
+            if self.state is State.INITIATING and self._end is None:
+                # SessionId made a session (and ChasitorInit may have reached it, a chat
+                # request waiting for an agent): delete it before the chat fails.
+                self._cleanup = failed
+                self.state = State.ENDING
+                return
+            self._finish(failed, request)
             return
+        if self._parked is not None:
+            # Before anything the new server sends: ReconnectSession's offset and the ack
+            # then follow the parked batch, which is really received.
+            self._take_batch(self._take_parked())
+            if self.is_finished:
+                return
         self.switches += 1
         if self.switches > MAX_SWITCHES:
             self._finish(facts.Ended(
@@ -855,8 +1160,11 @@ class LiveAgentSession:
         # "keep unsent outbound data": the POST the 503 refused goes back to the head of the
         # queue (a typing change is not worth keeping). One that got no answer at all may
         # have arrived: after the switch the sequence starts again at 1, so Salesforce could
-        # not drop it as a duplicate; the new server's transcript decides.
-        if request.purpose is Purpose.CHAT_MESSAGE:
+        # not drop it as a duplicate; the new server's transcript decides. That holds for a
+        # re-send the 503 refused too: its first attempt may have arrived.
+        if request.unanswered:
+            self._keep_unconfirmed(request)
+        elif request.purpose is Purpose.CHAT_MESSAGE:
             self._activity.appendleft(_Activity(purpose=request.purpose, body=request.body,
                                                 ref=request.ref))
         if self._retry is not None:
@@ -879,10 +1187,11 @@ class LiveAgentSession:
         """Drop the unconfirmed message if the transcript shows it arrived.
 
         It arrived if the transcript holds more visitor lines than Salesforce confirmed,
-        and the last of them is its text.
+        and the last of them is its text (so that two identical texts in a row are told
+        apart by the count).
         """
         item, self._unconfirmed = self._unconfirmed, None
-        if item is None or item not in self._activity or item.body is None:
+        if item is None or item.body is None or not any(a is item for a in self._activity):
             return
         visitor = [entry.content for entry in transcript if entry.type == "Chasitor"]
         text = msgspec.json.decode(item.body)["text"]
@@ -907,6 +1216,9 @@ class LiveAgentSession:
         raise RemoteProtocolError("ReconnectSession answer carries no ReconnectSession message")
 
     def _take_switch(self, message: wire.SwitchServer) -> None:
+        if not message.new_url:
+            self._notices.append(("message_ignored", "SwitchServer without newUrl"))
+            return
         self.switches += 1
         if self.switches > MAX_SWITCHES:
             self.give_up(f"Salesforce moved the session {MAX_SWITCHES} times; giving up")
@@ -939,17 +1251,19 @@ class LiveAgentSession:
                 if not self.agent_joined:
                     self._queued(message.position, message.estimated_wait_time)
             case wire.ChatEstablished():
-                self.agent = message.name
+                self.agent = message.name or self.agent or ""
                 self.agent_joined = True
                 self.sneak_peek = message.sneak_peek_enabled
                 if self.state is State.WAITING:
                     self.state = State.CHATTING
                 elif self.state is State.RECONNECTING and self._resume is State.WAITING:
                     self._resume = State.CHATTING
-                self._facts.append(facts.AgentJoined(agent=message.name))
+                self._facts.append(facts.AgentJoined(agent=self.agent))
+            case wire.ChatMessage() if message.text is None:
+                self._notices.append(("message_ignored", "ChatMessage without text"))
             case wire.ChatMessage():
                 self._facts.append(facts.AgentMessage(agent=message.name or self.agent or "",
-                                                      text=message.text))
+                                                      text=message.text or ""))
             case wire.AgentTyping():
                 if not typing_stopped:
                     self._facts.append(facts.AgentTyping(active=True))
@@ -960,9 +1274,9 @@ class LiveAgentSession:
                 self.sneak_peek = message.sneak_peek_enabled
                 self._facts.append(facts.Transferred(agent=message.name))
             case wire.ChatRequestFail():
-                self._finish(map_request_fail(message.reason))
+                self._final(map_request_fail(message.reason))
             case wire.ChatEnded():
-                self._finish(map_chat_ended(message.reason))
+                self._final(map_chat_ended(message.reason))
             case wire.ChasitorSessionData():
                 if message.sneak_peek_enabled is not None:
                     self.sneak_peek = message.sneak_peek_enabled
@@ -1007,13 +1321,33 @@ class LiveAgentSession:
         if self.state is State.IDLE or self.is_finished or self._end is not None:
             raise LocalProtocolError(f"{what}() in state {self.state.value}")
 
+    def _final(self, ended: facts.Ended) -> None:
+        """A ChatEnded or ChatRequestFail: the end, or (while draining) the end to report."""
+        if self._draining:
+            self._drained_end = self._drained_end or ended
+        else:
+            self._finish(ended)
+
     def _finish(self, ended: facts.Ended, lost: HttpRequest | None = None) -> None:
         """Enter ENDED once: report every visitor message not known delivered, then the end.
 
-        Once OCP asked to end, its reason stands whatever Salesforce answers to the ChatEnd.
+        A parked batch is reported first (Salesforce handed it over before), and an end it
+        holds is the end. Once OCP asked to end, its reason stands whatever Salesforce
+        answers to the ChatEnd.
         """
         if self._ended:
             return
+        if self._parked is not None:
+            self._draining = True
+            try:
+                self._process(self._take_parked().messages)
+            except RemoteProtocolError:
+                pass  # decoded once already
+            finally:
+                self._draining = False
+            if self._ended:  # the batch itself gave up (too many SwitchServer messages)
+                return
+            ended = self._drained_end or ended
         self._ended = True
         self.state = State.ENDED
         self.switch_phase = None

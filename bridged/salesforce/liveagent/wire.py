@@ -1,9 +1,22 @@
 """Salesforce Live Agent JSON payloads as msgspec Structs (SALESFORCE.md sections 4 and 5).
 
 Field names on the wire are camelCase (``rename="camel"``); here they are snake_case.
-Decoders are lenient about what Salesforce adds (unknown fields are ignored, since real
-payloads carry undocumented extras such as ``connectionTimeout``) and strict about the
-types of the fields bridged relies on.
+
+Real payloads carry fields the docs do not mention (``connectionTimeout``, ``agentId``,
+``schedule``, ``items``...) and leave out, or send as ``null``, fields the docs list. So the
+decoders read what they can and give every field they can do without its most plausible
+meaning, rather than fail the chat over it:
+
+* unknown fields are ignored;
+* a field that is missing or ``null`` takes its default (each default says what it means);
+* an optional field of the wrong type is coerced where that is unambiguous (``"30"`` for
+  30), else read as missing, and named in :attr:`MessagesBody.unread` for a log line;
+* only a field bridged cannot do without (``SessionId.key``, ``ReconnectSession.
+  affinityToken``) or a body that is not the documented shape at all (``messages`` not a
+  list) is an error, naming what is wrong.
+
+Every message is first decoded strictly, which is the fast path; only a message that fails
+it is read again the lenient way.
 
 A Messages body nests each item as ``{"type": NAME, "message": {...}}``, which a flat
 tagged union cannot express, so the outer list is decoded with the inner object kept as
@@ -46,8 +59,11 @@ __all__ = [
     "decode_messages",
     "decode_session_id",
     "encode_body",
+    "merge_batches",
 ]
 
+import math
+import re
 from typing import Any, TypeAlias
 
 import msgspec
@@ -116,33 +132,34 @@ class ChasitorInit(_Payload, frozen=True, kw_only=True):
 class SessionIdBody(_Payload, frozen=True, kw_only=True):
     """The 200 body of ``GET System/SessionId``.
 
-    ``clientPollTimeout`` is a number in real answers and a string in the docs' example.
+    ``clientPollTimeout`` is a number in real answers and a string in the docs' example; it
+    is 40 (the real value in H-386079) when missing or unreadable. A missing ``id`` is the
+    part of the key before the first ``!``, as in every example.
     """
 
-    id: str
+    id: str = ""
     key: str
     affinity_token: str
-    client_poll_timeout: int | str = 40
+    client_poll_timeout: float = 40.0
 
 
 class _RawItem(msgspec.Struct, frozen=True, gc=False):
-    type: str
+    type: str = ""
     message: msgspec.Raw = msgspec.Raw(b"{}")
 
 
 class _RawMessages(msgspec.Struct, frozen=True, gc=False):
-    messages: list[_RawItem]
+    messages: list[_RawItem] = []
     sequence: int | None = None
     offset: int | None = None
 
 
 class ChatRequestSuccess(_Payload, frozen=True, kw_only=True):
-    """Queued and routed; not accepted yet."""
+    """Queued and routed; not accepted yet. Every field may be missing."""
 
     queue_position: int | None = None
     estimated_wait_time: float | None = None
-    connection_timeout: int | None = None
-    visitor_id: str | None = None
+    connection_timeout: float | None = None  # ms; the YALO capture has 150000
 
 
 class ChatRequestFail(_Payload, frozen=True, kw_only=True):
@@ -159,18 +176,17 @@ class QueueUpdate(_Payload, frozen=True, kw_only=True):
 
 
 class ChatEstablished(_Payload, frozen=True, kw_only=True):
-    """An agent accepted the chat."""
+    """An agent accepted the chat (a missing name: the session's agent so far, if any)."""
 
     name: str = ""
-    user_id: str = ""
     sneak_peek_enabled: bool = False
 
 
 class ChatMessage(_Payload, frozen=True, kw_only=True):
-    """The agent said something."""
+    """The agent said something. ``text`` is None when the message carries none."""
 
     name: str = ""
-    text: str
+    text: str | None = None
 
 
 class AgentTyping(_Payload, frozen=True, kw_only=True):
@@ -189,14 +205,17 @@ class ChatTransferred(_Payload, frozen=True, kw_only=True):
     """The chat moved to another agent."""
 
     name: str = ""
-    user_id: str = ""
     sneak_peek_enabled: bool = False
 
 
 class ChatEnded(_Payload, frozen=True, kw_only=True):
-    """The chat is over; ``reason`` is agent, client, agentsUnavailable, ..."""
+    """The chat is over; ``reason`` is agent, client, agentsUnavailable, ...
 
-    reason: str = "unknown"
+    Without a reason ("" here), the agent ended it: the visitor's own end is a ChatEnd
+    bridged sent, and every other cause names itself.
+    """
+
+    reason: str = ""
 
 
 class TranscriptEntry(_Payload, frozen=True, kw_only=True):
@@ -228,7 +247,7 @@ class ReconnectSession(_Payload, frozen=True, kw_only=True):
 class AvailabilityResult(_Payload, frozen=True, kw_only=True):
     """One button's availability; ``isAvailable`` is left out when false (D-TYPES)."""
 
-    id: str
+    id: str = ""
     is_available: bool = False
     estimated_wait_time: float | None = None
 
@@ -240,10 +259,7 @@ class Availability(_Payload, frozen=True, kw_only=True):
 
 
 class CustomEvent(_Payload, frozen=True, kw_only=True):
-    """A custom event from the agent's console."""
-
-    type: str = ""
-    data: str = ""
+    """A custom event from the agent's console (bridged has no use for its fields)."""
 
 
 class SensitiveDataRule(_Payload, frozen=True, kw_only=True):
@@ -262,9 +278,9 @@ class SensitiveDataRules(_Payload, frozen=True, kw_only=True):
 
 
 class SwitchServer(_Payload, frozen=True, kw_only=True):
-    """The org moved: send later requests to ``newUrl``."""
+    """The org moved: send later requests to ``newUrl`` ("" when it names none)."""
 
-    new_url: str
+    new_url: str = ""
 
 
 class TransferToButtonInitiated(_Payload, frozen=True, kw_only=True):
@@ -279,8 +295,6 @@ class FileTransfer(_Payload, frozen=True, kw_only=True):
 
 class NewVisitorBreadcrumb(_Payload, frozen=True, kw_only=True):
     """The visitor's page changed (not relevant to a bot visitor)."""
-
-    location: str = ""
 
 
 class UnknownMessage(msgspec.Struct, frozen=True, gc=False):
@@ -312,9 +326,9 @@ ServerMessage: TypeAlias = (
     | UnknownMessage
 )
 
-# One typed decoder per Salesforce message type, built once: the type name is the class name.
-_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
-    cls.__name__: msgspec.json.Decoder(cls)
+# The typed class of each Salesforce message type: the type name is the class name.
+_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls
     for cls in (
         ChatRequestSuccess,
         ChatRequestFail,
@@ -337,17 +351,124 @@ _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
         Availability,
     )
 }
+# The strict decoders of the fast path, built once.
+_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+    name: msgspec.json.Decoder(cls) for name, cls in _TYPES.items()
+}
 _messages_decoder = msgspec.json.Decoder(_RawMessages)
 _session_id_decoder = msgspec.json.Decoder(SessionIdBody)
 _encoder = msgspec.json.Encoder()
+# msgspec names the field that failed: "Expected `str`, got `int` - at `$.text`".
+_FAILED_FIELD = re.compile(r"at `\$\.([^.\[`]+)")
 
 
 class MessagesBody(msgspec.Struct, frozen=True):
-    """A decoded 200 body of ``GET System/Messages``."""
+    """A decoded 200 body of ``GET System/Messages``.
+
+    ``unread`` names the optional fields that could not be read and were taken as missing
+    (``"ChatMessage.name"``), for a log line.
+    """
 
     messages: list[ServerMessage]
     sequence: int | None
     offset: int | None
+    unread: list[str] = []
+
+
+def _without_nulls(value: Any) -> Any:
+    """``null`` means "not given": drop it from objects, at every depth."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value if v is not None]
+    return value
+
+
+def _lenient(cls: type[Any], data: Any, unread: list[str], what: str) -> Any:
+    """Convert ``data`` to ``cls``, reading each optional field it cannot read as missing.
+
+    Raises:
+        msgspec.ValidationError: ``data`` is not an object, or a required field is missing
+            or unreadable.
+    """
+    if data is None:
+        data = {}
+    data = _without_nulls(data)
+    required = {f.encode_name for f in msgspec.structs.fields(cls) if f.required}
+    while True:
+        try:
+            return msgspec.convert(data, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            match = _FAILED_FIELD.search(str(exc))
+            name = match[1] if match is not None else None
+            if (not isinstance(data, dict) or name is None or name in required
+                    or name not in data):
+                raise
+            del data[name]  # bounded: one field fewer each time
+            unread.append(f"{what}.{name}")
+
+
+def _read_item(type_: str, message: msgspec.Raw | Any, unread: list[str]) -> ServerMessage:
+    """One item of ``messages``: its typed message, or :class:`UnknownMessage`."""
+    cls = _TYPES.get(type_)
+    if cls is None:
+        return UnknownMessage(type=type_)
+    if isinstance(message, msgspec.Raw):
+        try:
+            return _DECODERS[type_].decode(message)  # type: ignore[no-any-return]
+        except msgspec.ValidationError:
+            message = msgspec.json.decode(message)
+    return _lenient(cls, message, unread, type_)  # type: ignore[no-any-return]
+
+
+def _int_or_none(value: Any, what: str, unread: list[str]) -> int | None:
+    if value is None:
+        return None
+    try:
+        return msgspec.convert(value, int, strict=False)
+    except msgspec.ValidationError:
+        unread.append(what)
+        return None
+
+
+def _raw_items(body: bytes, unread: list[str]) -> tuple[list[tuple[str, Any]], int | None,
+                                                        int | None]:
+    """The envelope: ``(type, message)`` pairs, ``sequence`` and ``offset``.
+
+    Raises:
+        RemoteProtocolError: not JSON, not an object, or ``messages`` not a list of objects.
+    """
+    try:
+        raw = _messages_decoder.decode(body)
+        return [(item.type, item.message) for item in raw.messages], raw.sequence, raw.offset
+    except msgspec.ValidationError:
+        pass  # not the strict shape: read it again, leniently
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(f"Messages body is not the documented shape: {exc}") from None
+    data = msgspec.json.decode(body)
+    if not isinstance(data, dict):
+        raise RemoteProtocolError(
+            "Messages body is not the documented shape: Expected `object`, got "
+            f"`{type(data).__name__}`")
+    messages = data.get("messages")
+    if messages is None:
+        messages = []
+    if not isinstance(messages, list):
+        raise RemoteProtocolError(
+            "Messages body is not the documented shape: Expected `array`, got "
+            f"`{type(messages).__name__}` - at `$.messages`")
+    items: list[tuple[str, Any]] = []
+    for index, item in enumerate(messages):
+        if item is None:
+            continue
+        if not isinstance(item, dict):
+            raise RemoteProtocolError(
+                "Messages body is not the documented shape: Expected `object`, got "
+                f"`{type(item).__name__}` - at `$.messages[{index}]`")
+        type_ = item.get("type")
+        items.append((type_ if isinstance(type_, str) else "", item.get("message")))
+    return (items, _int_or_none(data.get("sequence"), "Messages.sequence", unread),
+            _int_or_none(data.get("offset"), "Messages.offset", unread))
 
 
 def decode_messages(body: bytes) -> MessagesBody:
@@ -356,35 +477,58 @@ def decode_messages(body: bytes) -> MessagesBody:
     Raises:
         RemoteProtocolError: the body is not the documented shape, naming what is wrong.
     """
-    try:
-        raw = _messages_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise RemoteProtocolError(f"Messages body is not the documented shape: {exc}") from None
+    unread: list[str] = []
+    pairs, sequence, offset = _raw_items(body, unread)
     items: list[ServerMessage] = []
-    for index, item in enumerate(raw.messages):
-        decoder = _DECODERS.get(item.type)
-        if decoder is None:
-            items.append(UnknownMessage(type=item.type))
-            continue
+    for index, (type_, message) in enumerate(pairs):
         try:
-            items.append(decoder.decode(item.message))
-        except msgspec.DecodeError as exc:
+            items.append(_read_item(type_, message, unread))
+        except msgspec.ValidationError as exc:
             raise RemoteProtocolError(
-                f"Messages item {index} ({item.type}) is not the documented shape: {exc}"
+                f"Messages item {index} ({type_}) is not the documented shape: {exc}"
             ) from None
-    return MessagesBody(messages=items, sequence=raw.sequence, offset=raw.offset)
+    return MessagesBody(messages=items, sequence=sequence, offset=offset, unread=unread)
 
 
 def decode_session_id(body: bytes) -> SessionIdBody:
     """Decode the 200 body of ``GET System/SessionId``.
 
     Raises:
-        RemoteProtocolError: the body lacks ``id``, ``key`` or ``affinityToken``.
+        RemoteProtocolError: the body lacks ``key`` or ``affinityToken``.
     """
     try:
-        return _session_id_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+        try:
+            decoded = _session_id_decoder.decode(body)
+        except msgspec.ValidationError:
+            decoded = _lenient(SessionIdBody, msgspec.json.decode(body), [], "SessionId")
+    except msgspec.DecodeError as exc:  # ValidationError included
         raise RemoteProtocolError(f"SessionId body is not the documented shape: {exc}") from None
+    if not decoded.id:
+        decoded = msgspec.structs.replace(decoded, id=decoded.key.split("!", 1)[0])
+    if not (math.isfinite(decoded.client_poll_timeout) and decoded.client_poll_timeout > 0):
+        decoded = msgspec.structs.replace(decoded, client_poll_timeout=40.0)
+    return decoded
+
+
+def merge_batches(kept: bytes, new: bytes) -> bytes:
+    """One Messages body with what two answers to polls with the same ``ack`` brought.
+
+    Salesforce delivers again what was not acknowledged ("send the same ack again"), so
+    ``new`` normally starts with the messages of ``kept`` and adds what came since: then it
+    replaces ``kept``. A ``new`` that does not (a server that does not deliver again, or
+    the same messages under a new ``sequence``) holds only new messages: they are added.
+    Both bodies must have been read by :func:`decode_messages` already.
+    """
+    a, b = msgspec.json.decode(kept), msgspec.json.decode(new)
+    old_items, new_items = a.get("messages") or [], b.get("messages") or []
+    again = new_items[:len(old_items)] == old_items and (
+        len(new_items) > len(old_items) or b.get("sequence") == a.get("sequence"))
+    merged = {
+        "messages": new_items if again else old_items + new_items,
+        "sequence": b.get("sequence") if b.get("sequence") is not None else a.get("sequence"),
+        "offset": b.get("offset") if b.get("offset") is not None else a.get("offset"),
+    }
+    return _encoder.encode(merged)
 
 
 def encode_body(payload: Any) -> bytes:

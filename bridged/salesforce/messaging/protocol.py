@@ -156,6 +156,12 @@ UNCONFIRMED points and the readings chosen (MESSAGING.md 8)
   fate is unknown after a restart is resent only if reconciliation shows no echo of it.
 * 400 and other refusals of one message (413, ...) make that message ``Undelivered`` and
   the chat goes on; 404 means the conversation is gone (``failed``).
+* A second concurrent stream per token: bridged never opens one, but after a drop the server
+  may not have noticed the old one gone; a 409 on opening the stream is retried with backoff
+  like a 5xx (any other 4xx fails the chat).
+* A routing attribute longer than its pre-chat field's ``maxLength`` (from the token
+  answer's deployment configuration) is cut to it before the create, the history's field
+  keeping its newest lines; without that configuration the value goes as it is.
 """
 
 from __future__ import annotations
@@ -196,6 +202,7 @@ import msgspec
 from bridged.chats import facts
 from bridged.chats.policy import RetryPolicy
 from bridged.errors import LocalProtocolError, RemoteProtocolError
+from bridged.history.decoder import OMITTED_MARKER, prechat_value
 from bridged.salesforce.messaging import wire
 from bridged.salesforce.messaging.sse import SseEvent
 
@@ -337,6 +344,12 @@ class MessagingParams(msgspec.Struct, frozen=True, kw_only=True):
         capabilities_version: "The sample's PR #9 ... settled on ``"1"``" (2.1).
         app_name: ``context.appName`` of the token request.
         client_version: ``context.clientVersion`` of the token request.
+        history_attribute: the routing attribute that holds the bot history, if any: cut
+            to its field's ``maxLength`` it keeps its newest lines (the others keep their
+            beginning).
+        messages_per_window: visitor messages Salesforce takes per conversation per
+            ``pacing_window_s`` ("22 inbound messages per conversation per minute").
+        pacing_window_s: the window of that limit (a minute; tests shorten it).
     """
 
     organization_id: str
@@ -347,6 +360,9 @@ class MessagingParams(msgspec.Struct, frozen=True, kw_only=True):
     capabilities_version: str = "1"
     app_name: str = "bridged"
     client_version: str = "0.1.0"
+    history_attribute: str = ""
+    messages_per_window: int = MAX_MESSAGES_PER_MINUTE
+    pacing_window_s: float = PACING_WINDOW_S
 
 
 class PendingMessage(msgspec.Struct, kw_only=True, gc=False):
@@ -399,6 +415,10 @@ class MessagingSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ended_emitted: bool
     routing_check: bool
     poisoned: bool
+    # The routing attributes as sent at create (cut to the deployment's field lengths); None
+    # before the token answer told those lengths.
+    routing_attributes: dict[str, str] | None = None
+    routing_status: str | None = None
 
 
 def message_id(conversation_id: str, name: str) -> str:
@@ -500,6 +520,11 @@ class MessagingSession:
         self._reconcile_entries: list[wire.ConversationEntry] = []
         self._reconcile_pages = 0
         self._held: list[tuple[str, wire.SseData]] = []
+        # The routing attributes to send at create, once the token answer gave the fields.
+        self._routing_attributes: dict[str, str] | None = None
+        # The last routing news, for the admin view: a routing result's type, or the
+        # conversation's routingStatus.
+        self.routing_status: str | None = None
         self._outbox: list[HttpRequest] = []
         self._in_flight: list[HttpRequest] = []
         self._facts: list[facts.Fact] = []
@@ -552,10 +577,10 @@ class MessagingSession:
     @property
     def next_send_at(self) -> float | None:
         """When the next message held by pacing may go (``None``: none is held by pacing)."""
-        if (not self._pending or len(self._sent_at) < MAX_MESSAGES_PER_MINUTE
+        if (not self._pending or len(self._sent_at) < self.params.messages_per_window
                 or self.state not in _LIVE):
             return None
-        return self._sent_at[0] + PACING_WINDOW_S
+        return self._sent_at[0] + self.params.pacing_window_s
 
     @property
     def next_wake_at(self) -> float | None:
@@ -594,6 +619,8 @@ class MessagingSession:
             # A routing-status check on the wire is asked again after a restart.
             routing_check=self._routing_check or self._busy(Purpose.GET_CONVERSATION),
             poisoned=self._poisoned,
+            routing_attributes=self._routing_attributes,
+            routing_status=self.routing_status,
         )
 
     @classmethod
@@ -620,6 +647,8 @@ class MessagingSession:
         s._delete_sent, s._ended_emitted = snapshot.delete_sent, snapshot.ended_emitted
         s._routing_check, s._poisoned = snapshot.routing_check, snapshot.poisoned
         s._created = snapshot.created
+        s._routing_attributes = snapshot.routing_attributes
+        s.routing_status = snapshot.routing_status
         s._restart(now)
         return s
 
@@ -713,6 +742,26 @@ class MessagingSession:
         if self.state in _LIVE:
             self._end_from_bridged(facts.Ended(reason="failed", detail=detail), now)
 
+    def farewell(self, *, now: float) -> HttpRequest | None:
+        """The DELETE that ends the conversation at Salesforce after the shell broke down.
+
+        For a shell whose actor crashed (a bug): whatever state the session is in, the agent
+        must not keep a ghost chat. ``None`` when there is nothing to close, or it cannot be
+        closed (no token, or past ``exp``), or it was closed already. The answer, if any,
+        need not be given back: the session is not used after this.
+        """
+        if (self._delete_sent and not self._delete_in_flight()) or self.access_token is None:
+            return None
+        if not (self._created or self._busy(Purpose.CREATE_CONVERSATION)):
+            return None
+        if self.token_exp is not None and now >= self.token_exp:
+            return None
+        self._delete_sent = True
+        return HttpRequest(
+            method="DELETE", path=self._conversation_path(),
+            query=(("esDeveloperName", self.params.es_developer_name),),
+            purpose=Purpose.CLOSE_CONVERSATION, headers=self._rest_headers())
+
     def wake(self, *, now: float) -> None:
         """Time passed: release paced messages, and end at a deadline that has come."""
         self._pump(now)
@@ -765,8 +814,9 @@ class MessagingSession:
     def stream_lost(self, *, now: float, status: int | None = None, body: bytes = b"") -> None:
         """The stream could not be opened (``status``: its HTTP answer), or it ended.
 
-        No answer, a 5xx or a 429: reopen from the last event id, with backoff, at most
-        :data:`MAX_STREAM_ATTEMPTS` times in a row. 401 ("Jwt is expired"): the token is
+        No answer, a 5xx, a 429 or a 409 (a stream of this token is still open there: the
+        one just lost, not yet noticed gone): reopen from the last event id, with backoff,
+        at most :data:`MAX_STREAM_ATTEMPTS` times in a row. 401 ("Jwt is expired"): the token is
         dead. Any other refusal (400 "OrgId in the header and token must match", 403):
         the chat fails, naming Salesforce's message.
         """
@@ -777,7 +827,7 @@ class MessagingSession:
             return
         if status == 401:
             self._token_refused("event stream", status, body)
-        elif status is not None and status != 429 and status < 500:
+        elif status is not None and status not in (409, 429) and status < 500:
             self._fail_from_salesforce(f"Salesforce refused the event stream "
                                        f"({_status_text(status, body)})", now)
         else:
@@ -945,8 +995,40 @@ class MessagingSession:
             self._notices.append(("token_org_mismatch", f"{claims.org_id} != {self.org_id}"))
         # "Last-Event-Id = token's lastEventId" (7.2), "else 0" (3.1).
         self.last_event_id = token.last_event_id or "0"
+        self._routing_attributes = self._fit_attributes(token.context)
         self.state = State.CONNECTING
         self._want_stream()
+
+    def _fit_attributes(self, context: wire.TokenContext | None) -> dict[str, str]:
+        """The routing attributes cut to their pre-chat fields' ``maxLength``, when known.
+
+        The deployment's configuration in the token answer names its pre-chat fields
+        (2.1); a value longer than its field is cut here rather than refused there. The
+        history's field keeps its newest lines, as a Live Agent prechat detail does.
+        """
+        limits: dict[str, int] = {}
+        config = context.configuration if context is not None else None
+        service = config.embedded_service_config if config is not None else None
+        for form in service.forms if service is not None else ():
+            for field in form.form_fields:
+                if field.max_length is not None and field.max_length > 0:
+                    limits[field.name] = min(limits.get(field.name, field.max_length),
+                                             field.max_length)
+        out = {}
+        for name, value in self.params.routing_attributes.items():
+            limit = limits.get(name)
+            if limit is not None and len(value) > limit:
+                self._notices.append(("routing_attribute_cut",
+                                      f"{name}: {len(value)} to {limit} characters"))
+                if name == self.params.history_attribute:
+                    lines = value.split("\n")
+                    if lines and lines[0] == OMITTED_MARKER:
+                        lines = lines[1:]
+                    value = prechat_value(lines, limit)
+                else:
+                    value = value[:limit]
+            out[name] = value
+        return out
 
     def _receive_create(self, status: int, body: bytes, now: float) -> None:
         if 200 <= status < 300 or status == 409:
@@ -1018,6 +1100,8 @@ class MessagingSession:
             return
         routing = wire.decode_conversation_status(body).routing_status
         self._notices.append(("routing_status", routing or "(none)"))
+        if routing:
+            self.routing_status = routing
         if self.state is not State.TRANSFERRING:
             return  # another agent joined meanwhile
         if routing == "NEEDS_ROUTING":
@@ -1148,6 +1232,8 @@ class MessagingSession:
         if removed is None:
             self._notices.append(("unknown_agent_removed", name))
             return
+        # The same log line as Live Agent's AgentDisconnect: a step of the chat's life.
+        self._notices.append(("agent_disconnected", removed))
         if self._agents:
             if removed == self.agent:
                 # The other agent stays: the chat moved to them.
@@ -1160,6 +1246,7 @@ class MessagingSession:
             self._routing_check = True
 
     def _routing_result(self, payload: wire.RoutingResultPayload, now: float) -> None:
+        self.routing_status = payload.routing_type + (" failed" if payload.failed else "")
         if payload.failed:
             if payload.routing_type == "Transfer" or self._agents:
                 # "silently ignores failed Transfers" (SF-APP): logged, nothing ends.
@@ -1288,9 +1375,9 @@ class MessagingSession:
     def _pump_messages(self, now: float) -> None:
         if self.reconciling or not self._pending or self._busy(Purpose.SEND_MESSAGE):
             return
-        while self._sent_at and self._sent_at[0] <= now - PACING_WINDOW_S:
+        while self._sent_at and self._sent_at[0] <= now - self.params.pacing_window_s:
             self._sent_at.popleft()
-        if len(self._sent_at) >= MAX_MESSAGES_PER_MINUTE:
+        if len(self._sent_at) >= self.params.messages_per_window:
             return  # "faster messages are held and sent in order, never dropped"
         head = self._pending[0]
         attempt = head.attempts
@@ -1350,7 +1437,10 @@ class MessagingSession:
 
     def _create_request(self) -> HttpRequest:
         p = self.params
-        body = wire.CreateConversation(routing_attributes=dict(p.routing_attributes) or None,
+        attributes = self._routing_attributes
+        if attributes is None:
+            attributes = dict(p.routing_attributes)
+        body = wire.CreateConversation(routing_attributes=attributes or None,
                                        es_developer_name=p.es_developer_name,
                                        conversation_id=self.conversation_id)
         return HttpRequest(method="POST", path=f"{API}/conversation",
@@ -1456,7 +1546,7 @@ class MessagingSession:
     def _count_send(self, now: float) -> None:
         """A send Salesforce may have counted toward "22 ... per minute", as of ``now``."""
         self._sent_at.append(now)
-        while len(self._sent_at) > MAX_MESSAGES_PER_MINUTE:
+        while len(self._sent_at) > self.params.messages_per_window:
             self._sent_at.popleft()
 
 

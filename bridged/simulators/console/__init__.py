@@ -12,21 +12,31 @@ Modules:
 * :mod:`.backend`: the backend-neutral interface (:class:`ConsoleBackend`,
   :class:`Conversation`, :class:`Line`, :class:`ActionRefused`). Pure.
 * :mod:`.server`: :class:`AgentConsole`, the routes (page, JSON API, live stream).
-* :mod:`.liveagent`: :class:`LiveAgentConsole`, the adapter for the Live Agent simulator.
+* :mod:`.liveagent`: :class:`LiveAgentConsole`, the adapter for the Live Agent simulator
+  (the chats on its button ``CONSOLE_BUTTON``).
+* :mod:`.messaging`: :class:`MessagingConsole`, the adapter for the Enhanced Chat simulator
+  (the conversations of its ``manual`` deployments, ``Sim_Manual``).
+* :mod:`.wiring`: :func:`add_simulators`, both adapters on one console.
 * ``static/``: ``console.html``, ``console.js``, ``console.css``.
 
-Use::
+Use (the console is served by the Live Agent simulator's app and lists the chats of both
+simulators of the process; ``messaging_sim`` is a started, or not yet started, Enhanced Chat
+``Simulator`` on the same loop, or None)::
 
     console = AgentConsole()
     async with running_simulator(options, setup=lambda sim: console.mount(sim.app)) as sim:
-        console.add(LiveAgentConsole(sim))
+        add_simulators(console, sim, messaging_sim)
         print(console_url(sim))          # http://127.0.0.1:PORT/console/
+
+(the same as ``console.add(LiveAgentConsole(sim))`` and
+``console.add(MessagingConsole(messaging_sim))``).
 
 The interface a simulator implements (:class:`ConsoleBackend`), one small adapter each:
 
 =====================================  ===================================================
-``key``, ``title``                     ``"liveagent"``, ``"Live Agent"``: its URL name, and
-                                       what the page calls it
+``key``, ``title``                     ``"liveagent"``, ``"Live Agent"`` (``"messaging"``,
+                                       ``"Enhanced Chat"``): its URL name, and what the
+                                       page calls it
 ``conversations()``                    every chat to show (waiting, active, ended but still
                                        kept), as :class:`Conversation` values
 ``conversation(id)``                   one of them, or None
@@ -46,13 +56,10 @@ which only translates; an adapter raises :class:`ActionRefused` for what its sim
 refuses. ``watch`` is only a nudge: the console reads ``conversation(id)`` when it writes
 to a page, so an adapter need not say what changed.
 
-The Enhanced Chat simulator (``bridged.simulators.messaging``) plugs in the same way: a
-``MessagingConsole(simulator)`` in ``console/messaging.py`` whose ``key`` is
-``"messaging"`` and whose actions call that simulator's control actions (join, say, type,
-transfer, end as the agent), with ``watch`` fed by an event hook of that simulator; then
-``console.add(MessagingConsole(messaging_sim))`` next to the Live Agent one in
-``bridged/cli.py`` (``bridged simulator``) and ``bridged/tools/demo.py``. The page needs no
-change: it lists every backend's chats with the backend's title.
+The Enhanced Chat adapter needs no deployment of its own: ``Sim_Manual`` is routed and then
+waits for whoever joins (the Live Agent side has ``CONSOLE_BUTTON`` because its manual
+button's agent joins by itself). Its ``watch`` is fed by that simulator's
+``Engine.watchers`` hook, which also gives it the typing indicators (events only).
 """
 
 from __future__ import annotations
@@ -68,7 +75,9 @@ from .backend import (
     State,
 )
 from .liveagent import LiveAgentConsole, console_url
+from .messaging import MessagingConsole
 from .server import CONSOLE_PATH, AgentConsole
+from .wiring import add_simulators
 
 __all__ = [
     "ACTIVE",
@@ -81,6 +90,8 @@ __all__ = [
     "Conversation",
     "Line",
     "LiveAgentConsole",
+    "MessagingConsole",
     "State",
+    "add_simulators",
     "console_url",
 ]

@@ -7,6 +7,7 @@ conversation's state before it calls the backend, so an adapter only translates.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Literal, Protocol
 
@@ -21,6 +22,7 @@ __all__ = [
     "Conversation",
     "Line",
     "State",
+    "agent_user_id",
 ]
 
 State = Literal["waiting", "active", "ended"]
@@ -114,3 +116,8 @@ class ConsoleBackend(Protocol):
         """From now on, call ``changed(id)`` after anything about a chat changed (or it was
         forgotten); at once, from the simulator's own loop, without raising."""
         ...
+
+
+def agent_user_id(name: str) -> str:
+    """A stable made-up Salesforce user id for an agent name (prefix 005, 15 characters)."""
+    return f"005{zlib.crc32(name.encode()):012d}"

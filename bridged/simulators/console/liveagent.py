@@ -15,12 +15,11 @@ the visitor just did (typing on, typing off, or a message, which ends their typi
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable, Iterator
 
 from ..liveagent import CONSOLE_BUTTON, Phase, Session, Simulator, SimulatorError
 from ..liveagent.app import BASE_PATH
-from .backend import ACTIVE, ENDED, WAITING, ActionRefused, Conversation, Line
+from .backend import ACTIVE, ENDED, WAITING, ActionRefused, Conversation, Line, agent_user_id
 from .server import CONSOLE_PATH
 
 __all__ = ["LINES_MAX", "LiveAgentConsole", "console_url"]
@@ -160,7 +159,7 @@ class LiveAgentConsole:
 
     def accept(self, id: str, agent: str) -> None:
         """ChatEstablished from ``agent``."""
-        self._act(lambda: self.simulator.agent_joins(id, agent, _user_id(agent)))
+        self._act(lambda: self.simulator.agent_joins(id, agent, agent_user_id(agent)))
 
     def say(self, id: str, text: str) -> None:
         """An agent ChatMessage, then AgentNotTyping if the agent was typing."""
@@ -182,7 +181,7 @@ class LiveAgentConsole:
         tracked = self._tracked.get(id)
         if tracked is not None and tracked.agent_typing:
             self.typing(id, False)  # the agent who leaves stops typing
-        self._act(lambda: self.simulator.agent_transfers(id, agent, _user_id(agent)))
+        self._act(lambda: self.simulator.agent_transfers(id, agent, agent_user_id(agent)))
 
     def end(self, id: str) -> None:
         """ChatEnded ``{"reason": "agent"}``."""
@@ -194,11 +193,6 @@ class LiveAgentConsole:
             action()
         except SimulatorError as exc:  # unknown session (404), over (409), outbox full
             raise ActionRefused(str(exc), 404 if isinstance(exc, KeyError) else 409) from None
-
-
-def _user_id(name: str) -> str:
-    """A stable made-up user id per agent name (prefix 005, 15 characters)."""
-    return f"005{zlib.crc32(name.encode()):012d}"
 
 
 def console_url(simulator: Simulator, prefix: str = CONSOLE_PATH) -> str:

@@ -28,6 +28,7 @@ Faults bridged must survive, each one call (and one ``/_sim/`` action)::
     sim.reset_next(session_id, "ChatMessage", when="after")  # applied, then TCP RST
     sim.delay_next(None, "Messages", 1.5)                    # any session's next poll
     sim.fail_next(None, "SessionId", 500, count=2)
+    sim.fail_next(session_id, "Messages", 504, when="after")  # a proxy gave up; still held
     sim.outage(0.5, mode="refuse")                           # nothing listens for 0.5 s
     sim.switch_server_all()                                  # 503 hand-over everywhere
     sim.switch_server_url(session_id)                        # SwitchServer to the alias port

@@ -19,9 +19,11 @@ nobody polls and forgets ended ones after ``ended_retention_s``.
 
 Fault injection (table in :mod:`.faults`): every Live Agent request first passes the outage
 gate (:meth:`Simulator._gate`), then its header checks, then asks the :class:`FaultPlan`
-once whether a fault is due. A ``reset`` is a TCP RST: ``SO_LINGER`` with a zero timeout,
-then ``transport.abort()``; aiohttp's attempt to write the (never sent) response then meets
-a closing transport, which it treats as a client disconnect, quietly. A ``delay`` before
+once whether a fault is due. A ``fail`` after is a proxy's answer: the request is applied
+(a poll is held, and its answer later goes nowhere) while the client gets the status. A
+``reset`` is a TCP RST: ``SO_LINGER`` with a zero timeout, then ``transport.abort()``;
+aiohttp's attempt to write the (never sent) response then meets a closing transport, which
+it treats as a client disconnect, quietly. A ``delay`` before
 the request sleeps and then handles the request again from the top; after, it sleeps
 between applying and answering. A delayed Messages poll is an ordinary held poll with a
 "not before" time. None of this adds a task or a timer per session.
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import socket
@@ -49,6 +50,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ..common import url_host
 from . import behaviours
 from .behaviours import AgentView, Step
 from .control import ControlApi
@@ -368,7 +370,7 @@ class Simulator:
             self._listeners.append(listener)
         self.ports = [listener.port for listener in self._listeners]
         self.port = self.ports[0]
-        urls = [f"http://{_url_host(host)}:{port}{BASE_PATH}" for port in self.ports]
+        urls = [f"http://{url_host(host)}:{port}{BASE_PATH}" for port in self.ports]
         self.base_url = urls[0]
         self.alias_base_urls = urls[1:]
 
@@ -553,6 +555,8 @@ class Simulator:
         if fault is not None and fault.after:
             if fault.kind == RESET:
                 reply = RESET_REPLY
+            elif fault.kind == FAIL:
+                reply = fault.reply  # a proxy's answer; the server's own is lost
             else:
                 await self._pause(fault.seconds)
         return self._respond(request, session, reply, port, fault.label if fault else None)
@@ -758,6 +762,10 @@ class Simulator:
             timer = loop.call_later(self.options.hold_s, self._expire_poll, session, future)
             held = _Held(future, timer, request, arrived=now)
         self._held[session.id] = held
+        if fault is not None and fault.kind == FAIL:
+            # A proxy answered: the poll stays held here, outstanding (a second poll is the
+            # 409 duplicate), and its answer, when the server gives it, reaches nobody.
+            return self._respond(request, session, fault.reply, port, fault.label)
         try:
             reply = await future
         except asyncio.CancelledError:
@@ -1112,17 +1120,24 @@ class Simulator:
         body: str = "",
         *,
         count: int = 1,
+        when: str = BEFORE,
     ) -> None:
-        """Answer the next ``count`` requests for ``resource`` with ``status``, unapplied.
+        """Answer the next ``count`` requests for ``resource`` with ``status``.
 
         ``session_id`` None means the requests of any session (and is the only choice for
         ``SessionId`` and ``Availability``). ``resource`` is a Chasitor resource name,
         ``SessionId``, ``Messages``, ``ReconnectSession``, ``ChasitorResyncState``,
         ``DeleteSession`` or ``Availability``. Requests are checked for their headers first,
-        so a fault never hides a header error. A sequenced POST answered this way does not
-        use its sequence number up. Faults for the same target queue up in order.
+        so a fault never hides a header error. Faults for the same target queue up in order.
+
+        ``when="before"`` (default): the request is not applied; a sequenced POST answered
+        this way does not use its sequence number up. ``when="after"``: the answer of a
+        proxy whose request went on to Salesforce (a 502 or 504 from a gateway that gave
+        up): the request is applied (a ChatMessage is received; a poll is opened and stays
+        held, so a second poll meanwhile is the 409 duplicate, and whatever the server
+        answers it later reaches nobody), and the client gets ``status`` at once.
         """
-        fault = Fault(kind=FAIL, status=status, body=body)
+        fault = Fault(kind=FAIL, status=status, body=body, when=when)
         self._plan.add(self._check_session(session_id), resource, fault, count)
 
     def reset_next(
@@ -1310,14 +1325,6 @@ def _parse_ids(raw: str) -> list[str] | None:
         return None
     return ids
 
-
-def _url_host(host: str) -> str:
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]"
-    except ValueError:
-        pass
-    return host
 
 
 @contextlib.asynccontextmanager

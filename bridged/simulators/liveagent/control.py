@@ -24,7 +24,7 @@ One session (``/_sim/sessions/{id}/<action>``)::
     switch-server                                           503 server switch
     switch-url      {"newUrl"?}                             SwitchServer message
     expire                                                  ends as if not polled in time
-    fail-next       {"resource", "status", "body"?, "count"?}
+    fail-next       {"resource", "status", "body"?, "count"?, "when"?}
     reset-next      {"resource", "count"?, "when"?}
     delay-next      {"resource", "seconds", "count"?, "when"?}
 
@@ -55,107 +55,138 @@ __all__ = ["ControlApi"]
 
 
 # Bodies: frozen, keyword-only, strict about unknown fields, camelCase like the Live Agent
-# JSON. Each class spells the options out: type checkers do not inherit them.
+# JSON. msgspec passes the base's options on; type checkers want frozen and kw_only spelled
+# out on each class.
 
 
-class _Push(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+            rename="camel"):
+    """Base of every action's body."""
+
+
+class _Push(_Body, frozen=True, kw_only=True):
     type: str
     message: dict[str, Any] = {}
 
 
-class _Say(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _Say(_Body, frozen=True, kw_only=True):
     text: str
 
 
-class _Typing(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _Typing(_Body, frozen=True, kw_only=True):
     active: bool = True
 
 
-class _Join(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _Join(_Body, frozen=True, kw_only=True):
     name: str | None = None
     user_id: str | None = None
     sneak_peek_enabled: bool = False
 
 
-class _Transfer(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _Transfer(_Body, frozen=True, kw_only=True):
     name: str
     user_id: str | None = None
     sneak_peek_enabled: bool = False
 
 
-class _End(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _End(_Body, frozen=True, kw_only=True):
     reason: str = "agent"
 
 
-class _Nothing(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _Nothing(_Body, frozen=True, kw_only=True):
     pass
 
 
-class _Queue(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _Queue(_Body, frozen=True, kw_only=True):
     position: int
     estimated_wait_time: int | None = None
 
 
-class _SwitchUrl(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _SwitchUrl(_Body, frozen=True, kw_only=True):
     new_url: str | None = None
 
 
-class _FailNext(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _FailNext(_Body, frozen=True, kw_only=True):
     resource: str
     status: int
     body: str = ""
     count: int = 1
+    when: str = "before"
 
 
-class _ResetNext(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _ResetNext(_Body, frozen=True, kw_only=True):
     resource: str
     count: int = 1
     when: str = "before"
 
 
-class _DelayNext(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _DelayNext(_Body, frozen=True, kw_only=True):
     resource: str
     seconds: float
     count: int = 1
     when: str = "after"
 
 
-class _Outage(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _Outage(_Body, frozen=True, kw_only=True):
     seconds: float
     mode: str = "reset"
 
 
-class _Availability(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
-):
+class _Availability(_Body, frozen=True, kw_only=True):
     button_id: str
     available: bool | None
+
+
+# An action: its body's type, and what it does given the simulator, the session id (None
+# for the simulator-wide actions) and the decoded body. One table per scope; the fault
+# actions serve both.
+_Run = Callable[[Any, Any, Any], dict[str, Any]]
+_OK: dict[str, Any] = {"ok": True}
+
+
+def _ok(effect: Callable[[Any, Any, Any], object]) -> _Run:
+    """An action whose answer is ``{"ok": true}`` once ``effect`` ran."""
+    return lambda sim, sid, b: (effect(sim, sid, b), _OK)[1]
+
+
+def _number(effect: Callable[[Any, Any, Any], object]) -> _Run:
+    """An action that answers with the number of the message it queued."""
+    return lambda sim, sid, b: {"number": effect(sim, sid, b)}
+
+
+_SESSION_ACTIONS: dict[str, tuple[type[_Body], _Run]] = {
+    "push": (_Push, _number(lambda sim, sid, b: sim.push(sid, b.type, b.message))),
+    "say": (_Say, _number(lambda sim, sid, b: sim.agent_says(sid, b.text))),
+    "typing": (_Typing, _number(lambda sim, sid, b: sim.agent_typing(sid, b.active))),
+    "join": (_Join, _number(lambda sim, sid, b: sim.agent_joins(
+        sid, b.name, b.user_id, sneak_peek=b.sneak_peek_enabled))),
+    "transfer": (_Transfer, _number(lambda sim, sid, b: sim.agent_transfers(
+        sid, b.name, b.user_id, sneak_peek=b.sneak_peek_enabled))),
+    "end": (_End, _number(lambda sim, sid, b: sim.agent_ends(sid, b.reason))),
+    "disconnect": (_Nothing, _number(lambda sim, sid, b: sim.agent_disconnects(sid))),
+    "queue": (_Queue, _number(lambda sim, sid, b: sim.queue_update(
+        sid, b.position, b.estimated_wait_time))),
+    "switch-server": (_Nothing, lambda sim, sid, b: {"affinity_token": sim.switch_server(sid)}),
+    "switch-url": (_SwitchUrl, _number(lambda sim, sid, b: sim.switch_server_url(sid, b.new_url))),
+    "expire": (_Nothing, _ok(lambda sim, sid, b: sim.expire(sid))),
+}
+_GLOBAL_ACTIONS: dict[str, tuple[type[_Body], _Run]] = {
+    "outage": (_Outage, _ok(lambda sim, sid, b: sim.outage(b.seconds, b.mode))),
+    "end-outage": (_Nothing, _ok(lambda sim, sid, b: sim.end_outage())),
+    "switch-server-all": (_Nothing,
+                          lambda sim, sid, b: {"affinity_tokens": sim.switch_server_all()}),
+    "availability": (_Availability, _ok(lambda sim, sid, b: sim.set_available(
+        b.button_id, b.available))),
+    "clear-faults": (_Nothing, _ok(lambda sim, sid, b: sim.clear_faults())),
+}
+_FAULT_ACTIONS: dict[str, tuple[type[_Body], _Run]] = {
+    "fail-next": (_FailNext, _ok(lambda sim, sid, b: sim.fail_next(
+        sid, b.resource, b.status, b.body, count=b.count, when=b.when))),
+    "reset-next": (_ResetNext, _ok(lambda sim, sid, b: sim.reset_next(
+        sid, b.resource, b.count, b.when))),
+    "delay-next": (_DelayNext, _ok(lambda sim, sid, b: sim.delay_next(
+        sid, b.resource, b.seconds, b.count, b.when))),
+}
 
 
 class ControlApi:
@@ -191,121 +222,25 @@ class ControlApi:
         return _json_response(session.record())
 
     async def _session_action(self, request: web.Request) -> web.Response:
-        session_id, action = request.match_info["id"], request.match_info["action"]
-        raw = await request.read()
-        return _run(lambda: self._run_session_action(action, session_id, raw), action)
+        return await self._act(request, request.match_info["id"], _SESSION_ACTIONS)
 
     async def _global_action(self, request: web.Request) -> web.Response:
-        action = request.match_info["action"]
+        return await self._act(request, None, _GLOBAL_ACTIONS)
+
+    async def _act(self, request: web.Request, session_id: str | None,
+                   table: dict[str, tuple[type[_Body], _Run]]) -> web.Response:
+        """Decode the body of the action the path names, run it, answer its result."""
+        name = request.match_info["action"]
         raw = await request.read()
-        return _run(lambda: self._run_global_action(action, raw), action)
-
-    def _run_session_action(
-        self, action: str, session_id: str, raw: bytes
-    ) -> dict[str, Any] | None:
-        """Decode the body of one session action and run it; None for an unknown action."""
-        sim = self.simulator
-
-        def body(cls: type[Any]) -> Any:
-            return msgspec.json.decode(raw or b"{}", type=cls)
-
-        match action:
-            case "push":
-                push = body(_Push)
-                return {"number": sim.push(session_id, push.type, push.message)}
-            case "say":
-                return {"number": sim.agent_says(session_id, body(_Say).text)}
-            case "typing":
-                return {"number": sim.agent_typing(session_id, body(_Typing).active)}
-            case "join":
-                join = body(_Join)
-                number = sim.agent_joins(
-                    session_id, join.name, join.user_id, sneak_peek=join.sneak_peek_enabled
-                )
-                return {"number": number}
-            case "transfer":
-                transfer = body(_Transfer)
-                number = sim.agent_transfers(
-                    session_id,
-                    transfer.name,
-                    transfer.user_id,
-                    sneak_peek=transfer.sneak_peek_enabled,
-                )
-                return {"number": number}
-            case "end":
-                return {"number": sim.agent_ends(session_id, body(_End).reason)}
-            case "disconnect":
-                body(_Nothing)
-                return {"number": sim.agent_disconnects(session_id)}
-            case "queue":
-                queue = body(_Queue)
-                update = sim.queue_update(session_id, queue.position, queue.estimated_wait_time)
-                return {"number": update}
-            case "switch-server":
-                body(_Nothing)
-                return {"affinity_token": sim.switch_server(session_id)}
-            case "switch-url":
-                return {"number": sim.switch_server_url(session_id, body(_SwitchUrl).new_url)}
-            case "expire":
-                body(_Nothing)
-                sim.expire(session_id)
-                return {"ok": True}
-        return self._run_fault_action(action, session_id, raw)
-
-    def _run_global_action(self, action: str, raw: bytes) -> dict[str, Any] | None:
-        """Decode the body of one simulator-wide action and run it; None if unknown."""
-        sim = self.simulator
-
-        def body(cls: type[Any]) -> Any:
-            return msgspec.json.decode(raw or b"{}", type=cls)
-
-        match action:
-            case "outage":
-                outage = body(_Outage)
-                sim.outage(outage.seconds, outage.mode)
-                return {"ok": True}
-            case "end-outage":
-                body(_Nothing)
-                sim.end_outage()
-                return {"ok": True}
-            case "switch-server-all":
-                body(_Nothing)
-                return {"affinity_tokens": sim.switch_server_all()}
-            case "availability":
-                availability = body(_Availability)
-                sim.set_available(availability.button_id, availability.available)
-                return {"ok": True}
-            case "clear-faults":
-                body(_Nothing)
-                sim.clear_faults()
-                return {"ok": True}
-        return self._run_fault_action(action, None, raw)
-
-    def _run_fault_action(
-        self, action: str, session_id: str | None, raw: bytes
-    ) -> dict[str, Any] | None:
-        sim = self.simulator
-
-        def body(cls: type[Any]) -> Any:
-            return msgspec.json.decode(raw or b"{}", type=cls)
-
-        match action:
-            case "fail-next":
-                fail = body(_FailNext)
-                sim.fail_next(session_id, fail.resource, fail.status, fail.body, count=fail.count)
-                return {"ok": True}
-            case "reset-next":
-                reset = body(_ResetNext)
-                sim.reset_next(session_id, reset.resource, reset.count, reset.when)
-                return {"ok": True}
-            case "delay-next":
-                delay = body(_DelayNext)
-                sim.delay_next(session_id, delay.resource, delay.seconds, delay.count, delay.when)
-                return {"ok": True}
-        return None
+        entry = table.get(name) or _FAULT_ACTIONS.get(name)
+        if entry is None:
+            return _json_response({"error": f"unknown action {name!r}"}, status=404)
+        body_type, run = entry
+        return _run(lambda: run(self.simulator, session_id,
+                                msgspec.json.decode(raw or b"{}", type=body_type)))
 
 
-def _run(action: Callable[[], dict[str, Any] | None], name: str) -> web.Response:
+def _run(action: Callable[[], dict[str, Any]]) -> web.Response:
     """Run one control action, mapping the simulator's errors to statuses."""
     try:
         result = action()
@@ -319,8 +254,6 @@ def _run(action: Callable[[], dict[str, Any] | None], name: str) -> web.Response
         return _json_response({"error": str(exc)}, status=429)
     except (SimulatorError, ValueError) as exc:
         return _json_response({"error": str(exc)}, status=400)
-    if result is None:
-        return _json_response({"error": f"unknown action {name!r}"}, status=404)
     return _json_response(result)
 
 

@@ -13,7 +13,11 @@ Fault kinds and what the shell does with each:
 =========  ========  ==========================================================================
 kind       when      effect
 =========  ========  ==========================================================================
-``fail``   (before)  answer ``status`` (and ``body``) at once; the request is not applied
+``fail``   before    answer ``status`` (and ``body``) at once; the request is not applied
+``fail``   after     a proxy's answer: the request goes on to the session and is applied (a
+                     poll is opened and stays held there, outstanding until the server answers
+                     it into the void; a batch it takes is handed out and lost), and the
+                     client gets ``status`` at once, as from a gateway that gave up (502/504)
 ``reset``  before    close the TCP connection without an answer; the request is not applied
 ``reset``  after     apply the request (a ChatMessage is received, its sequence number used
                      up; a poll hands out its batch), then close the connection unanswered
@@ -33,12 +37,12 @@ request's own :class:`~.model.RequestRecord` carries the fault's :attr:`Fault.la
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Any
 
 import msgspec
 
+from ..common import AFTER, BEFORE, DELAY, FAIL, RESET, check_fault
 from .wire import Reply, text_reply
 
 __all__ = [
@@ -57,11 +61,6 @@ __all__ = [
     "Outage",
 ]
 
-FAIL = "fail"
-RESET = "reset"
-DELAY = "delay"
-BEFORE = "before"
-AFTER = "after"
 
 # "reset" and "refuse" have no answer; "503" and "500" answer every request with that status.
 OUTAGE_MODES = ("reset", "503", "500", "refuse")
@@ -99,7 +98,8 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         kind: ``fail``, ``reset`` or ``delay``.
-        when: ``before`` (the request is not applied first) or ``after`` (it is).
+        when: ``before`` (the request is not applied first) or ``after`` (it is; for a
+            ``fail``, the answer comes from a "proxy" while the request went on).
         seconds: For ``delay``: how long.
         status: For ``fail``: the HTTP status answered.
         body: For ``fail``: the plain-text body answered (may be empty).
@@ -112,30 +112,19 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
     body: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in (FAIL, RESET, DELAY):
-            raise ValueError(f"unknown fault kind {self.kind!r}")
-        if self.when not in (BEFORE, AFTER):
-            raise ValueError(f'when must be "before" or "after", got {self.when!r}')
-        if self.kind == FAIL and not 100 <= self.status <= 599:
-            raise ValueError(f"not an HTTP status: {self.status!r}")
-        if self.kind == DELAY and not (
-            isinstance(self.seconds, (int, float))
-            and math.isfinite(self.seconds)
-            and self.seconds >= 0
-        ):
-            raise ValueError(f"seconds must be a number >= 0, got {self.seconds!r}")
+        check_fault(self.kind, self.when, self.status, self.seconds)
 
     @property
     def label(self) -> str:
-        """What request records show: ``fail_500``, ``reset_after``, ``delay_before``..."""
+        """What request records show: ``fail_500``, ``fail_502_after``, ``reset_after``..."""
         if self.kind == FAIL:
-            return f"fail_{self.status}"
+            return f"fail_{self.status}" + ("_after" if self.when == AFTER else "")
         return f"{self.kind}_{self.when}"
 
     @property
     def after(self) -> bool:
-        """True if the request is applied first (a ``fail`` never is)."""
-        return self.kind != FAIL and self.when == AFTER
+        """True if the request is applied first."""
+        return self.when == AFTER
 
     @property
     def reply(self) -> Reply:

@@ -22,6 +22,10 @@ Entry points (for ``bridged simulator``, ``bridged demo`` and the load test)
   ``es_developer_name`` = one of the deployments below (``bridged demo`` profiles, one per
   scripted agent).
 * ``sim = Simulator(options); await sim.start(); ...; await sim.stop()``: the same by hand.
+* ``sim.watchers.append(watcher)``: ``watcher(conversation_id, entry)`` after each event of
+  a conversation, and ``(conversation_id, None)`` once it is created and once it is
+  forgotten (the agent console, ``bridged.simulators.console.messaging``, shows the
+  ``Sim_Manual`` conversations this way).
 * Load tests: ``MessagingOptions(request_log_max=0, record_max=0, ...)`` records nothing;
   raise ``tokens_per_window``/``starts_per_window`` only if the test is not about limits.
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from ..common import url_host
 from .control import ControlApi
 from .engine import Engine
 from .events import StreamApi
@@ -149,7 +149,7 @@ class Simulator(Engine):
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
-        self.base_url = f"http://{_url_host(host)}:{self.port}"
+        self.base_url = f"http://{url_host(host)}:{self.port}"
         return self.base_url
 
     async def stop(self) -> None:
@@ -159,14 +159,6 @@ class Simulator(Engine):
         if runner is not None:
             await runner.cleanup()
 
-
-def _url_host(host: str) -> str:
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]"
-    except ValueError:
-        pass
-    return host
 
 
 @contextlib.asynccontextmanager

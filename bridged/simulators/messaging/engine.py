@@ -81,6 +81,11 @@ class Engine:
         token_limit: Access-token requests per org (MESSAGING.md 4.2).
         start_limit: Conversation starts per subject.
         message_limit: Visitor messages per conversation.
+        watchers: Called as ``watcher(conversation_id, entry)`` right after each event of a
+            conversation went out (``entry`` None for an event without one: the close, a raw
+            push), and with ``entry`` None once the conversation is created and once it is
+            forgotten (no longer in :attr:`conversations`). Synchronous and unbuffered:
+            they must return at once and never raise (the agent console watches this way).
     """
 
     def __init__(self, options: MessagingOptions | None = None) -> None:
@@ -96,6 +101,7 @@ class Engine:
         self.token_limit = SlidingWindow(opts.tokens_per_window, opts.token_window_s)
         self.start_limit = SlidingWindow(opts.starts_per_window, opts.starts_window_s)
         self.message_limit = SlidingWindow(opts.messages_per_window, opts.message_window_s)
+        self.watchers: list[Callable[[str, Entry | None], None]] = []
         self._by_subject: dict[str, list[str]] = {}
         self._event_number = 0
         self._stream_number = 0
@@ -141,8 +147,13 @@ class Engine:
             window.reap(mono)
 
     def _forget(self, conversation_id: str) -> None:
-        self.conversations.pop(conversation_id, None)
+        if self.conversations.pop(conversation_id, None) is not None:
+            self._tell_watchers(conversation_id, None)
         self.plan.forget_conversation(conversation_id)
+
+    def _tell_watchers(self, conversation_id: str, entry: Entry | None) -> None:
+        for watcher in self.watchers:
+            watcher(conversation_id, entry)
 
     def mono(self) -> float:
         """Monotonic loop time (rate limits count in it)."""
@@ -172,6 +183,7 @@ class Engine:
         self.conversations[conv.id] = conv
         self._by_subject.setdefault(conv.subject, []).append(conv.id)
         logger.debug("conversation %s created (%s)", conv.id, conv.kind)
+        self._tell_watchers(conv.id, None)
         self.start_session_script(conv)
 
     def of_subject(self, subject: str) -> list[Conversation]:
@@ -192,7 +204,9 @@ class Engine:
         """Emit one event of ``conv``: transcript, replay buffer, open streams. Its id."""
         if entry is not None:
             conv.remember(entry)
-        return self._publish(conv, event, entry.as_event() if entry is not None else None)
+        event_id = self._publish(conv, event, entry.as_event() if entry is not None else None)
+        self._tell_watchers(conv.id, entry)
+        return event_id
 
     def _publish(self, conv: Conversation, event: str, entry: dict[str, Any] | None) -> str:
         self._event_number += 1
@@ -438,7 +452,9 @@ class Engine:
 
         ``entry`` becomes ``conversationEntry`` as given (no ``entryPayload`` rewriting).
         """
-        return self._publish(self.conversation(conversation_id), event, entry)
+        event_id = self._publish(self.conversation(conversation_id), event, entry)
+        self._tell_watchers(conversation_id, None)
+        return event_id
 
     # ------------------------------------------------------------------------------------
     # Control API: faults

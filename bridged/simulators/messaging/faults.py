@@ -30,12 +30,12 @@ request's :class:`~.records.RequestRecord` carries the fault's label.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Any
 
 import msgspec
 
+from ..common import AFTER, BEFORE, DELAY, FAIL, RESET, check_fault
 from .wire import Reply, error_reply
 
 __all__ = [
@@ -53,11 +53,6 @@ __all__ = [
     "StreamDrop",
 ]
 
-FAIL = "fail"
-RESET = "reset"
-DELAY = "delay"
-BEFORE = "before"
-AFTER = "after"
 
 # The reply that is not one: the shell resets the connection instead.
 RESET_REPLY = Reply(status=0)
@@ -104,18 +99,7 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
     message: str = "Simulated failure"
 
     def __post_init__(self) -> None:
-        if self.kind not in (FAIL, RESET, DELAY):
-            raise ValueError(f"unknown fault kind {self.kind!r}")
-        if self.when not in (BEFORE, AFTER):
-            raise ValueError(f'when must be "before" or "after", got {self.when!r}')
-        if self.kind == FAIL and not 100 <= self.status <= 599:
-            raise ValueError(f"not an HTTP status: {self.status!r}")
-        if self.kind == DELAY and not (
-            isinstance(self.seconds, (int, float))
-            and math.isfinite(self.seconds)
-            and self.seconds >= 0
-        ):
-            raise ValueError(f"seconds must be a number >= 0, got {self.seconds!r}")
+        check_fault(self.kind, self.when, self.status, self.seconds)
 
     @property
     def label(self) -> str:

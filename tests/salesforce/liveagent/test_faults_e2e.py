@@ -6,14 +6,15 @@ Each test asserts on what OCP received and on what the simulator recorded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from bridged.ops.daemon import Daemon
-from bridged.simulators.liveagent import Simulator, running_simulator
+from bridged.simulators.liveagent import Simulator, SimulatorOptions, running_simulator
+from bridged.simulators.liveagent.model import Session
 from tests.conftest import FAST, TOKEN, bridged_config, running_bridged
 from tests.ocp_client import OcpClient, connect
 
@@ -25,8 +26,27 @@ async def sim2() -> AsyncIterator[Simulator]:
         yield simulator
 
 
+async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Wait (bounded) until ``predicate()`` holds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def sent(session: Session, resource: str, fault: str | None = None) -> bool:
+    """Whether the simulator saw a request for ``resource`` (hit by ``fault``, if given)."""
+    return any(r.path.endswith(resource) and (fault is None or r.fault == fault)
+               for r in session.requests)
+
+
+def polls_after(session: Session, fault: str) -> int:
+    """How many polls the simulator saw after the one ``fault`` hit (-1: none was hit)."""
+    labels = [r.fault for r in session.requests if r.path.endswith("Messages")]
+    return len(labels) - 1 - labels.index(fault) if fault in labels else -1
+
+
 async def joined_chat(daemon: Daemon, http: aiohttp.ClientSession, sim: Simulator,
-                      chat: str, profile: str = "manual") -> tuple[OcpClient, object]:
+                      chat: str, profile: str = "manual") -> tuple[OcpClient, Session]:
     client = await connect(http, daemon.url, TOKEN)
     await client.start(chat, profile=profile)
     await client.expect("agent_joined")
@@ -34,14 +54,14 @@ async def joined_chat(daemon: Daemon, http: aiohttp.ClientSession, sim: Simulato
     return client, session
 
 
-async def converse(client: OcpClient, sim: Simulator, session: object, chat: str,
+async def converse(client: OcpClient, sim: Simulator, session: Session, chat: str,
                    rounds: int, during: object = None) -> tuple[list[str], list[str]]:
     """Visitor and agent talk in turns; returns (agent texts seen by OCP, ids delivered)."""
     agent_texts: list[str] = []
     delivered: list[str] = []
     for i in range(rounds):
         await client.send({"type": "message", "chat": chat, "id": f"v{i}", "text": f"visitor {i}"})
-        sim.agent_says(session.id, f"agent {i}")  # type: ignore[attr-defined]
+        sim.agent_says(session.id, f"agent {i}")
         if i == 0 and callable(during):
             during()
     async with asyncio.timeout(30):
@@ -221,3 +241,148 @@ async def test_a_garbage_messages_body_fails_only_that_chat(
     assert ended["detail"].startswith("Messages body is not the documented shape")
     sim.agent_says(other_session.id, "unaffected")
     assert (await other.expect("agent_message"))["text"] == "unaffected"
+
+
+# --- issue 9: the remaining loss windows --------------------------------------------------
+
+
+async def test_a_client_that_stops_acking_gets_every_agent_message_once_then_the_agents_end(
+        sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    config = bridged_config(sim, tmp_path, max_held_events=16)
+    async with running_bridged(config) as daemon:
+        client = await connect(http, daemon.url, TOKEN)
+        await client.start("bye-1", profile="manual")
+        joined = await client.expect("agent_joined")
+        await client.send({"type": "ack", "chat": "bye-1", "seq": joined["seq"]})
+        chat = daemon.dispatcher.live["bye-1"]
+        session = list(sim.sessions.values())[-1]
+        # From now on the client acknowledges nothing; the agent says more than the bound.
+        for i in range(20):
+            sim.agent_says(session.id, f"agent {i}")
+        await wait_for(lambda: not chat.has_room())
+        # Then goodbye, and ends the chat: only a keep-alive poll can take that batch, and
+        # Salesforce ends the session as it hands it over.
+        sim.agent_says(session.id, "bye")
+        sim.agent_ends(session.id)
+        await wait_for(lambda: session.is_over)
+        assert session.end_reason == "agent"
+        # The client catches up, acknowledging everything.
+        texts: list[str] = []
+        async with asyncio.timeout(20):
+            while True:
+                frame = await client.next(timeout=20)
+                if frame.get("chat") != "bye-1" or "seq" not in frame:
+                    continue
+                await client.send({"type": "ack", "chat": "bye-1", "seq": frame["seq"]})
+                if frame["type"] == "agent_message":
+                    texts.append(frame["text"])
+                elif frame["type"] == "ended":
+                    break
+        assert texts == [f"agent {i}" for i in range(20)] + ["bye"]
+        assert (frame["reason"], frame["text"]) == ("agent", "The agent has ended the chat.")
+
+
+@pytest.mark.parametrize("status", [502, 504, 503])
+async def test_a_gateway_answer_to_a_held_poll_does_not_lead_to_a_second_poll(
+        tmp_path: Path, http: aiohttp.ClientSession, status: int) -> None:
+    # The proxy answers at once while Salesforce holds the poll for its hold time (a 503 is
+    # taken for a server switch first, until ReconnectSession says there was none).
+    held = SimulatorOptions(hold_s=3, client_poll_timeout=5, join_delay_s=0.05,
+                            reply_delay_s=0.02)
+    async with running_simulator(held) as sim, running_bridged(
+            bridged_config(sim, tmp_path)) as daemon:
+        client, session = await joined_chat(daemon, http, sim, f"gw-{status}")
+        await wait_for(lambda: session.poll_held)
+        # The poll after the one that brings "trigger" is the one the proxy answers.
+        sim.fail_next(session.id, "Messages", status, when="after")
+        sim.agent_says(session.id, "trigger")
+        await client.expect("agent_message", text="trigger")
+        # Nothing is said until bridged polled again: a message would answer the held poll.
+        await wait_for(lambda: polls_after(session, f"fail_{status}_after") > 0)
+        assert session.end_reason is None  # no 409 duplicate
+        sim.agent_says(session.id, "still here?")
+        await client.expect("agent_message", text="still here?", timeout=15)
+        assert session.end_reason is None
+        assert [r.status for r in session.requests].count(409) == 0
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_a_503_to_chasitor_init_deletes_the_session_it_leaves_behind(
+        sim: Simulator, bridged: Daemon, http: aiohttp.ClientSession, when: str) -> None:
+    # "after": a proxy's 503 while ChasitorInit went on, a chat request queued for an agent.
+    sim.fail_next(None, "ChasitorInit", 503, when=when)
+    client = await connect(http, bridged.url, TOKEN)
+    await client.start("init-503", profile="manual")
+    ended = await client.expect("ended", timeout=15)
+    assert (ended["reason"], ended["detail"]) == (
+        "failed", "Salesforce moved the session before the chat began")
+    (session,) = sim.sessions.values()
+    assert (session.init is not None) == (when == "after")
+    assert session.end_reason == "deleted"
+
+
+async def test_a_chat_end_refused_with_500_deletes_the_session(
+        sim: Simulator, bridged: Daemon, http: aiohttp.ClientSession) -> None:
+    client = await connect(http, bridged.url, TOKEN)
+    await client.start("end-500", profile="manual")
+    await client.expect("queued")
+    (session,) = sim.sessions.values()
+    # D-GS: visitor activity before an agent joined is a NullPointerException, HTTP 500.
+    sim.fail_next(session.id, "ChatEnd", 500, "java.lang.NullPointerException")
+    await client.send({"type": "end", "chat": "end-500"})
+    ended = await client.expect("ended", timeout=15)
+    assert ended["reason"] == "client"
+    assert session.end_reason == "deleted"  # not left waiting for an agent
+    assert sent(session, "ChatEnd", "fail_500")
+
+
+@pytest.mark.parametrize("arrived", [True, False])
+async def test_a_restart_in_the_middle_of_a_switch_settles_the_unanswered_message(
+        sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession, arrived: bool) -> None:
+    config = bridged_config(sim, tmp_path)
+    async with running_bridged(config) as first:
+        client, session = await joined_chat(first, http, sim, "mid-1")
+        await client.send({"type": "message", "chat": "mid-1", "id": "m1", "text": "ok"})
+        await client.expect("delivered", id="m1")
+        # The same text again; its POST gets no answer (applied or not), nor do re-sends.
+        sid = session.id
+        sim.reset_next(sid, "ChatMessage", when="after" if arrived else "before")
+        sim.reset_next(sid, "ChatMessage", count=100)
+        await client.send({"type": "message", "chat": "mid-1", "id": "m2", "text": "ok"})
+        await wait_for(lambda: sent(session, "ChatMessage", "reset_after" if arrived
+                                    else "reset_before"))
+        # Salesforce moves the session, and the new server is not ready yet when bridged
+        # stops: the switch is half done.
+        sim.fail_next(sid, "ReconnectSession", 503, count=1000)
+        sim.switch_server(sid)
+        await wait_for(lambda: sent(session, "ReconnectSession", "fail_503"))
+        last_seen = max(f["seq"] for f in client.received if f.get("chat") == "mid-1")
+    sim.clear_faults()
+    async with running_bridged(config) as second:
+        client = await connect(http, second.url, TOKEN)
+        await client.send({"type": "attach", "chat": "mid-1", "after": last_seen})
+        await client.expect("delivered", id="m2", timeout=20)
+        await client.send({"type": "message", "chat": "mid-1", "id": "m3", "text": "done"})
+        await client.expect("delivered", id="m3", timeout=15)
+    assert session.visitor_messages == ["ok", "ok", "done"]
+    assert session.switches == 1
+
+
+async def test_payloads_with_missing_or_null_fields_keep_the_chat_going(
+        sim: Simulator, bridged: Daemon, http: aiohttp.ClientSession) -> None:
+    client, session = await joined_chat(bridged, http, sim, "sparse-1")
+    sid = session.id
+    sim.push(sid, "ChatMessage", {"name": None, "text": "a name of null"})
+    sim.push(sid, "ChatMessage", {"name": "Ada", "agentId": "5b39e61e"})  # no text at all
+    sim.push(sid, "AgentTyping", {"name": None, "agentId": None})
+    sim.push(sid, "ChatTransferred", {"name": "Bea", "sneakPeekEnabled": None,
+                                      "chasitorIdleTimeout": {"isEnabled": None}})
+    sim.push(sid, "QueueUpdate", {"position": "second", "estimatedWaitTime": None})
+    sim.push(sid, "SwitchServer", {"newUrl": None})
+    sim.agent_says(sid, "after all that")
+    sim.push(sid, "ChatEnded", {"attachedRecords": None})
+    frames = await client.events("sparse-1", until="ended", timeout=15)
+    assert [f["text"] for f in frames if f["type"] == "agent_message"] == [
+        "a name of null", "after all that"]
+    assert [f["agent"] for f in frames if f["type"] == "transferred"] == ["Bea"]
+    assert frames[-1]["reason"] == "agent"

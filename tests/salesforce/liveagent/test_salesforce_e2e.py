@@ -68,7 +68,7 @@ async def test_a_burst_of_starts_is_admitted_a_few_at_a_time(
                 if frame["type"] == "agent_joined":
                     joined.add(frame["chat"])
         assert transport.most == 3
-        assert daemon.backend.start_gate.holders == 0  # type: ignore[attr-defined]
+        assert daemon.backends.get("salesforce").start_gate.holders == 0  # type: ignore[attr-defined]
     finally:
         await daemon.stop()
 

@@ -559,6 +559,8 @@ def test_agent_leaving_for_a_transfer_is_transferred_to_the_next_agent() -> None
                               facts.AgentMessage(agent="Bob", text="Bob here")]
     assert d.pending(Purpose.CLOSE_CONVERSATION) == []
     assert d.s.state is State.CHATTING
+    # The agent leaving is a step of the chat's life, logged as Live Agent's is.
+    assert ("agent_disconnected", "Ada") in d.notices
 
 
 def test_next_agent_joining_before_the_first_leaves_is_a_transfer_too() -> None:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
@@ -22,10 +23,12 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
 
+from bridged.simulators import messaging
 from bridged.simulators.console import AgentConsole, LiveAgentConsole, console_url
 from bridged.simulators.liveagent import Simulator, running_simulator
 from tests.conftest import FAST
 from tests.processes import ROOT
+from tests.simulators.messaging.helpers import Guest, fast_options
 
 T = TypeVar("T")
 
@@ -66,6 +69,34 @@ async def sim(console: AgentConsole) -> AsyncIterator[Simulator]:
 def url(sim: Simulator) -> str:
     """The console's page."""
     return console_url(sim)
+
+
+@pytest.fixture
+async def msim() -> AsyncIterator[messaging.Simulator]:
+    """An Enhanced Chat simulator on 127.0.0.1 (test timings), beside the Live Agent one."""
+    simulator = messaging.Simulator(fast_options())
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
+@pytest.fixture
+async def guests(msim: messaging.Simulator, http: aiohttp.ClientSession
+                 ) -> AsyncIterator[Callable[[], Guest]]:
+    """Make dumb Enhanced Chat visitors of ``msim`` on ``Sim_Manual`` (the console's
+    deployment); their streams are dropped at the end."""
+    made: list[Guest] = []
+
+    def factory() -> Guest:
+        assert msim.base_url is not None
+        made.append(Guest(http, msim.base_url, deployment=messaging.MANUAL_DEPLOYMENT))
+        return made[-1]
+
+    yield factory
+    for guest in made:
+        guest.close_streams()
 
 
 class Browser:

@@ -12,10 +12,8 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import msgspec
 import pytest
 
 import bridged.simulators.console as console_package
@@ -24,47 +22,9 @@ from bridged.simulators.console.server import STREAMS_MAX
 from bridged.simulators.liveagent import Simulator, running_simulator
 from tests.conftest import FAST
 from tests.ocp_client import OcpClient
+from tests.simulators.console.helpers import TIMEOUT, Stream, post
 
 Connect = Callable[..., Awaitable[OcpClient]]
-TIMEOUT = 10.0
-
-
-class Stream:
-    """The console's event stream, read as a page's EventSource would."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-
-    async def next(self) -> tuple[str, Any]:
-        """The next event (kind, payload), pings skipped; bounded."""
-        kind, data = "message", None
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                raw = await self.response.content.readline()
-                assert raw, "the stream ended"
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    kind = line.removeprefix("event: ")
-                elif line.startswith("data: "):
-                    data = msgspec.json.decode(line.removeprefix("data: "))
-                elif line == "" and data is not None:
-                    return kind, data
-
-    async def until(self, condition: Callable[[dict[str, Any] | None], bool]
-                    ) -> dict[str, Any] | None:
-        """Skip events until a ``conversation`` event whose conversation matches."""
-        while True:
-            kind, data = await self.next()
-            if kind == "conversation" and condition(data["conversation"]):
-                return data["conversation"]  # type: ignore[no-any-return]
-
-
-async def post(http: aiohttp.ClientSession, url: str, path: str, body: Any = None,
-               raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
-    data = raw if raw is not None else msgspec.json.encode({} if body is None else body)
-    async with http.post(url + "api/" + path, data=data,
-                         headers={"Content-Type": "application/json"}) as response:
-        return response.status, await response.json()
 
 
 async def test_actions_the_chat_does_not_allow_are_refused_and_reach_nobody(

@@ -12,48 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.remote.webelement import WebElement
 
 from bridged.simulators.liveagent import Simulator
 from tests.ocp_client import OcpClient
 from tests.simulators.console.conftest import Browser
+from tests.simulators.console.helpers import click, element, shows, text_of, type_into
 
 Connect = Callable[..., Awaitable[OcpClient]]
-
-
-def text_of(selector: str) -> Callable[[WebDriver], str]:
-    return lambda driver: str(driver.find_element(By.CSS_SELECTOR, selector).text)
-
-
-def shows(selector: str, wanted: str) -> Callable[[WebDriver], bool]:
-    """The element's text contains ``wanted``."""
-    return lambda driver: wanted in driver.find_element(By.CSS_SELECTOR, selector).text
-
-
-def element(selector: str) -> Callable[[WebDriver], WebElement]:
-    return lambda driver: driver.find_element(By.CSS_SELECTOR, selector)
-
-
-async def type_into(browser: Browser, selector: str, text: str, *, clear: bool = False) -> None:
-    def act(driver: WebDriver) -> None:
-        field = driver.find_element(By.CSS_SELECTOR, selector)
-        if clear:
-            field.clear()
-        field.send_keys(text)
-
-    await browser.run(act)
-
-
-async def click(browser: Browser, selector: str) -> None:
-    def act(driver: WebDriver) -> bool:
-        driver.find_element(By.CSS_SELECTOR, selector).click()
-        return True
-
-    # Retried if the page redraws the element between finding and clicking it.
-    await browser.wait(f"{selector} to click", act)
 
 
 async def test_a_person_accepts_answers_transfers_and_ends_a_chat_in_the_console(

@@ -12,7 +12,8 @@ from tests.processes import Process, free_port, wait_http
 
 def test_bridged_simulator_serves_the_console_and_prints_its_url(tmp_path: Path) -> None:
     port = free_port()
-    process = Process(["simulator", "--listen", f"127.0.0.1:{port}", "--log-level", "warning"],
+    process = Process(["simulator", "--listen", f"127.0.0.1:{port}", "--log-level", "warning",
+                       "--messaging-listen", f"127.0.0.1:{free_port()}"],
                       tmp_path / "simulator.log")
     try:
         url = f"http://127.0.0.1:{port}/console/"
@@ -25,6 +26,8 @@ def test_bridged_simulator_serves_the_console_and_prints_its_url(tmp_path: Path)
             assert "<title>Agent console</title>" in page.read().decode()
         with urllib.request.urlopen(url + "api/conversations", timeout=10) as answer:
             assert json.loads(answer.read()) == {
-                "backends": [{"key": "liveagent", "title": "Live Agent"}], "conversations": []}
+                "backends": [{"key": "liveagent", "title": "Live Agent"},
+                             {"key": "messaging", "title": "Enhanced Chat"}],
+                "conversations": []}
     finally:
         process.stop()

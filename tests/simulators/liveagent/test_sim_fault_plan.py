@@ -106,7 +106,10 @@ def test_fault_replies_and_labels() -> None:
     assert Fault(kind="fail", status=502, body="bad gateway").reply.body == b"bad gateway"
     assert Fault(kind="fail", status=502).reply.body == b""
     assert Fault(kind="reset").reply is RESET_REPLY
-    assert not Fault(kind="fail", status=500, when="after").after
+    assert Fault(kind="fail", status=504, when="after").after  # a proxy's answer
+    assert not Fault(kind="fail", status=504).after
+    assert Fault(kind="fail", status=504, when="after").label == "fail_504_after"
+    assert Fault(kind="fail", status=504).label == "fail_504"
     assert Fault(kind="reset", when="after").after
     assert Outage(mode="503", started_at=0, until=1).reply.status == 503
     assert Outage(mode="refuse", started_at=0, until=1).reply is RESET_REPLY

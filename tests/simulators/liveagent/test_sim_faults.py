@@ -477,6 +477,63 @@ async def test_fail_next_for_any_session_with_a_count(serve: Serve) -> None:
         sim.fail_next(one.id, "SessionId", 500)
 
 
+async def test_a_proxy_answer_to_a_poll_leaves_it_held_so_a_second_poll_is_the_409(
+        serve: Serve) -> None:
+    sim, http = await serve(hold_s=1, client_poll_timeout=2)
+    visitor = Visitor(http)
+    await visitor.join(MANUAL_BUTTON)
+    session = sim.sessions[visitor.id]
+    sim.fail_next(visitor.id, "Messages", 504, "gateway timeout", when="after")
+    resp = await visitor.poll()
+    assert (resp.status, resp.text) == (504, "gateway timeout")
+    assert session.poll_held  # the "proxy" answered; the server still holds the poll
+    assert (await visitor.poll()).status == 409
+    assert session.end_reason == "duplicate_poll"
+    assert _log(sim, visitor.id)[-2:] == [("Messages", 504, "fail_504_after"),
+                                          ("Messages", 409, None)]
+
+
+async def test_a_proxy_answer_to_a_poll_then_a_poll_after_the_hold_is_fine(
+        serve: Serve) -> None:
+    sim, http = await serve(hold_s=0.2, client_poll_timeout=2)
+    visitor = Visitor(http)
+    await visitor.join(MANUAL_BUTTON)
+    session = sim.sessions[visitor.id]
+    sim.fail_next(visitor.id, "Messages", 502, when="after")
+    assert (await visitor.poll()).status == 502
+    await wait_until(lambda: not session.poll_held)  # answered (204) into the void
+    sim.agent_says(visitor.id, "still here")
+    resp = await visitor.poll()
+    assert [m["message"]["text"] for m in resp.json()["messages"]] == ["still here"]
+    assert not session.is_over
+
+
+async def test_a_proxy_answer_to_a_poll_with_a_batch_waiting_loses_the_batch_to_the_void(
+        serve: Serve) -> None:
+    sim, http = await serve()
+    visitor = Visitor(http)
+    await visitor.join(MANUAL_BUTTON)
+    session = sim.sessions[visitor.id]
+    sim.agent_says(visitor.id, "into the void")
+    ack = visitor.ack
+    sim.fail_next(visitor.id, "Messages", 502, when="after")
+    assert (await visitor.poll(ack)).status == 502
+    assert session.last_given > ack and not session.poll_held  # handed out, not held
+    resp = await visitor.poll(ack)  # the same ack: delivered again
+    assert [m["message"]["text"] for m in resp.json()["messages"]] == ["into the void"]
+
+
+async def test_a_proxy_answer_to_a_post_applies_it(serve: Serve) -> None:
+    sim, http = await serve()
+    visitor = Visitor(http)
+    await visitor.join(MANUAL_BUTTON)
+    sim.fail_next(visitor.id, "ChatMessage", 502, when="after")
+    assert (await visitor.post("ChatMessage", {"text": "went through"})).status == 502
+    session = sim.sessions[visitor.id]
+    assert session.visitor_messages == ["went through"]
+    assert session.sequences_accepted[-1] == visitor.seq + 1  # used up, unbeknown to it
+
+
 # ------------------------------------------------------------------------------------------
 # Outages
 
@@ -885,6 +942,8 @@ async def test_fault_actions_over_http(serve: Serve) -> None:
     assert (await control("fail-next", {"resource": "ChatMessage", "status": 418,
                                         "count": 2}))[0] == 200
     assert (await control("reset-next", {"resource": "SessionId"}))[0] == 200
+    assert (await control(f"sessions/{sid}/fail-next", {"resource": "Messages", "status": 504,
+                                                       "when": "after"}))[0] == 200
     async with http.get("/_sim/faults") as resp:
         pending = (await resp.json())["pending"]
     assert [(p["session_id"], p["fault"], p["remaining"]) for p in pending] == [
@@ -892,18 +951,22 @@ async def test_fault_actions_over_http(serve: Serve) -> None:
         (sid, "delay_before", 1),
         (None, "fail_418", 2),
         (None, "reset_before", 1),
+        (sid, "fail_504_after", 1),
     ]
     with pytest.raises(aiohttp.ClientConnectionError):
         await visitor.post("ChatMessage", {"text": "a"})
     visitor.seq += 1  # it was applied
     assert (await visitor.post("ChatMessage", {"text": "b"})).status == 200
     assert (await visitor.post("ChatMessage", {"text": "c"})).status == 418
+    assert (await visitor.poll()).status == 504
+    assert sim.sessions[sid].poll_held
     assert await control("clear-faults") == (200, {"ok": True})
     assert (await visitor.post("ChatMessage", {"text": "c"})).status == 200
     assert sim.sessions[sid].visitor_messages == ["a", "b", "c"]
     async with http.get("/_sim/record") as resp:
         injected = (await resp.json())["faults"]["injected"]
-    assert [i["fault"] for i in injected] == ["reset_after", "delay_before", "fail_418"]
+    assert [i["fault"] for i in injected] == ["reset_after", "delay_before", "fail_418",
+                                              "fail_504_after"]
 
     # Errors: bad values 400, unknown session 404.
     status, body = await control(f"sessions/{sid}/reset-next", {"resource": "Nope"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from unittest import mock
 
@@ -161,3 +162,31 @@ async def test_python_control_errors(guest: Any, sim: Simulator) -> None:
     sim.agent_ends(cid)
     with pytest.raises(SessionOver, match="session"):
         sim.agent_joins(cid)
+
+
+async def test_watchers_are_told_of_every_event_and_of_the_forgetting(
+        guest: Any, sim: Simulator) -> None:
+    seen: list[tuple[str, str | None]] = []
+    sim.watchers.append(lambda cid, entry: seen.append(
+        (cid, None if entry is None else entry.entry_type)))
+    visitor, reader = await started(guest)
+    cid = visitor.conversation_id
+    assert cid is not None
+    await visitor.typing()
+    await visitor.send("hello")
+    sim.agent_joins(cid, "Hal")
+    sim.push_event(cid, "CONVERSATION_PROGRESS_INDICATOR", {"x": 1})
+    await visitor.close()
+    # Created, then each event right after it went out, in the stream's order.
+    events = await reader.ends()
+    assert [cid for cid, _ in seen] == [cid] * len(seen)
+    assert [kind for _, kind in seen] == [
+        None, "RoutingResult", "TypingStartedIndicator", "Message", "ParticipantChanged",
+        "SessionStatusChanged", None, "SessionStatusChanged", None]
+    assert len(seen) == 2 + len(events)  # created; the RoutingResult was read by started()
+    seen.clear()
+    sim.reap(time.time() + sim.options.closed_retention_s + 1)
+    assert cid not in sim.conversations
+    assert seen == [(cid, None)]  # forgotten, once
+    sim.reap(time.time() + sim.options.closed_retention_s + 2)
+    assert seen == [(cid, None)]

@@ -1,0 +1,684 @@
+"""The Enhanced Chat backend: one actor per chat drives a sans-I/O session over HTTP.
+
+The actor is the shell around :class:`~bridged.salesforce.messaging.protocol.MessagingSession`
+("How a shell drives it", in that module's docstring). It owns what the session must not: the
+clock, the tasks that wait for HTTP answers, the event stream's reader, backoff timers, and the
+link to the rest of bridged (the chat's inbox, :meth:`Chat.emit`, the state store).
+
+Tasks: one runs the actor's loop; one reads the event stream while the session wants it (never
+two at once: a new one first waits for the old one to be gone); one per REST request on the
+wire. The loop sleeps on a single event set by whatever can change its mind (a command, an
+answer, bytes of the stream, a commit, a timer); each turn it hands everything that came to
+the session, synchronously, then reports, saves and sends.
+
+Durability. Every turn that changed the session saves its snapshot (and the chat's) to the
+state store before anything the turn produced goes out: a request made in turn *n* waits
+until the save of turn *n* is committed. So no visitor message reaches Salesforce before the
+state that records it as sent (its id, its attempt) is durable, nor a create before the
+conversation id and the token are: after ``kill -9`` at any instant the next process knows
+every conversation and every message that may have reached Salesforce, and reconciles
+instead of sending twice. Events reach OCP only once durable too (:meth:`Chat.mark_durable`).
+
+Limits. The token request of a new hand-over first waits its turn in the
+:class:`~bridged.salesforce.messaging.tokenqueue.TokenQueue` of its org (200 a minute); the
+session paces visitor messages itself (22 a minute per conversation), and the actor takes
+commands from the inbox only while the session holds fewer than ``max_pending``, so OCP
+gets ``busy`` only when the inbox is full.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MessagingActor", "MessagingBackend", "MessagingResume", "messaging_params"]
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from bridged._log import log_event
+from bridged.chats import facts
+from bridged.chats.chat import Chat, ChatRecord, KeptLists
+from bridged.chats.policy import RetryPolicy, retry_delay
+from bridged.config.file import SalesforceConfig
+from bridged.config.webchat import MessagingConfig
+from bridged.errors import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    TransportError,
+    TransportTimeout,
+)
+from bridged.history.handover import Handover, HistoryHandover
+from bridged.ocp import envelopes as env
+from bridged.ops.metrics import Metrics
+from bridged.salesforce.messaging.protocol import (
+    STREAM_RETRY,
+    FailureKind,
+    HttpRequest,
+    MessagingParams,
+    MessagingSession,
+    MessagingSnapshot,
+    Purpose,
+    State,
+)
+from bridged.salesforce.messaging.sse import SseParser
+from bridged.salesforce.messaging.tokenqueue import TokenQueue
+from bridged.salesforce.messaging.transport import Answer, EventStream, MessagingTransport
+from bridged.state.sqlite import Drop, Item, StateStore
+
+log = logging.getLogger("bridged.salesforce.messaging")
+
+BACKEND = "salesforce_messaging"
+# Stream inputs not yet handed to the session; past this the reader waits.
+_STREAM_BACKLOG = 32
+_TOKEN_QUEUED = "token_queued"
+
+_Result = Answer | TransportError
+_snapshot_encoder = msgspec.msgpack.Encoder()
+_snapshot_decoder = msgspec.msgpack.Decoder(MessagingSnapshot)
+_params_decoder = msgspec.msgpack.Decoder(MessagingParams)
+
+
+class MessagingResume(msgspec.Struct, frozen=True, kw_only=True):
+    """What a kept Enhanced Chat chat goes on from after a restart."""
+
+    params: MessagingParams
+    snapshot: MessagingSnapshot
+
+
+def messaging_config(chat: Chat) -> MessagingConfig:
+    """The chat's configuration, which is an Enhanced Chat one (the daemon routes by type)."""
+    if not isinstance(chat.webchat, MessagingConfig):
+        raise LocalProtocolError(f"chat {chat.id} is not an Enhanced Chat chat")
+    return chat.webchat
+
+
+def messaging_params(webchat: MessagingConfig, salesforce: SalesforceConfig,
+                     history_summary: str | None = None) -> MessagingParams:
+    """What an Enhanced Chat session asks for, from a chat's webchat configuration.
+
+    Args:
+        webchat: the chat's effective configuration.
+        salesforce: the ``[salesforce]`` section (the limits).
+        history_summary: the bot history for ``history_routing_attribute``, if any.
+    """
+    attributes = dict(webchat.routing_attributes)
+    hidden = webchat.history_routing_attribute
+    if hidden and history_summary:
+        # "merge it into the routing attributes at create": the profile's value, if it
+        # names the same field, gives way to the history.
+        attributes[hidden] = history_summary
+    return MessagingParams(
+        organization_id=webchat.organization_id,
+        es_developer_name=webchat.es_developer_name,
+        language=webchat.language,
+        routing_attributes=attributes,
+        agent_wait_timeout_s=webchat.agent_wait_timeout_s,
+        history_attribute=hidden,
+        messages_per_window=salesforce.messaging_message_limit,
+        pacing_window_s=salesforce.messaging_limit_window_s,
+    )
+
+
+class _Outgoing:
+    """A REST request the session wants sent, waiting for its commit, backoff or turn."""
+
+    __slots__ = ("gen", "not_before", "request")
+
+    def __init__(self, request: HttpRequest, gen: int, not_before: float) -> None:
+        self.request = request
+        self.gen = gen
+        self.not_before = not_before
+
+
+class MessagingActor:
+    """Drives one chat's Enhanced Chat session until it is over.
+
+    Args:
+        chat: the chat it serves.
+        session: the sans-I/O session (new, or restored).
+        transport: how requests are made.
+        salesforce: the ``[salesforce]`` section (timeouts).
+        max_pending: how many visitor messages the session may hold unsent.
+        retry: backoff of REST requests sent again.
+        tokens: the org-wide access-token queue.
+    """
+
+    def __init__(self, chat: Chat, session: MessagingSession, transport: MessagingTransport,
+                 *, salesforce: SalesforceConfig, max_pending: int, retry: RetryPolicy,
+                 tokens: TokenQueue, store: StateStore | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.chat = chat
+        self.session = session
+        self._transport = transport
+        self._base_url = messaging_config(chat).scrt_url
+        self._salesforce = salesforce
+        self._max_pending = max_pending
+        self._retry = retry
+        self._tokens = tokens
+        self._store = store
+        self._metrics = metrics
+        chat.persistent = store is not None
+        self._wake = asyncio.Event()
+        chat.waker = self._wake.set
+        # REST: waiting to go, and answered (by the tasks' callbacks).
+        self._outgoing: list[_Outgoing] = []
+        self._requests: dict[asyncio.Task[_Result], tuple[HttpRequest, float]] = {}
+        self._answers: deque[tuple[HttpRequest, _Result, float]] = deque()
+        # The event stream: its reader, what it read, and the request to open next.
+        self._parser = SseParser(last_event_id=session.last_event_id)
+        self._stream_task: asyncio.Task[None] | None = None
+        self._stream_number = 0
+        self._stream_items: deque[tuple[int, str, Any]] = deque()
+        self._stream_room = asyncio.Event()
+        self._stream_room.set()
+        self._stream_next: tuple[HttpRequest, float] | None = None
+        self._stream_sent_at = 0.0
+        self.stream_open = False
+        self._streams_opened = 0
+        # Saving: a generation per save; requests wait for theirs to be committed.
+        self._dirty = True
+        self._saved_chat: tuple[Any, ...] | None = None
+        self._save_gen = 0
+        self._durable_gen = 0
+        self._static_saved = False
+        self._end_passed = False
+        self._paced = False
+        # uvloop's call_later returns a Handle without when(): the due time is kept here.
+        self._timer: asyncio.Handle | None = None
+        self._timer_due = 0.0
+
+    @property
+    def paced_messages(self) -> int:
+        """Messages held now because the conversation's per-minute limit is reached."""
+        return self.session.pending_messages if self.session.next_send_at is not None else 0
+
+    async def run(self, handover: Handover | None = None, resumed: bool = False) -> None:
+        """Run the chat until its session is over; the last fact reported is ``Ended``.
+
+        Args:
+            handover: the bot history for the agent (a new chat).
+            resumed: the session was restored from the state store (a restart of bridged).
+        """
+        now = time.time()
+        if resumed:
+            self._static_saved = True
+            self._streams_opened = 1  # the next open is a reconnection
+            log_event(log, logging.INFO, "chat_resumed", chat=self.chat.id,
+                      state=self.session.state.value,
+                      conversation=self.session.conversation_id)
+        else:
+            self.session.start(now=now)
+            if handover is not None and handover.messages:
+                self.session.send_history(handover.messages, now=now)
+            log_event(log, logging.INFO, "chat_requested", chat=self.chat.id,
+                      host=self.chat.webchat.endpoint.host,
+                      deployment=self.session.params.es_developer_name,
+                      conversation=self.session.conversation_id)
+        crashed = False
+        try:
+            while True:
+                self._wake.clear()
+                self._collect()
+                self._take_stream()
+                self._take_commands()
+                self._wake_if_due()
+                self._drop_unneeded()
+                self._report()
+                self._save()
+                if self.session.is_finished:
+                    return
+                self._send()
+                await self._wake.wait()
+        except Exception:
+            crashed = True  # a bug: the supervisor ends the chat toward OCP
+            raise
+        finally:
+            self._tokens.leave(self.chat.id)
+            await self._cancel_tasks()
+            if crashed:
+                await self._farewell()
+
+    async def _farewell(self) -> None:
+        """After a crash: close the conversation at Salesforce too (no ghost for the agent)."""
+        try:
+            request = self.session.farewell(now=time.time())
+            if request is None:
+                return
+            answer = await self._transport.exchange(self._base_url, request,
+                                                    self._salesforce.request_timeout_s)
+        except Exception as exc:  # whatever broke the actor may break this too
+            log_event(log, logging.WARNING, "farewell_failed", chat=self.chat.id,
+                      detail=f"{type(exc).__name__}: {exc}")
+            return
+        log_event(log, logging.INFO, "farewell_sent", chat=self.chat.id,
+                  resource=request.purpose.value, status=answer.status)
+
+    # --- one turn -----------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        """Hand the REST answers that came to the session."""
+        while self._answers:
+            request, result, sent_at = self._answers.popleft()
+            now = time.time()
+            if self._metrics is not None:
+                status = "error" if isinstance(result, TransportError) else str(result.status)
+                self._metrics.salesforce_answered(BACKEND, request.purpose.value, status,
+                                                  time.monotonic() - sent_at)
+            self._dirty = True
+            if request.purpose is Purpose.ACCESS_TOKEN:
+                self._tokens.answered(self.chat.id)  # it counts toward the limit from now
+            if isinstance(result, TransportError):
+                log_event(log, logging.WARNING, "salesforce_request_failed", chat=self.chat.id,
+                          resource=request.purpose.value, attempt=request.attempt + 1,
+                          detail=str(result))
+                kind = (FailureKind.TIMEOUT if isinstance(result, TransportTimeout)
+                        else FailureKind.CONNECTION)
+                self.session.receive_failure(request, kind, now=now)
+            else:
+                self.session.receive_response(request, result.status, result.body, now=now)
+
+    def _take_stream(self) -> None:
+        """Hand what the stream reader read to the session, in order."""
+        while self._stream_items:
+            number, kind, value = self._stream_items.popleft()
+            if number != self._stream_number:
+                continue  # from a stream given up already
+            now = time.time()
+            if kind == "chunk":
+                try:
+                    events = self._parser.feed(value)
+                except RemoteProtocolError as exc:
+                    self._dirty = True
+                    self.session.give_up(f"Salesforce's event stream is not as documented:"
+                                         f" {exc}", now=now)
+                    self._drop_stream()
+                    continue
+                for event in events:
+                    if event.id or event.event != "ping":
+                        self._dirty = True
+                    self.session.receive_event(event, now=now)
+                continue
+            self._dirty = True
+            if kind == "opened":
+                self._stream_answered("200")
+                self.stream_open = True
+                self.session.stream_opened(now=now)
+            else:  # "lost"
+                status, body, detail = value
+                if not self.stream_open:
+                    self._stream_answered("error" if status is None else str(status))
+                self.stream_open = False
+                log_event(log, logging.INFO, "stream_lost", chat=self.chat.id,
+                          status=status, detail=detail)
+                self.session.stream_lost(now=now, status=status, body=body)
+        if self.chat.has_room():
+            self._stream_room.set()
+        else:
+            self._stream_room.clear()
+
+    def _stream_answered(self, status: str) -> None:
+        if self._metrics is not None:
+            self._metrics.salesforce_answered(BACKEND, Purpose.EVENTS.value, status,
+                                              time.monotonic() - self._stream_sent_at)
+
+    def _take_commands(self) -> None:
+        """Move the visitor's commands from the inbox into the session, within its bound."""
+        session, inbox = self.session, self.chat.inbox
+        now = time.time()
+        ending = self.chat.end_requested is not None
+        # While ending, take everything: what was sent before ``end`` goes out before it.
+        while inbox and session.accepts_commands and (
+                ending or session.pending_messages < self._max_pending):
+            command = inbox.get_nowait()
+            self._dirty = True
+            if isinstance(command, env.Message):
+                session.send_text(command.id, command.text, now=now)
+            else:
+                session.set_typing(command.active, now=now)
+        if ending and not self._end_passed:
+            self._end_passed = True
+            self._dirty = True
+            end = self.chat.end_requested
+            assert end is not None
+            session.end(now=now, reason=end.reason, detail=end.detail)
+
+    def _wake_if_due(self) -> None:
+        due = self.session.next_wake_at
+        now = time.time()
+        if due is not None and now >= due:
+            self._dirty = True
+            self.session.wake(now=now)
+
+    def _drop_unneeded(self) -> None:
+        """Once the session has ended, requests still waiting to go will never be made.
+
+        A chat ended while its token request waited its turn must not wait on: the request
+        is answered as lost, which an ended session ignores (the DELETE still goes).
+        """
+        if self.session.state not in (State.ENDED, State.ERROR):
+            return
+        keep = []
+        for item in self._outgoing:
+            if item.request.purpose is Purpose.CLOSE_CONVERSATION:
+                keep.append(item)
+            else:
+                self.session.receive_failure(item.request, FailureKind.CONNECTION,
+                                             now=time.time())
+        self._outgoing = keep
+        self._tokens.leave(self.chat.id)
+
+    def _report(self) -> None:
+        """Pass the session's facts to the chat, and its notices to the log."""
+        for event, detail in self.session.notices_received():
+            log_event(log, logging.INFO, event, chat=self.chat.id, detail=detail)
+        for fact in self.session.facts_received():
+            if isinstance(fact, facts.Ended):
+                self._refuse_inbox()
+            self.chat.emit(fact)
+        if self.chat.state != _TOKEN_QUEUED or self.session.state is not State.AUTHORIZING:
+            self.chat.state = self.session.state.value
+        self.chat.salesforce_id = self.session.conversation_id
+        self.chat.routing_status = self.session.routing_status
+        paced = self.session.next_send_at is not None
+        if paced and not self._paced and self._metrics is not None:
+            self._metrics.messaging_pacing_waits.inc()
+        self._paced = paced
+
+    def _refuse_inbox(self) -> None:
+        """Messages still in the inbox when the chat ends will never be sent."""
+        for command in self.chat.inbox.drain():
+            if isinstance(command, env.Message):
+                self.chat.emit(facts.Undelivered(
+                    id=command.id, detail="the chat ended before the message was sent"))
+
+    def _send(self) -> None:
+        """Start the requests that may go now; arm a timer for the others."""
+        now = time.time()
+        for request in self.session.requests_to_send():
+            delay = retry_delay(self._retry, request.attempt) if request.attempt else 0.0
+            self._outgoing.append(_Outgoing(request, self._save_gen, now + delay))
+        due: float | None = self.session.next_wake_at
+        waiting: list[_Outgoing] = []
+        for item in self._outgoing:
+            if item.gen > self._durable_gen:
+                waiting.append(item)  # its commit wakes the actor
+                continue
+            if item.not_before > now:
+                waiting.append(item)
+                due = item.not_before if due is None else min(due, item.not_before)
+                continue
+            if item.request.purpose is Purpose.ACCESS_TOKEN and not self._tokens.try_acquire(
+                    self.session.org_id, self.chat.id, self._wake.set):
+                waiting.append(item)
+                self.chat.state = _TOKEN_QUEUED
+                continue
+            self._start_request(item.request)
+        self._outgoing = waiting
+        due = self._send_stream(now, due)
+        if due is not None:
+            self._wake_at(due)
+
+    def _start_request(self, request: HttpRequest) -> None:
+        if request.purpose is Purpose.ACCESS_TOKEN and self.chat.state == _TOKEN_QUEUED:
+            self.chat.state = self.session.state.value
+        timeout = self._salesforce.request_timeout_s
+        task = asyncio.create_task(self._exchange(request, timeout),
+                                   name=f"chat:{self.chat.id}:{request.purpose.value}")
+        self._requests[task] = (request, time.monotonic())
+        task.add_done_callback(self._on_answer)
+
+    def _on_answer(self, task: asyncio.Task[_Result]) -> None:
+        request, sent_at = self._requests.pop(task)
+        if task.cancelled():
+            return
+        self._answers.append((request, task.result(), sent_at))
+        self._wake.set()
+
+    async def _exchange(self, request: HttpRequest, timeout: float) -> _Result:
+        try:
+            return await self._transport.exchange(self._base_url, request, timeout)
+        except TransportError as exc:
+            return exc
+
+    # --- the event stream ---------------------------------------------------------------
+
+    def _send_stream(self, now: float, due: float | None) -> float | None:
+        """Open, reopen or close the event stream as the session wants it."""
+        if not self.session.wants_stream:
+            self._stream_next = None
+            if self._stream_task is not None:
+                self._drop_stream()
+            return due
+        request = self.session.stream_to_open()
+        if request is not None:
+            delay = retry_delay(STREAM_RETRY, request.attempt) if request.attempt else 0.0
+            self._stream_next = (request, now + delay)
+        if self._stream_next is None:
+            return due
+        request, not_before = self._stream_next
+        if not_before > now:
+            return not_before if due is None else min(due, not_before)
+        self._stream_next = None
+        previous = self._stream_task
+        self._stream_number += 1
+        # The parser reports an event without ``id`` under the last id it knows: the one this
+        # connection sends as Last-Event-Id (the token's, at first), never an older one.
+        self._parser.last_event_id = self.session.last_event_id
+        self._parser.reset()
+        self._stream_sent_at = time.monotonic()
+        if self._streams_opened and self._metrics is not None:
+            self._metrics.messaging_stream_reconnects.inc()
+        self._streams_opened += 1
+        self._stream_task = asyncio.create_task(
+            self._read_stream(self._stream_number, request, previous),
+            name=f"chat:{self.chat.id}:sse")
+        return due
+
+    def _drop_stream(self) -> None:
+        """Close the stream: its reader is cancelled, what it still reports is ignored."""
+        self._stream_number += 1
+        self.stream_open = False
+        task, self._stream_task = self._stream_task, None
+        if task is not None:
+            task.cancel()
+
+    def _push(self, number: int, kind: str, value: Any = None) -> None:
+        self._stream_items.append((number, kind, value))
+        self._wake.set()
+
+    async def _read_stream(self, number: int, request: HttpRequest,
+                           previous: asyncio.Task[None] | None) -> None:
+        """Read one connection of the event stream, reporting to the actor's loop."""
+        if previous is not None:
+            # Never two streams at once: the old connection is closed before the new one.
+            previous.cancel()
+            await asyncio.gather(previous, return_exceptions=True)
+        sf = self._salesforce
+        try:
+            async with self._transport.stream(self._base_url, request, sf.request_timeout_s,
+                                              sf.messaging_stream_timeout_s) as stream:
+                if stream.status != 200 or not stream.is_event_stream:
+                    body = await stream.read_body()
+                    self._push(number, "lost", (stream.status, body, "refused"))
+                    return
+                self._push(number, "opened")
+                await self._pump_stream(number, stream)
+        except TransportError as exc:
+            self._push(number, "lost", (None, b"", str(exc)))
+            return
+        self._push(number, "lost", (None, b"", "the server ended the stream"))
+
+    async def _pump_stream(self, number: int, stream: EventStream) -> None:
+        async for chunk in stream.chunks():
+            self._push(number, "chunk", chunk)
+            # A chat whose events OCP does not take stops reading: Salesforce keeps them,
+            # and what it drops meanwhile is reconciled from the entries after a reopen.
+            if len(self._stream_items) >= _STREAM_BACKLOG or not self._stream_room.is_set():
+                self._stream_room.clear()
+                await self._stream_room.wait()
+
+    # --- keeping the chat ---------------------------------------------------------------
+
+    def _chat_fingerprint(self) -> tuple[Any, ...]:
+        chat = self.chat
+        return (chat.next_seq, chat.held[0].seq if chat.held else 0, len(chat.inbox),
+                chat.end_requested is not None)
+
+    def _save(self) -> None:
+        """Hand the chat's snapshot to the store when it changed (see "Durability")."""
+        fingerprint = self._chat_fingerprint()
+        if not self._dirty and fingerprint == self._saved_chat:
+            return
+        self._dirty = False
+        self._saved_chat = fingerprint
+        self._save_gen += 1
+        if self._store is None:
+            self._durable_gen = self._save_gen
+            return
+        state = msgspec.Raw(_snapshot_encoder.encode(self.session.snapshot()))
+        record = ChatRecord(chat=self.chat.snapshot(), state=state)
+        static = None
+        if not self._static_saved:
+            self._static_saved = True
+            params = msgspec.Raw(_snapshot_encoder.encode(self.session.params))
+            static = self.chat.static(BACKEND, params).encode()
+        # The chat's lists (its held events, inbox, pending ids) are kept item by item:
+        # only what changed since the last save is written.
+        items: list[Item] = []
+        drops: list[Drop] = []
+        self.chat.kept_changes(items, drops)
+        self._store.save(self.chat.id, record.encode(),
+                         functools.partial(self._durable, self._save_gen,
+                                           self.chat.next_seq - 1),
+                         static=static, delivered=self.chat.take_new_delivered(),
+                         items=items, drops=drops)
+
+    def _durable(self, gen: int, upto: int) -> None:
+        self._durable_gen = max(self._durable_gen, gen)
+        self.chat.mark_durable(upto)
+        self._wake.set()
+
+    def _wake_at(self, when: float) -> None:
+        """Wake the loop at wall-clock time ``when`` (the session's clock)."""
+        if self._timer is not None and self._timer_due <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = when
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, when - time.time()), self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    async def _cancel_tasks(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        pending: list[asyncio.Task[Any]] = [t for t in self._requests if not t.done()]
+        if self._stream_task is not None:
+            pending.append(self._stream_task)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self.chat.waker = None
+
+
+class MessagingBackend:
+    """The Enhanced Chat (Messaging for In-App and Web) backend.
+
+    Args:
+        transport: shared by every chat.
+        salesforce: the ``[salesforce]`` section.
+        max_pending: how many visitor messages one chat may hold unsent.
+        retry: backoff of REST requests sent again (429, 5xx, no answer).
+    """
+
+    name = BACKEND
+
+    def __init__(self, transport: MessagingTransport, salesforce: SalesforceConfig, *,
+                 max_pending: int, retry: RetryPolicy | None = None,
+                 history: HistoryHandover | None = None,
+                 store: StateStore | None = None, metrics: Metrics | None = None) -> None:
+        self._transport = transport
+        self._salesforce = salesforce
+        self._max_pending = max_pending
+        self._retry = retry or RetryPolicy()
+        self._history = history
+        self._store = store
+        self._metrics = metrics
+        self.tokens = TokenQueue(salesforce.messaging_token_limit,
+                                 salesforce.messaging_limit_window_s)
+        self._actors: dict[str, MessagingActor] = {}
+        if metrics is not None:
+            metrics.read_more(self._scrape)
+
+    def reconfigure(self, salesforce: SalesforceConfig) -> None:
+        """Use new ``[salesforce]`` settings for chats started from now on (SIGHUP)."""
+        self._salesforce = salesforce
+
+    @staticmethod
+    def resume_from(backend_static: bytes, state: bytes, poll_sent_at: float,
+                    lists: KeptLists | None = None) -> MessagingResume:
+        """Decode a kept chat's Enhanced Chat parts (``poll_sent_at`` and ``lists`` are
+        Live Agent's: the session's own state is small and kept whole).
+
+        Raises:
+            msgspec.DecodeError: a damaged record.
+        """
+        return MessagingResume(params=_params_decoder.decode(backend_static),
+                               snapshot=_snapshot_decoder.decode(state))
+
+    async def run_chat(self, chat: Chat, resume: MessagingResume | None = None) -> None:
+        """Serve ``chat`` until it ends; the last fact it emits is ``Ended``.
+
+        Args:
+            chat: the chat.
+            resume: its kept Enhanced Chat state, when it goes on after a restart.
+        """
+        handover = Handover()
+        if resume is not None:
+            session = MessagingSession.restore(resume.params, resume.snapshot, now=time.time())
+        else:
+            # "before asking for an agent" (PROTOCOL.md 4): the history goes in the create
+            # (a hidden pre-chat field) and as the first visitor messages.
+            if self._history is not None:
+                chat.state = "fetching_history"
+                handover = await self._history.prepare(chat)
+            session = MessagingSession(messaging_params(messaging_config(chat),
+                                                        self._salesforce, handover.summary))
+        actor = MessagingActor(chat, session, self._transport, salesforce=self._salesforce,
+                               max_pending=self._max_pending, retry=self._retry,
+                               tokens=self.tokens, store=self._store, metrics=self._metrics)
+        self._actors[chat.id] = actor
+        try:
+            await actor.run(handover, resumed=resume is not None)
+        finally:
+            if self._actors.get(chat.id) is actor:
+                del self._actors[chat.id]
+
+    def _scrape(self) -> Iterable[Metric]:
+        """The Enhanced Chat figures read at scrape time."""
+        yield GaugeMetricFamily("bridged_messaging_token_queue_depth",
+                                "Enhanced Chat hand-overs waiting for an access token"
+                                " (Salesforce's per-org limit)", value=self.tokens.depth)
+        streams = sum(1 for a in self._actors.values() if a.stream_open)
+        yield GaugeMetricFamily("bridged_messaging_streams_open",
+                                "Enhanced Chat event streams open now", value=streams)
+        paced = sum(a.paced_messages for a in self._actors.values())
+        yield GaugeMetricFamily("bridged_messaging_paced_messages",
+                                "Visitor messages held now by Salesforce's per-conversation"
+                                " limit", value=paced)
+
+    async def aclose(self) -> None:
+        self.tokens.close()
+        if self._history is not None:
+            await self._history.aclose()
+        await self._transport.aclose()

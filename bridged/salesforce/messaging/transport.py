@@ -1,0 +1,211 @@
+"""HTTP for the Enhanced Chat session: REST exchanges and the event stream.
+
+:class:`MessagingTransport` is the small interface the actor talks to; tests may replace it.
+:class:`AiohttpMessagingTransport` is the real one, over one shared ``aiohttp.ClientSession``.
+This module is the only place of the Enhanced Chat shell that catches aiohttp's and the
+OS's exceptions: it turns them into the bridged tree (``TransportTimeout``,
+``TransportConnectError``), chaining the original.
+
+The event stream is one long ``GET`` whose body is read in whatever chunks the network
+delivers (the actor feeds them to the sans-I/O SSE parser). A stream that stays silent
+longer than its read timeout raises ``TransportTimeout``: "if a connection fails due to
+timeout or network issues, a custom client needs defined behavior to attempt to reconnect"
+(MESSAGING.md 4.3), and Salesforce's own sample treats 90 s of silence as a dead connection.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AiohttpMessagingTransport", "Answer", "EventStream", "MessagingTransport"]
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import NamedTuple, Protocol
+
+import aiohttp
+
+from bridged.errors import TransportConnectError, TransportTimeout
+from bridged.salesforce.messaging.protocol import HttpRequest
+
+# An error body (or a stream refused) is read at most this far: Salesforce's are small JSON.
+MAX_ERROR_BODY = 64 * 1024
+# A REST answer is at most one page of entries (50): a generous bound all the same.
+MAX_BODY = 8 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+class Answer(NamedTuple):
+    """An HTTP answer to a REST request: its status and body."""
+
+    status: int
+    body: bytes
+
+
+class EventStream(Protocol):
+    """An open answer to the stream request."""
+
+    status: int
+
+    @property
+    def is_event_stream(self) -> bool:
+        """Whether the answer is ``text/event-stream`` (the stream proper)."""
+        ...
+
+    async def read_body(self, limit: int = MAX_ERROR_BODY) -> bytes:
+        """The answer's body, at most ``limit`` bytes (for a refusal's message)."""
+        ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The stream's bytes as they come; ends when the server ends the stream.
+
+        Raises:
+            TransportTimeout: nothing came within the read timeout.
+            TransportConnectError: the connection broke.
+        """
+        ...
+
+
+class MessagingTransport(Protocol):
+    """Makes the HTTP exchanges of Enhanced Chat sessions."""
+
+    async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> Answer:
+        """Send ``request`` to ``base_url`` + its path and query; return the answer.
+
+        Raises:
+            TransportTimeout: no complete answer within ``timeout`` seconds.
+            TransportConnectError: the connection failed or broke.
+        """
+        ...
+
+    def stream(self, base_url: str, request: HttpRequest, connect_timeout: float,
+               read_timeout: float) -> contextlib.AbstractAsyncContextManager[EventStream]:
+        """Open the event stream; the context closes it (the connection is not reused).
+
+        Raises (on entering):
+            TransportTimeout: no answer within ``connect_timeout``.
+            TransportConnectError: the connection failed.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connections. Idempotent."""
+        ...
+
+
+async def _read_upto(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body until its end, or its first ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+class _AiohttpStream:
+    """An :class:`EventStream` over an aiohttp response."""
+
+    def __init__(self, response: aiohttp.ClientResponse, what: str) -> None:
+        self._response = response
+        self._what = what
+        self.status = response.status
+
+    @property
+    def is_event_stream(self) -> bool:
+        return self._response.content_type == "text/event-stream"
+
+    async def read_body(self, limit: int = MAX_ERROR_BODY) -> bytes:
+        try:
+            return await _read_upto(self._response.content, limit)
+        except TimeoutError as exc:
+            raise TransportTimeout(f"{self._what}: the body did not come in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransportConnectError(f"{self._what}: {type(exc).__name__}: {exc}") from exc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except TimeoutError as exc:
+                raise TransportTimeout(f"{self._what}: silent past the read timeout") from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise TransportConnectError(
+                    f"{self._what}: {type(exc).__name__}: {exc}") from exc
+            if not chunk:
+                return
+            yield chunk
+
+
+class AiohttpMessagingTransport:
+    """The real transport: one shared ``aiohttp.ClientSession`` for every chat.
+
+    Args:
+        max_connections: the connector's limit (each chat holds one stream connection for
+            good, so it is sized for the scale target, like Live Agent's).
+        keepalive_s: how long an idle REST connection is kept for the next request.
+    """
+
+    def __init__(self, max_connections: int, keepalive_s: float = 5.0) -> None:
+        self._max_connections = max_connections
+        self._keepalive_s = keepalive_s
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
+                                             ttl_dns_cache=300,
+                                             keepalive_timeout=self._keepalive_s)
+            # No automatic redirects: a redirect could carry the bearer token to a host that
+            # salesforce.allowed_hosts never allowed.
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, raise_for_status=False,
+                skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> Answer:
+        what = request.purpose.value
+        try:
+            async with self._client().request(
+                request.method, base_url + request.path, params=request.query or None,
+                headers=dict(request.headers), data=request.body,
+                timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False,
+            ) as response:
+                return Answer(response.status, await _read_upto(response.content, MAX_BODY))
+        except TimeoutError as exc:
+            raise TransportTimeout(f"{what}: no answer within {timeout:g} s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def stream(self, base_url: str, request: HttpRequest, connect_timeout: float,
+                     read_timeout: float) -> AsyncIterator[EventStream]:
+        what = request.purpose.value
+        headers = dict(request.headers)
+        # The Android SDK's choices (3.1): no caching, no compression (a compressed stream
+        # may hold events back in the decompressor's buffer).
+        headers.setdefault("Cache-Control", "no-cache")
+        headers.setdefault("Accept-Encoding", "identity")
+        timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
+                                        sock_connect=connect_timeout, sock_read=read_timeout)
+        try:
+            response = await self._client().request(
+                request.method, base_url + request.path, params=request.query or None,
+                headers=headers, timeout=timeout, allow_redirects=False,
+                read_bufsize=_CHUNK)
+        except TimeoutError as exc:
+            raise TransportTimeout(f"{what}: no answer within {connect_timeout:g} s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        try:
+            yield _AiohttpStream(response, what)
+        finally:
+            # Never back to the pool: the server may still be writing into this connection.
+            response.close()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
