@@ -57,7 +57,8 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="small",
                    help="small: 2000 chats over 10 connections and over 2000, ~60 s held; "
-                        "full: 10000 over 10 and 5000 over 5000, >2 min held. "
+                        "full: 10000 over 10 and 5000 over 5000, >2 min held; "
+                        "max: 19000 over 10, within 20000 open files. "
                         "The options below override it")
     p.add_argument("--backend", choices=BACKENDS, default="liveagent",
                    help="the Salesforce API: liveagent (legacy Live Agent REST, a long poll "

@@ -44,6 +44,7 @@ _ROWS: list[tuple[str, str, str, str | None]] = [
     ("rss_end_mib", "RSS after every chat ended (MiB)", "{:.1f}", "low"),
     ("fds_per_chat", "open files per chat", "{:.2f}", "low"),
     ("fds_per_chat_after_load", "open files per chat after the load", "{:.2f}", "low"),
+    ("fds_peak_per_chat", "open files at the peak / chats", "{:.3f}", "low"),
     ("tasks_per_chat", "asyncio tasks per chat, idle", "{:.2f}", "low"),
     ("tasks_per_chat_load", "asyncio tasks per chat, half load", "{:.2f}", "low"),
     ("cpu_idle_pct", "CPU, chats live, idle (% core)", "{:.1f}", "low"),

@@ -500,6 +500,8 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
     gen.samples.reply_delay_ns = int(opts.reply_delay_s * 1e9)
     progress.gen = gen
     meters = _Meters(ctx)
+    fds_peak = [out["fds_base"] or 0]
+    watch = asyncio.create_task(_watch_fds(pid, fds_peak)) if pid else None
     async with gen, aiohttp.ClientSession() as http:
         # --- start -----------------------------------------------------------------------
         progress.phase = "start"
@@ -578,6 +580,11 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
             out["latency_unmatched_marks"] = len(s.pending_echo) + len(s.pending_mark)
         out["rss_after_load_kib"] = read_rss_kib(pid) if pid else None
         out["fds_after_load"] = count_fds(pid) if pid else None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            out["fds_peak"] = fds_peak[0]
 
         # --- end -------------------------------------------------------------------------
         progress.phase = "end"
@@ -591,6 +598,15 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
     _derive(out)
     out["_samples"] = gen.samples  # for the plot; dropped from the JSON
     return out
+
+
+async def _watch_fds(pid: int, peak: list[int]) -> None:
+    """Keep in ``peak[0]`` the most descriptors ``pid`` held, read every half second."""
+    while True:
+        count = count_fds(pid)
+        if count is not None and count > peak[0]:
+            peak[0] = count
+        await asyncio.sleep(0.5)
 
 
 def _profiler(opts: LoadTestOptions, ctx: RunContext, target: str, topology: Topology,
@@ -686,6 +702,9 @@ def _derive(out: dict[str, Any]) -> None:
     fb, fl = out.get("fds_base"), out.get("fds_live")
     if joined and fb is not None and fl is not None:
         out["fds_per_chat"] = (fl - fb) / joined
+    peak = out.get("fds_peak")
+    if joined and peak is not None:
+        out["fds_peak_per_chat"] = peak / joined
     fa = out.get("fds_after_load")
     if joined and fb is not None and fa is not None:
         out["fds_per_chat_after_load"] = (fa - fb) / joined
