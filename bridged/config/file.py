@@ -90,6 +90,9 @@ class SalesforceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_field
     api_version: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}(\.0)?$")] = "66"
     request_timeout_s: PositiveFloat = 30.0
     max_connections: PositiveInt = 30000
+    # Connections for every request but the long polls and event streams, per backend,
+    # shared by every chat in turn (a request waits for a free one within its timeout).
+    max_request_connections: PositiveInt = 256
     # Seconds an idle connection to Salesforce is kept for the next POST.
     keepalive_s: NonNegativeFloat = 5.0
     # SessionId + ChasitorInit calls in progress at once; a burst of starts waits its turn.

@@ -43,7 +43,7 @@ from bridged.history.handover import HistoryHandover
 from bridged.ocp.envelopes import ChatEvent, Ended
 from bridged.ocp.front import Front
 from bridged.ops.cluster import Cluster
-from bridged.ops.limits import fds_needed, raise_nofile_limit
+from bridged.ops.limits import chats_that_fit, fds_needed, raise_nofile_limit
 from bridged.ops.metrics import Metrics
 from bridged.ops.systemd import Notifier, watchdog_pings
 from bridged.salesforce.backend import Backends, backend_name
@@ -83,8 +83,9 @@ class Daemon:
             RedisStore(config.cluster) if config.cluster.node else
             StateStore(config.state.dir, config.state.synchronous,
                        None if interval is None else interval / 1000))
-        self._transport = transport or AiohttpTransport(config.salesforce.max_connections,
-                                                        config.salesforce.keepalive_s)
+        self._transport = transport or AiohttpTransport(
+            config.salesforce.max_connections, config.salesforce.keepalive_s,
+            config.salesforce.max_request_connections)
         history = (HistoryHandover(config.history, self.metrics)
                    if config.history.base_url else None)
         salesforce = config.salesforce
@@ -94,7 +95,8 @@ class Daemon:
                              max_pending=config.server.max_pending_messages,
                              history=history, store=self.store, metrics=self.metrics),
             MessagingBackend(messaging_transport or AiohttpMessagingTransport(
-                                 salesforce.max_connections, salesforce.keepalive_s),
+                                 salesforce.max_connections, salesforce.keepalive_s,
+                                 salesforce.max_request_connections),
                              salesforce, max_pending=config.server.max_pending_messages,
                              history=history, store=self.store, metrics=self.metrics))
         self.supervisor = ChatSupervisor(self._run_chat, on_crashed=self._keep_finished)
@@ -116,13 +118,15 @@ class Daemon:
     def use_fd_limit(self, limit: int) -> None:
         """Answer ``capacity`` rather than run out of descriptors; warn if max_chats cannot fit."""
         self.fd_limit = limit
+        # Both backends' request pools.
+        pools = 2 * self.config.salesforce.max_request_connections
         self.dispatcher.fds_left = lambda: fds_needed(
-            len(self.dispatcher.live) + 1, self.front.connection_count) <= limit
-        needed = fds_needed(self.config.server.max_chats, 1)
+            len(self.dispatcher.live) + 1, self.front.connection_count, pools) <= limit
+        needed = fds_needed(self.config.server.max_chats, 1, pools)
         if needed > limit:
             log_event(log, logging.WARNING, "fd_limit_too_low", limit=limit,
                       max_chats=self.config.server.max_chats, needed=needed,
-                      chats_that_fit=max(0, (limit - fds_needed(0, 1)) * 4 // 5),
+                      chats_that_fit=chats_that_fit(limit, 1, pools),
                       detail="raise LimitNOFILE (systemd) or lower server.max_chats")
 
     def _live_metrics(self) -> Iterable[Metric]:

@@ -1,9 +1,9 @@
 """Smoke test of ``bridged loadtest``: a few chats through bridged and the null bridge.
 
 It runs the real thing (the simulator, bridged and the null bridge in processes of their
-own, over loopback) at a tiny scale, and asserts only what must hold on any machine however
-loaded: nothing lost, nothing duplicated, every chat joined and ended, and a report with
-every field. Never timings.
+own, over loopback) at a tiny scale, for each backend (Live Agent, Enhanced Chat), and
+asserts only what must hold on any machine however loaded: nothing lost, nothing
+duplicated, every chat joined and ended, and a report with every field. Never timings.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from bridged.tools.loadtest.options import LoadTestOptions, Topology
+from bridged.tools.loadtest.profile import parts_of
 from bridged.tools.loadtest.report import percentiles
 from bridged.tools.loadtest.run import run_loadtest
 
@@ -80,8 +81,42 @@ async def test_one_connection_per_chat_loses_and_duplicates_nothing(tmp_path: ob
     assert report.ok()
 
 
+async def test_enhanced_chat_loses_and_duplicates_nothing(tmp_path: object) -> None:
+    # One event stream per chat on the strict Enhanced Chat simulator, its limits (and
+    # bridged's) lifted.
+    report = await run_loadtest(_options(tmp_path, backend="messaging", routing_delay_s=0.01))
+
+    assert report.environment["backend"] == "messaging"
+    assert [(r["target"], r["topology"]) for r in report.runs] == [
+        ("bridged", "30x3"), ("null", "30x3")]
+    for run in report.runs:
+        _assert_clean(run)
+    assert report.ok()
+    assert "Enhanced Chat: 30 chats over 3 connections" in report.table()
+
+
 def test_percentiles_are_nearest_rank() -> None:
     stats = percentiles([i * 1_000_000 for i in range(1, 101)])
     assert stats is not None
     assert (stats["p50"], stats["p99"], stats["max"], stats["count"]) == (50.0, 99.0, 100.0, 100)
     assert percentiles([]) is None
+
+
+def test_profile_parts_count_each_sample_for_its_innermost_known_frame(tmp_path: Any) -> None:
+    root = "<module> (bridged/__main__.py:7);main (bridged/cli.py:264);Runner.run (asyncio/r.py:1)"
+    folded = tmp_path / "profile.txt"
+    folded.write_text("\n".join([
+        # aiohttp's writer (plumbing) called by the client: the client's.
+        f"{root};_request (aiohttp/client.py:9);write (aiohttp/http_writer.py:1) 6",
+        # The same writer under a WebSocket send: the WebSocket's.
+        f"{root};send_frame (aiohttp/_websocket/writer.py:3);write (aiohttp/http_writer.py:1) 2",
+        # A commit under an actor turn: the state store's.
+        f"{root};turn (bridged/chats/chat.py:5);commit (bridged/state/sqlite.py:8) 1",
+        # Nothing but the entry points and the loop: the event loop.
+        f"{root} 1",
+    ]) + "\n")
+
+    parts = parts_of(folded)
+
+    assert parts == {"HTTP client": 60.0, "WebSocket": 20.0, "state store": 10.0,
+                     "event loop and plumbing": 10.0, "samples": 10.0}

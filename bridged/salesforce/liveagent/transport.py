@@ -15,7 +15,7 @@ from typing import Protocol
 import aiohttp
 
 from bridged.errors import TransportConnectError, TransportTimeout
-from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse
+from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, Lane
 
 
 class Transport(Protocol):
@@ -36,39 +36,54 @@ class Transport(Protocol):
 
 
 class AiohttpTransport:
-    """The real transport: one shared ``aiohttp.ClientSession`` for every chat.
+    """The real transport: two shared ``aiohttp.ClientSession`` pools for every chat.
+
+    A chat's long poll holds a connection of its own for as long as Salesforce holds the
+    poll, so polls go over a pool sized for the scale target (``max_connections``). Every
+    other request (the POSTs, SessionId) is short and goes over a second pool of at most
+    ``max_request_connections`` kept-alive connections shared by every chat, in turn: one
+    connection per request in flight would cost a descriptor per chat at saturation (a
+    chat sends now and then, thousands of chats send all the time) and a TCP (and TLS)
+    handshake per message.
 
     Args:
-        max_connections: the connector's limit. aiohttp's default of 100 would serialise
+        max_connections: the polls' limit. aiohttp's default of 100 would serialise
             thousands of outstanding long polls, so it is sized for the scale target.
+        keepalive_s: how long an idle connection is kept for the next request.
+        max_request_connections: the other requests' limit. A request waiting for one of
+            them counts toward its timeout.
     """
 
-    def __init__(self, max_connections: int, keepalive_s: float = 5.0) -> None:
+    def __init__(self, max_connections: int, keepalive_s: float = 5.0,
+                 max_request_connections: int = 256) -> None:
         self._max_connections = max_connections
         self._keepalive_s = keepalive_s
-        self._session: aiohttp.ClientSession | None = None
+        self._max_request_connections = max_request_connections
+        self._polls: aiohttp.ClientSession | None = None
+        self._requests: aiohttp.ClientSession | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # An idle connection is kept a few seconds only: a chat's long poll holds one
-            # connection for good, and a POST connection per chat kept for long would
-            # double the descriptors thousands of chats need.
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections,
-                limit_per_host=0,
-                ttl_dns_cache=300,
-                keepalive_timeout=self._keepalive_s,
-            )
-            # No automatic redirects: a redirect could lead a session key to a host that
-            # salesforce.allowed_hosts never allowed.
-            self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, raise_for_status=False,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
+    def _session(self, limit: int) -> aiohttp.ClientSession:
+        # An idle connection is kept a few seconds only (the next poll or POST of the
+        # thousands of chats takes it up long before).
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300,
+                                         keepalive_timeout=self._keepalive_s)
+        # No automatic redirects: a redirect could lead a session key to a host that
+        # salesforce.allowed_hosts never allowed.
+        return aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                     raise_for_status=False,
+                                     skip_auto_headers=("User-Agent",))
+
+    def _client(self, lane: Lane) -> aiohttp.ClientSession:
+        if lane is Lane.POLL:
+            if self._polls is None:
+                self._polls = self._session(self._max_connections)
+            return self._polls
+        if self._requests is None:
+            self._requests = self._session(self._max_request_connections)
+        return self._requests
 
     async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> HttpResponse:
-        session = self._client()
+        session = self._client(request.lane)
         try:
             async with session.request(
                 request.method,
@@ -89,6 +104,7 @@ class AiohttpTransport:
                 f"{request.purpose.value}: {type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        for session in (self._polls, self._requests):
+            if session is not None:
+                await session.close()
+        self._polls = self._requests = None

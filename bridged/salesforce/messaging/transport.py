@@ -140,30 +140,47 @@ class _AiohttpStream:
 
 
 class AiohttpMessagingTransport:
-    """The real transport: one shared ``aiohttp.ClientSession`` for every chat.
+    """The real transport: two shared ``aiohttp.ClientSession`` pools for every chat.
+
+    Each chat holds its event stream's connection for good, so streams go over a pool sized
+    for the scale target (``max_connections``). The REST requests are short and go over a
+    second pool of at most ``max_request_connections`` kept-alive connections shared by
+    every chat, in turn: one connection per request in flight would cost a descriptor per
+    chat at saturation and a TCP (and TLS) handshake per message.
 
     Args:
-        max_connections: the connector's limit (each chat holds one stream connection for
-            good, so it is sized for the scale target, like Live Agent's).
+        max_connections: the streams' limit.
         keepalive_s: how long an idle REST connection is kept for the next request.
+        max_request_connections: the REST requests' limit. A request waiting for one of
+            them counts toward its timeout.
     """
 
-    def __init__(self, max_connections: int, keepalive_s: float = 5.0) -> None:
+    def __init__(self, max_connections: int, keepalive_s: float = 5.0,
+                 max_request_connections: int = 256) -> None:
         self._max_connections = max_connections
         self._keepalive_s = keepalive_s
-        self._session: aiohttp.ClientSession | None = None
+        self._max_request_connections = max_request_connections
+        self._streams: aiohttp.ClientSession | None = None
+        self._requests: aiohttp.ClientSession | None = None
+
+    def _session(self, limit: int) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300,
+                                         keepalive_timeout=self._keepalive_s)
+        # No automatic redirects: a redirect could carry the bearer token to a host that
+        # salesforce.allowed_hosts never allowed.
+        return aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                     raise_for_status=False,
+                                     skip_auto_headers=("User-Agent",))
 
     def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
-                                             ttl_dns_cache=300,
-                                             keepalive_timeout=self._keepalive_s)
-            # No automatic redirects: a redirect could carry the bearer token to a host that
-            # salesforce.allowed_hosts never allowed.
-            self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, raise_for_status=False,
-                skip_auto_headers=("User-Agent",))
-        return self._session
+        if self._requests is None:
+            self._requests = self._session(self._max_request_connections)
+        return self._requests
+
+    def _stream_client(self) -> aiohttp.ClientSession:
+        if self._streams is None:
+            self._streams = self._session(self._max_connections)
+        return self._streams
 
     async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> Answer:
         what = request.purpose.value
@@ -191,7 +208,7 @@ class AiohttpMessagingTransport:
         timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
                                         sock_connect=connect_timeout, sock_read=read_timeout)
         try:
-            response = await self._client().request(
+            response = await self._stream_client().request(
                 request.method, base_url + request.path, params=request.query or None,
                 headers=headers, timeout=timeout, allow_redirects=False,
                 read_bufsize=_CHUNK)
@@ -206,6 +223,7 @@ class AiohttpMessagingTransport:
             response.close()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        for session in (self._streams, self._requests):
+            if session is not None:
+                await session.close()
+        self._streams = self._requests = None

@@ -1,8 +1,9 @@
 """``bridged loadtest``: load bridged and a null bridge alike, and compare them.
 
-It starts the Live Agent simulator (:mod:`.simproc`) and the server under test in processes
-of their own, opens N simulated OCP chats over M WebSocket connections (:mod:`.client`),
-waits until every chat has an agent, then measures, per topology (:mod:`.run`):
+It starts the Salesforce simulator (:mod:`.simproc`: Live Agent, or Enhanced Chat with
+``--backend messaging``) and the server under test in processes of their own, opens N
+simulated OCP chats over M WebSocket connections (:mod:`.client`), waits until every chat
+has an agent, then measures, per topology (:mod:`.run`):
 
 * loss and duplicates, exactly (zero is the only passing value);
 * the server's RSS per live chat, CPU idle and under load (``/proc``);
@@ -30,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bridged.tools.loadtest.options import PROFILES, LoadTestOptions, Topology
+from bridged.tools.loadtest.options import BACKENDS, PROFILES, LoadTestOptions, Topology
 
 
 def _topology(text: str) -> Topology:
@@ -49,15 +50,19 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "loadtest", help="load bridged (and the null bridge) with simulated chats",
         description=(
-            "Start the Live Agent simulator, bridged and the null bridge in processes of "
-            "their own, open N simulated OCP chats over M WebSocket connections, and "
-            "measure loss, memory and CPU per chat, saturation throughput and latency "
-            "at half load, each also as a ratio to the null bridge."),
+            "Start the Salesforce simulator (Live Agent or Enhanced Chat), bridged and the "
+            "null bridge in processes of their own, open N simulated OCP chats over M "
+            "WebSocket connections, and measure loss, memory and CPU per chat, saturation "
+            "throughput and latency at half load, each also as a ratio to the null bridge."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="small",
                    help="small: 2000 chats over 10 connections and over 2000, ~60 s held; "
-                        "full: 10000 over 10 and 5000 over 5000, >2 min held. "
+                        "full: 10000 over 10 and 5000 over 5000, >2 min held; "
+                        "max: 19000 over 10, within 20000 open files. "
                         "The options below override it")
+    p.add_argument("--backend", choices=BACKENDS, default="liveagent",
+                   help="the Salesforce API: liveagent (legacy Live Agent REST, a long poll "
+                        "per chat) or messaging (Enhanced Chat, an event stream per chat)")
     what = p.add_argument_group("chats and load")
     what.add_argument("--chats", type=int, help="N chats (with --connections: one topology)")
     what.add_argument("--connections", type=int,
@@ -83,8 +88,11 @@ def add_parser(subparsers: Any) -> None:
                       help="which servers: bridged, null or both")
     where = p.add_argument_group("what to test (default: start everything on 127.0.0.1)")
     where.add_argument("--live-agent-url", metavar="URL",
-                       help="use this Live Agent instead of starting the simulator "
+                       help="liveagent: use this Live Agent instead of starting the simulator "
                             "(then OCP->agent and agent->OCP latency are not split)")
+    where.add_argument("--scrt-url", metavar="URL",
+                       help="messaging: use this Enhanced Chat SCRT URL instead of starting "
+                            "the simulator (latency not split)")
     where.add_argument("--bridged-url", metavar="URL",
                        help="a running bridged's ws://HOST:PORT/v1/chat (needs --token)")
     where.add_argument("--token", help="bearer token of --bridged-url")
@@ -93,9 +101,13 @@ def add_parser(subparsers: Any) -> None:
     where.add_argument("--organization-id", default="00D000000000001")
     where.add_argument("--deployment-id", default="572000000000001")
     where.add_argument("--button-id", default="573ECHO00000000",
-                       help="a button whose agent joins and echoes")
+                       help="liveagent: a button whose agent joins and echoes")
+    where.add_argument("--es-developer-name", default="Sim_Echo",
+                       help="messaging: a deployment whose agent joins and echoes")
     sim = p.add_argument_group("simulator timings")
-    sim.add_argument("--hold-s", type=float, default=30.0, help="idle poll hold")
+    sim.add_argument("--hold-s", type=float, default=30.0, help="liveagent: idle poll hold")
+    sim.add_argument("--routing-delay-s", type=float, default=0.05,
+                     help="messaging: create to routing result")
     sim.add_argument("--join-delay-s", type=float, default=0.5, help="agent join delay")
     sim.add_argument("--reply-delay-s", type=float, default=0.0, help="agent echo delay")
     out = p.add_argument_group("output")
@@ -106,6 +118,13 @@ def add_parser(subparsers: Any) -> None:
                                        "temporary directory, kept only on failure)")
     out.add_argument("--no-probe", dest="probe", action="store_false",
                      help="run the servers without the GC/task probe")
+    out.add_argument("--py-spy", metavar="PROGRAM",
+                     help="sample each server with this py-spy over its saturation and "
+                          "half-load phases, and report where its time goes (the raw "
+                          "profiles stay in the run's directory)")
+    out.add_argument("--null-gc", default="off", choices=["off", "bridged", "python"],
+                     help="the null bridge's garbage collector (python -m "
+                          "bridged.tools.nullbridge --help)")
     out.add_argument("--bridged-log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
     out.add_argument("--quiet", action="store_true", help="no progress line")
@@ -131,15 +150,18 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
             profile[key] = getattr(args, arg)
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     return LoadTestOptions(
-        **profile, targets=targets, start_rate=args.start_rate, rate=args.rate,
-        saturate=args.saturate, window=args.window, msg_bytes=args.msg_bytes,
+        **profile, backend=args.backend, targets=targets, start_rate=args.start_rate,
+        rate=args.rate, saturate=args.saturate, window=args.window, msg_bytes=args.msg_bytes,
         fmt="bridged.v1+msgpack" if args.format == "msgpack" else "bridged.v1+json",
-        live_agent_url=args.live_agent_url, bridged_url=args.bridged_url, token=args.token,
+        live_agent_url=args.live_agent_url, scrt_url=args.scrt_url,
+        bridged_url=args.bridged_url, token=args.token,
         bridged_pid=args.bridged_pid, organization_id=args.organization_id,
-        deployment_id=args.deployment_id, button_id=args.button_id, hold_s=args.hold_s,
-        join_delay_s=args.join_delay_s, reply_delay_s=args.reply_delay_s,
-        probe=args.probe, bridged_log_level=args.bridged_log_level, json_path=args.json,
-        plot_path=args.plot, workdir=args.workdir, progress=not args.quiet)
+        deployment_id=args.deployment_id, button_id=args.button_id,
+        es_developer_name=args.es_developer_name, routing_delay_s=args.routing_delay_s,
+        hold_s=args.hold_s, join_delay_s=args.join_delay_s, reply_delay_s=args.reply_delay_s,
+        probe=args.probe, null_gc=args.null_gc, py_spy=args.py_spy,
+        bridged_log_level=args.bridged_log_level, json_path=args.json, plot_path=args.plot,
+        workdir=args.workdir, progress=not args.quiet)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -100,6 +100,8 @@ class Counters:
         self.queued = 0
         self.ended_unexpected = 0
         self.ended_reasons: Counter[str] = Counter()
+        # Why chats ended unexpectedly: "reason: text" (cut), counted.
+        self.ended_details: Counter[str] = Counter()
         self.ended_client = 0
         self.errors: Counter[str] = Counter()
         self.sent = 0
@@ -539,6 +541,9 @@ class LoadGenerator:
                     counters.ended_client += 1
                 else:
                     counters.ended_unexpected += 1
+                    detail = f"{ev.reason}: {ev.text[:120]}"
+                    if detail in counters.ended_details or len(counters.ended_details) < 50:
+                        counters.ended_details[detail] += 1
             counters.acks += 1
             return [self._encode({"type": "ack", "chat": chat.id, "seq": seq})]
         return None

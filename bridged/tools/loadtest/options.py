@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["PROFILES", "LoadTestOptions", "Topology"]
+__all__ = ["BACKENDS", "PROFILES", "LoadTestOptions", "Topology"]
 
 import msgspec
 
 SIM_ORG = "00D000000000001"
 SIM_DEPLOYMENT = "572000000000001"
 SIM_ECHO_BUTTON = "573ECHO00000000"
+# The Enhanced Chat simulator's echoing deployment (bridged.simulators.messaging).
+SIM_ECHO_DEPLOYMENT = "Sim_Echo"
+
+# Which Salesforce API the chats are handed over through: legacy Live Agent REST (a long
+# poll per chat) or Enhanced Chat (Messaging for In-App and Web: an event stream per chat).
+BACKENDS = ("liveagent", "messaging")
 
 
 class Topology(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +40,7 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a run needs; see ``bridged loadtest --help`` for each one."""
 
     topologies: tuple[Topology, ...]
+    backend: str = "liveagent"
     targets: tuple[str, ...] = ("bridged", "null")
     start_rate: float = 500.0
     rate: float | None = None
@@ -52,13 +59,18 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
     msg_bytes: int = 64
     fmt: str = "bridged.v1+json"
     live_agent_url: str | None = None
+    scrt_url: str | None = None
     bridged_url: str | None = None
     token: str | None = None
     bridged_pid: int | None = None
     organization_id: str = SIM_ORG
     deployment_id: str = SIM_DEPLOYMENT
     button_id: str = SIM_ECHO_BUTTON
+    es_developer_name: str = SIM_ECHO_DEPLOYMENT
+    routing_delay_s: float = 0.05
     probe: bool = True
+    null_gc: str = "off"
+    py_spy: str | None = None
     probe_interval_s: float = 0.5
     bridged_log_level: str = "info"
     json_path: str | None = None
@@ -81,6 +93,13 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("msg_bytes must be from 0 to 9000 (a message is 10000 at most)")
         if self.window < 1:
             raise ValueError("window must be >= 1")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, "
+                             f"got {self.backend!r}")
+        if self.live_agent_url and self.backend != "liveagent":
+            raise ValueError("--live-agent-url needs --backend liveagent")
+        if self.scrt_url and self.backend != "messaging":
+            raise ValueError("--scrt-url needs --backend messaging")
         if self.bridged_url and not self.token:
             raise ValueError("--bridged-url needs --token")
         unknown = set(self.targets) - {"bridged", "null"}
@@ -91,7 +110,9 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
 # "--profile small": 2,000 chats, about 60 s held per run (10 s idle, 15 s saturation,
 # 30 s at half load), both topologies. "--profile full": 10,000 chats over 10 connections
 # and 5,000 chats over one connection each (the machine allows 20,000 open files per
-# process), held 2 minutes and more.
+# process), held 2 minutes and more; about 13 minutes in all. "--profile max": 19,000
+# chats over 10 connections, within those 20,000 open files (a descriptor per chat for its
+# poll or stream, the capped request pool); about 8 minutes.
 PROFILES: dict[str, dict[str, object]] = {
     "small": {
         "topologies": (Topology(chats=2000, connections=10),
@@ -102,5 +123,9 @@ PROFILES: dict[str, dict[str, object]] = {
         "topologies": (Topology(chats=10000, connections=10),
                        Topology(chats=5000, connections=5000)),
         "idle_s": 15.0, "saturate_s": 30.0, "duration_s": 90.0, "timeout_s": 3600.0,
+    },
+    "max": {
+        "topologies": (Topology(chats=19000, connections=10),),
+        "idle_s": 15.0, "saturate_s": 30.0, "duration_s": 60.0, "timeout_s": 3600.0,
     },
 }

@@ -6,8 +6,11 @@
 * times every garbage collection (``gc.callbacks``: the ``start`` and ``stop`` phases), per
   generation, so that the load test can give the collector's share of the process's CPU;
 * counts the event loop's live tasks (``asyncio.all_tasks``, run *on* the loop through
-  ``call_soon_threadsafe``). The loop is found by wrapping ``uvloop.new_event_loop``, which
-  both servers pass to ``asyncio.Runner``;
+  ``call_soon_threadsafe``) when asked: when the file ``PATH.ask`` exists (the load test
+  creates it, :func:`ask_tasks`), the next sample counts them and removes it. Counting is a
+  pass over every task on the server's own loop, so it is done at the few moments the load
+  test reads the count, not at every sample. The loop is found by wrapping
+  ``uvloop.new_event_loop``, which both servers pass to ``asyncio.Runner``;
 * raises the soft open-files limit to the hard one.
 
 A daemon thread writes one JSON sample to ``PATH`` (atomically: a temporary file, then a
@@ -15,21 +18,22 @@ rename) every ``--interval`` seconds: ``t`` (CLOCK_MONOTONIC), ``cpu_s`` (proces
 ``gc_s`` (CPU time of the collections, per generation: time a collection spends preempted
 by another process does not count), ``gc_n`` (collections per generation),
 ``gc_collected`` (objects the collections freed: garbage that reference counting could not
-free, i.e. reference cycles), ``tasks`` (or null when the loop is not known yet or did not
-answer in time), and ``long_pauses``: the last collections that took 10 ms or more, each
-``[t, generation, ms]`` in wall time (the event loop stands still that long). Because
-``cpu_s`` and ``gc_s`` come from the same sample, the GC share over a phase is exact to the
-sample interval.
+free, i.e. reference cycles), ``tasks`` (when asked; else, or when the loop is not known yet
+or did not answer in time, null), and ``long_pauses``: the last collections that took 10 ms
+or more, each ``[t, generation, ms]`` in wall time (the event loop stands still that long).
+Because ``cpu_s`` and ``gc_s`` come from the same sample, the GC share over a phase is exact
+to the sample interval.
 
 The instrumentation's own cost: four clock reads per collection, and one pass over
-the task set per sample (a few milliseconds for 30,000 tasks).
+the task set when asked (a few milliseconds for 30,000 tasks).
 """
 
 from __future__ import annotations
 
-__all__ = ["ProbeSample", "main", "read_sample"]
+__all__ = ["ProbeSample", "ask_tasks", "main", "read_sample"]
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -63,6 +67,12 @@ def read_sample(path: str) -> ProbeSample | None:
             return msgspec.json.decode(f.read(), type=ProbeSample)
     except (OSError, msgspec.DecodeError):
         return None
+
+
+def ask_tasks(path: str) -> None:
+    """Ask the probe writing ``path`` to count the tasks in its next sample."""
+    with open(f"{path}.ask", "w"):
+        pass
 
 
 # Collections that take at least this long are listed one by one (time, generation, ms).
@@ -136,8 +146,13 @@ class _LoopWatch:
 
 def _writer(path: str, interval: float, timer: _GcTimer, watch: _LoopWatch) -> None:
     tmp = f"{path}.tmp"
+    ask = f"{path}.ask"
     while True:
-        tasks = watch.count_tasks(timeout=max(1.0, interval))
+        tasks = None
+        if os.path.exists(ask):
+            tasks = watch.count_tasks(timeout=max(1.0, interval))
+            with contextlib.suppress(OSError):
+                os.unlink(ask)
         sample = {
             "t": time.monotonic(),
             "cpu_s": time.process_time(),

@@ -1,8 +1,9 @@
 """The processes of a load test run, and what ``/proc`` says about them.
 
 Each server runs in a process of its own (the simulator, bridged, the null bridge), started
-with ``subprocess.Popen``, its output sent to a log file in the run's directory, and stopped
-by its pid: SIGTERM, then SIGKILL if it does not exit in time. Nothing else is ever signalled.
+with ``subprocess.Popen``, its output sent to a log file in the run's directory (its pid in
+``NAME.pid`` beside it), and stopped by its pid: SIGTERM, then SIGKILL if it does not exit
+in time. Nothing else is ever signalled.
 
 ``/proc/<pid>/status`` gives ``VmRSS``; ``/proc/<pid>/stat`` gives ``utime`` and ``stime``
 (fields 14 and 15, in clock ticks), whose delta over wall time is the CPU use as a percentage
@@ -173,6 +174,8 @@ class ServerProcess:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
+        # Beside the log, for a profiler: py-spy record --pid "$(cat NAME.pid)".
+        self.log_path.with_suffix(".pid").write_text(f"{self.proc.pid}\n")
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as http:
             while True:

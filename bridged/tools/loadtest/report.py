@@ -44,6 +44,7 @@ _ROWS: list[tuple[str, str, str, str | None]] = [
     ("rss_end_mib", "RSS after every chat ended (MiB)", "{:.1f}", "low"),
     ("fds_per_chat", "open files per chat", "{:.2f}", "low"),
     ("fds_per_chat_after_load", "open files per chat after the load", "{:.2f}", "low"),
+    ("fds_peak_per_chat", "open files at the peak / chats", "{:.3f}", "low"),
     ("tasks_per_chat", "asyncio tasks per chat, idle", "{:.2f}", "low"),
     ("tasks_per_chat_load", "asyncio tasks per chat, half load", "{:.2f}", "low"),
     ("cpu_idle_pct", "CPU, chats live, idle (% core)", "{:.1f}", "low"),
@@ -127,6 +128,37 @@ def _flat(run: dict[str, Any]) -> dict[str, Any]:
         flat[f"{short}_p50"] = stats.get("p50")
         flat[f"{short}_p99"] = stats.get("p99")
     return flat
+
+
+def _profile_lines(b: dict[str, Any] | None, n: dict[str, Any] | None) -> list[str]:
+    """Where each server's time went (``--py-spy``): % of its samples per part, and the
+    part's share times the CPU per message (ms), per phase."""
+    from bridged.tools.loadtest.profile import PARTS
+
+    lines: list[str] = []
+    for phase, title, cpu_key in (("load", "half load", "cpu_ms_per_msg_load"),
+                                  ("sat", "saturation", "cpu_ms_per_msg_sat")):
+        profiles = [((run or {}).get(f"profile_{phase}") or {}) for run in (b, n)]
+        if not any(profiles):
+            continue
+        cpu = [_flat(run or {}).get(cpu_key) for run in (b, n)]
+        lines.append(f"where the time goes, {title} (py-spy; % of samples, ms per message):")
+        for part in PARTS:
+            shares = [p.get(part) for p in profiles]
+            if not any(shares):
+                continue
+            cells = []
+            for share, per_msg in zip(shares, cpu, strict=True):
+                if share is None:
+                    cells.append(f"{'':>12}")
+                elif per_msg:
+                    cells.append(f"{share:5.1f}% {per_msg * share / 100:5.3f}")
+                else:
+                    cells.append(f"{share:11.1f}%")
+            lines.append(f"  {part:34} {cells[0]:>12} {cells[1]:>12}")
+        samples = [int(p.get("samples", 0)) for p in profiles]
+        lines.append(f"  {'(samples)':34} {samples[0]:>12} {samples[1]:>12}")
+    return lines
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -217,13 +249,20 @@ class Report:
     def table(self) -> str:
         """The human-readable table, one block per topology."""
         lines: list[str] = [f"note: {note}" for note in self.notes]
+        backend = {"liveagent": "Live Agent", "messaging": "Enhanced Chat"}.get(
+            self.environment.get("backend", ""), "")
+        env = self.environment
+        if env.get("python"):
+            lines.append(f"{backend or 'bridged'}: Python {env['python']}, aiohttp "
+                         f"{env.get('aiohttp')}, msgspec {env.get('msgspec')}, "
+                         f"{env.get('cpus')} CPUs ({env.get('machine')})")
         comparison = self.comparison()
         for topology, b, n in self._pairs():
             any_run = b or n or {}
             chats, conns = any_run.get("chats"), any_run.get("connections")
             title = (f"{chats} chats, one connection each" if conns == chats
                      else f"{chats} chats over {conns} connections")
-            lines.append(f"== {title} ==")
+            lines.append(f"== {backend + ': ' if backend else ''}{title} ==")
             for run in (b, n):
                 if run and run.get("failed"):
                     lines.append(f"   {run['target']} FAILED: {run['failed'].splitlines()[0]}")
@@ -237,6 +276,7 @@ class Report:
                 ratio_text = f"{ratio:.2f}" if ratio is not None and better else ""
                 lines.append(f"{label:36} {_fmt(row['bridged'], spec):>12} "
                              f"{_fmt(row['null'], spec):>12} {ratio_text:>13}")
+            lines.extend(_profile_lines(b, n))
             others = [run.get(f"other_cpu_{phase}_pct") or 0.0 for run in (b, n) if run
                       for phase in ("idle", "sat", "load")]
             if max(others, default=0.0) > DISTURBED_PCT:

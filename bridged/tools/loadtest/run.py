@@ -50,7 +50,7 @@ import msgspec
 from bridged.ops.limits import fds_needed
 from bridged.tools.loadtest.client import LoadGenerator
 from bridged.tools.loadtest.options import LoadTestOptions, Topology
-from bridged.tools.loadtest.probe import ProbeSample, read_sample
+from bridged.tools.loadtest.probe import ProbeSample, ask_tasks, read_sample
 from bridged.tools.loadtest.procs import (
     CpuMeter,
     ServerProcess,
@@ -60,6 +60,7 @@ from bridged.tools.loadtest.procs import (
     python_module,
     read_rss_kib,
 )
+from bridged.tools.loadtest.profile import ProfileRecorder
 from bridged.tools.loadtest.report import Report, percentiles
 from bridged.tools.loadtest.simproc import raise_nofile_limit
 
@@ -143,25 +144,52 @@ class RunContext:
     def __init__(self) -> None:
         self.sim: ServerProcess | None = None
         self.sim_http: str | None = None  # http://HOST:PORT of our simulator (marks), if ours
-        self.live_agent_url = ""
+        self.salesforce_url = ""  # the Live Agent chat URL or the Enhanced Chat SCRT URL
         self.server: ServerProcess | None = None
         self.server_pid: int | None = None
         self.ws_url = ""
         self.token = ""
         self.stats_path: str | None = None
         self.metrics_url: str | None = None  # bridged's /metrics
+        self.workdir = Path(".")
 
 
 def _toml_str(value: str) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def bridged_config(path: Path, *, port: int, token: str, live_agent_url: str, state_dir: Path,
-                   opts: LoadTestOptions, max_chats: int) -> None:
-    """Write a bridged config for the run: one profile ``echo`` on the Live Agent URL, the
-    defaults for everything else but the per-connection envelope rate limit (lifted)."""
-    parts = urlsplit(live_agent_url)
+def bridged_config(path: Path, *, port: int, token: str, salesforce_url: str,
+                   state_dir: Path, opts: LoadTestOptions, max_chats: int) -> None:
+    """Write a bridged config for the run: one profile ``echo`` on the simulator (Live Agent
+    or Enhanced Chat, per ``opts.backend``), the defaults for everything else but the
+    limits that would measure a limiter instead of bridged (lifted, each said below)."""
+    parts = urlsplit(salesforce_url)
     allowed = f"{parts.hostname}:*"
+    if opts.backend == "messaging":
+        limits = """\
+# Lifted: Salesforce allows 200 guest tokens a minute per org (one per hand-over) and 22
+# visitor messages a minute per conversation. bridged keeps both (a burst waits its turn);
+# at those limits starting 10,000 chats takes 50 minutes and a chat's messages are paced,
+# which would measure the limiter, not bridged. The simulator's are lifted alike.
+messaging_token_limit = 1000000
+messaging_message_limit = 1000000
+"""
+        profile = f"""\
+[profiles.echo]
+type = "salesforce_messaging"
+scrt_url = {_toml_str(salesforce_url)}
+organization_id = {_toml_str(opts.organization_id)}
+es_developer_name = {_toml_str(opts.es_developer_name)}
+"""
+    else:
+        limits = ""
+        profile = f"""\
+[profiles.echo]
+live_agent_base_url = {_toml_str(salesforce_url)}
+organization_id = {_toml_str(opts.organization_id)}
+deployment_id = {_toml_str(opts.deployment_id)}
+button_id = {_toml_str(opts.button_id)}
+"""
     path.write_text(f"""\
 [server]
 listen = "127.0.0.1:{port}"
@@ -173,46 +201,68 @@ max_envelopes_per_s = 1000000
 
 [salesforce]
 allowed_hosts = [{_toml_str(allowed)}]
-
+{limits}
 [state]
 dir = {_toml_str(str(state_dir))}
 
 [logging]
 level = {_toml_str(opts.bridged_log_level)}
 
-[profiles.echo]
-live_agent_base_url = {_toml_str(live_agent_url)}
-organization_id = {_toml_str(opts.organization_id)}
-deployment_id = {_toml_str(opts.deployment_id)}
-button_id = {_toml_str(opts.button_id)}
-""")
+{profile}""")
+
+
+def simulator_options(opts: LoadTestOptions, topology: Topology) -> dict[str, Any]:
+    """The options of the run's simulator (``SimulatorOptions`` or ``MessagingOptions``):
+    the run's timings, nothing recorded, room for every chat, and for Enhanced Chat the
+    rate limits lifted (Salesforce's are 200 tokens a minute per org, 3 conversations per
+    30 s per subject, 22 messages a minute per conversation: the load test measures bridged,
+    not them)."""
+    if opts.backend == "messaging":
+        lifted = 1_000_000_000
+        return {
+            "org_id": opts.organization_id[:15],
+            "routing_delay_s": opts.routing_delay_s, "join_delay_s": opts.join_delay_s,
+            "reply_delay_s": opts.reply_delay_s,
+            "request_log_max": 0, "record_max": 0,
+            # A reconnect replays from here; 20 events a subject is a few KiB per chat.
+            "replay_depth": 20,
+            "tokens_per_window": lifted, "starts_per_window": lifted,
+            "messages_per_window": lifted,
+            "max_conversations": 2 * topology.chats + 1000,
+            "max_tokens": 2 * topology.chats + 1000,
+        }
+    return {
+        "hold_s": opts.hold_s, "client_poll_timeout": opts.hold_s + 10.0,
+        "join_delay_s": opts.join_delay_s, "reply_delay_s": opts.reply_delay_s,
+        "request_log_max": 0, "record_max": 0,
+        "max_sessions": 2 * topology.chats + 1000,
+        "org_id": opts.organization_id, "deployment_id": opts.deployment_id,
+    }
 
 
 @contextlib.asynccontextmanager
 async def _processes(opts: LoadTestOptions, target: str, topology: Topology, workdir: Path,
                      ) -> AsyncIterator[RunContext]:
     ctx = RunContext()
+    ctx.workdir = workdir
     procs: list[ServerProcess] = []
     try:
-        if opts.live_agent_url:
-            ctx.live_agent_url = opts.live_agent_url
+        external = opts.scrt_url if opts.backend == "messaging" else opts.live_agent_url
+        if external:
+            ctx.salesforce_url = external
         else:
             port = free_port()
-            sim_options = {
-                "hold_s": opts.hold_s, "client_poll_timeout": opts.hold_s + 10.0,
-                "join_delay_s": opts.join_delay_s, "reply_delay_s": opts.reply_delay_s,
-                "request_log_max": 0, "record_max": 0,
-                "max_sessions": 2 * topology.chats + 1000,
-                "org_id": opts.organization_id, "deployment_id": opts.deployment_id,
-            }
+            sim_options = simulator_options(opts, topology)
             ctx.sim = ServerProcess(
                 f"simulator-{target}-{topology.key}",
                 python_module("bridged.tools.loadtest.simproc", "--listen", f"127.0.0.1:{port}",
+                              "--backend", opts.backend,
                               "--options", msgspec.json.encode(sim_options).decode()),
                 workdir, f"http://127.0.0.1:{port}/_loadtest/ping")
             procs.append(ctx.sim)
             ctx.sim_http = f"http://127.0.0.1:{port}"
-            ctx.live_agent_url = f"http://127.0.0.1:{port}/chat"
+            ctx.salesforce_url = (f"http://127.0.0.1:{port}" if opts.backend == "messaging"
+                                  else f"http://127.0.0.1:{port}/chat")
         if target == "bridged" and opts.bridged_url:
             ctx.ws_url, ctx.token, ctx.server_pid = opts.bridged_url, opts.token or "", \
                 opts.bridged_pid
@@ -235,7 +285,7 @@ async def _processes(opts: LoadTestOptions, target: str, topology: Topology, wor
                 state.mkdir(exist_ok=True)
                 config = workdir / f"bridged-{topology.key}.toml"
                 bridged_config(config, port=port, token=ctx.token,
-                               live_agent_url=ctx.live_agent_url, state_dir=state, opts=opts,
+                               salesforce_url=ctx.salesforce_url, state_dir=state, opts=opts,
                                max_chats=max(20000, topology.chats))
                 args = ["bridged", "run", "--config", str(config)]
                 argv = ([sys.executable, *probe, *args] if probe
@@ -244,9 +294,15 @@ async def _processes(opts: LoadTestOptions, target: str, topology: Topology, wor
                 ctx.metrics_url = f"http://127.0.0.1:{port}/metrics"
             else:
                 args = ["nullbridge", "--listen", f"127.0.0.1:{port}", "--token", ctx.token,
-                        "--live-agent-url", ctx.live_agent_url,
-                        "--organization-id", opts.organization_id,
-                        "--deployment-id", opts.deployment_id, "--button-id", opts.button_id]
+                        "--backend", opts.backend, "--organization-id", opts.organization_id,
+                        "--gc", opts.null_gc]
+                if opts.backend == "messaging":
+                    args += ["--scrt-url", ctx.salesforce_url,
+                             "--es-developer-name", opts.es_developer_name]
+                else:
+                    args += ["--live-agent-url", ctx.salesforce_url,
+                             "--deployment-id", opts.deployment_id,
+                             "--button-id", opts.button_id]
                 argv = ([sys.executable, *probe, *args] if probe
                         else python_module("bridged.tools.nullbridge", *args[1:]))
                 ready = f"http://127.0.0.1:{port}/healthz"
@@ -323,6 +379,7 @@ async def server_sample(ctx: RunContext, fresh: bool = False) -> ProbeSample | N
         if not fresh:
             return read_sample(ctx.stats_path)
         start = time.monotonic()
+        ask_tasks(ctx.stats_path)
         while time.monotonic() - start < 3.0:
             sample = read_sample(ctx.stats_path)
             if sample is not None and sample.t >= start and sample.tasks is not None:
@@ -443,6 +500,8 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
     gen.samples.reply_delay_ns = int(opts.reply_delay_s * 1e9)
     progress.gen = gen
     meters = _Meters(ctx)
+    fds_peak = [out["fds_base"] or 0]
+    watch = asyncio.create_task(_watch_fds(pid, fds_peak)) if pid else None
     async with gen, aiohttp.ClientSession() as http:
         # --- start -----------------------------------------------------------------------
         progress.phase = "start"
@@ -472,7 +531,10 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
         # --- saturation ------------------------------------------------------------------
         if opts.saturate:
             progress.phase = "saturate"
+            recorder = _profiler(opts, ctx, target, topology, "sat")
             await _saturate(opts, gen, meters, out)
+            if recorder is not None:
+                out["profile_sat"] = await recorder.stop()
             progress.phase = "drain"
             out["sat_drained"] = await gen.drain(until(opts.drain_timeout_s))
 
@@ -488,12 +550,15 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
             marks = (asyncio.create_task(_marks_loop(http, ctx.sim_http, gen))
                      if ctx.sim_http else None)
             await meters.mark()
+            recorder = _profiler(opts, ctx, target, topology, "load")
             open_task = asyncio.create_task(gen.run_open(rate, opts.duration_s))
             await asyncio.sleep(min(opts.duration_s / 2, 5.0))
             load_probe = await server_sample(ctx, fresh=True)
             out["tasks_load"] = load_probe.tasks if load_probe else None
             sent, spent = await open_task
             await meters.read(out, "load")
+            if recorder is not None:
+                out["profile_load"] = await recorder.stop()
             out["latency_sent"] = sent
             out["latency_achieved_rate"] = sent / spent if spent else None
             progress.phase = "drain"
@@ -515,6 +580,11 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
             out["latency_unmatched_marks"] = len(s.pending_echo) + len(s.pending_mark)
         out["rss_after_load_kib"] = read_rss_kib(pid) if pid else None
         out["fds_after_load"] = count_fds(pid) if pid else None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            out["fds_peak"] = fds_peak[0]
 
         # --- end -------------------------------------------------------------------------
         progress.phase = "end"
@@ -528,6 +598,26 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
     _derive(out)
     out["_samples"] = gen.samples  # for the plot; dropped from the JSON
     return out
+
+
+async def _watch_fds(pid: int, peak: list[int]) -> None:
+    """Keep in ``peak[0]`` the most descriptors ``pid`` held, read every half second."""
+    while True:
+        count = count_fds(pid)
+        if count is not None and count > peak[0]:
+            peak[0] = count
+        await asyncio.sleep(0.5)
+
+
+def _profiler(opts: LoadTestOptions, ctx: RunContext, target: str, topology: Topology,
+              phase: str) -> ProfileRecorder | None:
+    """py-spy sampling the server from now on (``--py-spy``), or None."""
+    if not opts.py_spy or not ctx.server_pid:
+        return None
+    recorder = ProfileRecorder(opts.py_spy, ctx.server_pid,
+                               ctx.workdir / f"profile-{target}-{topology.key}-{phase}.txt")
+    recorder.start()
+    return recorder
 
 
 # Saturation search: the window doubles while the throughput still grows by this much.
@@ -592,7 +682,7 @@ def _counts(gen: LoadGenerator, out: dict[str, Any]) -> None:
         "started": c.started, "joined": c.joined, "connections_opened": c.connections,
         "connection_errors": c.connection_errors,
         "ended_unexpected": c.ended_unexpected, "ended_client": c.ended_client,
-        "ended_reasons": dict(c.ended_reasons),
+        "ended_reasons": dict(c.ended_reasons), "ended_details": dict(c.ended_details),
         "errors": dict(c.errors), "errors_total": c.errors_total,
         "sent": c.sent, "delivered": c.delivered, "echoed": c.echoed,
         "busy": c.busy, "lost": lost, "undelivered": undelivered,
@@ -612,6 +702,9 @@ def _derive(out: dict[str, Any]) -> None:
     fb, fl = out.get("fds_base"), out.get("fds_live")
     if joined and fb is not None and fl is not None:
         out["fds_per_chat"] = (fl - fb) / joined
+    peak = out.get("fds_peak")
+    if joined and peak is not None:
+        out["fds_peak_per_chat"] = peak / joined
     fa = out.get("fds_after_load")
     if joined and fb is not None and fa is not None:
         out["fds_per_chat_after_load"] = (fa - fb) / joined
@@ -698,7 +791,7 @@ async def run_loadtest(opts: LoadTestOptions) -> Report:
     workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="bridged-loadtest-"))
     workdir.mkdir(parents=True, exist_ok=True)
     report = Report(opts, environment={
-        "python": platform.python_version(), "machine": platform.machine(),
+        "backend": opts.backend, "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "aiohttp": aiohttp.__version__,
         "msgspec": msgspec.__version__, "workdir": str(workdir),
     })
@@ -715,7 +808,8 @@ async def run_loadtest(opts: LoadTestOptions) -> Report:
     finally:
         await progress.stop()
         failed = any(r.get("failed") for r in report.runs)
-        if own_workdir and not failed and not report.timed_out and not report.has_loss():
+        if own_workdir and not failed and not report.timed_out and not report.has_loss() \
+                and not opts.py_spy:
             shutil.rmtree(workdir, ignore_errors=True)
             report.environment["workdir"] = None
     return report

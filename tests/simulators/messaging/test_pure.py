@@ -6,6 +6,7 @@ import pytest
 
 from bridged.simulators.messaging.entries import text_message
 from bridged.simulators.messaging.limits import SlidingWindow
+from bridged.simulators.messaging.records import StreamRecord
 from bridged.simulators.messaging.sse import (
     PING_FRAME,
     envelope,
@@ -13,6 +14,7 @@ from bridged.simulators.messaging.sse import (
     format_event_id,
     parse_event_id,
 )
+from bridged.simulators.messaging.streams import EventStream, StreamHub
 from bridged.simulators.messaging.tokens import TokenBook, TokenProblem, decode_part
 from bridged.simulators.messaging.uploads import check_file, parse_form
 from bridged.simulators.messaging.wire import (
@@ -120,3 +122,24 @@ def test_long_ids_carry_the_case_checksum() -> None:
     assert long_id("00D000000000001") == "00D000000000001EAA"
     # A real org id and its 18-character form (MESSAGING.md 2.2: 00DNy0000000Hgn).
     assert long_id("00DNy0000000Hgn") == "00DNy0000000HgnMAE"
+
+
+def test_stream_hub_finds_a_tokens_streams_among_many() -> None:
+    hub = StreamHub(replay_depth=0)
+
+    def open_stream(subject: str, jwt_id: str) -> EventStream:
+        record = StreamRecord(number=0, opened_at=0.0, jwt_id=jwt_id, subject=subject,
+                              headers={}, last_event_id=None, concurrent=0, record_max=0)
+        stream = EventStream(record, jwt_id, 10)
+        hub.attach(subject, stream)
+        return stream
+
+    a1, b1 = open_stream("s1", "a"), open_stream("s2", "b")
+    a2 = open_stream("s1", "a")
+    assert hub.of_token("a") == [a1, a2]
+    assert hub.of_token("b") == [b1]
+    hub.detach("s1", a1)
+    assert hub.of_token("a") == [a2]
+    hub.detach("s1", a2)
+    hub.detach("s2", b1)
+    assert hub.of_token("a") == [] and hub.of_token("b") == [] and hub.all() == []

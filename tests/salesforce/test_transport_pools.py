@@ -1,0 +1,141 @@
+"""Both transports over real loopback: the requests share a capped pool of kept-alive
+connections, while what a chat holds open (a long poll, an event stream) has its own.
+
+What a user would notice: the descriptors bridged holds. One connection per request in
+flight would cost a descriptor per chat at saturation (19,000 chats could not fit in 20,000
+open files); a capped pool costs at most its cap, and a held poll or stream never waits
+for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from bridged.ops.limits import chats_that_fit, fds_needed
+from bridged.salesforce.liveagent.protocol import HttpRequest, Lane, Purpose
+from bridged.salesforce.liveagent.transport import AiohttpTransport
+from bridged.salesforce.messaging import protocol as ec
+from bridged.salesforce.messaging.transport import AiohttpMessagingTransport
+
+
+class Server:
+    """A loopback server that notes the client port of every request (one per connection)."""
+
+    def __init__(self) -> None:
+        self.ports: dict[str, set[int]] = {"post": set(), "held": set()}
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.release = asyncio.Event()
+        self.url = ""
+
+    def _note(self, request: web.Request, kind: str) -> None:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        assert peer is not None
+        self.ports[kind].add(peer[1])
+
+    async def post(self, request: web.Request) -> web.Response:
+        self._note(request, "post")
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        return web.Response(status=202, text="{}")
+
+    async def held(self, request: web.Request) -> web.StreamResponse:
+        """Held until released: a parked long poll, an open event stream."""
+        self._note(request, "held")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        async with asyncio.timeout(10):
+            await self.release.wait()
+        return response
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server()
+    app = web.Application()
+    app.router.add_post("/chat/rest/Chasitor/ChatMessage", srv.post)
+    app.router.add_get("/chat/rest/System/Messages", srv.held)
+    app.router.add_post("/iamessage/api/v2/conversation/c/message", srv.post)
+    app.router.add_get("/eventrouter/v1/sse", srv.held)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    srv.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield srv
+    finally:
+        srv.release.set()
+        await runner.cleanup()
+
+
+def _la(purpose: Purpose, lane: Lane, path: str, method: str) -> HttpRequest:
+    return HttpRequest(method=method, path=path, purpose=purpose, lane=lane, headers=())
+
+
+async def test_live_agent_posts_share_a_capped_pool_and_polls_never_wait_for_it(
+        server: Server) -> None:
+    transport = AiohttpTransport(max_connections=100, keepalive_s=5.0,
+                                 max_request_connections=4)
+    base = server.url + "/chat/rest/"
+    try:
+        # Ten chats park their long polls; then they send 60 messages at once.
+        polls = [asyncio.create_task(transport.exchange(
+            base, _la(Purpose.MESSAGES, Lane.POLL, "System/Messages", "GET"), 10.0))
+            for _ in range(10)]
+        async with asyncio.timeout(5):
+            while len(server.ports["held"]) < 10:
+                await asyncio.sleep(0.01)
+        post = _la(Purpose.CHAT_MESSAGE, Lane.POST, "Chasitor/ChatMessage", "POST")
+        answers = await asyncio.gather(*(transport.exchange(base, post, 10.0)
+                                         for _ in range(60)))
+        server.release.set()
+        await asyncio.gather(*polls)
+    finally:
+        await transport.aclose()
+
+    assert [a.status for a in answers] == [202] * 60
+    assert len(server.ports["post"]) <= 4, server.ports["post"]
+    assert server.most_in_flight <= 4
+    # No POST ever went over a poll's connection, nor waited for one.
+    assert not server.ports["post"] & server.ports["held"]
+
+
+async def test_enhanced_chat_requests_share_a_capped_pool_beside_the_streams(
+        server: Server) -> None:
+    transport = AiohttpMessagingTransport(max_connections=100, keepalive_s=5.0,
+                                          max_request_connections=3)
+    stream_request = ec.HttpRequest(method="GET", path="/eventrouter/v1/sse",
+                                    purpose=ec.Purpose.EVENTS, headers=())
+    send = ec.HttpRequest(method="POST", path="/iamessage/api/v2/conversation/c/message",
+                          purpose=ec.Purpose.SEND_MESSAGE, headers=(), body=b"{}")
+    try:
+        async with transport.stream(server.url, stream_request, 5.0, 10.0) as one, \
+                transport.stream(server.url, stream_request, 5.0, 10.0) as two:
+            assert one.status == two.status == 200
+            answers = await asyncio.gather(*(transport.exchange(server.url, send, 10.0)
+                                             for _ in range(40)))
+            server.release.set()
+    finally:
+        await transport.aclose()
+
+    assert [a.status for a in answers] == [202] * 40
+    assert len(server.ports["post"]) <= 3, server.ports["post"]
+    assert len(server.ports["held"]) == 2
+    assert not server.ports["post"] & server.ports["held"]
+
+
+def test_nineteen_thousand_chats_over_ten_connections_fit_in_twenty_thousand_files() -> None:
+    # One descriptor per chat for its poll or stream, the capped request pools of both
+    # backends, the OCP connections and the reserve.
+    assert fds_needed(19_000, 10) <= 20_000
+    assert fds_needed(19_000, 10) / 19_000 <= 1.05
+    fit = chats_that_fit(20_000, 10)
+    assert fds_needed(fit, 10) <= 20_000 < fds_needed(fit + 1, 10)
+    assert chats_that_fit(100, 1) == 0
