@@ -11,6 +11,8 @@ from __future__ import annotations
 __all__ = ["LoadMeter", "Mailbox", "MailboxStatistics"]
 
 import asyncio
+import inspect
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, NamedTuple, TypeVar
@@ -36,7 +38,11 @@ class Mailbox(Generic[T]):
     Args:
         maxsize: how many items it holds at most (>= 1).
         on_put: called after every accepted item; lets a consumer that waits on several
-            sources at once be woken without a task per source.
+            sources at once be woken without a task per source. A bound method is held
+            weakly: its object usually holds the mailbox, and a reference cycle between the
+            two would outlive them until a full collection of the garbage collector (a
+            pause of its own with thousands of chats), where reference counting frees them
+            at once.
     """
 
     def __init__(self, maxsize: int, on_put: Callable[[], None] | None = None) -> None:
@@ -44,7 +50,10 @@ class Mailbox(Generic[T]):
             raise ValueError("a mailbox holds at least one item")
         self.maxsize = maxsize
         self._items: deque[T] = deque()
-        self._on_put = on_put
+        self._on_put: Callable[[], Callable[[], None] | None] | None = None
+        if on_put is not None:
+            self._on_put = (weakref.WeakMethod(on_put) if inspect.ismethod(on_put)
+                            else lambda: on_put)
         self._reader: asyncio.Future[None] | None = None
         self._writers: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -74,7 +83,9 @@ class Mailbox(Generic[T]):
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
         if self._on_put is not None:
-            self._on_put()
+            on_put = self._on_put()
+            if on_put is not None:
+                on_put()
 
     async def put(self, item: T) -> None:
         """Add ``item``, waiting for room.

@@ -8,6 +8,7 @@ duplicated, every chat joined and ended, and a report with every field. Never ti
 
 from __future__ import annotations
 
+import tomllib
 from typing import Any
 
 import msgspec
@@ -15,7 +16,7 @@ import msgspec
 from bridged.tools.loadtest.options import LoadTestOptions, Topology
 from bridged.tools.loadtest.profile import parts_of
 from bridged.tools.loadtest.report import percentiles
-from bridged.tools.loadtest.run import run_loadtest
+from bridged.tools.loadtest.run import run_loadtest, with_settings
 
 FIELDS = [
     "started", "joined", "ended_unexpected", "errors_total", "sent", "delivered", "echoed",
@@ -120,3 +121,15 @@ def test_profile_parts_count_each_sample_for_its_innermost_known_frame(tmp_path:
 
     assert parts == {"HTTP client": 60.0, "WebSocket": 20.0, "state store": 10.0,
                      "event loop and plumbing": 10.0, "samples": 10.0}
+
+
+def test_bridged_settings_change_the_generated_config() -> None:
+    text = '[server]\nlisten = "a"\nmax_chats = 2\n\n[state]\ndir = "x"\n'
+
+    changed = with_settings(text, ("state.commit_interval_ms=2", "server.max_chats=5",
+                                   'history.base_url="http://h"'))
+
+    config = tomllib.loads(changed)
+    assert config["server"] == {"listen": "a", "max_chats": 5}
+    assert config["state"] == {"dir": "x", "commit_interval_ms": 2}
+    assert config["history"] == {"base_url": "http://h"}

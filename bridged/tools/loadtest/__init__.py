@@ -122,6 +122,10 @@ def add_parser(subparsers: Any) -> None:
                      help="sample each server with this py-spy over its saturation and "
                           "half-load phases, and report where its time goes (the raw "
                           "profiles stay in the run's directory)")
+    out.add_argument("--bridged-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="change the config of the bridged it starts (VALUE in TOML: "
+                          "state.commit_interval_ms=2, server.gc_thresholds=[700,10,10]); "
+                          "repeatable")
     out.add_argument("--null-gc", default="off", choices=["off", "bridged", "python"],
                      help="the null bridge's garbage collector (python -m "
                           "bridged.tools.nullbridge --help)")
@@ -160,6 +164,7 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
         es_developer_name=args.es_developer_name, routing_delay_s=args.routing_delay_s,
         hold_s=args.hold_s, join_delay_s=args.join_delay_s, reply_delay_s=args.reply_delay_s,
         probe=args.probe, null_gc=args.null_gc, py_spy=args.py_spy,
+        bridged_settings=tuple(args.bridged_set),
         bridged_log_level=args.bridged_log_level, json_path=args.json, plot_path=args.plot,
         workdir=args.workdir, progress=not args.quiet)
 

@@ -70,6 +70,8 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
     routing_delay_s: float = 0.05
     probe: bool = True
     null_gc: str = "off"
+    # bridged's config, changed: "SECTION.KEY=TOML value" (e.g. "state.commit_interval_ms=2").
+    bridged_settings: tuple[str, ...] = ()
     py_spy: str | None = None
     probe_interval_s: float = 0.5
     bridged_log_level: str = "info"
@@ -100,6 +102,11 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("--live-agent-url needs --backend liveagent")
         if self.scrt_url and self.backend != "messaging":
             raise ValueError("--scrt-url needs --backend messaging")
+        for setting in self.bridged_settings:
+            key, eq, _value = setting.partition("=")
+            section, dot, name = key.strip().partition(".")
+            if not eq or not dot or not section or not name:
+                raise ValueError(f"--bridged-set wants SECTION.KEY=VALUE, got {setting!r}")
         if self.bridged_url and not self.token:
             raise ValueError("--bridged-url needs --token")
         unknown = set(self.targets) - {"bridged", "null"}

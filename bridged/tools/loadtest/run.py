@@ -190,7 +190,7 @@ organization_id = {_toml_str(opts.organization_id)}
 deployment_id = {_toml_str(opts.deployment_id)}
 button_id = {_toml_str(opts.button_id)}
 """
-    path.write_text(f"""\
+    text = f"""\
 [server]
 listen = "127.0.0.1:{port}"
 tokens = [{_toml_str(token)}]
@@ -208,7 +208,33 @@ dir = {_toml_str(str(state_dir))}
 [logging]
 level = {_toml_str(opts.bridged_log_level)}
 
-{profile}""")
+{profile}"""
+    path.write_text(with_settings(text, opts.bridged_settings))
+
+
+def with_settings(text: str, settings: tuple[str, ...]) -> str:
+    """``text`` (a TOML config) with each ``SECTION.KEY=VALUE`` set: the key added under its
+    section's header (a new section at the end if there is none); a key set already is
+    replaced."""
+    lines = text.splitlines()
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        section, _, name = key.strip().partition(".")
+        header = f"[{section}]"
+        assignment = f"{name} = {value.strip()}"
+        if header not in lines:
+            lines += ["", header, assignment]
+            continue
+        start = lines.index(header) + 1
+        end = next((i for i in range(start, len(lines)) if lines[i].startswith("[")),
+                   len(lines))
+        for i in range(start, end):
+            if lines[i].split("=", 1)[0].strip() == name:
+                lines[i] = assignment
+                break
+        else:
+            lines.insert(start, assignment)
+    return "\n".join(lines) + "\n"
 
 
 def simulator_options(opts: LoadTestOptions, topology: Topology) -> dict[str, Any]:
