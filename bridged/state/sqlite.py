@@ -107,8 +107,14 @@ class _Change:
         """Drop ``drops`` (also from the items not yet written), then add ``items``."""
         for list_id, first, last in drops:
             if self.items:
-                for gone in [k for k in self.items if k[0] == list_id and first <= k[1] <= last]:
-                    del self.items[gone]
+                if last - first < len(self.items):
+                    # A short range (the usual: the events an ack released): by key.
+                    for key in range(first, last + 1):
+                        self.items.pop((list_id, key), None)
+                else:
+                    for gone in [k for k in self.items
+                                 if k[0] == list_id and first <= k[1] <= last]:
+                        del self.items[gone]
             self.drops.append((list_id, first, last))
         for list_id, key, data in items:
             self.items[(list_id, key)] = data

@@ -123,19 +123,25 @@ class SseParser:
             text = text[1:]  # the LF of a CRLF split across two chunks
         self._after_cr = False
         events: list[SseEvent] = []
-        start = 0
-        for match in _LINE_END.finditer(text):
-            piece = text[start:match.start()]
+        if "\r" in text:
+            lines: list[str] = []
+            start = 0
+            for match in _LINE_END.finditer(text):
+                lines.append(text[start:match.start()])
+                start = match.end()
+            rest = text[start:]
+            self._after_cr = text.endswith("\r")
+        else:
+            # Line feeds alone (what servers send): a plain split, the same lines.
+            lines = text.split("\n")
+            rest = lines.pop()
+        for piece in lines:
             if self._partial:
                 self._partial.append(piece)
                 piece = "".join(self._partial)
                 self._partial.clear()
                 self._partial_size = 0
             self._process_line(piece, events)
-            start = match.end()
-        if text.endswith("\r"):
-            self._after_cr = True
-        rest = text[start:]
         if rest:
             self._partial.append(rest)
             self._partial_size += len(rest)
