@@ -50,8 +50,8 @@ class AiohttpTransport:
         max_connections: the polls' limit. aiohttp's default of 100 would serialise
             thousands of outstanding long polls, so it is sized for the scale target.
         keepalive_s: how long an idle connection is kept for the next request.
-        max_request_connections: the other requests' limit. A request waiting for one of
-            them counts toward its timeout.
+        max_request_connections: the other requests' limit. A request's timeout starts
+            once it has one of them (see ``_answer_within``).
     """
 
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
@@ -91,7 +91,7 @@ class AiohttpTransport:
                 params=request.query or None,
                 headers=dict(request.headers),
                 data=request.body,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=_answer_within(timeout),
                 allow_redirects=False,
             ) as response:
                 body = await response.read()
@@ -108,3 +108,14 @@ class AiohttpTransport:
             if session is not None:
                 await session.close()
         self._polls = self._requests = None
+
+
+def _answer_within(timeout: float) -> aiohttp.ClientTimeout:
+    """``timeout`` for Salesforce to answer, counted once the request goes (connected).
+
+    The wait for a connection of the capped pool is not counted: with thousands of chats
+    sending at once, a request queued behind the others would time out unsent, be retried,
+    queue again, and keep the queue full (each gap in an answer is held to ``timeout``).
+    """
+    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=timeout,
+                                 sock_read=timeout)

@@ -151,8 +151,8 @@ class AiohttpMessagingTransport:
     Args:
         max_connections: the streams' limit.
         keepalive_s: how long an idle REST connection is kept for the next request.
-        max_request_connections: the REST requests' limit. A request waiting for one of
-            them counts toward its timeout.
+        max_request_connections: the REST requests' limit. A request's timeout starts
+            once it has one of them (see ``_answer_within``).
     """
 
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
@@ -188,7 +188,7 @@ class AiohttpMessagingTransport:
             async with self._client().request(
                 request.method, base_url + request.path, params=request.query or None,
                 headers=dict(request.headers), data=request.body,
-                timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False,
+                timeout=_answer_within(timeout), allow_redirects=False,
             ) as response:
                 return Answer(response.status, await _read_upto(response.content, MAX_BODY))
         except TimeoutError as exc:
@@ -227,3 +227,14 @@ class AiohttpMessagingTransport:
             if session is not None:
                 await session.close()
         self._streams = self._requests = None
+
+
+def _answer_within(timeout: float) -> aiohttp.ClientTimeout:
+    """``timeout`` for Salesforce to answer, counted once the request goes (connected).
+
+    The wait for a connection of the capped pool is not counted: with thousands of chats
+    sending at once, a request queued behind the others would time out unsent, be retried,
+    queue again, and keep the queue full (each gap in an answer is held to ``timeout``).
+    """
+    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=timeout,
+                                 sock_read=timeout)
