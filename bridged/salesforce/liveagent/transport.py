@@ -15,6 +15,7 @@ from typing import Protocol
 import aiohttp
 
 from bridged.errors import TransportConnectError, TransportTimeout
+from bridged.salesforce.http import answer_within, client_session
 from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, Lane
 
 
@@ -51,7 +52,7 @@ class AiohttpTransport:
             thousands of outstanding long polls, so it is sized for the scale target.
         keepalive_s: how long an idle connection is kept for the next request.
         max_request_connections: the other requests' limit. A request's timeout starts
-            once it has one of them (see ``_answer_within``).
+            once it has one of them (see ``bridged.salesforce.http.answer_within``).
     """
 
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
@@ -63,15 +64,7 @@ class AiohttpTransport:
         self._requests: aiohttp.ClientSession | None = None
 
     def _session(self, limit: int) -> aiohttp.ClientSession:
-        # An idle connection is kept a few seconds only (the next poll or POST of the
-        # thousands of chats takes it up long before).
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300,
-                                         keepalive_timeout=self._keepalive_s)
-        # No automatic redirects: a redirect could lead a session key to a host that
-        # salesforce.allowed_hosts never allowed.
-        return aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                     raise_for_status=False,
-                                     skip_auto_headers=("User-Agent",))
+        return client_session(limit, self._keepalive_s)
 
     def _client(self, lane: Lane) -> aiohttp.ClientSession:
         if lane is Lane.POLL:
@@ -91,7 +84,7 @@ class AiohttpTransport:
                 params=request.query or None,
                 headers=dict(request.headers),
                 data=request.body,
-                timeout=_answer_within(timeout),
+                timeout=answer_within(timeout),
                 allow_redirects=False,
             ) as response:
                 body = await response.read()
@@ -109,13 +102,3 @@ class AiohttpTransport:
                 await session.close()
         self._polls = self._requests = None
 
-
-def _answer_within(timeout: float) -> aiohttp.ClientTimeout:
-    """``timeout`` for Salesforce to answer, counted once the request goes (connected).
-
-    The wait for a connection of the capped pool is not counted: with thousands of chats
-    sending at once, a request queued behind the others would time out unsent, be retried,
-    queue again, and keep the queue full (each gap in an answer is held to ``timeout``).
-    """
-    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=timeout,
-                                 sock_read=timeout)

@@ -24,6 +24,7 @@ from typing import NamedTuple, Protocol
 import aiohttp
 
 from bridged.errors import TransportConnectError, TransportTimeout
+from bridged.salesforce.http import answer_within, client_session
 from bridged.salesforce.messaging.protocol import HttpRequest
 
 # An error body (or a stream refused) is read at most this far: Salesforce's are small JSON.
@@ -152,7 +153,7 @@ class AiohttpMessagingTransport:
         max_connections: the streams' limit.
         keepalive_s: how long an idle REST connection is kept for the next request.
         max_request_connections: the REST requests' limit. A request's timeout starts
-            once it has one of them (see ``_answer_within``).
+            once it has one of them (see ``bridged.salesforce.http.answer_within``).
     """
 
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
@@ -164,13 +165,7 @@ class AiohttpMessagingTransport:
         self._requests: aiohttp.ClientSession | None = None
 
     def _session(self, limit: int) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300,
-                                         keepalive_timeout=self._keepalive_s)
-        # No automatic redirects: a redirect could carry the bearer token to a host that
-        # salesforce.allowed_hosts never allowed.
-        return aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                     raise_for_status=False,
-                                     skip_auto_headers=("User-Agent",))
+        return client_session(limit, self._keepalive_s)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._requests is None:
@@ -188,7 +183,7 @@ class AiohttpMessagingTransport:
             async with self._client().request(
                 request.method, base_url + request.path, params=request.query or None,
                 headers=dict(request.headers), data=request.body,
-                timeout=_answer_within(timeout), allow_redirects=False,
+                timeout=answer_within(timeout), allow_redirects=False,
             ) as response:
                 return Answer(response.status, await _read_upto(response.content, MAX_BODY))
         except TimeoutError as exc:
@@ -228,13 +223,3 @@ class AiohttpMessagingTransport:
                 await session.close()
         self._streams = self._requests = None
 
-
-def _answer_within(timeout: float) -> aiohttp.ClientTimeout:
-    """``timeout`` for Salesforce to answer, counted once the request goes (connected).
-
-    The wait for a connection of the capped pool is not counted: with thousands of chats
-    sending at once, a request queued behind the others would time out unsent, be retried,
-    queue again, and keep the queue full (each gap in an answer is held to ``timeout``).
-    """
-    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=timeout,
-                                 sock_read=timeout)
