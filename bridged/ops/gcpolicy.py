@@ -17,10 +17,12 @@ The ``freeze`` policy (``server.gc_policy``, the default) keeps the old heap fro
 * what a freeze keeps: a reference cycle whose objects were alive at a freeze and became
   garbage since is not collected while frozen. bridged's own structures are freed by
   reference counting (``tests/chats/test_chat_cycles.py``); what libraries leave in cycles
-  is *reclaimed*: everything is unfrozen, collected once and frozen again, when the frozen
-  objects have doubled since the last reclaim (so memory stays within twice the live heap),
-  or when the live chats fall to a quarter of their peak since the last reclaim (the pause is
-  then that of the small heap that is left).
+  is *reclaimed*: everything is unfrozen, collected once and frozen again, when the live
+  chats fall to a quarter of their peak since the last reclaim (the pause is then that of
+  the small heap that is left), or when the frozen heap per live chat has grown to twice
+  what it was after the last reclaim (at least ``PER_CHAT_FLOOR`` objects a chat): growth
+  that the number of chats does not explain is what cycles left, and memory stays within
+  about twice the live heap. Chats that are merely more do not trigger it.
 
 ``python`` leaves CPython's own policy (with ``server.gc_thresholds``).
 """
@@ -42,6 +44,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from bridged._log import log_event
 
 log = logging.getLogger("bridged.ops.gcpolicy")
+
+# Objects a live chat keeps on the heap, before a reclaim has measured it (about 120 for a
+# Live Agent chat, more for Enhanced Chat): the frozen heap may grow to twice this a chat.
+PER_CHAT_FLOOR = 200
 
 
 class GcPolicy:
@@ -65,7 +71,9 @@ class GcPolicy:
         self.freezes = 0
         self.reclaims = 0
         self.reclaimed_objects = 0
-        self._frozen_after_reclaim = 0
+        self._base = 0
+        self._ticks_done = 0
+        self._per_chat = 0.0  # frozen objects a live chat, as of the last reclaim
         self._task: asyncio.Task[None] | None = None
 
     def install(self) -> None:
@@ -73,7 +81,7 @@ class GcPolicy:
         gc.set_threshold(*self._thresholds)
         gc.collect()
         gc.freeze()
-        self._frozen_after_reclaim = gc.get_freeze_count()
+        self._base = gc.get_freeze_count()  # what start-up made: no chat's
         if self.policy != "freeze":
             return
         if self._on_collection not in gc.callbacks:
@@ -104,8 +112,12 @@ class GcPolicy:
         """Collect and freeze what was promoted since the last tick; reclaim when due."""
         live = self._live_chats()
         self._peak = max(self._peak, live)
-        if (gc.get_freeze_count() > 2 * self._frozen_after_reclaim
-                or (self._peak >= 4 and live <= self._peak // 4)):
+        self._ticks_done += 1
+        grown = False
+        if self._ticks_done % 10 == 0:  # counting the frozen objects walks their list
+            per_chat = max(self._per_chat, PER_CHAT_FLOOR)
+            grown = gc.get_freeze_count() - self._base > 2 * per_chat * max(live, 1)
+        if grown or (self._peak >= 4 and live <= self._peak // 4):
             self.reclaim()
             return
         if gc.get_count()[2] > 0 or self._full_done.is_set():
@@ -121,11 +133,12 @@ class GcPolicy:
         gc.unfreeze()
         collected = gc.collect()
         gc.freeze()
-        self._frozen_after_reclaim = gc.get_freeze_count()
         self._full_done.clear()
         self.reclaims += 1
         self.reclaimed_objects += collected
         live = self._live_chats()
+        if live:
+            self._per_chat = (gc.get_freeze_count() - self._base) / live
         log_event(log, logging.INFO, "gc_reclaimed", live_chats=live, peak_chats=self._peak,
                   frozen_before=frozen, collected=collected,
                   pause_ms=round((time.perf_counter() - started) * 1000, 1))

@@ -13,7 +13,7 @@ import pytest
 
 from bridged.config.file import parse_config
 from bridged.errors import ConfigError
-from bridged.ops.gcpolicy import GcPolicy
+from bridged.ops.gcpolicy import PER_CHAT_FLOOR, GcPolicy
 
 
 class Node:
@@ -86,9 +86,9 @@ async def test_a_cycle_that_dies_frozen_is_reclaimed_when_most_chats_are_gone(
         await policy.aclose()
 
 
-async def test_a_frozen_heap_that_doubles_is_reclaimed_with_chats_still_live(
+async def test_a_frozen_heap_grown_beyond_its_chats_is_reclaimed_with_chats_still_live(
         collector: None) -> None:
-    live = [100]
+    live = [10]
     policy = make(live)
     policy.install()
     try:
@@ -97,15 +97,20 @@ async def test_a_frozen_heap_that_doubles_is_reclaimed_with_chats_still_live(
         gc.collect(1)
         policy.tick()
         del leaked
-        assert policy.reclaims == 0
-        grown = [[Node() for _ in range(10)] for _ in range(gc.get_freeze_count())]
+        # A heap the chats explain (fewer than twice PER_CHAT_FLOOR objects a chat): kept.
+        some = [Node() for _ in range(2 * PER_CHAT_FLOOR * 10 // 2)]
         gc.collect(1)
-        policy.tick()  # frozen: the frozen heap is now more than twice what it was
-        policy.tick()
+        for _ in range(10):
+            policy.tick()
+        assert policy.reclaims == 0
+        # More than the chats explain: reclaimed, and the live objects frozen again.
+        more = [Node() for _ in range(2 * PER_CHAT_FLOOR * 10)]
+        gc.collect(1)
+        for _ in range(10):
+            policy.tick()
         assert policy.reclaims == 1
         assert all(ref() is None for ref in refs)
-        assert len(grown) > 0  # live objects stay, frozen again
-        assert gc.get_freeze_count() > len(grown)
+        assert gc.get_freeze_count() > len(some) + len(more)
     finally:
         await policy.aclose()
 
