@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from bridged.errors import TransportConnectError
 from bridged.ops.limits import chats_that_fit, fds_needed
 from bridged.salesforce.liveagent.protocol import HttpRequest, Lane, Purpose
 from bridged.salesforce.liveagent.transport import AiohttpTransport
@@ -190,6 +191,40 @@ async def test_a_request_waiting_for_a_pooled_connection_is_not_timed_out_unsent
         await la.aclose()
         await ec_transport.aclose()
     assert srv.answered == 4
+
+
+async def test_a_request_leaving_the_queue_after_the_node_lost_its_lease_never_goes(
+        slow_first: tuple[SlowFirst, str]) -> None:
+    # Several nodes: whether this node may send is asked when the request leaves the queue,
+    # right before it goes; asked when it joined, a node whose lease ran out while it waited
+    # would still send (and the chat may be another node's by then).
+    srv, url = slow_first
+    allowed = [True]
+    la = AiohttpTransport(max_connections=10, keepalive_s=5.0, max_request_connections=1,
+                          may_send=lambda: allowed[0])
+    ec_transport = AiohttpMessagingTransport(max_connections=10, keepalive_s=5.0,
+                                             max_request_connections=1,
+                                             may_send=lambda: allowed[0])
+    post = _la(Purpose.CHAT_MESSAGE, Lane.POST, "Chasitor/ChatMessage", "POST")
+    send = ec.HttpRequest(method="POST", path="/iamessage/api/v2/conversation/c/message",
+                          purpose=ec.Purpose.SEND_MESSAGE, headers=(), body=b"{}")
+    try:
+        for transport_call in (lambda: la.exchange(url + "/chat/rest/", post, 5.0),
+                               lambda: ec_transport.exchange(url, send, 5.0)):
+            allowed[0] = True
+            srv.delays = [1.0]
+            first = asyncio.create_task(transport_call())
+            await asyncio.sleep(0.1)
+            second = asyncio.create_task(transport_call())
+            await asyncio.sleep(0.1)
+            allowed[0] = False  # the lease is lost while the second waits for the connection
+            assert (await first).status == 202
+            with pytest.raises(TransportConnectError, match="not sent"):
+                await second
+    finally:
+        await la.aclose()
+        await ec_transport.aclose()
+    assert srv.answered == 2  # the two first ones only
 
 
 def test_nineteen_thousand_chats_over_ten_connections_fit_in_twenty_thousand_files() -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 __all__ = ["AiohttpTransport", "Transport"]
 
+from collections.abc import Callable
 from typing import Protocol
 
 import aiohttp
 
 from bridged.errors import TransportConnectError, TransportTimeout
-from bridged.salesforce.http import answer_within, client_session
+from bridged.salesforce.http import Slots, client_session
 from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, Lane
 
 
@@ -52,11 +53,15 @@ class AiohttpTransport:
             thousands of outstanding long polls, so it is sized for the scale target.
         keepalive_s: how long an idle connection is kept for the next request.
         max_request_connections: the other requests' limit. A request's timeout starts
-            once it has one of them (see ``bridged.salesforce.http.answer_within``).
+            once it has one of them (:class:`~bridged.salesforce.http.Slots`).
+        may_send: asked right before each request goes (several nodes: the lease).
     """
 
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
-                 max_request_connections: int = 256) -> None:
+                 max_request_connections: int = 256,
+                 may_send: Callable[[], bool] | None = None) -> None:
+        self._slots = {Lane.POLL: Slots(max_connections, may_send),
+                       Lane.POST: Slots(max_request_connections, may_send)}
         self._max_connections = max_connections
         self._keepalive_s = keepalive_s
         self._max_request_connections = max_request_connections
@@ -78,15 +83,16 @@ class AiohttpTransport:
     async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> HttpResponse:
         session = self._client(request.lane)
         try:
-            async with session.request(
-                request.method,
-                base_url + request.path,
-                params=request.query or None,
-                headers=dict(request.headers),
-                data=request.body,
-                timeout=answer_within(timeout),
-                allow_redirects=False,
-            ) as response:
+            async with self._slots[request.lane].going(request.purpose.value), \
+                    session.request(
+                        request.method,
+                        base_url + request.path,
+                        params=request.query or None,
+                        headers=dict(request.headers),
+                        data=request.body,
+                        timeout=aiohttp.ClientTimeout(total=timeout),
+                        allow_redirects=False,
+                    ) as response:
                 body = await response.read()
                 return HttpResponse(status=response.status, body=body)
         except TimeoutError as exc:

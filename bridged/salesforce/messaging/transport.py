@@ -18,13 +18,13 @@ from __future__ import annotations
 __all__ = ["AiohttpMessagingTransport", "Answer", "EventStream", "MessagingTransport"]
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple, Protocol
 
 import aiohttp
 
 from bridged.errors import TransportConnectError, TransportTimeout
-from bridged.salesforce.http import answer_within, client_session
+from bridged.salesforce.http import Slots, client_session
 from bridged.salesforce.messaging.protocol import HttpRequest
 
 # An error body (or a stream refused) is read at most this far: Salesforce's are small JSON.
@@ -153,11 +153,16 @@ class AiohttpMessagingTransport:
         max_connections: the streams' limit.
         keepalive_s: how long an idle REST connection is kept for the next request.
         max_request_connections: the REST requests' limit. A request's timeout starts
-            once it has one of them (see ``bridged.salesforce.http.answer_within``).
+            once it has one of them (:class:`~bridged.salesforce.http.Slots`).
+        may_send: asked right before each request goes and each stream opens (several
+            nodes: the lease).
     """
 
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
-                 max_request_connections: int = 256) -> None:
+                 max_request_connections: int = 256,
+                 may_send: Callable[[], bool] | None = None) -> None:
+        self._request_slots = Slots(max_request_connections, may_send)
+        self._stream_slots = Slots(max_connections, may_send)
         self._max_connections = max_connections
         self._keepalive_s = keepalive_s
         self._max_request_connections = max_request_connections
@@ -180,10 +185,10 @@ class AiohttpMessagingTransport:
     async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> Answer:
         what = request.purpose.value
         try:
-            async with self._client().request(
+            async with self._request_slots.going(what), self._client().request(
                 request.method, base_url + request.path, params=request.query or None,
                 headers=dict(request.headers), data=request.body,
-                timeout=answer_within(timeout), allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False,
             ) as response:
                 return Answer(response.status, await _read_upto(response.content, MAX_BODY))
         except TimeoutError as exc:
@@ -202,20 +207,22 @@ class AiohttpMessagingTransport:
         headers.setdefault("Accept-Encoding", "identity")
         timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
                                         sock_connect=connect_timeout, sock_read=read_timeout)
-        try:
-            response = await self._stream_client().request(
-                request.method, base_url + request.path, params=request.query or None,
-                headers=headers, timeout=timeout, allow_redirects=False,
-                read_bufsize=_CHUNK)
-        except TimeoutError as exc:
-            raise TransportTimeout(f"{what}: no answer within {connect_timeout:g} s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
-        try:
-            yield _AiohttpStream(response, what)
-        finally:
-            # Never back to the pool: the server may still be writing into this connection.
-            response.close()
+        async with self._stream_slots.going(what):
+            try:
+                response = await self._stream_client().request(
+                    request.method, base_url + request.path, params=request.query or None,
+                    headers=headers, timeout=timeout, allow_redirects=False,
+                    read_bufsize=_CHUNK)
+            except TimeoutError as exc:
+                raise TransportTimeout(
+                    f"{what}: no answer within {connect_timeout:g} s") from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            try:
+                yield _AiohttpStream(response, what)
+            finally:
+                # Never back to the pool: the server may still be writing into it.
+                response.close()
 
     async def aclose(self) -> None:
         for session in (self._streams, self._requests):
