@@ -75,9 +75,6 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     overload_high: PositiveInt = 100000
     overload_low: Annotated[int, msgspec.Meta(ge=0)] = 50000
     shutdown_budget_s: PositiveFloat = 8.0
-    # The garbage collector's policy (bridged/ops/gcpolicy.py): "freeze" keeps the old heap
-    # out of full collections (short pauses), "python" is CPython's own.
-    gc_policy: Literal["freeze", "python"] = "freeze"
     # The garbage collector's thresholds (generations 0, 1, 2), set once bridged serves.
     gc_thresholds: Annotated[list[PositiveInt], msgspec.Meta(min_length=3, max_length=3)] = (
         msgspec.field(default_factory=lambda: [50_000, 20, 100]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 __all__ = ["Daemon", "serve"]
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -42,7 +43,6 @@ from bridged.history.handover import HistoryHandover
 from bridged.ocp.envelopes import ChatEvent, Ended
 from bridged.ocp.front import Front
 from bridged.ops.cluster import Cluster
-from bridged.ops.gcpolicy import GcPolicy
 from bridged.ops.limits import chats_that_fit, fds_needed, raise_nofile_limit
 from bridged.ops.metrics import Metrics
 from bridged.ops.systemd import Notifier, watchdog_pings
@@ -350,19 +350,19 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
                   state_dir=config.state.dir, detail=exc.strerror or str(exc))
         await daemon.stop()
         return 1
-    # Thousands of chats make a large, long-lived heap: the collector's default policy
-    # would rescan it, pausing the loop for up to a second at 10,000 chats (gcpolicy.py).
-    collector = GcPolicy(config.server.gc_policy, config.server.gc_thresholds,
-                         lambda: len(daemon.dispatcher.live))
-    collector.install()
-    daemon.metrics.read_more(collector.metrics)
+    # Thousands of chats make a large, long-lived heap: the collector's default thresholds
+    # would rescan it constantly (about half the CPU of a plain aiohttp relay with 5,000
+    # chats). Objects made at start-up are frozen out of every scan, and collections run
+    # rarely; bridged's own structures are acyclic and freed by reference counting. (Freezing
+    # the survivors of every full collection as well was measured, and lost: README.)
+    gc.set_threshold(*config.server.gc_thresholds)
+    gc.freeze()
     notifier.ready(f"{len(daemon.dispatcher.live)} chats")
     watchdog = asyncio.create_task(watchdog_pings(notifier), name="sd-watchdog")
     try:
         await stop.wait()
     finally:
         notifier.stopping()
-        await collector.aclose()
         await daemon.stop()
         watchdog.cancel()
         await asyncio.gather(watchdog, return_exceptions=True)
