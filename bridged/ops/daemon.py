@@ -83,9 +83,10 @@ class Daemon:
             RedisStore(config.cluster) if config.cluster.node else
             StateStore(config.state.dir, config.state.synchronous,
                        None if interval is None else interval / 1000))
+        # Whether this node may send is asked again as each request leaves its pool's queue.
         self._transport = transport or AiohttpTransport(
             config.salesforce.max_connections, config.salesforce.keepalive_s,
-            config.salesforce.max_request_connections)
+            config.salesforce.max_request_connections, may_send=self.store.may_send)
         history = (HistoryHandover(config.history, self.metrics)
                    if config.history.base_url else None)
         salesforce = config.salesforce
@@ -96,7 +97,8 @@ class Daemon:
                              history=history, store=self.store, metrics=self.metrics),
             MessagingBackend(messaging_transport or AiohttpMessagingTransport(
                                  salesforce.max_connections, salesforce.keepalive_s,
-                                 salesforce.max_request_connections),
+                                 salesforce.max_request_connections,
+                                 may_send=self.store.may_send),
                              salesforce, max_pending=config.server.max_pending_messages,
                              history=history, store=self.store, metrics=self.metrics))
         self.supervisor = ChatSupervisor(self._run_chat, on_crashed=self._keep_finished)
@@ -351,7 +353,8 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
     # Thousands of chats make a large, long-lived heap: the collector's default thresholds
     # would rescan it constantly (about half the CPU of a plain aiohttp relay with 5,000
     # chats). Objects made at start-up are frozen out of every scan, and collections run
-    # rarely; bridged's own structures are acyclic and freed by reference counting.
+    # rarely; bridged's own structures are acyclic and freed by reference counting. (Freezing
+    # the survivors of every full collection as well was measured, and lost: README.)
     gc.set_threshold(*config.server.gc_thresholds)
     gc.freeze()
     notifier.ready(f"{len(daemon.dispatcher.live)} chats")

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from bridged.errors import TransportConnectError
 from bridged.ops.limits import chats_that_fit, fds_needed
 from bridged.salesforce.liveagent.protocol import HttpRequest, Lane, Purpose
 from bridged.salesforce.liveagent.transport import AiohttpTransport
@@ -129,6 +130,101 @@ async def test_enhanced_chat_requests_share_a_capped_pool_beside_the_streams(
     assert len(server.ports["post"]) <= 3, server.ports["post"]
     assert len(server.ports["held"]) == 2
     assert not server.ports["post"] & server.ports["held"]
+
+
+class SlowFirst:
+    """Answers the first POST after ``first_s``, every later one after ``later_s``."""
+
+    def __init__(self, first_s: float, later_s: float) -> None:
+        self.delays = [first_s]
+        self.later_s = later_s
+        self.answered = 0
+
+    async def post(self, request: web.Request) -> web.Response:
+        delay = self.delays.pop() if self.delays else self.later_s
+        await asyncio.sleep(delay)
+        self.answered += 1
+        return web.Response(status=202, text="{}")
+
+
+@pytest.fixture
+async def slow_first() -> AsyncIterator[tuple[SlowFirst, str]]:
+    srv = SlowFirst(first_s=1.0, later_s=0.6)
+    app = web.Application()
+    app.router.add_post("/chat/rest/Chasitor/ChatMessage", srv.post)
+    app.router.add_post("/iamessage/api/v2/conversation/c/message", srv.post)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield srv, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_request_waiting_for_a_pooled_connection_is_not_timed_out_unsent(
+        slow_first: tuple[SlowFirst, str]) -> None:
+    # Thousands of chats share a capped pool: a request's timeout is Salesforce's time to
+    # answer it, not its wait for a connection. Counted from the wait, a burst times out
+    # requests that never left, each retry queues again, and the queue never drains.
+    srv, url = slow_first
+    la = AiohttpTransport(max_connections=10, keepalive_s=5.0, max_request_connections=1)
+    ec_transport = AiohttpMessagingTransport(max_connections=10, keepalive_s=5.0,
+                                             max_request_connections=1)
+    post = _la(Purpose.CHAT_MESSAGE, Lane.POST, "Chasitor/ChatMessage", "POST")
+    send = ec.HttpRequest(method="POST", path="/iamessage/api/v2/conversation/c/message",
+                          purpose=ec.Purpose.SEND_MESSAGE, headers=(), body=b"{}")
+    try:
+        # Each second request waits 1 s for the pool's one connection, then is answered in
+        # 0.6 s: 1.6 s after it was asked for, within 1.2 s of being sent.
+        first = asyncio.create_task(la.exchange(url + "/chat/rest/", post, 1.2))
+        await asyncio.sleep(0.1)
+        second = await la.exchange(url + "/chat/rest/", post, 1.2)
+        assert (await first).status == second.status == 202
+        srv.delays = [1.0]
+        first_ec = asyncio.create_task(ec_transport.exchange(url, send, 1.2))
+        await asyncio.sleep(0.1)
+        second_ec = await ec_transport.exchange(url, send, 1.2)
+        assert (await first_ec).status == second_ec.status == 202
+    finally:
+        await la.aclose()
+        await ec_transport.aclose()
+    assert srv.answered == 4
+
+
+async def test_a_request_leaving_the_queue_after_the_node_lost_its_lease_never_goes(
+        slow_first: tuple[SlowFirst, str]) -> None:
+    # Several nodes: whether this node may send is asked when the request leaves the queue,
+    # right before it goes; asked when it joined, a node whose lease ran out while it waited
+    # would still send (and the chat may be another node's by then).
+    srv, url = slow_first
+    allowed = [True]
+    la = AiohttpTransport(max_connections=10, keepalive_s=5.0, max_request_connections=1,
+                          may_send=lambda: allowed[0])
+    ec_transport = AiohttpMessagingTransport(max_connections=10, keepalive_s=5.0,
+                                             max_request_connections=1,
+                                             may_send=lambda: allowed[0])
+    post = _la(Purpose.CHAT_MESSAGE, Lane.POST, "Chasitor/ChatMessage", "POST")
+    send = ec.HttpRequest(method="POST", path="/iamessage/api/v2/conversation/c/message",
+                          purpose=ec.Purpose.SEND_MESSAGE, headers=(), body=b"{}")
+    try:
+        for transport_call in (lambda: la.exchange(url + "/chat/rest/", post, 5.0),
+                               lambda: ec_transport.exchange(url, send, 5.0)):
+            allowed[0] = True
+            srv.delays = [1.0]
+            first = asyncio.create_task(transport_call())
+            await asyncio.sleep(0.1)
+            second = asyncio.create_task(transport_call())
+            await asyncio.sleep(0.1)
+            allowed[0] = False  # the lease is lost while the second waits for the connection
+            assert (await first).status == 202
+            with pytest.raises(TransportConnectError, match="not sent"):
+                await second
+    finally:
+        await la.aclose()
+        await ec_transport.aclose()
+    assert srv.answered == 2  # the two first ones only
 
 
 def test_nineteen_thousand_chats_over_ten_connections_fit_in_twenty_thousand_files() -> None:

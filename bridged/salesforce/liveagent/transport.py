@@ -10,11 +10,13 @@ from __future__ import annotations
 
 __all__ = ["AiohttpTransport", "Transport"]
 
+from collections.abc import Callable
 from typing import Protocol
 
 import aiohttp
 
 from bridged.errors import TransportConnectError, TransportTimeout
+from bridged.salesforce.http import Slots, client_session
 from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, Lane
 
 
@@ -50,12 +52,16 @@ class AiohttpTransport:
         max_connections: the polls' limit. aiohttp's default of 100 would serialise
             thousands of outstanding long polls, so it is sized for the scale target.
         keepalive_s: how long an idle connection is kept for the next request.
-        max_request_connections: the other requests' limit. A request waiting for one of
-            them counts toward its timeout.
+        max_request_connections: the other requests' limit. A request's timeout starts
+            once it has one of them (:class:`~bridged.salesforce.http.Slots`).
+        may_send: asked right before each request goes (several nodes: the lease).
     """
 
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
-                 max_request_connections: int = 256) -> None:
+                 max_request_connections: int = 256,
+                 may_send: Callable[[], bool] | None = None) -> None:
+        self._slots = {Lane.POLL: Slots(max_connections, may_send),
+                       Lane.POST: Slots(max_request_connections, may_send)}
         self._max_connections = max_connections
         self._keepalive_s = keepalive_s
         self._max_request_connections = max_request_connections
@@ -63,15 +69,7 @@ class AiohttpTransport:
         self._requests: aiohttp.ClientSession | None = None
 
     def _session(self, limit: int) -> aiohttp.ClientSession:
-        # An idle connection is kept a few seconds only (the next poll or POST of the
-        # thousands of chats takes it up long before).
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300,
-                                         keepalive_timeout=self._keepalive_s)
-        # No automatic redirects: a redirect could lead a session key to a host that
-        # salesforce.allowed_hosts never allowed.
-        return aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                     raise_for_status=False,
-                                     skip_auto_headers=("User-Agent",))
+        return client_session(limit, self._keepalive_s)
 
     def _client(self, lane: Lane) -> aiohttp.ClientSession:
         if lane is Lane.POLL:
@@ -85,15 +83,16 @@ class AiohttpTransport:
     async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> HttpResponse:
         session = self._client(request.lane)
         try:
-            async with session.request(
-                request.method,
-                base_url + request.path,
-                params=request.query or None,
-                headers=dict(request.headers),
-                data=request.body,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                allow_redirects=False,
-            ) as response:
+            async with self._slots[request.lane].going(request.purpose.value), \
+                    session.request(
+                        request.method,
+                        base_url + request.path,
+                        params=request.query or None,
+                        headers=dict(request.headers),
+                        data=request.body,
+                        timeout=aiohttp.ClientTimeout(total=timeout),
+                        allow_redirects=False,
+                    ) as response:
                 body = await response.read()
                 return HttpResponse(status=response.status, body=body)
         except TimeoutError as exc:
@@ -108,3 +107,4 @@ class AiohttpTransport:
             if session is not None:
                 await session.close()
         self._polls = self._requests = None
+

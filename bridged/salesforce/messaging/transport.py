@@ -18,12 +18,13 @@ from __future__ import annotations
 __all__ = ["AiohttpMessagingTransport", "Answer", "EventStream", "MessagingTransport"]
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple, Protocol
 
 import aiohttp
 
 from bridged.errors import TransportConnectError, TransportTimeout
+from bridged.salesforce.http import Slots, client_session
 from bridged.salesforce.messaging.protocol import HttpRequest
 
 # An error body (or a stream refused) is read at most this far: Salesforce's are small JSON.
@@ -151,12 +152,17 @@ class AiohttpMessagingTransport:
     Args:
         max_connections: the streams' limit.
         keepalive_s: how long an idle REST connection is kept for the next request.
-        max_request_connections: the REST requests' limit. A request waiting for one of
-            them counts toward its timeout.
+        max_request_connections: the REST requests' limit. A request's timeout starts
+            once it has one of them (:class:`~bridged.salesforce.http.Slots`).
+        may_send: asked right before each request goes and each stream opens (several
+            nodes: the lease).
     """
 
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
-                 max_request_connections: int = 256) -> None:
+                 max_request_connections: int = 256,
+                 may_send: Callable[[], bool] | None = None) -> None:
+        self._request_slots = Slots(max_request_connections, may_send)
+        self._stream_slots = Slots(max_connections, may_send)
         self._max_connections = max_connections
         self._keepalive_s = keepalive_s
         self._max_request_connections = max_request_connections
@@ -164,13 +170,7 @@ class AiohttpMessagingTransport:
         self._requests: aiohttp.ClientSession | None = None
 
     def _session(self, limit: int) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300,
-                                         keepalive_timeout=self._keepalive_s)
-        # No automatic redirects: a redirect could carry the bearer token to a host that
-        # salesforce.allowed_hosts never allowed.
-        return aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                     raise_for_status=False,
-                                     skip_auto_headers=("User-Agent",))
+        return client_session(limit, self._keepalive_s)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._requests is None:
@@ -185,7 +185,7 @@ class AiohttpMessagingTransport:
     async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> Answer:
         what = request.purpose.value
         try:
-            async with self._client().request(
+            async with self._request_slots.going(what), self._client().request(
                 request.method, base_url + request.path, params=request.query or None,
                 headers=dict(request.headers), data=request.body,
                 timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False,
@@ -207,23 +207,26 @@ class AiohttpMessagingTransport:
         headers.setdefault("Accept-Encoding", "identity")
         timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
                                         sock_connect=connect_timeout, sock_read=read_timeout)
-        try:
-            response = await self._stream_client().request(
-                request.method, base_url + request.path, params=request.query or None,
-                headers=headers, timeout=timeout, allow_redirects=False,
-                read_bufsize=_CHUNK)
-        except TimeoutError as exc:
-            raise TransportTimeout(f"{what}: no answer within {connect_timeout:g} s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
-        try:
-            yield _AiohttpStream(response, what)
-        finally:
-            # Never back to the pool: the server may still be writing into this connection.
-            response.close()
+        async with self._stream_slots.going(what):
+            try:
+                response = await self._stream_client().request(
+                    request.method, base_url + request.path, params=request.query or None,
+                    headers=headers, timeout=timeout, allow_redirects=False,
+                    read_bufsize=_CHUNK)
+            except TimeoutError as exc:
+                raise TransportTimeout(
+                    f"{what}: no answer within {connect_timeout:g} s") from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            try:
+                yield _AiohttpStream(response, what)
+            finally:
+                # Never back to the pool: the server may still be writing into it.
+                response.close()
 
     async def aclose(self) -> None:
         for session in (self._streams, self._requests):
             if session is not None:
                 await session.close()
         self._streams = self._requests = None
+

@@ -57,7 +57,7 @@ class ProbeSample(msgspec.Struct, kw_only=True):
     gc_n: list[int]
     tasks: int | None = None
     gc_collected: int = 0
-    long_pauses: list[tuple[float, int, float]] = []
+    long_pauses: list[tuple[float, int, float, float]] = []  # (t, generation, wall ms, CPU ms)
 
 
 def read_sample(path: str) -> ProbeSample | None:
@@ -84,7 +84,7 @@ class _GcTimer:
         self.seconds = [0.0, 0.0, 0.0]
         self.count = [0, 0, 0]
         self.collected = 0  # objects the collector freed: garbage in reference cycles
-        self.long: deque[tuple[float, int, float]] = deque(maxlen=2000)
+        self.long: deque[tuple[float, int, float, float]] = deque(maxlen=2000)
         self._started = 0
         self._started_cpu = 0
 
@@ -94,12 +94,14 @@ class _GcTimer:
             self._started = time.perf_counter_ns()
         else:
             wall_ms = (time.perf_counter_ns() - self._started) / 1e6
+            cpu_ms = (time.thread_time_ns() - self._started_cpu) / 1e6
             generation = info.get("generation", 0)
-            self.seconds[generation] += (time.thread_time_ns() - self._started_cpu) / 1e9
+            self.seconds[generation] += cpu_ms / 1000
             self.count[generation] += 1
             self.collected += info.get("collected", 0)
             if wall_ms >= LONG_PAUSE_MS:
-                self.long.append((time.monotonic(), generation, wall_ms))
+                # CPU time too: on a shared machine the wall time includes being descheduled.
+                self.long.append((time.monotonic(), generation, wall_ms, cpu_ms))
 
 
 class _LoopWatch:

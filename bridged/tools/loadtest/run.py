@@ -498,9 +498,10 @@ class _Meters:
         out[f"gc_collections_{prefix}"] = [b - a for a, b in zip(start.gc_n, end.gc_n,
                                                                  strict=True)]
         out[f"gc_collected_{prefix}"] = end.gc_collected - start.gc_collected
-        pauses = [ms for t, _gen, ms in end.long_pauses if t >= self._t0]
+        pauses = [(ms, cpu_ms) for t, _gen, ms, cpu_ms in end.long_pauses if t >= self._t0]
         out[f"gc_long_pauses_{prefix}"] = len(pauses)
-        out[f"gc_max_pause_{prefix}_ms"] = max(pauses, default=0.0)
+        out[f"gc_max_pause_{prefix}_ms"] = max((ms for ms, _ in pauses), default=0.0)
+        out[f"gc_max_pause_cpu_{prefix}_ms"] = max((cpu for _, cpu in pauses), default=0.0)
         return out
 
 
