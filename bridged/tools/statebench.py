@@ -26,6 +26,7 @@ import asyncio
 import functools
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -215,7 +216,7 @@ def run_store_comparison(chats: int, rate: float, seconds: float, size: int,
     try:
         executable = find_redis_server(redis_server)
     except RedisNotFound as exc:
-        print(f"bridged bench-state: {exc}", flush=True)
+        print(f"bridged bench-state: {exc}", file=sys.stderr)
         return 2
     print(f"state store, SQLite against Redis ({executable}): {chats} chats, {rate:g} "
           f"changes/s, {seconds:g} s, {size} B snapshots", flush=True)
