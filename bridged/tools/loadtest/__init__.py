@@ -27,11 +27,15 @@ __all__ = ["add_parser", "main", "options_from_args"]
 
 import argparse
 import asyncio
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from bridged.tools.loadtest.options import BACKENDS, PROFILES, LoadTestOptions, Topology
+
+if TYPE_CHECKING:
+    from bridged.tools.loadtest.report import Report
 
 
 def _topology(text: str) -> Topology:
@@ -185,6 +189,19 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
         workdir=args.workdir, progress=not args.quiet)
 
 
+async def _until_sigterm(work: Coroutine[Any, Any, Report]) -> Report:
+    """``work``, cancelled by SIGTERM as Ctrl-C cancels it: either way every process the
+    run started is stopped by its pid on the way out."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the load test of ``args``; 0 when nothing was lost or duplicated."""
     import uvloop
@@ -203,10 +220,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
-            report = runner.run(run_loadtest(opts))
+            report = runner.run(_until_sigterm(run_loadtest(opts)))
         except KeyboardInterrupt:
             print("bridged loadtest: interrupted", file=sys.stderr)
             return 130
+        except asyncio.CancelledError:
+            print("bridged loadtest: terminated (SIGTERM)", file=sys.stderr)
+            return 143
     print(report.table())
     if opts.json_path:
         with open(opts.json_path, "wb") as f:
