@@ -934,7 +934,8 @@ async def _run_all(opts: LoadTestOptions, workdir: Path, report: Report,
                 detail = str(exc) if isinstance(exc, RuntimeError) else \
                     f"{type(exc).__name__}: {exc}"
                 out = {"target": target, "topology": topology.key, "chats": topology.chats,
-                       "connections": topology.connections, "failed": detail}
+                       "connections": topology.connections, "failed": detail,
+                       "nodes": opts.nodes if target == "cluster" else 1}
             report.add_run(out)
             progress.say(report.run_summary(out))
 
