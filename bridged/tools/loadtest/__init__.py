@@ -134,7 +134,8 @@ def add_parser(subparsers: Any) -> None:
     out.add_argument("--no-probe", dest="probe", action="store_false",
                      help="run the servers without the GC/task probe")
     out.add_argument("--py-spy", metavar="PROGRAM",
-                     help="sample each server with this py-spy over its saturation and "
+                     help="sample each server (a cluster: its first node) with this py-spy "
+                          "over its saturation and "
                           "half-load phases, and report where its time goes (the raw "
                           "profiles stay in the run's directory)")
     out.add_argument("--bridged-set", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -153,18 +153,21 @@ def _flat(run: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _profile_lines(b: dict[str, Any] | None, n: dict[str, Any] | None) -> list[str]:
+def _profile_lines(b: dict[str, Any] | None, n: dict[str, Any] | None,
+                   extra: Sequence[dict[str, Any]] = ()) -> list[str]:
     """Where each server's time went (``--py-spy``): % of its samples per part, and the
-    part's share times the CPU per message (ms), per phase."""
+    part's share times the CPU per message (ms), per phase; bridged, null, then ``extra``
+    (one node on Redis, a cluster: its first node's samples, the CPU per message of all)."""
     from bridged.tools.loadtest.profile import PARTS
 
+    runs: list[dict[str, Any] | None] = [b, n, *extra]
     lines: list[str] = []
     for phase, title, cpu_key in (("load", "half load", "cpu_ms_per_msg_load"),
                                   ("sat", "saturation", "cpu_ms_per_msg_sat")):
-        profiles = [((run or {}).get(f"profile_{phase}") or {}) for run in (b, n)]
+        profiles = [((run or {}).get(f"profile_{phase}") or {}) for run in runs]
         if not any(profiles):
             continue
-        cpu = [_flat(run or {}).get(cpu_key) for run in (b, n)]
+        cpu = [_flat(run or {}).get(cpu_key) for run in runs]
         lines.append(f"where the time goes, {title} (py-spy; % of samples, ms per message):")
         for part in PARTS:
             shares = [p.get(part) for p in profiles]
@@ -178,9 +181,9 @@ def _profile_lines(b: dict[str, Any] | None, n: dict[str, Any] | None) -> list[s
                     cells.append(f"{share:5.1f}% {per_msg * share / 100:5.3f}")
                 else:
                     cells.append(f"{share:11.1f}%")
-            lines.append(f"  {part:34} {cells[0]:>12} {cells[1]:>12}")
+            lines.append(f"  {part:34} " + " ".join(f"{cell:>12}" for cell in cells).rstrip())
         samples = [int(p.get("samples", 0)) for p in profiles]
-        lines.append(f"  {'(samples)':34} {samples[0]:>12} {samples[1]:>12}")
+        lines.append(f"  {'(samples)':34} " + " ".join(f"{count:>12}" for count in samples))
     return lines
 
 
@@ -338,7 +341,7 @@ class Report:
                 lines.append("(redis, nodes: CPU is the bridged processes' plus "
                              "redis-server's; RSS the bridged processes'; /bridged: the "
                              "ratio to bridged on SQLite)")
-            lines.extend(_profile_lines(b, n))
+            lines.extend(_profile_lines(b, n, [runs[target] for target in extra]))
             disturbed = [(run.get(f"other_cpu_{phase}_pct") or 0.0, target, phase)
                          for target, run in runs.items()
                          for phase in ("idle", "sat", "load")]
