@@ -14,7 +14,9 @@ has an agent, then measures, per topology (:mod:`.run`):
   collector's share of its CPU, and asyncio tasks per chat;
 
 and the same against the null bridge (:mod:`bridged.tools.nullbridge`), the floor of the work, so
-that every figure of bridged is also a ratio to it (:mod:`.report`). ``--plot`` needs
+that every figure of bridged is also a ratio to it (:mod:`.report`). With ``--nodes N`` also
+one bridged node on a Redis store and N nodes sharing one redis-server (one process per
+core), each a ratio to bridged on SQLite too. ``--plot`` needs
 matplotlib, an optional extra (:mod:`.plot`).
 
 Modules: ``options`` (what a run is told), ``procs`` (processes, ``/proc``), ``probe``,

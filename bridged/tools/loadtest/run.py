@@ -1,7 +1,10 @@
 """The orchestration: for each topology, bridged then the null bridge, each in fresh processes.
 
 One *run* is one server in one topology, against a simulator of its own (so that no run
-inherits another's sessions)::
+inherits another's sessions). The server is bridged (one node on SQLite), the null bridge,
+or, with a redis-server of the run's started first: one bridged node on a Redis store
+(``redis``) or ``--nodes`` bridged nodes sharing it (``cluster``), the connections spread
+over them round-robin and every node's CPU, RSS, probe and /metrics summed::
 
     start the simulator and the server; note RSS, tasks (before any chat)
     start    open M connections, start N chats at --start-rate, wait for every agent_joined
@@ -13,7 +16,7 @@ inherits another's sessions)::
              same offered load for both servers), for --duration: latencies, CPU, GC share;
              then drain
     end      ``end`` every chat, wait for ``ended``; note RSS
-    stop     SIGTERM the server and the simulator (by pid)
+    stop     SIGTERM the server (every node, then redis-server) and the simulator (by pid)
 
 Every wait has a deadline, and the whole run is under ``--timeout``.
 
