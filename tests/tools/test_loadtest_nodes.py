@@ -134,3 +134,16 @@ def test_the_report_puts_one_node_on_redis_and_the_cluster_beside_bridged() -> N
     assert report.ok()
     report.add_run(run("cluster", 2, 1500.0, lost=1) | {"topology": "10x10"})
     assert report.has_loss() and not report.ok()  # a loss in the cluster fails the test
+
+
+def test_a_profile_counts_the_redis_client_apart_from_the_store(tmp_path: Path) -> None:
+    from bridged.tools.loadtest.profile import parts_of
+
+    root = "<module> (bridged/__main__.py:7);main (bridged/cli.py:264)"
+    folded = tmp_path / "profile.txt"
+    folded.write_text("\n".join([
+        f"{root};_commit (bridged/state/redisstore.py:9);execute (redis/asyncio/client.py:1) 3",
+        f"{root};_commit (bridged/state/redisstore.py:9) 1",
+    ]) + "\n")
+
+    assert parts_of(folded) == {"Redis client": 75.0, "state store": 25.0, "samples": 4.0}

@@ -333,7 +333,7 @@ async def _processes(opts: LoadTestOptions, target: str, topology: Topology, wor
                 redis_dir = workdir / f"redis-{target}-{topology.key}"
                 redis_dir.mkdir(exist_ok=True)
                 ctx.redis = ServerProcess(
-                    f"redis-{target}-{topology.key}",
+                    f"redis-server-{target}-{topology.key}",
                     redis_argv(find_redis_server(opts.redis_server), ctx.redis_port,
                                redis_dir),
                     workdir, ready=functools.partial(asyncio.to_thread, ping, ctx.redis_port))
