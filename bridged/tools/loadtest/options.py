@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "PROFILES", "LoadTestOptions", "Topology"]
+__all__ = ["BACKENDS", "PROFILES", "TARGETS", "LoadTestOptions", "Topology", "node_of"]
 
 import msgspec
 
@@ -15,6 +15,17 @@ SIM_ECHO_DEPLOYMENT = "Sim_Echo"
 # Which Salesforce API the chats are handed over through: legacy Live Agent REST (a long
 # poll per chat) or Enhanced Chat (Messaging for In-App and Web: an event stream per chat).
 BACKENDS = ("liveagent", "messaging")
+
+# What a run can load: bridged as one node on SQLite (the usual), bridged as one node on a
+# Redis store (the store's cost, isolated), N bridged nodes sharing one Redis (the cluster,
+# --nodes), and the null bridge (the floor).
+TARGETS = ("bridged", "redis", "cluster", "null")
+BRIDGED_TARGETS = ("bridged", "redis", "cluster")
+
+
+def node_of(connection: int, nodes: int) -> int:
+    """The node (0-based) that WebSocket connection ``connection`` goes to: round-robin."""
+    return connection % nodes
 
 
 class Topology(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +53,9 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
     topologies: tuple[Topology, ...]
     backend: str = "liveagent"
     targets: tuple[str, ...] = ("bridged", "null")
+    # The cluster target's bridged processes, sharing one redis-server of the run's.
+    nodes: int = 1
+    redis_server: str | None = None  # its binary (default: found, see bridged.tools.redisproc)
     start_rate: float = 500.0
     rate: float | None = None
     saturate: bool = True
@@ -109,9 +123,24 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"--bridged-set wants SECTION.KEY=VALUE, got {setting!r}")
         if self.bridged_url and not self.token:
             raise ValueError("--bridged-url needs --token")
-        unknown = set(self.targets) - {"bridged", "null"}
+        unknown = set(self.targets) - set(TARGETS)
         if unknown or not self.targets:
-            raise ValueError(f"targets are bridged and null, got {sorted(self.targets)}")
+            raise ValueError(f"targets are {', '.join(TARGETS)}, got {sorted(self.targets)}")
+        if self.nodes < 1:
+            raise ValueError(f"nodes must be >= 1, got {self.nodes}")
+        if "cluster" in self.targets and self.nodes < 2:
+            raise ValueError("the cluster target needs --nodes 2 or more")
+        if self.nodes > 1 and "cluster" not in self.targets:
+            raise ValueError(f"--nodes {self.nodes} runs the cluster target: add cluster to "
+                             "--targets")
+        if self.bridged_url and {"redis", "cluster"} & set(self.targets):
+            raise ValueError("--bridged-url loads a running bridged: the redis and cluster "
+                             "targets start their own")
+        if "cluster" in self.targets:
+            for t in self.topologies:
+                if min(t.connections, t.chats) < self.nodes:
+                    raise ValueError(f"--nodes {self.nodes} needs at least {self.nodes} "
+                                     f"connections (and chats) per topology, got {t.key}")
 
 
 # "--profile small": 2,000 chats, about 60 s held per run (10 s idle, 15 s saturation,

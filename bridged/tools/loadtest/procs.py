@@ -31,7 +31,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -132,14 +132,18 @@ class ServerProcess:
         argv: the command.
         workdir: where the log file goes.
         ready_url: an HTTP URL that answers 200 once the server is ready.
+        ready: instead of ``ready_url``, a check that says whether it is ready (e.g. a
+            redis-server answering PING).
     """
 
-    def __init__(self, name: str, argv: Sequence[str], workdir: Path, ready_url: str,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, argv: Sequence[str], workdir: Path, ready_url: str = "",
+                 env: dict[str, str] | None = None,
+                 ready: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = workdir / f"{name}.log"
         self.ready_url = ready_url
+        self.ready = ready
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -182,17 +186,22 @@ class ServerProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
                                        f"{self.log_tail()}")
-                try:
-                    async with http.get(self.ready_url,
-                                        timeout=aiohttp.ClientTimeout(total=2)) as response:
-                        if response.status == 200:
-                            return
-                except (TimeoutError, aiohttp.ClientError, OSError):
-                    pass
+                if await self._is_ready(http):
+                    return
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.name} not ready within {timeout:g} s:\n"
                                        f"{self.log_tail()}")
                 await asyncio.sleep(0.1)
+
+    async def _is_ready(self, http: aiohttp.ClientSession) -> bool:
+        if self.ready is not None:
+            return await self.ready()
+        try:
+            async with http.get(self.ready_url,
+                                timeout=aiohttp.ClientTimeout(total=2)) as response:
+                return response.status == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
 
     async def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait up to ``timeout``, then SIGKILL. Idempotent; returns the exit code."""

@@ -30,6 +30,7 @@ from pathlib import Path
 
 # (part, regular expression on a frame's file path); the first that matches names the part.
 _RULES: list[tuple[str, str]] = [
+    ("Redis client", r"(^|/)redis/"),
     ("state store", r"bridged/state/|sqlite3/"),
     ("envelope codec", r"bridged/ocp/envelopes\.py"),
     ("OCP front", r"bridged/ocp/"),

@@ -6,6 +6,11 @@ run and topology. The three targets of the project (not checked by any test):
 * relayed messages/s at saturation: bridged >= 0.70 x null;
 * memory per live chat: bridged <= 2 x null;
 * p99 round trip at half load: bridged <= 3 x null.
+
+With the redis and cluster targets (``--nodes N``), two more columns each: bridged as one
+node on a Redis store, and N nodes sharing one Redis, each also as a ratio to bridged on
+SQLite in the same run and topology. Their CPU is the bridged processes' plus
+redis-server's (both also apart); RSS is the nodes' (redis-server's apart).
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from typing import Any
 
 import msgspec
 
+from bridged.tools.loadtest.options import BRIDGED_TARGETS
+
 # Each must be zero in every run: the load test fails otherwise.
 LOSS_FIELDS = ("lost", "undelivered", "duplicated", "seq_gaps", "ended_unexpected")
 
 # (key, label, format, how the ratio is read: "low" lower is better, "high" higher is
 # better, None: no ratio)
 _ROWS: list[tuple[str, str, str, str | None]] = [
+    ("nodes", "bridged processes (nodes)", "{:.0f}", None),
     ("started", "chats started", "{:.0f}", None),
     ("joined", "chats joined (agent_joined)", "{:.0f}", None),
     ("join_span_s", "time to start and join all (s)", "{:.1f}", "low"),
@@ -40,6 +48,7 @@ _ROWS: list[tuple[str, str, str, str | None]] = [
     ("rss_base_mib", "RSS before chats (MiB)", "{:.1f}", "low"),
     ("rss_live_mib", "RSS, all chats live (MiB)", "{:.1f}", "low"),
     ("rss_per_chat_kib", "RSS per live chat (KiB)", "{:.1f}", "low"),
+    ("redis_rss_per_chat_kib", "redis-server RSS per chat (KiB)", "{:.1f}", None),
     ("rss_after_load_mib", "RSS after the load (MiB)", "{:.1f}", "low"),
     ("rss_end_mib", "RSS after every chat ended (MiB)", "{:.1f}", "low"),
     ("fds_per_chat", "open files per chat", "{:.2f}", "low"),
@@ -51,6 +60,8 @@ _ROWS: list[tuple[str, str, str, str | None]] = [
     ("sat_msgs_per_s", "relayed msg/s at saturation", "{:.0f}", "high"),
     ("sat_window", "saturation: messages in flight per chat", "{:.0f}", None),
     ("cpu_sat_pct", "CPU at saturation (% core)", "{:.0f}", None),
+    ("nodes_cpu_sat_pct", "  of which bridged processes", "{:.0f}", None),
+    ("redis_cpu_sat_pct", "  of which redis-server", "{:.0f}", None),
     ("cpu_ms_per_msg_sat", "CPU per relayed message (ms)", "{:.3f}", "low"),
     ("gc_share_sat_pct", "GC share of CPU, saturation (%)", "{:.1f}", "low"),
     ("gc_max_pause_sat_ms", "longest GC pause, saturation (ms)", "{:.0f}", "low"),
@@ -63,6 +74,7 @@ _ROWS: list[tuple[str, str, str, str | None]] = [
     ("latency_achieved_rate", "half load: sent msg/s", "{:.0f}", None),
     ("cpu_load_pct", "CPU at half load (% core)", "{:.0f}", "low"),
     ("cpu_ms_per_msg_load", "CPU per message, half load (ms)", "{:.3f}", "low"),
+    ("redis_cpu_ms_per_msg_load", "  of which redis-server (ms)", "{:.3f}", None),
     ("other_cpu_load_pct", "other processes' CPU, half load (%)", "{:.0f}", None),
     ("gc_share_load_pct", "GC share of CPU, half load (%)", "{:.1f}", "low"),
     ("gc_max_pause_load_ms", "longest GC pause, half load (ms)", "{:.0f}", "low"),
@@ -71,6 +83,9 @@ _ROWS: list[tuple[str, str, str, str | None]] = [
     ("sf_requests_per_msg", "Salesforce requests per message", "{:.2f}", None),
     ("state_commits_per_msg", "state store commits per message", "{:.2f}", None),
     ("state_commit_share_pct", "state store commit time (% of time)", "{:.1f}", None),
+    ("state_commit_ms_per_msg", "state store time per message (ms)", "{:.3f}", "low"),
+    ("redis_round_trips_per_msg", "Redis round trips per message", "{:.2f}", None),
+    ("redis_commands_per_msg", "  Redis commands run per message", "{:.1f}", None),
     ("rtt_p50", "round trip p50 (ms)", "{:.1f}", "low"),
     ("rtt_p99", "round trip p99 (ms)", "{:.1f}", "low"),
     ("o2a_p50", "OCP->agent p50 (ms)", "{:.1f}", "low"),
@@ -121,8 +136,16 @@ def _flat(run: dict[str, Any]) -> dict[str, Any]:
                 flat[key] = run[name] / rate
     if rate and run.get("cpu_load_pct") is not None:
         flat["cpu_ms_per_msg_load"] = 10.0 * run["cpu_load_pct"] / rate
+    if rate and run.get("redis_cpu_load_pct") is not None:
+        flat["redis_cpu_ms_per_msg_load"] = 10.0 * run["redis_cpu_load_pct"] / rate
+    for key in ("redis_round_trips", "redis_commands"):
+        if rate and run.get(f"{key}_load_per_s") is not None:
+            flat[f"{key}_per_msg"] = run[f"{key}_load_per_s"] / rate
     if run.get("state_commit_s_load_per_s") is not None:
+        # Summed over the nodes: each commit's time as its node waited for it.
         flat["state_commit_share_pct"] = 100.0 * run["state_commit_s_load_per_s"]
+        if rate:
+            flat["state_commit_ms_per_msg"] = 1000.0 * run["state_commit_s_load_per_s"] / rate
     lat = run.get("latency_ms") or {}
     for short, name in (("rtt", "round_trip"), ("o2a", "ocp_to_agent"),
                         ("a2o", "agent_to_ocp"), ("dlv", "delivered")):
@@ -132,18 +155,21 @@ def _flat(run: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _profile_lines(b: dict[str, Any] | None, n: dict[str, Any] | None) -> list[str]:
+def _profile_lines(b: dict[str, Any] | None, n: dict[str, Any] | None,
+                   extra: Sequence[dict[str, Any]] = ()) -> list[str]:
     """Where each server's time went (``--py-spy``): % of its samples per part, and the
-    part's share times the CPU per message (ms), per phase."""
+    part's share times the CPU per message (ms), per phase; bridged, null, then ``extra``
+    (one node on Redis, a cluster: its first node's samples, the CPU per message of all)."""
     from bridged.tools.loadtest.profile import PARTS
 
+    runs: list[dict[str, Any] | None] = [b, n, *extra]
     lines: list[str] = []
     for phase, title, cpu_key in (("load", "half load", "cpu_ms_per_msg_load"),
                                   ("sat", "saturation", "cpu_ms_per_msg_sat")):
-        profiles = [((run or {}).get(f"profile_{phase}") or {}) for run in (b, n)]
+        profiles = [((run or {}).get(f"profile_{phase}") or {}) for run in runs]
         if not any(profiles):
             continue
-        cpu = [_flat(run or {}).get(cpu_key) for run in (b, n)]
+        cpu = [_flat(run or {}).get(cpu_key) for run in runs]
         lines.append(f"where the time goes, {title} (py-spy; % of samples, ms per message):")
         for part in PARTS:
             shares = [p.get(part) for p in profiles]
@@ -157,10 +183,19 @@ def _profile_lines(b: dict[str, Any] | None, n: dict[str, Any] | None) -> list[s
                     cells.append(f"{share:5.1f}% {per_msg * share / 100:5.3f}")
                 else:
                     cells.append(f"{share:11.1f}%")
-            lines.append(f"  {part:34} {cells[0]:>12} {cells[1]:>12}")
+            lines.append(f"  {part:34} " + " ".join(f"{cell:>12}" for cell in cells).rstrip())
         samples = [int(p.get("samples", 0)) for p in profiles]
-        lines.append(f"  {'(samples)':34} {samples[0]:>12} {samples[1]:>12}")
+        lines.append(f"  {'(samples)':34} " + " ".join(f"{count:>12}" for count in samples))
     return lines
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    """``a / b`` for two numbers (not booleans), else None."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return None
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+        return a / b
+    return None
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -188,10 +223,12 @@ class Report:
         """Add one run (bridged or the null bridge, one topology) to the report."""
         self.runs.append(run)
 
-    def has_loss(self, target: str = "bridged") -> bool:
-        """Whether ``target`` lost or doubled anything (the verdict is about bridged: the
-        null bridge has no retries, so under stress it may lose, which is noted apart)."""
-        return any(run.get(field) for run in self.runs if run["target"] == target
+    def has_loss(self, target: str | None = None) -> bool:
+        """Whether ``target`` (default: bridged in every form, one node or a cluster) lost
+        or doubled anything (the verdict is about bridged: the null bridge has no retries,
+        so under stress it may lose, which is noted apart)."""
+        targets = BRIDGED_TARGETS if target is None else (target,)
+        return any(run.get(field) for run in self.runs if run["target"] in targets
                    for field in LOSS_FIELDS)
 
     def ok(self) -> bool:
@@ -199,31 +236,40 @@ class Report:
         return (not self.timed_out and bool(self.runs) and not self.has_loss()
                 and not any(run.get("failed") for run in self.runs))
 
-    def _pairs(self) -> list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
+    def _by_target(self) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+        """Per topology (in the order run), its runs by target."""
         topologies: list[str] = []
         for run in self.runs:
             if run["topology"] not in topologies:
                 topologies.append(run["topology"])
         out = []
         for topology in topologies:
-            b = next((r for r in self.runs
-                      if r["topology"] == topology and r["target"] == "bridged"), None)
-            n = next((r for r in self.runs
-                      if r["topology"] == topology and r["target"] == "null"), None)
-            out.append((topology, b, n))
+            runs: dict[str, dict[str, Any]] = {}
+            for run in self.runs:
+                if run["topology"] == topology:
+                    runs.setdefault(run["target"], run)
+            out.append((topology, runs))
         return out
+
+    def _pairs(self) -> list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
+        return [(topology, runs.get("bridged"), runs.get("null"))
+                for topology, runs in self._by_target()]
 
     def comparison(self) -> dict[str, Any]:
         """Per topology: each figure of bridged and null, and their ratio."""
         result: dict[str, Any] = {}
-        for topology, b, n in self._pairs():
-            fb, fn = _flat(b or {}), _flat(n or {})
+        for topology, runs in self._by_target():
+            fb, fn = _flat(runs.get("bridged") or {}), _flat(runs.get("null") or {})
+            extra = {target: _flat(runs[target]) for target in ("redis", "cluster")
+                     if target in runs}
             rows: dict[str, Any] = {}
             for key, _label, _spec, _better in _ROWS:
                 vb, vn = fb.get(key), fn.get(key)
-                ratio = (vb / vn if isinstance(vb, (int, float)) and
-                         isinstance(vn, (int, float)) and vn else None)
-                rows[key] = {"bridged": vb, "null": vn, "ratio": ratio}
+                rows[key] = {"bridged": vb, "null": vn, "ratio": _ratio(vb, vn)}
+                # One node on Redis, and the cluster, each as a ratio to bridged on SQLite.
+                for target, flat in extra.items():
+                    rows[key][target] = flat.get(key)
+                    rows[key][f"{target}_ratio"] = _ratio(flat.get(key), vb)
             targets = {}
             for key, op, limit, name in TARGETS:
                 ratio = rows[key]["ratio"]
@@ -246,6 +292,8 @@ class Report:
         rtt = (run.get("latency_ms") or {}).get("round_trip")
         if rtt:
             bits.append(f"p99 {rtt['p99']:.1f} ms at {run.get('latency_rate', 0):.0f} msg/s")
+        if run.get("nodes", 1) > 1:
+            bits.append(f"chats per node {run.get('chats_per_node')}")
         return f"  {run['target']} {run['topology']}: " + ", ".join(bits)
 
     def table(self) -> str:
@@ -259,32 +307,52 @@ class Report:
                          f"{env.get('aiohttp')}, msgspec {env.get('msgspec')}, "
                          f"{env.get('cpus')} CPUs ({env.get('machine')})")
         comparison = self.comparison()
-        for topology, b, n in self._pairs():
-            any_run = b or n or {}
+        for topology, runs in self._by_target():
+            b, n = runs.get("bridged"), runs.get("null")
+            extra = [target for target in ("redis", "cluster") if target in runs]
+            any_run = b or n or next(iter(runs.values()))
             chats, conns = any_run.get("chats"), any_run.get("connections")
             title = (f"{chats} chats, one connection each" if conns == chats
                      else f"{chats} chats over {conns} connections")
             lines.append(f"== {backend + ': ' if backend else ''}{title} ==")
-            for run in (b, n):
-                if run and run.get("failed"):
+            for run in runs.values():
+                if run.get("failed"):
                     lines.append(f"   {run['target']} FAILED: {run['failed'].splitlines()[0]}")
-            lines.append(f"{'':36} {'bridged':>12} {'null':>12} {'bridged/null':>13}")
+            header = f"{'':36} {'bridged':>12} {'null':>12} {'bridged/null':>13}"
+            names = {"redis": "redis 1 node",
+                     "cluster": f"{runs['cluster'].get('nodes') or ''} nodes".strip()
+                     if "cluster" in runs else ""}
+            for target in extra:
+                header += f" {names[target]:>12} {'/bridged':>9}"
+            lines.append(header)
             rows = comparison[topology]["figures"]
             for key, label, spec, better in _ROWS:
                 row = rows[key]
-                if row["bridged"] is None and row["null"] is None:
+                if all(row.get(target) is None for target in ("bridged", "null", *extra)):
                     continue
                 ratio = row["ratio"]
                 ratio_text = f"{ratio:.2f}" if ratio is not None and better else ""
-                lines.append(f"{label:36} {_fmt(row['bridged'], spec):>12} "
-                             f"{_fmt(row['null'], spec):>12} {ratio_text:>13}")
-            lines.extend(_profile_lines(b, n))
-            others = [run.get(f"other_cpu_{phase}_pct") or 0.0 for run in (b, n) if run
-                      for phase in ("idle", "sat", "load")]
-            if max(others, default=0.0) > DISTURBED_PCT:
-                lines.append(f"WARNING: other processes used up to {max(others):.0f}% of a "
-                             "core during the measurements: CPU, throughput and above all "
-                             "the p99 figures are disturbed")
+                line = (f"{label:36} {_fmt(row['bridged'], spec):>12} "
+                        f"{_fmt(row['null'], spec):>12} {ratio_text:>13}")
+                for target in extra:
+                    ratio = row.get(f"{target}_ratio")
+                    ratio_text = f"{ratio:.2f}" if ratio is not None and better else ""
+                    line += f" {_fmt(row.get(target), spec):>12} {ratio_text:>9}"
+                lines.append(line.rstrip())
+            if extra:
+                lines.append("(redis, nodes: CPU is the bridged processes' plus "
+                             "redis-server's; RSS the bridged processes'; /bridged: the "
+                             "ratio to bridged on SQLite)")
+            lines.extend(_profile_lines(b, n, [runs[target] for target in extra]))
+            disturbed = [(run.get(f"other_cpu_{phase}_pct") or 0.0, target, phase)
+                         for target, run in runs.items()
+                         for phase in ("idle", "sat", "load")]
+            worst = max(disturbed, default=(0.0, "", ""))
+            if worst[0] > DISTURBED_PCT:
+                phase = {"idle": "idle", "sat": "saturation", "load": "half load"}[worst[2]]
+                lines.append(f"WARNING: other processes used up to {worst[0]:.0f}% of a "
+                             f"core during the measurements ({worst[1]}, {phase}): CPU, "
+                             "throughput and above all the p99 figures are disturbed")
             lines.append("targets:")
             for target in comparison[topology]["targets"].values():
                 verdict = {True: "met", False: "MISSED", None: "n/a"}[target["met"]]

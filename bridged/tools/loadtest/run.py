@@ -1,7 +1,10 @@
 """The orchestration: for each topology, bridged then the null bridge, each in fresh processes.
 
 One *run* is one server in one topology, against a simulator of its own (so that no run
-inherits another's sessions)::
+inherits another's sessions). The server is bridged (one node on SQLite), the null bridge,
+or, with a redis-server of the run's started first: one bridged node on a Redis store
+(``redis``) or ``--nodes`` bridged nodes sharing it (``cluster``), the connections spread
+over them round-robin and every node's CPU, RSS, probe and /metrics summed::
 
     start the simulator and the server; note RSS, tasks (before any chat)
     start    open M connections, start N chats at --start-rate, wait for every agent_joined
@@ -13,7 +16,7 @@ inherits another's sessions)::
              same offered load for both servers), for --duration: latencies, CPU, GC share;
              then drain
     end      ``end`` every chat, wait for ``ended``; note RSS
-    stop     SIGTERM the server and the simulator (by pid)
+    stop     SIGTERM the server (every node, then redis-server) and the simulator (by pid)
 
 Every wait has a deadline, and the whole run is under ``--timeout``.
 
@@ -31,6 +34,7 @@ __all__ = ["RunContext", "fit_topologies", "run_loadtest", "scrape_metrics", "se
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import platform
@@ -63,6 +67,13 @@ from bridged.tools.loadtest.procs import (
 from bridged.tools.loadtest.profile import ProfileRecorder
 from bridged.tools.loadtest.report import Report, percentiles
 from bridged.tools.loadtest.simproc import raise_nofile_limit
+from bridged.tools.redisproc import (
+    ROUND_TRIPS,
+    command_calls,
+    find_redis_server,
+    ping,
+    redis_argv,
+)
 
 _START_TIMEOUT = 30.0
 
@@ -139,9 +150,20 @@ class Progress:
 
 
 class RunContext:
-    """Processes and addresses of one run."""
+    """Processes and addresses of one run.
+
+    ``server``, ``server_pid``, ``ws_url``, ``stats_path`` and ``metrics_url`` are the first
+    (or only) server's; the lists hold every server process of the run (the nodes of a
+    cluster), and ``redis`` the redis-server they share (the redis and cluster targets).
+    """
 
     def __init__(self) -> None:
+        self.nodes: list[ServerProcess] = []
+        self.ws_urls: list[str] = []
+        self.stats_paths: list[str] = []
+        self.metrics_urls: list[str] = []
+        self.redis: ServerProcess | None = None
+        self.redis_port: int | None = None
         self.sim: ServerProcess | None = None
         self.sim_http: str | None = None  # http://HOST:PORT of our simulator (marks), if ours
         self.salesforce_url = ""  # the Live Agent chat URL or the Enhanced Chat SCRT URL
@@ -159,10 +181,12 @@ def _toml_str(value: str) -> str:
 
 
 def bridged_config(path: Path, *, port: int, token: str, salesforce_url: str,
-                   state_dir: Path, opts: LoadTestOptions, max_chats: int) -> None:
+                   state_dir: Path, opts: LoadTestOptions, max_chats: int,
+                   cluster: tuple[str, str] | None = None) -> None:
     """Write a bridged config for the run: one profile ``echo`` on the simulator (Live Agent
     or Enhanced Chat, per ``opts.backend``), the defaults for everything else but the
-    limits that would measure a limiter instead of bridged (lifted, each said below)."""
+    limits that would measure a limiter instead of bridged (lifted, each said below); with
+    ``cluster`` (node name, Redis URL) a ``[cluster]`` section, its timings the defaults."""
     parts = urlsplit(salesforce_url)
     allowed = f"{parts.hostname}:*"
     if opts.backend == "messaging":
@@ -190,6 +214,10 @@ organization_id = {_toml_str(opts.organization_id)}
 deployment_id = {_toml_str(opts.deployment_id)}
 button_id = {_toml_str(opts.button_id)}
 """
+    cluster_section = ""
+    if cluster is not None:
+        cluster_section = (f"\n[cluster]\nnode = {_toml_str(cluster[0])}\n"
+                           f"redis_url = {_toml_str(cluster[1])}\n")
     text = f"""\
 [server]
 listen = "127.0.0.1:{port}"
@@ -207,7 +235,7 @@ dir = {_toml_str(str(state_dir))}
 
 [logging]
 level = {_toml_str(opts.bridged_log_level)}
-
+{cluster_section}
 {profile}"""
     path.write_text(with_settings(text, opts.bridged_settings))
 
@@ -295,54 +323,41 @@ async def _processes(opts: LoadTestOptions, target: str, topology: Topology, wor
             parts = urlsplit(opts.bridged_url)
             scheme = "https" if parts.scheme == "wss" else "http"
             ctx.metrics_url = f"{scheme}://{parts.netloc}/metrics"
+        early = list(procs)  # the simulator, and the redis-server: before the nodes
+        if target == "bridged" and opts.bridged_url:
+            ctx.ws_urls, ctx.metrics_urls = [ctx.ws_url], [ctx.metrics_url or ""]
         else:
-            port = free_port()
             ctx.token = opts.token or f"loadtest-{secrets.token_hex(8)}"
-            ctx.stats_path = str(workdir / f"probe-{target}-{topology.key}.json")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(ctx.stats_path)
-            probe: list[str] | None = None
-            if opts.probe:
-                probe = ["-m", "bridged.tools.loadtest.probe", "--stats", ctx.stats_path,
-                         "--interval", str(opts.probe_interval_s)]
-                probe.append("--")
-            if target == "bridged":
-                state = workdir / f"state-{topology.key}"
-                state.mkdir(exist_ok=True)
-                config = workdir / f"bridged-{topology.key}.toml"
-                bridged_config(config, port=port, token=ctx.token,
-                               salesforce_url=ctx.salesforce_url, state_dir=state, opts=opts,
-                               max_chats=max(20000, topology.chats))
-                args = ["bridged", "run", "--config", str(config)]
-                argv = ([sys.executable, *probe, *args] if probe
-                        else python_module("bridged", *args[1:]))
-                ready = f"http://127.0.0.1:{port}/readyz"
-                ctx.metrics_url = f"http://127.0.0.1:{port}/metrics"
-            else:
-                args = ["nullbridge", "--listen", f"127.0.0.1:{port}", "--token", ctx.token,
-                        "--backend", opts.backend, "--organization-id", opts.organization_id,
-                        "--gc", opts.null_gc]
-                if opts.backend == "messaging":
-                    args += ["--scrt-url", ctx.salesforce_url,
-                             "--es-developer-name", opts.es_developer_name]
-                else:
-                    args += ["--live-agent-url", ctx.salesforce_url,
-                             "--deployment-id", opts.deployment_id,
-                             "--button-id", opts.button_id]
-                argv = ([sys.executable, *probe, *args] if probe
-                        else python_module("bridged.tools.nullbridge", *args[1:]))
-                ready = f"http://127.0.0.1:{port}/healthz"
-            if not opts.probe:
-                ctx.stats_path = None
-            ctx.server = ServerProcess(f"{target}-{topology.key}", argv, workdir, ready)
-            procs.append(ctx.server)
-            ctx.ws_url = f"ws://127.0.0.1:{port}/v1/chat"
-        # Neither server talks to the other before a chat starts: boot them together.
-        results = await asyncio.gather(*(p.start(_START_TIMEOUT) for p in procs),
-                                       return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+            if target in ("redis", "cluster"):
+                ctx.redis_port = free_port()
+                redis_dir = workdir / f"redis-{target}-{topology.key}"
+                redis_dir.mkdir(exist_ok=True)
+                ctx.redis = ServerProcess(
+                    f"redis-server-{target}-{topology.key}",
+                    redis_argv(find_redis_server(opts.redis_server), ctx.redis_port,
+                               redis_dir),
+                    workdir, ready=functools.partial(asyncio.to_thread, ping, ctx.redis_port))
+                procs.append(ctx.redis)
+                early.append(ctx.redis)
+            count = opts.nodes if target == "cluster" else 1
+            for i in range(count):
+                node = _server_process(opts, target, topology, workdir, ctx,
+                                       f"n{i + 1}" if target in ("redis", "cluster") else None)
+                procs.append(node)
+                ctx.nodes.append(node)
+            ctx.server = ctx.nodes[0]
+            ctx.ws_url = ctx.ws_urls[0]
+            ctx.stats_path = ctx.stats_paths[0] if ctx.stats_paths else None
+            ctx.metrics_url = ctx.metrics_urls[0] if ctx.metrics_urls else None
+        # Neither server talks to the other before a chat starts: boot them together; but
+        # bridged on Redis joins its cluster as it starts, so Redis comes first.
+        groups = [early, [p for p in procs if p not in early]] if ctx.redis else [procs]
+        for group in groups:
+            results = await asyncio.gather(*(p.start(_START_TIMEOUT) for p in group),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         if ctx.server is not None:
             ctx.server_pid = ctx.server.pid
         yield ctx
@@ -353,6 +368,55 @@ async def _processes(opts: LoadTestOptions, target: str, topology: Topology, wor
         finally:
             for proc in procs:
                 proc.stop_now()  # a no-op for those already stopped
+
+
+def _server_process(opts: LoadTestOptions, target: str, topology: Topology, workdir: Path,
+                    ctx: RunContext, node: str | None) -> ServerProcess:
+    """One server process of the run (bridged, one node of a cluster, or the null bridge),
+    its addresses added to ``ctx``; not started."""
+    port = free_port()
+    suffix = f"{target}-{node}-{topology.key}" if node else f"{target}-{topology.key}"
+    stats_path = str(workdir / f"probe-{suffix}.json")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(stats_path)
+    probe: list[str] | None = None
+    if opts.probe:
+        probe = ["-m", "bridged.tools.loadtest.probe", "--stats", stats_path,
+                 "--interval", str(opts.probe_interval_s), "--"]
+        ctx.stats_paths.append(stats_path)
+    if target != "null":
+        # bridged's files keep their one-node names (bridged-KEY.toml, state-KEY).
+        files = topology.key if target == "bridged" else suffix
+        state = workdir / f"state-{files}"
+        state.mkdir(exist_ok=True)
+        config = workdir / f"bridged-{files}.toml"
+        cluster = None
+        if node is not None:
+            cluster = (node, f"redis://127.0.0.1:{ctx.redis_port}/0")
+        bridged_config(config, port=port, token=ctx.token,
+                       salesforce_url=ctx.salesforce_url, state_dir=state, opts=opts,
+                       max_chats=max(20000, topology.chats), cluster=cluster)
+        args = ["bridged", "run", "--config", str(config)]
+        argv = ([sys.executable, *probe, *args] if probe
+                else python_module("bridged", *args[1:]))
+        ready = f"http://127.0.0.1:{port}/readyz"
+        ctx.metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
+    else:
+        args = ["nullbridge", "--listen", f"127.0.0.1:{port}", "--token", ctx.token,
+                "--backend", opts.backend, "--organization-id", opts.organization_id,
+                "--gc", opts.null_gc]
+        if opts.backend == "messaging":
+            args += ["--scrt-url", ctx.salesforce_url,
+                     "--es-developer-name", opts.es_developer_name]
+        else:
+            args += ["--live-agent-url", ctx.salesforce_url,
+                     "--deployment-id", opts.deployment_id,
+                     "--button-id", opts.button_id]
+        argv = ([sys.executable, *probe, *args] if probe
+                else python_module("bridged.tools.nullbridge", *args[1:]))
+        ready = f"http://127.0.0.1:{port}/healthz"
+    ctx.ws_urls.append(f"ws://127.0.0.1:{port}/v1/chat")
+    return ServerProcess(suffix, argv, workdir, ready)
 
 
 async def _take_marks(http: aiohttp.ClientSession, sim_http: str, gen: LoadGenerator) -> None:
@@ -394,24 +458,46 @@ async def scrape_metrics(url: str) -> dict[str, float]:
     return values
 
 
+async def _probe_sample(path: str, fresh: bool) -> ProbeSample | None:
+    if not fresh:
+        return read_sample(path)
+    start = time.monotonic()
+    ask_tasks(path)
+    while time.monotonic() - start < 3.0:
+        sample = read_sample(path)
+        if sample is not None and sample.t >= start and sample.tasks is not None:
+            return sample
+        await asyncio.sleep(0.05)
+    return read_sample(path)
+
+
+def sum_samples(samples: list[ProbeSample]) -> ProbeSample:
+    """Several processes' probe samples (a cluster's nodes) as one: times and counts summed,
+    the pauses of all."""
+    tasks = [s.tasks for s in samples]
+    return ProbeSample(
+        t=max(s.t for s in samples), cpu_s=sum(s.cpu_s for s in samples),
+        gc_s=[sum(v) for v in zip(*(s.gc_s for s in samples), strict=True)],
+        gc_n=[sum(v) for v in zip(*(s.gc_n for s in samples), strict=True)],
+        tasks=None if None in tasks else sum(t or 0 for t in tasks),
+        gc_collected=sum(s.gc_collected for s in samples),
+        long_pauses=sorted(p for s in samples for p in s.long_pauses))
+
+
 async def server_sample(ctx: RunContext, fresh: bool = False) -> ProbeSample | None:
     """The server's GC time, CPU and task count now: from the probe when the load test
-    started the server, else from bridged's ``/metrics`` (``bridged_tasks``,
-    ``bridged_gc_seconds_total``) and ``/proc`` (with the server's pid).
+    started the server (summed over a cluster's nodes), else from bridged's ``/metrics``
+    (``bridged_tasks``, ``bridged_gc_seconds_total``) and ``/proc`` (with the server's pid).
 
     ``fresh`` waits (up to 3 s) for a probe sample written after now, with a task count.
     """
-    if ctx.stats_path:
-        if not fresh:
-            return read_sample(ctx.stats_path)
-        start = time.monotonic()
-        ask_tasks(ctx.stats_path)
-        while time.monotonic() - start < 3.0:
-            sample = read_sample(ctx.stats_path)
-            if sample is not None and sample.t >= start and sample.tasks is not None:
-                return sample
-            await asyncio.sleep(0.05)
-        return read_sample(ctx.stats_path)
+    paths = ctx.stats_paths or ([ctx.stats_path] if ctx.stats_path else [])
+    if paths:
+        samples = await asyncio.gather(*(_probe_sample(path, fresh) for path in paths))
+        present = [sample for sample in samples if sample is not None]
+        if len(present) < len(paths):
+            return None
+        return present[0] if len(present) == 1 else sum_samples(present)
     if not ctx.metrics_url:
         return None
     metrics = await scrape_metrics(ctx.metrics_url)
@@ -435,13 +521,53 @@ _RATES = [
 ]
 
 
+async def scrape_all(ctx: RunContext) -> dict[str, float]:
+    """Every node's ``/metrics``, summed per metric name; {} if any cannot be read."""
+    urls = ctx.metrics_urls or ([ctx.metrics_url] if ctx.metrics_url else [])
+    scraped = await asyncio.gather(*(scrape_metrics(url) for url in urls))
+    if not scraped or not all(scraped):
+        return {}
+    total: dict[str, float] = {}
+    for values in scraped:
+        for name, value in values.items():
+            total[name] = total.get(name, 0.0) + value
+    return total
+
+
+def _node_pids(ctx: RunContext) -> list[int]:
+    """The pids of the server processes (every node of a cluster) the run can read."""
+    pids = [p.pid for p in ctx.nodes if p.pid is not None]
+    if not pids and ctx.server_pid:
+        pids = [ctx.server_pid]
+    return pids
+
+
+def _sum_of(pids: list[int], read: Callable[[int], int | None]) -> int | None:
+    values = [read(pid) for pid in pids]
+    if not values or None in values:
+        return None
+    return sum(v or 0 for v in values)
+
+
+def _since_marks(meters: list[CpuMeter]) -> tuple[float | None, float | None]:
+    """The sum of several meters' (% of one core, CPU seconds); None if any is unknown."""
+    readings = [meter.since_mark() for meter in meters]
+    if not readings or any(pct is None or used is None for pct, used in readings):
+        return None, None
+    return (sum(pct or 0.0 for pct, _ in readings), sum(used or 0.0 for _, used in readings))
+
+
 class _Meters:
-    """CPU of the server, the simulator and this process, and the server's GC, over one
-    phase (from :meth:`mark` to :meth:`read`)."""
+    """CPU of the server (every node, and a redis-server of the run), the simulator and
+    this process, and the server's GC, over one phase (from :meth:`mark` to :meth:`read`).
+    """
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.server = CpuMeter(ctx.server_pid)
+        pids = _node_pids(ctx)
+        self.servers = [CpuMeter(pid) for pid in pids] or [CpuMeter(None)]
+        self.redis = CpuMeter(ctx.redis.pid) if ctx.redis and ctx.redis.pid else None
+        self.redis_calls: dict[str, int] | None = None
         self.sim = CpuMeter(ctx.sim.pid if ctx.sim else None)
         self.gen = CpuMeter(os.getpid())
         self.machine = CpuMeter(0)
@@ -456,15 +582,39 @@ class _Meters:
     async def mark(self) -> None:
         """Start a measured interval: CPU of every process, the probe and /metrics now."""
         self._t0 = time.monotonic()
-        for meter in (self.server, self.sim, self.gen, self.machine):
+        for meter in (*self.servers, self.sim, self.gen, self.machine):
             meter.mark()
+        if self.redis is not None:
+            self.redis.mark()
+        if self.ctx.redis_port is not None:
+            self.redis_calls = await asyncio.to_thread(command_calls, self.ctx.redis_port)
         self.probe = await server_sample(self.ctx)
         if self.ctx.metrics_url:
-            self.metrics = await scrape_metrics(self.ctx.metrics_url)
+            self.metrics = await scrape_all(self.ctx)
 
     async def read(self, out: dict[str, Any], prefix: str) -> None:
-        """Write the interval's CPU shares and figures into ``out`` under ``prefix``."""
-        out[f"cpu_{prefix}_pct"], cpu_s = self.server.since_mark()
+        """Write the interval's CPU shares and figures into ``out`` under ``prefix``: the
+        server's CPU is every node's plus a redis-server's (each also apart)."""
+        cpu_pct, cpu_s = _since_marks(self.servers)
+        if self.redis is not None:
+            redis_pct, redis_s = self.redis.since_mark()
+            out[f"nodes_cpu_{prefix}_pct"] = cpu_pct
+            out[f"redis_cpu_{prefix}_pct"], out[f"redis_cpu_{prefix}_s"] = redis_pct, redis_s
+            if cpu_pct is not None and cpu_s is not None:
+                cpu_pct, cpu_s = cpu_pct + (redis_pct or 0.0), cpu_s + (redis_s or 0.0)
+        if self.ctx.redis_port is not None and self.redis_calls is not None:
+            now_calls = await asyncio.to_thread(command_calls, self.ctx.redis_port)
+            if now_calls is not None:
+                span = max(1e-9, time.monotonic() - self._t0)
+                delta = {name: calls - self.redis_calls.get(name, 0)
+                         for name, calls in now_calls.items()}
+                # Round trips: what the nodes sent (EVALSHA...); commands: also those the
+                # scripts ran (the INFO of this meter left out).
+                out[f"redis_round_trips_{prefix}_per_s"] = sum(
+                    delta.get(name, 0) for name in ROUND_TRIPS) / span
+                out[f"redis_commands_{prefix}_per_s"] = sum(
+                    calls for name, calls in delta.items() if name != "info") / span
+        out[f"cpu_{prefix}_pct"] = cpu_pct
         out[f"sim_cpu_{prefix}_pct"], _ = self.sim.since_mark()
         out[f"loadgen_cpu_{prefix}_pct"], _ = self.gen.since_mark()
         out[f"cpu_{prefix}_s"] = cpu_s
@@ -477,7 +627,7 @@ class _Meters:
         out.update(await self.read_gc(prefix))
         if self.ctx.metrics_url and self.metrics:
             # bridged's own counters over the phase, per second (bridged only).
-            now = await scrape_metrics(self.ctx.metrics_url)
+            now = await scrape_all(self.ctx)
             span = max(1e-9, time.monotonic() - self._t0)
             for name, key in _RATES:
                 if name in now and name in self.metrics:
@@ -510,10 +660,13 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
                  deadline: float) -> dict[str, Any]:
     out: dict[str, Any] = {"target": target, "topology": topology.key,
                            "chats": topology.chats, "connections": topology.connections}
-    pid = ctx.server_pid
+    pids = _node_pids(ctx)
+    redis_pid = ctx.redis.pid if ctx.redis else None
+    out["nodes"] = len(ctx.ws_urls) or 1
     await asyncio.sleep(opts.settle_s)  # let the fresh process settle
-    out["rss_base_kib"] = read_rss_kib(pid) if pid else None
-    out["fds_base"] = count_fds(pid) if pid else None
+    out["rss_base_kib"] = _sum_of(pids, read_rss_kib)
+    out["fds_base"] = _sum_of(pids, count_fds)
+    out["redis_rss_base_kib"] = read_rss_kib(redis_pid) if redis_pid else None
     base_probe = await server_sample(ctx, fresh=True)
     out["tasks_base"] = base_probe.tasks if base_probe else None
 
@@ -521,14 +674,14 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
         """A deadline ``seconds`` from now, never past the run's own."""
         return min(deadline, time.monotonic() + seconds)
 
-    gen = LoadGenerator(ctx.ws_url, ctx.token, chats=topology.chats,
+    gen = LoadGenerator(ctx.ws_urls or ctx.ws_url, ctx.token, chats=topology.chats,
                         connections=topology.connections, fmt=opts.fmt,
                         msg_bytes=opts.msg_bytes, run_id=f"lt{secrets.token_hex(3)}")
     gen.samples.reply_delay_ns = int(opts.reply_delay_s * 1e9)
     progress.gen = gen
     meters = _Meters(ctx)
     fds_peak = [out["fds_base"] or 0]
-    watch = asyncio.create_task(_watch_fds(pid, fds_peak)) if pid else None
+    watch = asyncio.create_task(_watch_fds(pids, fds_peak)) if pids else None
     async with gen, aiohttp.ClientSession() as http:
         # --- start -----------------------------------------------------------------------
         progress.phase = "start"
@@ -539,6 +692,7 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
         all_joined = await gen.wait_joined(until(start_budget))
         out["start_s"] = time.monotonic() - t_start
         out["all_joined"] = all_joined
+        out["chats_per_node"] = gen.chats_per_server()
         if gen.counters.joined == 0:
             out["failed"] = "no chat reached agent_joined"
             _counts(gen, out)
@@ -550,8 +704,9 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
         await meters.mark()
         await asyncio.sleep(opts.idle_s)
         await meters.read(out, "idle")
-        out["rss_live_kib"] = read_rss_kib(pid) if pid else None
-        out["fds_live"] = count_fds(pid) if pid else None
+        out["rss_live_kib"] = _sum_of(pids, read_rss_kib)
+        out["fds_live"] = _sum_of(pids, count_fds)
+        out["redis_rss_live_kib"] = read_rss_kib(redis_pid) if redis_pid else None
         live_probe = await server_sample(ctx, fresh=True)
         out["tasks_live"] = live_probe.tasks if live_probe else None
 
@@ -605,8 +760,8 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
                 "delivered": percentiles(s.delivered),
             }
             out["latency_unmatched_marks"] = len(s.pending_echo) + len(s.pending_mark)
-        out["rss_after_load_kib"] = read_rss_kib(pid) if pid else None
-        out["fds_after_load"] = count_fds(pid) if pid else None
+        out["rss_after_load_kib"] = _sum_of(pids, read_rss_kib)
+        out["fds_after_load"] = _sum_of(pids, count_fds)
         if watch is not None:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -618,7 +773,7 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
         out["all_ended"] = await gen.end_chats(opts.start_rate * 2,
                                                until(topology.chats / opts.start_rate + 60))
         await asyncio.sleep(min(1.0, opts.settle_s))
-        out["rss_end_kib"] = read_rss_kib(pid) if pid else None
+        out["rss_end_kib"] = _sum_of(pids, read_rss_kib)
         gen.mode = "closing"
         _counts(gen, out)
     progress.gen = None
@@ -627,10 +782,11 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
     return out
 
 
-async def _watch_fds(pid: int, peak: list[int]) -> None:
-    """Keep in ``peak[0]`` the most descriptors ``pid`` held, read every half second."""
+async def _watch_fds(pids: list[int], peak: list[int]) -> None:
+    """Keep in ``peak[0]`` the most descriptors ``pids`` held together, read every half
+    second."""
     while True:
-        count = count_fds(pid)
+        count = _sum_of(pids, count_fds)
         if count is not None and count > peak[0]:
             peak[0] = count
         await asyncio.sleep(0.5)
@@ -726,6 +882,9 @@ def _derive(out: dict[str, Any]) -> None:
     base, live = out.get("rss_base_kib"), out.get("rss_live_kib")
     if joined and base is not None and live is not None:
         out["rss_per_chat_kib"] = (live - base) / joined
+    base, live = out.get("redis_rss_base_kib"), out.get("redis_rss_live_kib")
+    if joined and base is not None and live is not None:
+        out["redis_rss_per_chat_kib"] = (live - base) / joined
     fb, fl = out.get("fds_base"), out.get("fds_live")
     if joined and fb is not None and fl is not None:
         out["fds_per_chat"] = (fl - fb) / joined
@@ -779,7 +938,8 @@ async def _run_all(opts: LoadTestOptions, workdir: Path, report: Report,
                 detail = str(exc) if isinstance(exc, RuntimeError) else \
                     f"{type(exc).__name__}: {exc}"
                 out = {"target": target, "topology": topology.key, "chats": topology.chats,
-                       "connections": topology.connections, "failed": detail}
+                       "connections": topology.connections, "failed": detail,
+                       "nodes": opts.nodes if target == "cluster" else 1}
             report.add_run(out)
             progress.say(report.run_summary(out))
 
