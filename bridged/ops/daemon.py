@@ -109,6 +109,8 @@ class Daemon:
                                 self._resume, self.metrics)
                         if isinstance(self.store, RedisStore) else None)
         self.front = Front(config.server, self.dispatcher, self.metrics, self.node)
+        if isinstance(self.store, RedisStore):
+            self.front.cluster_store = self.store
         self.fd_limit: int | None = None
         self._runner: web.AppRunner | None = None
         self._lag: asyncio.Task[None] | None = None

@@ -398,6 +398,13 @@ class RedisStore:
                 raise OSError(f"cluster.node {self.node!r} is held by another live process")
             await asyncio.sleep(self._cluster.renew_interval_ms / 1000)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection to the store (read only outside this class: the admin view)."""
+        if self._redis is None:
+            raise OSError("not connected to the shared store")
+        return self._redis
+
     def may_send(self) -> bool:
         """Whether the lease is surely still ours (the local deadline has not passed)."""
         return not self._closing and time.monotonic() < self._deadline
