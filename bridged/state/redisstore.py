@@ -321,6 +321,8 @@ class RedisStore:
         self.store_errors = 0
         self.renew_seconds = 0.0  # the last renewal's round trip
         self.renewals = 0
+        self.lease_losses = 0  # times this node lost its lease (or the store its data)
+        self.on_renewed: Callable[[float], None] = lambda _seconds: None  # its round trip
 
     # --- connecting and the lease ---------------------------------------------------------
 
@@ -429,6 +431,7 @@ class RedisStore:
                 continue
             self.renewals += 1
             self.renew_seconds = time.monotonic() - sent
+            self.on_renewed(self.renew_seconds)
             status = _text(answer[0])
             if status == "ok":
                 self._deadline = sent + (ttl - self._cluster.lease_margin_ms) / 1000
@@ -446,6 +449,7 @@ class RedisStore:
             self._rejoining = False
 
     async def _rejoin(self, status: str) -> None:
+        self.lease_losses += 1
         self._deadline = 0.0
         self._dropped.update(self._tokens)
         self._local.clear()
@@ -469,6 +473,11 @@ class RedisStore:
                 await asyncio.sleep(self._cluster.renew_interval_ms / 1000)
 
     # --- ownership --------------------------------------------------------------------------
+
+    @property
+    def held_count(self) -> int:
+        """How many chats this node holds now."""
+        return len(self._tokens)
 
     def holds(self, chat_id: str) -> bool:
         """Whether this node holds the chat (created or claimed, and not fenced since)."""

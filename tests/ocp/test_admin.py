@@ -12,13 +12,12 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
-import msgspec
 import pytest
 
-from bridged.config.file import ClusterConfig, Config
+from bridged.config.file import Config
 from bridged.ocp.admin import ChatInfo, render_table
 from bridged.simulators.liveagent import Simulator
-from tests.conftest import TOKEN, bridged_config, running_bridged
+from tests.conftest import TOKEN, bridged_config, cluster_config, running_bridged
 from tests.ocp_client import connect
 from tests.redis_server import RedisServer
 from tests.test_cli import ROOT, free_port
@@ -105,10 +104,8 @@ async def test_with_a_cluster_the_admin_view_lists_every_nodes_chats_with_its_ho
         sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession,
         redis_server: RedisServer) -> None:
     def node(name: str) -> Config:
-        config = bridged_config(sim, tmp_path / name, admin_tokens=[ADMIN])
-        return msgspec.structs.replace(config, cluster=ClusterConfig(
-            node=name, redis_url=redis_server.url, lease_ttl_ms=1000, renew_interval_ms=200,
-            lease_margin_ms=200, scan_interval_ms=100, socket_timeout_s=0.5))
+        return cluster_config(bridged_config(sim, tmp_path / name, admin_tokens=[ADMIN]),
+                              name, redis_server.url)
 
     async with running_bridged(node("a")) as a, running_bridged(node("b")) as b:
         clients = []  # kept open: the chats stay attached
