@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from bridged.config.file import Config, ServerConfig, load_config, parse_config, redacted
@@ -18,6 +20,28 @@ def test_the_example_config_decodes_and_lists_every_key_with_its_default() -> No
     for section in ("server", "salesforce", "history", "state", "logging"):
         assert getattr(config, section) == getattr(defaults, section), section
     assert "default" in config.profiles
+
+
+def test_the_example_lists_every_cluster_key_with_its_default() -> None:
+    from bridged.config.file import ClusterConfig
+    text = EXAMPLE.read_text(encoding="utf-8")
+    block = text[text.index("# [cluster]\n"):text.index("\n[logging]")]
+    # The section's keys, commented out (# key = value), each with a comment line above it.
+    lines = block.splitlines()
+    keys = {}
+    for index, line in enumerate(lines):
+        if match := re.fullmatch(r"# (\w+) = (.+)", line):
+            keys[match[1]] = match[2]
+            assert re.fullmatch(r"# [^=]+", lines[index - 1]), f"{match[1]} has no line"
+    section = msgspec.toml.decode("\n".join(f"{k} = {v}" for k, v in keys.items()),
+                                  type=ClusterConfig)
+    assert set(keys) == set(ClusterConfig.__struct_fields__)
+    examples = {"node", "sentinels"}  # shown with an example value: their default is empty
+    assert msgspec.structs.replace(section, node="", sentinels=[]) == ClusterConfig()
+    assert all(getattr(ClusterConfig(), key) in ("", []) for key in examples)
+    # Uncommented, it is a valid section (a node of a Sentinel cluster).
+    assert parse_config(MINIMAL + "[cluster]\n" + "\n".join(
+        f"{k} = {v}" for k, v in keys.items()) + "\n").cluster == section
 
 
 def test_the_fixed_keys_have_the_documented_defaults() -> None:
