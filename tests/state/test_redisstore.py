@@ -130,3 +130,29 @@ async def test_with_min_replicas_a_commit_counts_once_a_replica_has_it_scripts_f
     finally:
         await store.aclose()
         replica.stop()
+
+
+async def test_with_min_replicas_a_commit_is_one_round_trip_not_a_script_check_each_time(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    replica = RedisServer(tmp_path / "replica", replica_of=redis_server.port)
+    store = RedisStore(msgspec.structs.replace(
+        config("a", redis_server.url), min_replicas=1, wait_timeout_ms=100))
+    try:
+        until(lambda: replica.info("replication").get("master_link_status") == "up",
+              "the replica did not sync")
+        await store.load()
+        store.save("c1", b"s0", static=b"static")
+        assert await store.flush(2)  # the script is loaded now
+        assert redis_server.command("CONFIG", "RESETSTAT") == "OK"
+        for i in range(1, 21):
+            store.save("c1", f"s{i}".encode())
+            assert await store.flush(2)
+        calls = {name.removeprefix("cmdstat_"): int(stats.split(",")[0].partition("=")[2])
+                 for name, stats in redis_server.info("commandstats").items()}
+        # Each commit: the script and WAIT, pipelined; no SCRIPT EXISTS before each one.
+        assert calls["wait"] == 20 and calls["evalsha"] >= 20  # (lease renewals too)
+        assert "script" not in calls
+        assert replica.command("HGET", "b:chat:c1", "snap") == "s20"
+    finally:
+        await store.aclose()
+        replica.stop()
