@@ -166,3 +166,8 @@ async def test_with_a_cluster_the_admin_view_lists_every_nodes_chats_with_its_ho
             await a.cluster.aclose()  # nobody takes it over meanwhile
         async with http.get(base + "/v1/chats/on-b", headers=headers) as response:
             assert (await response.json())["holder_live"] is False
+        redis_server.stop()  # the store gone: a clear 503, no traceback
+        for path in ("/v1/chats", "/v1/chats/on-b"):
+            async with http.get(base + path, headers=headers) as response:
+                assert response.status == 503
+                assert (await response.text()).startswith("the shared store did not answer")
