@@ -158,6 +158,13 @@ async def test_with_a_cluster_the_admin_view_lists_every_nodes_chats_with_its_ho
         assert sorted(line.split()[0] + " " + line.split()[-1] for line in lines[1:]) == [
             "on-a a", "on-b b"]
         assert "node b (" in err.decode() and "2 chats" in err.decode()
+        command = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridged", "chats", "--url", base, "--token", ADMIN,
+            "--limit", "1", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(command.communicate(), 30)
+        assert command.returncode == 0, err
+        assert len(out.decode().splitlines()) == 2 and err.decode().endswith("1 chats\n")
         # b's lease gone (it froze): the chat shows it, until a node takes it over.
         await b.store.client.delete("b:node:b")
         for task in b.store._tasks:  # b stops renewing: frozen
