@@ -189,28 +189,48 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 def _cmd_chats(args: argparse.Namespace) -> int:
     import urllib.error
+    import urllib.parse
     import urllib.request
 
-    from bridged.ocp.admin import ChatInfo, render_table
+    from bridged.ocp.admin import MAX_LIMIT, ChatInfo, ClusterChatInfo, render_table
 
-    url = args.url.rstrip("/") + "/v1/chats"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {args.token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        print(f"bridged: {url} answered HTTP {exc.code}: {exc.read().decode().strip()}",
-              file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"bridged: cannot reach {url}: {exc}", file=sys.stderr)
-        return 1
+    base = args.url.rstrip("/") + "/v1/chats"
+    chats: list[ChatInfo] = []
+    after: str | None = None
+    nodes: list[dict[str, object]] = []
+    # With [cluster] the view comes a page at a time: follow "next" until the last page
+    # (or --limit chats).
+    while True:
+        wanted = min(MAX_LIMIT, args.limit - len(chats)) if args.limit else MAX_LIMIT
+        query = {"limit": str(wanted), **({"after": after} if after else {})}
+        url = base + "?" + urllib.parse.urlencode(query)
+        request = urllib.request.Request(url,
+                                         headers={"Authorization": f"Bearer {args.token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            print(f"bridged: {base} answered HTTP {exc.code}: {exc.read().decode().strip()}",
+                  file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"bridged: cannot reach {base}: {exc}", file=sys.stderr)
+            return 1
+        if args.json:
+            sys.stdout.write(body.decode() + "\n")
+        data = msgspec.json.decode(body)
+        kind = ClusterChatInfo if "nodes" in data else ChatInfo
+        chats += msgspec.convert(data["chats"], list[kind])  # type: ignore[valid-type]
+        nodes = data.get("nodes", nodes)
+        after = data.get("next")
+        if not after or (args.limit and len(chats) >= args.limit):
+            break
     if args.json:
-        sys.stdout.write(body.decode() + "\n")
         return 0
-    data = msgspec.json.decode(body)
-    chats = msgspec.convert(data["chats"], list[ChatInfo])
     sys.stdout.write(render_table(chats))
+    for node in nodes:
+        print(f"node {node['node']} ({node['incarnation']}): {node['chats']} chats, lease "
+              + ("live" if node["live"] else "gone"), file=sys.stderr)
     print(f"{len(chats)} chats", file=sys.stderr)
     return 0
 
@@ -305,7 +325,10 @@ def _parser() -> argparse.ArgumentParser:
     chats = sub.add_parser("chats", help="list the live chats of a running bridged")
     chats.add_argument("--url", default="http://127.0.0.1:8710", help="bridged's HTTP base")
     chats.add_argument("--token", required=True, help="one of server.admin_tokens")
-    chats.add_argument("--json", action="store_true", help="print the raw JSON")
+    chats.add_argument("--json", action="store_true",
+                       help="print the raw JSON (one line per page)")
+    chats.add_argument("--limit", type=int, default=0,
+                       help="show at most this many chats (0: all, page after page)")
     chats.set_defaults(func=_cmd_chats)
 
     chat = sub.add_parser("chat", help="chat through bridged as the visitor")

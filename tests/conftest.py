@@ -56,6 +56,14 @@ def bridged_config(sim: Simulator, tmp_path: Any, *, history: dict[str, Any] | N
     }, Config)
 
 
+def cluster_config(config: Config, node: str, redis_url: str) -> Config:
+    """``config`` as node ``node`` of a cluster on ``redis_url``, with scaled-down timings."""
+    from bridged.config.file import ClusterConfig
+    return msgspec.structs.replace(config, cluster=ClusterConfig(
+        node=node, redis_url=redis_url, lease_ttl_ms=1000, renew_interval_ms=200,
+        lease_margin_ms=200, scan_interval_ms=100, socket_timeout_s=0.5))
+
+
 @contextlib.asynccontextmanager
 async def running_bridged(config: Config) -> AsyncIterator[Daemon]:
     daemon = Daemon(config)

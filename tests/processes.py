@@ -141,7 +141,8 @@ class BridgedProcess(Process):
     def __init__(self, tmp: Path, simulator: SimulatorProcess, *, port: int | None = None,
                  state: Path | None = None, name: str = "bridged",
                  redis_url: str | None = None, node: str = "a", wait_ready: bool = True,
-                 state_options: dict[str, Any] | None = None) -> None:
+                 state_options: dict[str, Any] | None = None,
+                 cluster_options: dict[str, Any] | None = None) -> None:
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}/v1/chat"
         config = tmp / f"{name}.toml"
@@ -159,7 +160,8 @@ class BridgedProcess(Process):
             f'[profiles.manual]\n{profile}button_id = "573MANUAL000000"\n'
             f'[profiles.echo]\n{profile}button_id = "573ECHO00000000"\n'
             f'{self.messaging_profiles(simulator.messaging_base)}'
-            + (CLUSTER.format(node=node, url=redis_url) if redis_url else ""))
+            + (self.cluster_section(node, redis_url, cluster_options or {})
+               if redis_url else ""))
         super().__init__(["run", "--config", str(config), *LOG_LEVEL], tmp / f"{name}.log")
         self.health = f"http://127.0.0.1:{self.port}"
         if not wait_ready:
@@ -167,6 +169,15 @@ class BridgedProcess(Process):
             return
         wait_http(f"http://127.0.0.1:{self.port}/readyz",
                   process=self.process)  # type: ignore[arg-type]
+
+    @staticmethod
+    def cluster_section(node: str, redis_url: str, options: dict[str, Any]) -> str:
+        """``[cluster]`` with the scaled-down timings, ``options`` added or put instead."""
+        lines = [line for line in CLUSTER.format(node=node, url=redis_url).splitlines()
+                 if line.partition(" = ")[0] not in options]
+        lines += [f"{key} = {msgspec.json.encode(value).decode()}"
+                  for key, value in options.items()]
+        return "\n".join(lines) + "\n"
 
     @staticmethod
     def messaging_profiles(scrt_url: str) -> str:

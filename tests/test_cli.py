@@ -49,6 +49,16 @@ def test_check_prints_the_effective_config_without_secrets() -> None:
     assert '"listen": "127.0.0.1:8710"' in result.stdout
 
 
+def test_check_refuses_a_bad_cluster_section_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "bridged.toml"
+    config.write_text('[server]\ntokens = ["0123456789"]\n[cluster]\nnode = "a"\n'
+                      'sentinels = ["10.0.0.1:26379", "10.0.0.2"]\n')
+    result = bridged("check", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr == ("bridged: config error: cluster.sentinels[1]: expected host:port,"
+                             " got '10.0.0.2'\n")
+
+
 def test_version() -> None:
     result = bridged("version")
     assert result.returncode == 0

@@ -28,7 +28,8 @@ LAYERS: dict[int, set[str]] = {
         "salesforce.backend", "state.store"},
     2: {"salesforce.liveagent.transport", "salesforce.liveagent.actor", "ocp.front",
         "ocp.admin", "ops.metrics", "history.client", "history.handover", "state.sqlite",
-        "state.redisstore", "ops.cluster", "ops.limits", "ops.systemd", "ops.logs"},
+        "state.redisstore", "state.redisview", "ops.cluster", "ops.limits", "ops.systemd",
+        "ops.logs"},
     3: {"ops.daemon"},
     4: set(),  # bridged.tools.*: every module there
     5: {"cli", "__main__"},

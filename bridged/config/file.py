@@ -232,21 +232,58 @@ def _check_cluster(config: Config) -> None:
     """``[cluster]``: a usable node name, store address and lease timings."""
     cluster = config.cluster
     if not cluster.node:
+        if cluster != ClusterConfig():
+            raise ConfigError("cluster.node", "required when [cluster] sets other keys"
+                                              " (without it bridged is one node on SQLite)")
         return
     if not _NODE_NAME.match(cluster.node):
         raise ConfigError("cluster.node", "1 to 64 characters of A-Z a-z 0-9 . _ -")
     if config.server.node and config.server.node != cluster.node:
         raise ConfigError("server.node", "set cluster.node only (it is the node's name)")
-    scheme = cluster.redis_url.partition("://")[0]
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError("cluster.redis_url", "expected redis://, rediss:// or unix://")
+    _check_redis_url(cluster.redis_url, sentinels=bool(cluster.sentinels))
     for i, address in enumerate(cluster.sentinels):
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"cluster.sentinels[{i}]", f"expected host:port, got {address!r}")
+        if address in cluster.sentinels[:i]:
+            raise ConfigError(f"cluster.sentinels[{i}]", f"{address!r} is listed twice")
+    if cluster.sentinels and not _NODE_NAME.match(cluster.sentinel_service):
+        raise ConfigError("cluster.sentinel_service",
+                          "the name of the primary the Sentinels watch (sentinel monitor NAME):"
+                          " 1 to 64 characters of A-Z a-z 0-9 . _ -")
+    if cluster.lease_margin_ms >= cluster.lease_ttl_ms:
+        raise ConfigError("cluster.lease_margin_ms", "must be less than lease_ttl_ms")
     if cluster.renew_interval_ms * 2 > cluster.lease_ttl_ms - cluster.lease_margin_ms:
         raise ConfigError("cluster.renew_interval_ms",
                           "must allow two renewals within lease_ttl_ms - lease_margin_ms")
+    if cluster.socket_timeout_s * 1000 >= cluster.lease_ttl_ms - cluster.lease_margin_ms:
+        raise ConfigError("cluster.socket_timeout_s",
+                          "must be less than lease_ttl_ms - lease_margin_ms: one slow call"
+                          " must not outlast the lease")
+    if cluster.min_replicas and cluster.wait_timeout_ms >= cluster.socket_timeout_s * 1000:
+        raise ConfigError("cluster.wait_timeout_ms",
+                          "must be less than socket_timeout_s (WAIT blocks that long)")
+
+
+def _check_redis_url(url: str, *, sentinels: bool) -> None:
+    """``redis://[user:password@]host[:port][/db]``, ``rediss://`` or ``unix:///path``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("cluster.redis_url", "expected redis://, rediss:// or unix://")
+    if scheme == "unix":
+        if not rest.partition("?")[0].startswith("/"):
+            raise ConfigError("cluster.redis_url", "expected unix:///path/to/redis.sock")
+        return
+    where, _, path = rest.partition("?")[0].rpartition("@")[2].partition("/")
+    host, colon, port = where.rpartition(":") if not where.endswith("]") else (where, "", "")
+    if not colon:
+        host = where
+    if not host and not sentinels:
+        raise ConfigError("cluster.redis_url", "names no host (redis://HOST:PORT/DB)")
+    if colon and (not port.isdigit() or not 0 < int(port) < 65536):
+        raise ConfigError("cluster.redis_url", f"bad port {port!r}")
+    if path and not path.isdigit():
+        raise ConfigError("cluster.redis_url", f"the database must be a number, got {path!r}")
 
 
 def parse_config(text: str | bytes, environ: Mapping[str, str] | None = None) -> Config:

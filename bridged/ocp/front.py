@@ -33,6 +33,7 @@ from bridged.errors import BadEnvelope, Busy, Refused
 from bridged.ocp import envelopes as env
 from bridged.ocp.admin import admin_routes
 from bridged.ops.metrics import CONTENT_TYPE, Metrics
+from bridged.state.redisstore import RedisStore
 
 log = logging.getLogger("bridged.ocp.front")
 
@@ -173,12 +174,15 @@ class Front:
         self._sockets: set[web.WebSocketResponse] = set()
         self._links: set[BotLink] = set()
         self._going_away = False  # set by close_connections: the process is shutting down
+        # [cluster]: the shared store (the admin view lists the cluster's chats from it).
+        self.cluster_store: RedisStore | None = None
         self.app = web.Application()
         self.app.router.add_get("/v1/chat", self._chat)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics_page)
-        admin_routes(self.app, dispatcher, lambda: self.server.admin_tokens)
+        admin_routes(self.app, dispatcher, lambda: self.server.admin_tokens,
+                     lambda: self.cluster_store)
         metrics.ready.set_function(lambda: 1.0 if self.ready() else 0.0)
 
     def reconfigure(self, server: ServerConfig) -> None:

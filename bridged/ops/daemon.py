@@ -37,7 +37,7 @@ from bridged._log import log_event
 from bridged.chats.chat import Chat, ChatRecord, ChatStatic
 from bridged.chats.dispatcher import Dispatcher
 from bridged.chats.supervisor import ChatSupervisor
-from bridged.config.file import Config, load_config, split_listen
+from bridged.config.file import ClusterConfig, Config, load_config, split_listen
 from bridged.errors import ConfigError
 from bridged.history.handover import HistoryHandover
 from bridged.ocp.envelopes import ChatEvent, Ended
@@ -111,6 +111,9 @@ class Daemon:
                                 self._resume, self.metrics)
                         if isinstance(self.store, RedisStore) else None)
         self.front = Front(config.server, self.dispatcher, self.metrics, self.node)
+        if isinstance(self.store, RedisStore):
+            self.front.cluster_store = self.store
+            self.store.on_renewed = self.metrics.cluster_renew_seconds.observe
         self.fd_limit: int | None = None
         self._runner: web.AppRunner | None = None
         self._lag: asyncio.Task[None] | None = None
@@ -172,7 +175,8 @@ class Daemon:
                                   "State store commits that failed (tried again a second later)",
                                   value=stats.commit_failures)
         if isinstance(self.store, RedisStore):
-            yield from _cluster_metrics(self.store)
+            yield from _cluster_metrics(self.store, self.config.cluster,
+                                        self.cluster.nodes if self.cluster else [])
 
     def _keep_finished(self, chat: Chat) -> None:
         """Keep a chat whose actor crashed, so that its ``ended`` is durable, then sent."""
@@ -311,16 +315,27 @@ class Daemon:
                   tokens=len(new.server.tokens))
 
 
-def _cluster_metrics(store: RedisStore) -> Iterable[Metric]:
-    """This node's figures in the cluster, read at scrape time."""
-    yield GaugeMetricFamily("bridged_cluster_lease_renew_seconds",
-                            "Round trip of the node's last lease renewal",
-                            value=store.renew_seconds)
+def _cluster_metrics(store: RedisStore, cluster: ClusterConfig,
+                     nodes: list[str]) -> Iterable[Metric]:
+    """This node's figures in the cluster, read at scrape time (the renewals' round trips are
+    a histogram, ``bridged_cluster_lease_renew_seconds``, observed as they come)."""
+    yield GaugeMetricFamily("bridged_cluster_chats_held", "Chats this node holds now",
+                            value=store.held_count)
     yield GaugeMetricFamily("bridged_cluster_lease_remaining_seconds",
                             "Seconds left before the node's local lease deadline",
                             value=max(0.0, store.lease_remaining))
+    yield GaugeMetricFamily("bridged_cluster_lease_ttl_seconds",
+                            "cluster.lease_ttl_ms in seconds: what the remaining lease is"
+                            " measured against", value=cluster.lease_ttl_ms / 1000)
+    yield GaugeMetricFamily("bridged_cluster_nodes_live",
+                            "Nodes whose lease was live at this node's last scan",
+                            value=len(nodes))
     yield CounterMetricFamily("bridged_cluster_store_errors",
                               "Calls to the shared store that failed", value=store.store_errors)
+    yield CounterMetricFamily("bridged_cluster_lease_losses",
+                              "Times this node lost its lease, or found the store's data"
+                              " gone (it dropped every chat and joined again)",
+                              value=store.lease_losses)
 
 
 async def serve(config: Config, config_path: str | Path | None = None) -> int:

@@ -32,6 +32,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Salesforce answers in milliseconds; a long poll is held for tens of seconds.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Redis answers in a millisecond or so; a renewal near cluster.socket_timeout_s is trouble.
+_RENEW_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class _Labelled:
@@ -116,6 +118,10 @@ class Metrics:
         self.cluster_dropped = Counter("bridged_cluster_dropped",
                                        "Chats this node let go of (another node holds them)",
                                        registry=r)
+        self.cluster_renew_seconds = Histogram(
+            "bridged_cluster_lease_renew_seconds",
+            "Round trip of each renewal of the node's lease in the shared store",
+            buckets=_RENEW_BUCKETS, registry=r)
         self.ready = Gauge("bridged_ready", "1 while bridged takes new chats (/readyz answers"
                            " 200), 0 while it does not", registry=r)
         self.max_chats = Gauge("bridged_max_chats", "server.max_chats: the most chats bridged"

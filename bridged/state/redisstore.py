@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from bridged._log import log_event
 from bridged.config.file import ClusterConfig
@@ -312,6 +312,7 @@ class RedisStore:
         self.on_store_lost: Callable[[], None] = lambda: None
         self.on_joined: Callable[[], None] = lambda: None
         self._scripts: dict[str, Any] = {}
+        self._commit_sha = ""  # the commit script's, as pipelined with WAIT
         self._commits = 0
         self._rows_written = 0
         self._rows_deleted = 0
@@ -321,6 +322,8 @@ class RedisStore:
         self.store_errors = 0
         self.renew_seconds = 0.0  # the last renewal's round trip
         self.renewals = 0
+        self.lease_losses = 0  # times this node lost its lease (or the store its data)
+        self.on_renewed: Callable[[float], None] = lambda _seconds: None  # its round trip
 
     # --- connecting and the lease ---------------------------------------------------------
 
@@ -398,6 +401,13 @@ class RedisStore:
                 raise OSError(f"cluster.node {self.node!r} is held by another live process")
             await asyncio.sleep(self._cluster.renew_interval_ms / 1000)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection to the store (read only outside this class: the admin view)."""
+        if self._redis is None:
+            raise OSError("not connected to the shared store")
+        return self._redis
+
     def may_send(self) -> bool:
         """Whether the lease is surely still ours (the local deadline has not passed)."""
         return not self._closing and time.monotonic() < self._deadline
@@ -422,6 +432,7 @@ class RedisStore:
                 continue
             self.renewals += 1
             self.renew_seconds = time.monotonic() - sent
+            self.on_renewed(self.renew_seconds)
             status = _text(answer[0])
             if status == "ok":
                 self._deadline = sent + (ttl - self._cluster.lease_margin_ms) / 1000
@@ -439,6 +450,7 @@ class RedisStore:
             self._rejoining = False
 
     async def _rejoin(self, status: str) -> None:
+        self.lease_losses += 1
         self._deadline = 0.0
         self._dropped.update(self._tokens)
         self._local.clear()
@@ -462,6 +474,11 @@ class RedisStore:
                 await asyncio.sleep(self._cluster.renew_interval_ms / 1000)
 
     # --- ownership --------------------------------------------------------------------------
+
+    @property
+    def held_count(self) -> int:
+        """How many chats this node holds now."""
+        return len(self._tokens)
 
     def holds(self, chat_id: str) -> bool:
         """Whether this node holds the chat (created or claimed, and not fenced since)."""
@@ -607,10 +624,7 @@ class RedisStore:
         replicas = self._cluster.min_replicas
         try:
             if replicas:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    await self._call("commit", COMMIT, *payload, pipe=pipe)
-                    pipe.execute_command("WAIT", replicas, self._cluster.wait_timeout_ms)
-                    answer, confirmed = await pipe.execute()
+                answer, confirmed = await self._commit_and_wait(payload, replicas)
                 if int(confirmed) < replicas:
                     self._commit_failures += 1
                     log_event(log, logging.WARNING, "cluster_commit_unconfirmed",
@@ -653,6 +667,33 @@ class RedisStore:
                 log_event(log, logging.WARNING, "chat_fenced", chat=chat, node=self.node)
                 self.on_fenced(chat)
         return True
+
+    async def _commit_and_wait(self, payload: list[bytes | str | int],
+                               replicas: int) -> tuple[Any, Any]:
+        """The commit script, then ``WAIT``, in one round trip on one connection.
+
+        EVALSHA straight into the pipeline (redis-py's pipelined scripts would ask ``SCRIPT
+        EXISTS`` first, a round trip more per commit); a server without the script (a
+        promoted replica that never saw it, a restart) answers NOSCRIPT: it is loaded, and
+        the pair sent again (the first WAIT, for nothing written, did no harm).
+        """
+        assert self._redis is not None
+        args = [self.node, self.incarnation, self.epoch, *payload]
+        sha = self._commit_sha or self._redis.register_script(COMMIT).sha
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(sha, 0, *args)
+                pipe.execute_command("WAIT", replicas, self._cluster.wait_timeout_ms)
+                answer, confirmed = await pipe.execute(raise_on_error=False)
+            if isinstance(answer, NoScriptError) and attempt == 0:
+                sha = await self._redis.script_load(COMMIT)
+                continue
+            break
+        self._commit_sha = sha
+        for result in (answer, confirmed):
+            if isinstance(result, Exception):
+                raise result
+        return answer, confirmed
 
     def _retry_later(self, batch: dict[str, _Change]) -> None:
         for chat, change in batch.items():

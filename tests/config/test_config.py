@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from bridged.config.file import Config, ServerConfig, load_config, parse_config, redacted
@@ -18,6 +20,28 @@ def test_the_example_config_decodes_and_lists_every_key_with_its_default() -> No
     for section in ("server", "salesforce", "history", "state", "logging"):
         assert getattr(config, section) == getattr(defaults, section), section
     assert "default" in config.profiles
+
+
+def test_the_example_lists_every_cluster_key_with_its_default() -> None:
+    from bridged.config.file import ClusterConfig
+    text = EXAMPLE.read_text(encoding="utf-8")
+    block = text[text.index("# [cluster]\n"):text.index("\n[logging]")]
+    # The section's keys, commented out (# key = value), each with a comment line above it.
+    lines = block.splitlines()
+    keys = {}
+    for index, line in enumerate(lines):
+        if match := re.fullmatch(r"# (\w+) = (.+)", line):
+            keys[match[1]] = match[2]
+            assert re.fullmatch(r"# [^=]+", lines[index - 1]), f"{match[1]} has no line"
+    section = msgspec.toml.decode("\n".join(f"{k} = {v}" for k, v in keys.items()),
+                                  type=ClusterConfig)
+    assert set(keys) == set(ClusterConfig.__struct_fields__)
+    examples = {"node", "sentinels"}  # shown with an example value: their default is empty
+    assert msgspec.structs.replace(section, node="", sentinels=[]) == ClusterConfig()
+    assert all(getattr(ClusterConfig(), key) in ("", []) for key in examples)
+    # Uncommented, it is a valid section (a node of a Sentinel cluster).
+    assert parse_config(MINIMAL + "[cluster]\n" + "\n".join(
+        f"{k} = {v}" for k, v in keys.items()) + "\n").cluster == section
 
 
 def test_the_fixed_keys_have_the_documented_defaults() -> None:
@@ -79,18 +103,58 @@ def test_tokens_can_come_from_credential_files(tmp_path: Path) -> None:
                                       " names an unset environment variable")
 
 
-@pytest.mark.parametrize(("section", "key"), [
-    ('node = "a b"', "cluster.node"),
-    ('node = "a"\nredis_url = "http://x"', "cluster.redis_url"),
-    ('node = "a"\nsentinels = ["nohost"]', "cluster.sentinels[0]"),
-    ('node = "a"\nlease_ttl_ms = 1000\nrenew_interval_ms = 900', "cluster.renew_interval_ms"),
-    ('node = "a"\nlease_ttl = 5', "cluster.lease_ttl"),
+@pytest.mark.parametrize(("section", "error"), [
+    # One case per rule of [cluster] (bridged check prints the same line).
+    ('redis_url = "redis://10.0.0.1:6379/0"',
+     "cluster.node: required when [cluster] sets other keys"),
+    ('node = "a/b"', "cluster.node: 1 to 64 characters"),
+    ('node = "a b"', "cluster.node: 1 to 64 characters"),
+    ('node = "' + "n" * 65 + '"', "cluster.node: 1 to 64 characters"),
+    ('node = "a"\nredis_url = "http://10.0.0.1:6379"', "cluster.redis_url: expected redis://"),
+    ('node = "a"\nredis_url = "10.0.0.1:6379"', "cluster.redis_url: expected redis://"),
+    ('node = "a"\nredis_url = "redis:///0"', "cluster.redis_url: names no host"),
+    ('node = "a"\nredis_url = "redis://h:70000/0"', "cluster.redis_url: bad port '70000'"),
+    ('node = "a"\nredis_url = "redis://h:6379/zero"',
+     "cluster.redis_url: the database must be a number"),
+    ('node = "a"\nredis_url = "unix://redis.sock"', "cluster.redis_url: expected unix:///"),
+    ('node = "a"\nsentinels = ["10.0.0.1"]', "cluster.sentinels[0]: expected host:port"),
+    ('node = "a"\nsentinels = ["10.0.0.1:26379", ":26379"]',
+     "cluster.sentinels[1]: expected host:port"),
+    ('node = "a"\nsentinels = ["h:0"]', "cluster.sentinels[0]: expected host:port"),
+    ('node = "a"\nsentinels = ["h:26379", "h:26379"]', "cluster.sentinels[1]: 'h:26379' is listed"),
+    ('node = "a"\nsentinels = "h:26379"', "cluster.sentinels: Expected `array`"),
+    ('node = "a"\nsentinels = ["h:26379"]\nsentinel_service = ""',
+     "cluster.sentinel_service: the name of the primary"),
+    ('node = "a"\nlease_ttl_ms = 1000\nlease_margin_ms = 1000',
+     "cluster.lease_margin_ms: must be less than lease_ttl_ms"),
+    ('node = "a"\nlease_ttl_ms = 1000\nlease_margin_ms = 100\nrenew_interval_ms = 500',
+     "cluster.renew_interval_ms: must allow two renewals"),
+    ('node = "a"\nlease_ttl_ms = 3000\nlease_margin_ms = 500\nrenew_interval_ms = 1000\n'
+     'socket_timeout_s = 2.5',
+     "cluster.socket_timeout_s: must be less than lease_ttl_ms - lease_margin_ms"),
+    ('node = "a"\nmin_replicas = 1\nwait_timeout_ms = 2000',
+     "cluster.wait_timeout_ms: must be less than socket_timeout_s"),
+    ('node = "a"\nmin_replicas = -1', "cluster.min_replicas: Expected `int` >= 0"),
+    ('node = "a"\nlease_ttl_ms = 100', "cluster.lease_ttl_ms: Expected `int` >= 200"),
+    ('node = "a"\nscan_interval_ms = 0', "cluster.scan_interval_ms: Expected `int` >= 20"),
+    ('node = "a"\nnode_name = "b"', "cluster.node_name: unknown key"),
 ])
-def test_a_bad_cluster_section_is_refused_naming_the_key(section: str, key: str) -> None:
+def test_each_cluster_rule_names_its_field(section: str, error: str) -> None:
     from bridged.errors import ConfigError
     with pytest.raises(ConfigError) as caught:
         parse_config(MINIMAL + "[cluster]\n" + section + "\n")
-    assert key in str(caught.value)
+    assert str(caught.value).startswith(error), str(caught.value)
+
+
+@pytest.mark.parametrize("section", [
+    'node = "a"',
+    'node = "node-1.dc_2"\nredis_url = "rediss://bridged:pw@[::1]:6380/3"',
+    'node = "a"\nredis_url = "unix:///run/redis/redis.sock?db=1"',
+    'node = "a"\nsentinels = ["10.0.0.1:26379", "[fd00::2]:26379"]\nsentinel_service = "b"\n'
+    'min_replicas = 1',
+])
+def test_a_good_cluster_section_passes(section: str) -> None:
+    assert parse_config(MINIMAL + "[cluster]\n" + section + "\n").cluster.node
 
 
 def test_the_cluster_password_is_redacted() -> None:

@@ -10,6 +10,7 @@ tests and checks every dashboard expression as PromQL; without it these tests fa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -23,10 +24,14 @@ import pytest
 import yaml
 
 from bridged.ops.daemon import Daemon
+from bridged.simulators.liveagent import Simulator
+from bridged.state.redisstore import RedisStore
 from tests import promql
-from tests.ocp_client import OcpClient
+from tests.conftest import TOKEN, bridged_config, cluster_config, running_bridged
+from tests.ocp_client import OcpClient, connect
 from tests.ops.test_metrics import scrape
 from tests.processes import ROOT
+from tests.redis_server import RedisServer
 from tests.state.test_state import FailingOnce
 
 Connect = Callable[..., Awaitable[OcpClient]]
@@ -86,6 +91,23 @@ async def exported(bridged: Daemon, http: aiohttp.ClientSession, ocp: Connect) -
         return promql.exported_names(await response.text())
 
 
+async def exported_by_a_cluster_node(sim: Simulator, tmp_path: Path,
+                                     http: aiohttp.ClientSession, redis: RedisServer) -> set[str]:
+    """The metric names of a node of a cluster (``[cluster]``) after a chat and renewals."""
+    config = cluster_config(bridged_config(sim, tmp_path / "node"), "a", redis.url)
+    async with running_bridged(config) as daemon:
+        client = await connect(http, daemon.url, TOKEN)
+        await client.start("mon-c", profile="echo")
+        await client.expect("agent_joined", chat="mon-c")
+        assert isinstance(daemon.store, RedisStore)
+        async with asyncio.timeout(10):
+            while not daemon.store.renewals:
+                await asyncio.sleep(0.05)
+        base = daemon.url.replace("ws://", "http://").removesuffix("/v1/chat")
+        async with http.get(base + "/metrics") as response:
+            return promql.exported_names(await response.text())
+
+
 def unknown(expressions: list[tuple[str, str]], names: set[str]) -> list[str]:
     return [f"{where}: {', '.join(sorted(missing))} in {expression!r}"
             for where, expression in expressions
@@ -93,8 +115,10 @@ def unknown(expressions: list[tuple[str, str]], names: set[str]) -> list[str]:
 
 
 async def test_every_dashboard_expression_reads_only_metrics_bridged_exports(
-        bridged: Daemon, http: aiohttp.ClientSession, ocp: Connect) -> None:
+        bridged: Daemon, http: aiohttp.ClientSession, ocp: Connect, sim: Simulator,
+        tmp_path: Path, redis_server: RedisServer) -> None:
     names = await exported(bridged, http, ocp)
+    names |= await exported_by_a_cluster_node(sim, tmp_path, http, redis_server)
     expressions = dashboard_expressions()
     assert len(expressions) > 30
     if problems := unknown(expressions, names):
@@ -103,8 +127,10 @@ async def test_every_dashboard_expression_reads_only_metrics_bridged_exports(
 
 
 async def test_every_alert_reads_only_metrics_bridged_exports(
-        bridged: Daemon, http: aiohttp.ClientSession, ocp: Connect) -> None:
+        bridged: Daemon, http: aiohttp.ClientSession, ocp: Connect, sim: Simulator,
+        tmp_path: Path, redis_server: RedisServer) -> None:
     names = await exported(bridged, http, ocp)
+    names |= await exported_by_a_cluster_node(sim, tmp_path, http, redis_server)
     expressions = [(f"alert {rule['alert']}", rule["expr"]) for rule in rules()]
     if problems := unknown(expressions, names):
         pytest.fail("the alerting rules read metrics that bridged does not export:\n"
@@ -197,7 +223,8 @@ def test_the_alerts_unit_tests_pass() -> None:
     main = {"BridgedDown", "BridgedNotReady", "BridgedEventLoopLag", "BridgedChatsFailing",
             "BridgedSalesforceErrors", "BridgedSalesforceSlow", "BridgedSessionsExpiring",
             "BridgedHeldEventsGrowing", "BridgedNearMaxChats", "BridgedNearFdLimit",
-            "BridgedStateCommitsFailing"}
+            "BridgedStateCommitsFailing", "BridgedClusterStoreErrors", "BridgedClusterLeaseLow",
+            "BridgedClusterLeaseLost"}
     assert main <= tested
 
 

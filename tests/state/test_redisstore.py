@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+
+import msgspec
 
 from bridged.config.file import ClusterConfig
 from bridged.state.redisstore import RedisStore
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, until
 
 
 def config(node: str, url: str) -> ClusterConfig:
@@ -97,3 +100,59 @@ async def test_kept_lists_change_item_by_item_and_a_takeover_gets_them_by_key(
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_with_min_replicas_a_commit_counts_once_a_replica_has_it_scripts_flushed_or_not(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    replica = RedisServer(tmp_path / "replica", replica_of=redis_server.port)
+    store = RedisStore(msgspec.structs.replace(
+        config("a", redis_server.url), min_replicas=1, wait_timeout_ms=100))
+    try:
+        until(lambda: replica.info("replication").get("master_link_status") == "up",
+              "the replica did not sync")
+        await store.load()
+        durable: list[str] = []
+        store.save("c1", b"s1", lambda: durable.append("s1"), static=b"static")
+        assert await store.flush(2) and durable == ["s1"]
+        # A server that never saw the scripts (a promoted replica of Redis 7, or a restart
+        # without them): the pipeline loads them again.
+        assert redis_server.command("SCRIPT", "FLUSH") == "OK"
+        store.save("c1", b"s2", lambda: durable.append("s2"))
+        assert await store.flush(2) and durable == ["s1", "s2"]
+        replica.stop()  # no replica: nothing is confirmed, nothing acts on it
+        store.save("c1", b"s3", lambda: durable.append("s3"))
+        assert not await store.flush(1)
+        assert durable == ["s1", "s2"]
+        replica.start()  # back and in sync: the same commit, tried again, counts
+        assert await store.flush(10)
+        assert durable == ["s1", "s2", "s3"]
+        assert replica.command("HGET", "b:chat:c1", "snap") == "s3"
+    finally:
+        await store.aclose()
+        replica.stop()
+
+
+async def test_with_min_replicas_a_commit_is_one_round_trip_not_a_script_check_each_time(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    replica = RedisServer(tmp_path / "replica", replica_of=redis_server.port)
+    store = RedisStore(msgspec.structs.replace(
+        config("a", redis_server.url), min_replicas=1, wait_timeout_ms=100))
+    try:
+        until(lambda: replica.info("replication").get("master_link_status") == "up",
+              "the replica did not sync")
+        await store.load()
+        store.save("c1", b"s0", static=b"static")
+        assert await store.flush(2)  # the script is loaded now
+        assert redis_server.command("CONFIG", "RESETSTAT") == "OK"
+        for i in range(1, 21):
+            store.save("c1", f"s{i}".encode())
+            assert await store.flush(2)
+        calls = {name.removeprefix("cmdstat_"): int(stats.split(",")[0].partition("=")[2])
+                 for name, stats in redis_server.info("commandstats").items()}
+        # Each commit: the script and WAIT, pipelined; no SCRIPT EXISTS before each one.
+        assert calls["wait"] == 20 and calls["evalsha"] >= 20  # (lease renewals too)
+        assert "script" not in calls
+        assert replica.command("HGET", "b:chat:c1", "snap") == "s20"
+    finally:
+        await store.aclose()
+        replica.stop()
