@@ -116,6 +116,13 @@ class Metrics:
         self.cluster_dropped = Counter("bridged_cluster_dropped",
                                        "Chats this node let go of (another node holds them)",
                                        registry=r)
+        self.cluster_forwarded = _Labelled(Counter(
+            "bridged_cluster_forwarded_commands",
+            "Commands from OCP this node forwarded to the node holding their chat, by kind",
+            ["kind"], registry=r))
+        self.cluster_moves = Counter("bridged_cluster_moves",
+                                     "Chats this node handed over at a safe point (a move to"
+                                     " an attach's node, or a drain)", registry=r)
         self.ready = Gauge("bridged_ready", "1 while bridged takes new chats (/readyz answers"
                            " 200), 0 while it does not", registry=r)
         self.max_chats = Gauge("bridged_max_chats", "server.max_chats: the most chats bridged"
