@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import signal
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -146,6 +147,62 @@ async def test_attach_on_another_live_node_moves_the_chat_there(
     await check_once(talk, simulator, 5, [0, 1, 2, 3, 4])
     log = (tmp_path / "node-a.log").read_text()
     assert '"chat_moved"' in log and '"visitor 2"' not in log  # no texts in the logs
+
+
+async def test_the_holder_killed_mid_move_and_the_attach_takes_the_chat_over(
+        tmp_path: Path, slow_simulator: SimulatorProcess, redis_server: RedisServer) -> None:
+    simulator = slow_simulator
+    async with aiohttp.ClientSession() as http, nodes(
+            tmp_path, simulator, redis_server.url, redis_server.url) as (a, b):
+        talk = await start(a, http, simulator, "move-2")
+        await visitor(talk, "v0", "visitor 0")
+        await say(simulator, talk, "agent 0")
+        await talk.pump(lambda c: c.agent_texts == ["agent 0"] and c.delivered == ["v0"])
+        await reattach(talk, b, http)  # b asks a to move the chat; a's poll is held
+        await visitor(talk, "v1", "visitor 1")
+        await asyncio.to_thread(wait_for_log, tmp_path / "node-b.log", "chat_move_asked")
+        a.signal(signal.SIGKILL)  # mid-move: a never lets go
+        assert a.wait() == -signal.SIGKILL
+        await say(simulator, talk, "agent 1")
+        # b takes the chat over once a's lease is gone (the poll a left waited out), and
+        # applies what it forwarded: v1 reaches Salesforce once.
+        await talk.pump(lambda c: len(c.agent_texts) == 2 and "v1" in c.delivered)
+    await check_once(talk, simulator, 2, [0, 1])
+
+
+async def test_a_chat_id_moved_away_and_ended_can_be_started_again_on_its_first_node(
+        tmp_path: Path, simulator: SimulatorProcess, redis_server: RedisServer) -> None:
+    async with aiohttp.ClientSession() as http, nodes(
+            tmp_path, simulator, redis_server.url, redis_server.url) as (a, b):
+        talk = await start(a, http, simulator, "again-1")
+        await reattach(talk, b, http)
+        await visitor(talk, "v0", "visitor 0")
+        await talk.pump(lambda c: c.delivered == ["v0"])  # moved to b
+        await asyncio.to_thread(simulator.action, talk.session_id, "end")
+        assert talk.client is not None
+        ended = await talk.client.expect("ended")
+        await talk.client.send({"type": "ack", "chat": "again-1", "seq": ended["seq"]})
+        # The id is free again: a new chat of it on a (which let go of the old one).
+        client = await connect(http, a.url, BridgedProcess.TOKEN)
+        async with asyncio.timeout(20):
+            while True:
+                await client.start("again-1", profile="manual")
+                frame = await client.next()
+                if frame["type"] != "error":
+                    break
+                assert frame["code"] == "chat_exists"  # until b has forgotten the old one
+                await asyncio.sleep(0.1)
+        assert frame["type"] == "queued" and frame["seq"] == 1
+        assert (await client.expect("agent_joined"))["seq"] == 2
+    assert len(await asyncio.to_thread(simulator.sessions)) == 2
+
+
+def wait_for_log(path: Path, event: str) -> None:
+    """Wait (bounded) until a node's log has ``event``."""
+    deadline = time.monotonic() + 20
+    while f'"event":"{event}"' not in path.read_text():
+        assert time.monotonic() < deadline, f"no {event} in {path.name}"
+        time.sleep(0.05)
 
 
 async def test_sigterm_hands_the_chats_over_with_no_poll_gap(

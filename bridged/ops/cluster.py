@@ -375,8 +375,14 @@ class Cluster:
             self._moving.discard(chat_id)
         # Nobody took it (the asking node is gone, say): it is this node's again.
         await asyncio.sleep(self._config.move_timeout_ms / 1000)
-        if (chat_id not in self._dispatcher.live and chat_id not in self._dispatcher.finished
-                and not self._dispatcher.draining and await self._claim(chat_id) is True):
+        if (chat_id in self._dispatcher.live or chat_id in self._dispatcher.finished
+                or self._dispatcher.draining):
+            return
+        try:
+            kept = await self._store.peek(chat_id)
+        except RedisError:
+            return  # the next move asked of it, or this node's lease, settles it
+        if kept is not None and kept[0] == self._store.node and await self._claim(chat_id) is True:
             log_event(log, logging.WARNING, "chat_move_not_taken", chat=chat_id, to=to)
 
     async def _let_go(self, chats: list[Chat]) -> list[str]:
@@ -436,7 +442,6 @@ class Cluster:
         return True
 
     async def _start_later(self, link: Link, start: env.Start) -> None:
-        exists = False
         try:
             kept = await self._store.peek(start.chat)
         except RedisError as exc:
@@ -449,16 +454,23 @@ class Cluster:
         except BaseException:
             self._dispatcher.settle_attach(link, start.chat)
             raise
-        if kept is not None and kept[0] != self._store.node:
+        detail = ""
+        if kept is not None and not self._store.holds(start.chat):
+            # Another node's (or an earlier process's): a new chat of that id would be fenced
+            # at its first commit. One that ended is kept until OCP acknowledges its end.
             try:
-                exists = not ChatRecord.decode(kept[1]).chat.finished
+                finished = ChatRecord.decode(kept[1]).chat.finished
             except (msgspec.DecodeError, ValueError):
-                exists = True
+                finished = False
+            detail = (f"a chat of this id ended on node {kept[0]} and its ended event is not"
+                      " acknowledged yet: attach and ack it, then start again" if finished
+                      else f"a live chat has this id, on node {kept[0]}")
+        elif kept is None:
+            self._store.allow(start.chat)  # free in the whole cluster: this node may make it
         waiting = self._dispatcher.settle_attach(link, start.chat)
         try:
-            if exists:
-                raise ChatExists(f"a live chat has this id (on node {kept[0] if kept else ''})",
-                                 chat=start.chat, ref="start")
+            if detail:
+                raise ChatExists(detail, chat=start.chat, ref="start")
             self._dispatcher.start_checked(link, start)
         except Refused as exc:
             _tell(link, _error(exc))

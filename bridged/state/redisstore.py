@@ -564,6 +564,12 @@ class RedisStore:
                 entries.append({_text(k): _text(v) for k, v in fields.items()})
         return after, entries
 
+    def allow(self, chat_id: str) -> None:
+        """``chat_id`` is free in the whole store: a new chat of that id may be made here
+        (writes for it were void since this node let go of an earlier one)."""
+        if chat_id not in self._tokens:
+            self._dropped.discard(chat_id)
+
     def forget_local(self, chat_id: str) -> None:
         """Stop writing for ``chat_id`` (dropped by this node); its pending changes go."""
         self._tokens.pop(chat_id, None)
