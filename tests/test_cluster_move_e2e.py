@@ -149,6 +149,50 @@ async def test_attach_on_another_live_node_moves_the_chat_there(
     assert '"chat_moved"' in log and '"visitor 2"' not in log  # no texts in the logs
 
 
+async def test_a_refusal_by_the_holder_reaches_ocp_through_the_attach_node(
+        tmp_path: Path, slow_simulator: SimulatorProcess, redis_server: RedisServer) -> None:
+    simulator = slow_simulator
+    # a takes one command in at a time: a burst forwarded to it is mostly refused (busy).
+    a = await asyncio.to_thread(BridgedProcess, tmp_path, simulator, name="node-a", node="a",
+                                redis_url=redis_server.url,
+                                server_options={"mailbox_size": 1, "max_pending_messages": 1})
+    try:
+        b = await asyncio.to_thread(BridgedProcess, tmp_path, simulator, name="node-b",
+                                    node="b", redis_url=redis_server.url)
+    except BaseException:
+        a.stop()
+        raise
+    ids = [f"v{i}" for i in range(10)]
+    busy: list[str] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            talk = await start(a, http, simulator, "busy-1")
+            await reattach(talk, b, http)  # a's poll is held: the move waits for it
+            for message_id in ids:
+                await visitor(talk, message_id, f"visitor {message_id}")
+            assert talk.client is not None
+            async with asyncio.timeout(30):
+                while set(talk.delivered) | set(busy) != set(ids):
+                    frame = await talk.client.next()
+                    if frame["type"] == "error":
+                        assert frame["code"] == "busy", frame
+                        busy.append(frame["ref"])
+                        continue
+                    if frame.get("chat") == talk.chat and "seq" in frame:
+                        assert frame["seq"] == talk.last_seq + 1
+                        talk.last_seq = frame["seq"]
+                        if frame["type"] == "delivered":
+                            talk.delivered.append(frame["id"])
+    finally:
+        a.stop()
+        b.stop()
+    assert busy  # refused on a (b's own queue is far from full), told to OCP by b
+    assert not set(busy) & set(talk.delivered)  # a refused message is never sent
+    record = await asyncio.to_thread(simulator.session, talk.session_id)
+    assert record["visitor_messages"] == [f"visitor {m}" for m in ids if m in talk.delivered]
+    assert not record["ended"]
+
+
 async def test_the_holder_killed_mid_move_and_the_attach_takes_the_chat_over(
         tmp_path: Path, slow_simulator: SimulatorProcess, redis_server: RedisServer) -> None:
     simulator = slow_simulator
