@@ -125,11 +125,12 @@ async def test_attach_on_another_live_node_moves_the_chat_there(
             await say(simulator, talk, f"agent {i}")
         await talk.pump(lambda c: len(c.agent_texts) == 2 and len(c.delivered) == 2)
         # The agent is silent: a's poll is held. OCP's connection moves to b (a stays up),
-        # and sends at once: b forwards to a until a lets go at its poll's return.
-        await say(simulator, talk, "agent 2")
+        # and sends at once: b forwards to a until a lets go, at its poll's return (which
+        # brings agent 2: an event made on a in the move window, which OCP gets from b).
         await reattach(talk, b, http)
         await visitor(talk, "v2", "visitor 2")
         await visitor(talk, "v3", "visitor 3")
+        await say(simulator, talk, "agent 2")
         await say(simulator, talk, "agent 3")
         await talk.pump(lambda c: len(c.agent_texts) == 4 and {"v2", "v3"} <= set(c.delivered))
         # The chat is b's now: it goes on there.
