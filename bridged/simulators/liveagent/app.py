@@ -121,7 +121,7 @@ _INJECTED_MAX = 10_000
 _RELISTEN_ATTEMPTS = 100
 _RELISTEN_PAUSE_S = 0.02
 # Where a request keeps the time it arrived (aiohttp request storage), for the record.
-_RECEIVED = "bridged_simulator_received"
+_RECEIVED = web.RequestKey("bridged_simulator_received", float)
 
 # Applies a request that passed its checks and no fault stopped; gives the reply and the
 # session whose log records it (a SessionId request creates that session).
