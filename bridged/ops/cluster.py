@@ -108,6 +108,7 @@ class Cluster:
         self._reader: asyncio.Task[None] | None = None
         self._attaching: dict[tuple[str, str], _Attach] = {}  # (link id, chat) → settling
         self._moving: set[str] = set()  # chats this node is letting go of
+        self._asked: dict[str, str] = {}  # chat → the node that asked for it to move there
         self.takeovers = 0
         self.nodes: list[str] = []
         store.on_fenced = self._drop
@@ -317,6 +318,8 @@ class Cluster:
     def _on_forward(self, entry: dict[str, str]) -> None:
         kind, chat_id = entry["kind"], entry["chat"]
         if kind == "move":
+            if chat_id in self._dispatcher.live or chat_id in self._dispatcher.finished:
+                self._asked[chat_id] = entry["to"]  # told once it is released (a drain too)
             if chat_id not in self._moving:
                 self._spawn(self._move(chat_id, entry["to"]))
         elif kind == "moved":
@@ -360,17 +363,11 @@ class Cluster:
         self._moving.add(chat_id)
         try:
             if not await self._supervisor.release(chat, self._config.move_timeout_ms / 1000):
+                self._asked.pop(chat_id, None)
                 log_event(log, logging.WARNING, "chat_move_timed_out", chat=chat_id, to=to)
                 return
             if not await self._let_go([chat]):
-                return
-            log_event(log, logging.INFO, "chat_moved", chat=chat_id, to=to)
-            try:
-                await self._store.forward(to, {"kind": "moved", "chat": chat_id})
-            except RedisError as exc:  # it claims it at its next try anyway
-                self._store.store_errors += 1
-                log_event(log, logging.WARNING, "cluster_forward_failed", chat=chat_id,
-                          holder=to, detail=str(exc))
+                return  # (released already, by a drain: the asking node was told then)
         finally:
             self._moving.discard(chat_id)
         # Nobody took it (the asking node is gone, say): it is this node's again.
@@ -411,8 +408,22 @@ class Cluster:
                 await asyncio.sleep(self._config.renew_interval_ms / 1000)
                 continue
             self._metrics.cluster_moves.inc(len(released))
+            for chat_id in ids:
+                to = self._asked.pop(chat_id, None)
+                if to is not None and chat_id in released:
+                    await self._tell_moved(chat_id, to)
             return released
         return []
+
+    async def _tell_moved(self, chat_id: str, to: str) -> None:
+        """Tell the node that asked for ``chat_id`` that it may claim it now."""
+        log_event(log, logging.INFO, "chat_moved", chat=chat_id, to=to)
+        try:
+            await self._store.forward(to, {"kind": "moved", "chat": chat_id})
+        except RedisError as exc:  # it claims it at its next try anyway
+            self._store.store_errors += 1
+            log_event(log, logging.WARNING, "cluster_forward_failed", chat=chat_id,
+                      holder=to, detail=str(exc))
 
     async def hand_over(self, budget: float) -> None:
         """SIGTERM: release every chat at its safe point within ``budget`` seconds.
