@@ -282,6 +282,27 @@ async def test_sigterm_hands_the_chats_over_with_no_poll_gap(
     assert '"event":"chats_handed_over"' in (tmp_path / "node-a.log").read_text()
 
 
+async def test_sigterm_with_a_poll_held_past_the_budget_falls_back_to_waiting_it_out(
+        tmp_path: Path, slow_simulator: SimulatorProcess, redis_server: RedisServer) -> None:
+    simulator = slow_simulator
+    async with aiohttp.ClientSession() as http, nodes(
+            tmp_path, simulator, redis_server.url, redis_server.url) as (a, b):
+        talk = await start(a, http, simulator, "term-2")
+        await visitor(talk, "v0", "visitor 0")
+        await talk.pump(lambda c: c.delivered == ["v0"])
+        # The agent is silent: a's poll is held for HOLD_S, past a's drain (2 s of 8).
+        a.signal(signal.SIGTERM)
+        assert await read_until_closed(talk) == 1001
+        assert a.wait() == 0
+        await reattach(talk, b, http)
+        await say(simulator, talk, "agent 0")
+        await visitor(talk, "v1", "visitor 1")
+        await talk.pump(lambda c: c.agent_texts == ["agent 0"] and "v1" in c.delivered)
+    await check_once(talk, simulator, 1, [0, 1])  # b waited out a's last poll: no 409
+    log = (tmp_path / "node-a.log").read_text()
+    assert '"event":"chats_handed_over","logger":"bridged.ops.cluster","released":0,"left":1' in log
+
+
 async def test_start_of_a_chat_live_on_another_node_is_chat_exists(
         tmp_path: Path, simulator: SimulatorProcess, redis_server: RedisServer) -> None:
     async with aiohttp.ClientSession() as http, nodes(
