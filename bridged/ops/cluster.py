@@ -82,7 +82,7 @@ class _Attach:
 
 
 class Cluster:
-    """Takeovers and drops for one node of a cluster.
+    """Takeovers, moves, forwarding and drops for one node of a cluster.
 
     Args:
         config: the ``[cluster]`` section.

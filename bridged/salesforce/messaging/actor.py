@@ -295,6 +295,10 @@ class MessagingActor:
 
     def _take_stream(self) -> None:
         """Hand what the stream reader read to the session, in order."""
+        if self.chat.release_wanted:
+            # Letting go of the chat: what the stream brings from now on is left for the next
+            # holder, which reads it again after the last event id committed here.
+            return
         while self._stream_items:
             number, kind, value = self._stream_items.popleft()
             if number != self._stream_number:
