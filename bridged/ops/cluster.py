@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 import msgspec
@@ -71,14 +72,16 @@ _inbound = msgspec.json.Decoder(env.Inbound)
 class _Attach:
     """An ``attach`` on this node for a chat this node does not hold, being settled."""
 
-    __slots__ = ("chat", "holder", "link", "moved", "sending")
+    __slots__ = ("chat", "holder", "link", "moved", "outbox", "sender")
 
     def __init__(self, link: Link, chat: str) -> None:
         self.link = link
         self.chat = chat
         self.holder: str | None = None  # the live node asked to move the chat here
         self.moved = asyncio.Event()  # the holder said it released the chat
-        self.sending = asyncio.Lock()  # forwards go one at a time, in order
+        # Entries for holders' forward streams, (holder, kind, fields), sent in order.
+        self.outbox: deque[tuple[str, str, dict[str, str]]] = deque()
+        self.sender: asyncio.Future[None] | None = None
 
 
 class Cluster:
@@ -103,7 +106,7 @@ class Cluster:
         self._metrics = metrics
         self._seen: dict[str, float] = {}  # orphan → when this node first saw it
         self._claiming: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._scanner: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._attaching: dict[tuple[str, str], _Attach] = {}  # (link id, chat) → settling
@@ -211,7 +214,7 @@ class Cluster:
                         pending.holder = claimed.node
                         deadline = time.monotonic() + (config.move_timeout_ms
                                                        + config.lease_ttl_ms) / 1000
-                        await self._ask_move(pending)
+                        self._ask_move(pending)
                 if time.monotonic() > deadline:
                     self._attach_failed(pending)
                     return
@@ -254,38 +257,41 @@ class Cluster:
 
     # --- moving a chat here: forwarding to its holder ---------------------------------------
 
-    async def _ask_move(self, pending: _Attach) -> None:
+    def _ask_move(self, pending: _Attach) -> None:
         """Ask the chat's holder to move it here; forward what the link sent meanwhile."""
         holder = pending.holder
         assert holder is not None
         log_event(log, logging.INFO, "chat_move_asked", chat=pending.chat, holder=holder)
-        await self._send_forward(pending, {"kind": "move", "chat": pending.chat,
-                                           "to": self._store.node})
+        # In one step with setting the holder: whatever the link sends from now on is
+        # queued after these (see _awaited), so the holder gets them all in order.
+        self._enqueue(pending, "move", {"kind": "move", "chat": pending.chat,
+                                        "to": self._store.node})
         for envelope in self._dispatcher.awaiting(pending.link, pending.chat):
-            await self._forward_command(pending, envelope)
+            self._forward_command(pending, envelope)
 
     def _awaited(self, link: Link, envelope: env.Inbound) -> None:
         """The link sent ``envelope`` for a chat being attached: on to its holder, if any."""
         pending = self._attaching.get((link.id, envelope.chat))
         if pending is not None and pending.holder is not None:
-            self._spawn(self._forward_command(pending, envelope))
+            self._forward_command(pending, envelope)
 
-    async def _forward_command(self, pending: _Attach, envelope: env.Inbound) -> None:
-        kind = str(envelope.__struct_config__.tag)
-        sent = await self._send_forward(pending, {
+    def _forward_command(self, pending: _Attach, envelope: env.Inbound) -> None:
+        self._enqueue(pending, str(envelope.__struct_config__.tag), {
             "kind": "command", "chat": pending.chat, "from": self._store.node,
             "link": pending.link.id, "envelope": msgspec.json.encode(envelope).decode()})
-        if sent:
-            self._metrics.cluster_forwarded.inc(kind)
-            log_event(log, logging.DEBUG, "command_forwarded", chat=pending.chat,
-                      holder=pending.holder, command=kind)
 
-    async def _send_forward(self, pending: _Attach, fields: dict[str, str]) -> bool:
-        """One entry to the holder's stream, after the ones before it (order is kept)."""
-        holder = pending.holder
-        if holder is None:
-            return False
-        async with pending.sending:
+    def _enqueue(self, pending: _Attach, what: str, fields: dict[str, str]) -> None:
+        """Queue one entry for the holder's stream; one sender per attach keeps the order."""
+        assert pending.holder is not None
+        pending.outbox.append((pending.holder, what, fields))
+        if pending.sender is None or pending.sender.done():
+            pending.sender = self._spawn(self._send_forwards(pending))
+
+    async def _send_forwards(self, pending: _Attach) -> None:
+        """Send the attach's queued entries, in order (bounded: the link's waiting commands,
+        which the dispatcher bounds, and one ``move`` per holder asked)."""
+        while pending.outbox:
+            holder, what, fields = pending.outbox.popleft()
             try:
                 await self._store.forward(holder, fields)
             except RedisError as exc:
@@ -293,8 +299,11 @@ class Cluster:
                 self._store.store_errors += 1
                 log_event(log, logging.WARNING, "cluster_forward_failed", chat=pending.chat,
                           holder=holder, detail=str(exc))
-                return False
-        return True
+                continue
+            if fields["kind"] == "command":
+                self._metrics.cluster_forwarded.inc(what)
+                log_event(log, logging.DEBUG, "command_forwarded", chat=pending.chat,
+                          holder=holder, command=what)
 
     async def _forwards(self) -> None:
         """Read this node's forward stream and act on each entry, until closed."""
@@ -528,10 +537,11 @@ class Cluster:
         if not chat.finished:
             self._supervisor.fail(chat, STORE_LOST)
 
-    def _spawn(self, coroutine: object) -> None:
-        task = asyncio.ensure_future(coroutine)  # type: ignore[call-overload]
+    def _spawn(self, coroutine: object) -> asyncio.Future[None]:
+        task: asyncio.Future[None] = asyncio.ensure_future(coroutine)  # type: ignore[call-overload]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 _telling: set[asyncio.Future[None]] = set()
