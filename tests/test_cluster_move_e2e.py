@@ -250,8 +250,12 @@ def wait_for_log(path: Path, event: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("reconnect", ["at-once", "after-exit"])
 async def test_sigterm_hands_the_chats_over_with_no_poll_gap(
-        tmp_path: Path, slow_simulator: SimulatorProcess, redis_server: RedisServer) -> None:
+        tmp_path: Path, slow_simulator: SimulatorProcess, redis_server: RedisServer,
+        reconnect: str) -> None:
+    # at-once: OCP's attach on b asks for the chat; after-exit: b's scan finds it released
+    # (a gave its lease up), before OCP comes back.
     simulator = slow_simulator
     async with aiohttp.ClientSession() as http, nodes(
             tmp_path, simulator, redis_server.url, redis_server.url) as (a, b):
@@ -264,6 +268,10 @@ async def test_sigterm_hands_the_chats_over_with_no_poll_gap(
             await talk.pump(lambda c: len(c.agent_texts) >= 4)
             a.signal(signal.SIGTERM)
             assert await read_until_closed(talk) == 1001  # OCP reconnects to another node
+            if reconnect == "after-exit":
+                assert await asyncio.to_thread(a.wait) == 0
+                await asyncio.to_thread(wait_for_log, tmp_path / "node-b.log",
+                                        "chat_taken_over")
             await reattach(talk, b, http)
             await visitor(talk, "v2", "visitor 2")
             await visitor(talk, "v3", "visitor 3")
