@@ -142,18 +142,21 @@ class BridgedProcess(Process):
                  state: Path | None = None, name: str = "bridged",
                  redis_url: str | None = None, node: str = "a", wait_ready: bool = True,
                  state_options: dict[str, Any] | None = None,
-                 cluster_options: dict[str, Any] | None = None) -> None:
+                 cluster_options: dict[str, Any] | None = None,
+                 server_options: dict[str, Any] | None = None) -> None:
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}/v1/chat"
         config = tmp / f"{name}.toml"
         profile = (f'live_agent_base_url = "{simulator.base}/chat"\n'
                    'organization_id = "00D000000000001"\n'
                    'deployment_id = "572000000000001"\n')
+        server_lines = "".join(f"{key} = {msgspec.json.encode(value).decode()}\n"
+                               for key, value in (server_options or {}).items())
         state_lines = "".join(f"{key} = {msgspec.json.encode(value).decode()}\n"
                               for key, value in (state_options or {}).items())
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{self.port}"\ntokens = ["{self.TOKEN}"]\n'
-            'detach_grace_s = 60\n'
+            f'detach_grace_s = 60\n{server_lines}'
             f'[salesforce]\nallowed_hosts = ["127.0.0.1:*"]\n'
             'messaging_stream_timeout_s = 5\n'
             f'[state]\ndir = "{state or tmp / "state"}"\n{state_lines}'

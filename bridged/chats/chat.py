@@ -40,7 +40,7 @@ what the chat holds.
 from __future__ import annotations
 
 __all__ = ["BACKEND_LISTS", "Chat", "ChatRecord", "ChatSnapshot", "ChatStatic", "Command",
-           "HeldError", "KeptLists", "Link"]
+           "HeldError", "KeptLists", "Link", "released"]
 
 import itertools
 import logging
@@ -191,6 +191,11 @@ class Chat:
         self.bind_epoch = 0  # +1 at every bind, so a writer can tell it was rebound
         self.end_requested: facts.Ended | None = None
         self.finished = False
+        # Several nodes: the node asks the actor to let go of the chat at its next safe
+        # point (nothing in flight to Salesforce, everything committed); the actor then stops
+        # and says so with ``released``, and another node goes on with the chat.
+        self.release_wanted = False
+        self.released = False
         self.state = "starting"  # for the admin view and metrics; set by the actor
         self.agent: str | None = None
         self.queue_position: int | None = None
@@ -228,6 +233,18 @@ class Chat:
     def _put(self) -> None:
         self._inbox_puts += 1
         self.wake()
+
+    def request_release(self) -> None:
+        """Ask the actor to stop at its next safe point, sending Salesforce nothing more."""
+        if not self.finished:
+            self.release_wanted = True
+            self.wake()
+
+    def cancel_release(self) -> None:
+        """The chat stays here after all: the actor goes on as before."""
+        if not self.released:
+            self.release_wanted = False
+            self.wake()
 
     def has_room(self) -> bool:
         """Whether more events can be held; the actor polls Salesforce only while true."""
@@ -559,3 +576,14 @@ class Chat:
         if self.end_requested is None and not self.finished:
             self.end_requested = facts.Ended(reason=reason, detail=detail)
             self.wake()
+
+
+def released(chat: Chat) -> None:
+    """An actor stops at a safe point, as asked (:meth:`Chat.request_release`): say so.
+
+    The one hook both backends' actors share: each calls it, then returns, once nothing is
+    in flight to Salesforce and everything its session did is committed.
+    """
+    chat.released = True
+    log_event(log, logging.INFO, "chat_released", chat=chat.id, state=chat.state,
+              next_seq=chat.next_seq)

@@ -68,6 +68,11 @@ class Dispatcher:
         # who serves an ``attach`` for a chat this node does not hold (True: it does).
         self.accepting: Callable[[], bool] | None = None
         self.on_unknown_attach: Callable[[Link, env.Attach], bool] | None = None
+        # Several nodes: who checks a ``start`` against the cluster's chats first (True: it
+        # does, and calls start_checked), and who hears of what a link sends for a chat
+        # whose attach is being settled (it forwards it to the chat's holder).
+        self.on_start: Callable[[Link, env.Start], bool] | None = None
+        self.on_awaiting: Callable[[Link, env.Inbound], None] | None = None
         # (link id, chat) → what that link sent for the chat while its attach is settled
         # elsewhere; applied, in order, once it is (see settle_attach).
         self._awaiting: dict[tuple[str, str], list[env.Inbound]] = {}
@@ -89,6 +94,8 @@ class Dispatcher:
                     raise Busy("the chat is being attached and its queue is full; send this"
                                " again later", chat=envelope.chat, ref=_ref(envelope))
                 waiting.append(envelope)
+                if self.on_awaiting is not None:
+                    self.on_awaiting(link, envelope)
                 return
         match envelope:
             case env.Start():
@@ -134,7 +141,7 @@ class Dispatcher:
 
     # --- envelopes ----------------------------------------------------------------------
 
-    def _start(self, link: Link, start: env.Start) -> None:
+    def _start(self, link: Link, start: env.Start, checked: bool = False) -> None:
         server = self.config.server
         if self.draining:
             raise AtCapacity("bridged is shutting down; start the chat on another node",
@@ -144,6 +151,11 @@ class Dispatcher:
                              " another node", chat=start.chat, ref="start")
         if start.chat in self.live:
             raise ChatExists("a live chat has this id", chat=start.chat, ref="start")
+        if not checked and self.on_start is not None and self.on_start(link, start):
+            # The cluster looks for a live chat of this id on another node first; what
+            # this link sends for the chat meanwhile waits, in order (see settle_attach).
+            self._awaiting.setdefault((link.id, start.chat), [])
+            return
         if len(self.live) >= server.max_chats:
             raise AtCapacity(f"bridged holds server.max_chats ({server.max_chats}) chats",
                              chat=start.chat, ref="start")
@@ -276,6 +288,61 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         self._detach_timers[id(chat)] = loop.call_later(
             self.config.server.detach_grace_s, self._detach_expired, chat)
+
+    def start_checked(self, link: Link, start: env.Start) -> None:
+        """Start a chat the cluster found no live chat of (see ``on_start``).
+
+        Raises:
+            Refused: as for a ``start`` from a connection.
+        """
+        self._start(link, start, checked=True)
+
+    def awaiting(self, link: Link, chat_id: str) -> list[env.Inbound]:
+        """What ``link`` sent for ``chat_id`` while its attach is settled, in order."""
+        return list(self._awaiting.get((link.id, chat_id), ()))
+
+    def forget_awaiting(self, link: Link, chat_id: str, message_id: str) -> None:
+        """The chat's holder refused message ``message_id`` (OCP was told): not again."""
+        waiting = self._awaiting.get((link.id, chat_id))
+        if waiting is not None:
+            waiting[:] = [e for e in waiting
+                          if not (isinstance(e, env.Message) and e.id == message_id)]
+
+    def apply_forwarded(self, envelope: env.Inbound) -> Refused | None:
+        """Apply a command another node forwarded for a chat held here, as from its
+        connection; the refusal to send back, if any.
+
+        What cannot be applied here (the chat is not live here, or ending) is left alone:
+        the node that forwarded it applies it again once the chat has moved to it, and
+        answers it then. Idempotent: a message already taken in is not taken again.
+        """
+        chat = self.live.get(envelope.chat)
+        if isinstance(envelope, env.Ack):
+            chat = chat or self.finished.get(envelope.chat)
+            if chat is not None:
+                chat.ack(envelope.seq)
+            return None
+        if chat is None or chat.end_requested is not None or chat.finished:
+            return None
+        match envelope:
+            case env.Message():
+                if envelope.id in chat.delivered_ids or envelope.id in chat.pending_ids:
+                    return None
+                try:
+                    chat.inbox.put_nowait(envelope)
+                except MailboxFull:
+                    return Busy("the chat's queue is full; the message was NOT accepted,"
+                                " send it again later", chat=chat.id, ref=envelope.id)
+                chat.accept(envelope.id)
+            case env.Typing():
+                try:
+                    chat.inbox.put_nowait(envelope)
+                except MailboxFull:
+                    return Busy("the chat's queue is full; send the typing state again"
+                                " later", chat=chat.id, ref="typing")
+            case env.End():
+                chat.request_end("client")
+        return None
 
     def settle_attach(self, link: Link, chat_id: str) -> list[env.Inbound]:
         """The attach of ``chat_id`` on ``link`` is settled: what the link sent meanwhile."""

@@ -69,7 +69,7 @@ class ChatSupervisor:
             log.exception("chat_crashed", extra={"fields": {"chat": chat.id}})
             self._fail(chat, f"internal error in bridged ({type(exc).__name__})")
         else:
-            if not chat.finished:
+            if not chat.finished and not chat.released:
                 log_event(log, logging.ERROR, "chat_stopped_without_end", chat=chat.id)
                 self._fail(chat, "internal error in bridged")
         finally:
@@ -81,6 +81,25 @@ class ChatSupervisor:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    async def release(self, chat: Chat, timeout: float) -> bool:
+        """Have ``chat``'s actor stop at its next safe point (see :meth:`Chat.request_release`).
+
+        ``True`` once it has stopped there (or has no actor: the chat is finished);
+        ``False`` if it has not within ``timeout`` seconds: it then goes on as before.
+        """
+        task = self._tasks.get(chat)
+        if task is None:
+            return chat.finished or chat.released
+        chat.request_release()
+        await asyncio.wait([task], timeout=timeout)
+        if chat.released:
+            await asyncio.gather(task, return_exceptions=True)
+            return True
+        if task.done():
+            return chat.finished
+        chat.cancel_release()
+        return False
 
     def fail(self, chat: Chat, detail: str) -> None:
         """End ``chat`` toward OCP (its actor is gone): messages unanswered, then ended."""

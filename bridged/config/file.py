@@ -160,6 +160,9 @@ class ClusterConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     wait_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 100
     # Seconds a single store call may take before it counts as failed.
     socket_timeout_s: PositiveFloat = 2.0
+    # An attach on a node for a chat another live node holds: that node moves the chat at
+    # its next safe point (after its held poll returns); the attach waits this long at most.
+    move_timeout_ms: Annotated[int, msgspec.Meta(ge=100)] = 60000
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

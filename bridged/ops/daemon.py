@@ -9,10 +9,13 @@ Stop order (under ``server.shutdown_budget_s``), the reverse, with a drain first
 
 1. drain: ``/readyz`` answers 503 and ``start`` gets ``capacity``;
 2. close every OCP connection with 1001;
-3. stop the actors (cancelled; chats are kept, not ended toward Salesforce);
-4. write what the state store still holds, and close it;
-5. close the Salesforce connection pool;
-6. close the listener.
+3. with ``[cluster]``: release each chat at its actor's next safe point (within a quarter of
+   the budget), for another node to take it and poll at once;
+4. stop the actors (cancelled; chats are kept, not ended toward Salesforce);
+5. write what the state store still holds, and close it (with ``[cluster]``: give the
+   lease up, so that the other nodes claim what is left at once);
+6. close the Salesforce connection pool;
+7. close the listener.
 """
 
 from __future__ import annotations
@@ -289,6 +292,9 @@ class Daemon:
             await asyncio.gather(self._lag, return_exceptions=True)
         self.metrics.unwatch_gc()
         if self.cluster is not None:
+            # Several nodes: each chat is released at its actor's next safe point, so that
+            # the node that takes it polls at once (no poll gap); the rest are left to LEAVE.
+            await self.cluster.hand_over(budget / 4)
             await self.cluster.aclose()
         await self.supervisor.aclose(budget / 4)
         await self.store.aclose(budget / 4)

@@ -122,6 +122,13 @@ class Metrics:
             "bridged_cluster_lease_renew_seconds",
             "Round trip of each renewal of the node's lease in the shared store",
             buckets=_RENEW_BUCKETS, registry=r)
+        self.cluster_forwarded = _Labelled(Counter(
+            "bridged_cluster_forwarded_commands",
+            "Commands from OCP this node forwarded to the node holding their chat, by kind",
+            ["kind"], registry=r))
+        self.cluster_moves = Counter("bridged_cluster_moves",
+                                     "Chats this node handed over at a safe point (a move to"
+                                     " an attach's node, or a drain)", registry=r)
         self.ready = Gauge("bridged_ready", "1 while bridged takes new chats (/readyz answers"
                            " 200), 0 while it does not", registry=r)
         self.max_chats = Gauge("bridged_max_chats", "server.max_chats: the most chats bridged"

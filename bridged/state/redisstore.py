@@ -29,7 +29,7 @@ while a commit is in flight) goes in one script call, followed on the same conne
 
 from __future__ import annotations
 
-__all__ = ["Claimed", "RedisStore"]
+__all__ = ["FORWARD_MAXLEN", "Claimed", "Held", "RedisStore"]
 
 import asyncio
 import contextlib
@@ -138,15 +138,16 @@ return {'ok', fenced}
 """
 
 # ARGV[4]: the chat; ARGV[5]: the new token. Takes a chat whose holder's lease is gone (or
-# that its holder released); returns its state and how long ago, on the store's clock, its
-# last poll was recorded (-1: no poll can be outstanding).
+# that its holder released, this node included: a move that nobody took); returns its state
+# and how long ago, on the store's clock, its last poll was recorded (-1: no poll can be
+# outstanding), or 'alive' and the node that holds it.
 CLAIM = _PRELUDE + """
 local chat, token = ARGV[4], ARGV[5]
 local key = 'b:chat:' .. chat
 local h = redis.call('HMGET', key, 'owner', 'inc', 'token', 'released', 'poll_ms')
 if not h[3] then return {'gone'} end
-if h[1] == node and h[2] == inc then return {'mine'} end
-if not h[4] and redis.call('GET', 'b:node:' .. h[1]) == h[2] then return {'alive'} end
+if h[1] == node and h[2] == inc and not h[4] then return {'mine'} end
+if not h[4] and redis.call('GET', 'b:node:' .. h[1]) == h[2] then return {'alive', h[1]} end
 local gen = redis.call('HINCRBY', key, 'gen', 1)
 redis.call('HSET', key, 'owner', node, 'inc', inc, 'token', token)
 redis.call('HDEL', key, 'released')
@@ -228,6 +229,20 @@ class Claimed(NamedTuple):
 
     kept: KeptChat
     gen: int
+
+
+class Held(NamedTuple):
+    """A chat a live node holds (not released): it can only be moved, by that node."""
+
+    node: str
+
+
+# The entries a node's forward stream (``b:fwd:<node>``) keeps, at most (approximately):
+# commands for chats it holds, forwarded by the nodes their connections are on, and the
+# notices of moves. A node reads its stream as it goes, so it holds only what is in flight.
+FORWARD_MAXLEN = 1000
+# A stream nobody reads any more (its node is gone for good) goes after this.
+FORWARD_TTL_MS = 3_600_000
 
 
 class _Change:
@@ -491,11 +506,15 @@ class RedisStore:
             return [], []
         return [_text(c) for c in answer[1]], sorted({_text(n) for n in answer[2]})
 
-    async def claim(self, chat_id: str) -> Claimed | None:
-        """Take over ``chat_id`` if its holder is gone; ``None`` if not (or it is gone)."""
+    async def claim(self, chat_id: str) -> Claimed | Held | None:
+        """Take over ``chat_id`` if its holder is gone or released it; :class:`Held` (by
+        whom) if a live node holds it; ``None`` if it is gone (or this node holds it)."""
         token = secrets.token_hex(8)
         answer = await self._call("claim", CLAIM, chat_id, token)
-        if _text(answer[0]) != "ok":
+        status = _text(answer[0])
+        if status == "alive":
+            return Held(_text(answer[1]))
+        if status != "ok":
             return None
         age_ms = int(answer[1])
         self._tokens[chat_id] = token
@@ -508,17 +527,65 @@ class RedisStore:
         return Claimed(kept, int(answer[5]))
 
     async def release(self, chat_ids: Sequence[str]) -> list[str]:
-        """Mark chats released at a safe point; they are no longer this node's."""
+        """Mark chats released at a safe point (their actors stopped, everything committed):
+        the next claim of each need not wait. They are no longer this node's once it
+        returns; the ones returned were released (the others were not this node's).
+
+        Raises:
+            RedisError: the store could not be reached; the chats are still this node's.
+        """
         args: list[str] = []
         for chat_id in chat_ids:
-            token = self._tokens.pop(chat_id, None)
-            self._dropped.add(chat_id)
+            token = self._tokens.get(chat_id)
             if token is not None:
                 args += [chat_id, token]
         if not args:
             return []
         answer = await self._call("release", RELEASE, *args)
+        for chat_id in chat_ids:
+            self.forget_local(chat_id)
         return [_text(c) for c in answer[1]] if _text(answer[0]) == "ok" else []
+
+    async def peek(self, chat_id: str) -> tuple[str, bytes] | None:
+        """Who holds ``chat_id`` in the store and its last snapshot; ``None``: no such chat."""
+        assert self._redis is not None
+        answer: Any = await self._redis.hmget(f"b:chat:{chat_id}", ["owner", "snap"])
+        owner, snapshot = answer
+        if owner is None:
+            return None
+        return _text(owner), bytes(snapshot or b"")
+
+    async def forward(self, node: str, fields: dict[str, str]) -> None:
+        """Append one entry to ``node``'s forward stream (bounded by :data:`FORWARD_MAXLEN`)."""
+        assert self._redis is not None
+        key = f"b:fwd:{node}"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, fields, maxlen=FORWARD_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            pipe.pexpire(key, FORWARD_TTL_MS)
+            await pipe.execute()
+
+    async def forwarded(self, after: str | None, block_ms: int
+                        ) -> tuple[str, list[dict[str, str]]]:
+        """The entries of this node's forward stream after id ``after`` (``None``: only
+        those added from now on), waiting up to ``block_ms`` for one; and the last id."""
+        assert self._redis is not None
+        key = f"b:fwd:{self.node}"
+        if after is None:
+            last: Any = await self._redis.xrevrange(key, count=1)
+            after = _text(last[0][0]) if last else "0-0"
+        answer: Any = await self._redis.xread({key: after}, count=100, block=block_ms)
+        entries: list[dict[str, str]] = []
+        for _stream, items in answer or []:
+            for entry_id, fields in items:
+                after = _text(entry_id)
+                entries.append({_text(k): _text(v) for k, v in fields.items()})
+        return after, entries
+
+    def allow(self, chat_id: str) -> None:
+        """``chat_id`` is free in the whole store: a new chat of that id may be made here
+        (writes for it were void since this node let go of an earlier one)."""
+        if chat_id not in self._tokens:
+            self._dropped.discard(chat_id)
 
     def forget_local(self, chat_id: str) -> None:
         """Stop writing for ``chat_id`` (dropped by this node); its pending changes go."""

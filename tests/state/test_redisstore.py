@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 
 from bridged.config.file import ClusterConfig
-from bridged.state.redisstore import RedisStore
+from bridged.state.redisstore import FORWARD_MAXLEN, Held, RedisStore
 from tests.redis_server import RedisServer, until
 
 
@@ -29,7 +29,7 @@ async def test_a_node_that_lost_its_chat_gets_no_write_through(
         a.touch("c1", 0.0)
         assert await a.flush(2)
         assert durable == ["a1"]
-        assert await b.claim("c1") is None  # a's lease is alive: no takeover
+        assert await b.claim("c1") == Held("a")  # a's lease is alive: no takeover
         for task in a._tasks:  # a freezes: no renewal from now on
             task.cancel()
         await asyncio.sleep(0.8)  # past a's lease
@@ -39,6 +39,63 @@ async def test_a_node_that_lost_its_chat_gets_no_write_through(
         assert claimed.kept.snapshot == b"snap-1" and claimed.kept.delivered == ["m1"]
         assert claimed.kept.poll_sent > 0  # a poll may be outstanding: the new holder waits
         assert await a.claim("c1") is None  # one winner
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_chat_released_at_a_safe_point_is_claimed_with_no_wait(
+        redis_server: RedisServer) -> None:
+    a, b = RedisStore(config("a", redis_server.url)), RedisStore(config("b", redis_server.url))
+    await a.load()
+    await b.load()
+    try:
+        a.save("c1", b"snap-1", static=b"static")
+        a.touch("c1", 0.0)  # a poll went: a claimer would have to wait it out
+        a.save("c2", b"snap-2", static=b"static")
+        a.touch("c2", 0.0)
+        assert await a.flush(2)
+        assert await b.release(["c1"]) == []  # not b's to release
+        assert await a.release(["c1", "c2"]) == ["c1", "c2"]
+        assert not a.holds("c1")
+        claimed = await b.claim("c1")  # a is alive, but it let go of c1
+        assert claimed is not None and not isinstance(claimed, Held)
+        assert claimed.kept.poll_sent == 0  # no poll outstanding: b polls at once
+        a.save("c1", b"late")  # nothing of a's goes through any more
+        assert await a.flush(2)
+        claimed_back = await a.claim("c2")  # a move nobody took: a takes it back
+        assert claimed_back is not None and not isinstance(claimed_back, Held)
+        assert claimed_back.kept.snapshot == b"snap-2" and a.holds("c2")
+        assert await b.claim("c2") == Held("a")
+        again = await b.claim("c1")
+        assert again is None  # b's own
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_forward_streams_are_read_in_order_and_bounded(
+        redis_server: RedisServer) -> None:
+    a, b = RedisStore(config("a", redis_server.url)), RedisStore(config("b", redis_server.url))
+    await a.load()
+    await b.load()
+    try:
+        await b.forward("a", {"kind": "old", "chat": "c0"})  # before a reads: not for it
+        after, entries = await a.forwarded(None, 10)
+        assert entries == []
+        for i in range(FORWARD_MAXLEN * 3):
+            await b.forward("a", {"kind": "command", "chat": f"c{i}"})
+        # Trimmed as it grows: a reader that far behind finds the newest, in order.
+        assert a._redis is not None
+        assert await a._redis.xlen("b:fwd:a") < FORWARD_MAXLEN * 2
+        seen: list[str] = []
+        while True:
+            after, entries = await a.forwarded(after, 10)
+            if not entries:
+                break
+            seen += [e["chat"] for e in entries]
+        first = int(seen[0][1:])
+        assert seen == [f"c{i}" for i in range(first, FORWARD_MAXLEN * 3)]
     finally:
         await a.aclose()
         await b.aclose()

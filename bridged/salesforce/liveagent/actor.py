@@ -41,7 +41,7 @@ import msgspec
 
 from bridged._log import log_event
 from bridged.chats import facts
-from bridged.chats.chat import BACKEND_LISTS, Chat, ChatRecord, KeptLists
+from bridged.chats.chat import BACKEND_LISTS, Chat, ChatRecord, KeptLists, released
 from bridged.chats.gate import Gate
 from bridged.chats.policy import RetryPolicy, retry_delay
 from bridged.config.file import SalesforceConfig
@@ -268,6 +268,9 @@ class ChatActor:
                 self._save()
                 if self.session.is_finished:
                     return
+                if self.chat.release_wanted and self._at_safe_point():
+                    released(self.chat)
+                    return
                 self._send()
                 self._save()  # what went out (a POST now in flight)
                 await self._wake.wait()
@@ -326,6 +329,15 @@ class ChatActor:
             self._cancel_abandoned()
         if not self.session.creating:
             self._start_gate.leave(self.chat.id)
+
+    def _at_safe_point(self) -> bool:
+        """Whether another node may take the chat and poll at once: no poll and no POST in
+        flight (nor one Salesforce may still hold: an unsettled or abandoned poll, or the
+        previous holder's, waited out), and everything the session did committed."""
+        return (self._tasks[Lane.POLL] is None and self._tasks[Lane.POST] is None
+                and not self._abandoned and not self._touching
+                and time.monotonic() >= self._not_before[Lane.POLL]
+                and self._save_gen == self._durable_gen)
 
     def _release_parked(self) -> None:
         """Room again: the batch a keep-alive poll brought is processed now (see protocol)."""
@@ -441,6 +453,11 @@ class ChatActor:
                 continue
             if now < self._not_before[lane]:
                 self._wake_at(self._not_before[lane])
+                continue
+            # Letting go of the chat: no new poll; a POST only beside the poll still out
+            # (it goes on until that poll returns, then the chat stops at a safe point).
+            if self.chat.release_wanted and (lane is Lane.POLL
+                                             or self._tasks[Lane.POLL] is None):
                 continue
             # No poll acknowledges a batch before the events it made are durable.
             if lane is Lane.POLL and self._save_gen > self._durable_gen:

@@ -43,7 +43,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from bridged._log import log_event
 from bridged.chats import facts
-from bridged.chats.chat import Chat, ChatRecord, KeptLists
+from bridged.chats.chat import Chat, ChatRecord, KeptLists, released
 from bridged.chats.policy import RetryPolicy, retry_delay
 from bridged.config.file import SalesforceConfig
 from bridged.config.webchat import MessagingConfig
@@ -235,6 +235,12 @@ class MessagingActor:
                 self._save()
                 if self.session.is_finished:
                     return
+                if self.chat.release_wanted and not self._requests and (
+                        self._save_gen == self._durable_gen):
+                    # A safe point: no REST request in flight, the last event id taken from
+                    # the stream committed; the stream closes as the actor stops.
+                    released(self.chat)
+                    return
                 self._send()
                 await self._wake.wait()
         except Exception:
@@ -289,6 +295,10 @@ class MessagingActor:
 
     def _take_stream(self) -> None:
         """Hand what the stream reader read to the session, in order."""
+        if self.chat.release_wanted:
+            # Letting go of the chat: what the stream brings from now on is left for the next
+            # holder, which reads it again after the last event id committed here.
+            return
         while self._stream_items:
             number, kind, value = self._stream_items.popleft()
             if number != self._stream_number:
@@ -408,6 +418,10 @@ class MessagingActor:
             delay = retry_delay(self._retry, request.attempt) if request.attempt else 0.0
             self._outgoing.append(_Outgoing(request, self._save_gen, now + delay))
         due: float | None = self.session.next_wake_at
+        if self.chat.release_wanted:
+            # Letting go of the chat: nothing new goes (what waits is in the committed
+            # session, for the next holder); the actor stops once nothing is in flight.
+            return
         if self._store is not None and not self._store.may_send():
             # Several nodes: this node's lease is not surely its own (the store is out of
             # reach), so it sends nothing; it goes on once renewed, or the chat is dropped.

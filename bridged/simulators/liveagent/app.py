@@ -120,6 +120,8 @@ _INJECTED_MAX = 10_000
 # Re-listening after a "refuse" outage: attempts and the pause between them.
 _RELISTEN_ATTEMPTS = 100
 _RELISTEN_PAUSE_S = 0.02
+# Where a request keeps the time it arrived (aiohttp request storage), for the record.
+_RECEIVED = web.RequestKey("bridged_simulator_received", float)
 
 # Applies a request that passed its checks and no fault stopped; gives the reply and the
 # session whose log records it (a SessionId request creates that session).
@@ -435,6 +437,8 @@ class Simulator:
                 status=reply.status,
                 port=port if port is not None else _local_port(request),
                 fault=label,
+                received=request.get(_RECEIVED),
+                answered=time.time(),
             )
             if session is not None:
                 session.log_request(record)
@@ -728,6 +732,7 @@ class Simulator:
         return await self._serve(request, "ReconnectSession", check)
 
     async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
+        request[_RECEIVED] = time.time()  # for the record: polls in time order
         if (gate := self._gate(request, "Messages")) is not None:
             return gate
         port = _local_port(request)

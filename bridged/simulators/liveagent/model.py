@@ -170,6 +170,8 @@ class RequestRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         port: The local port the request arrived on (one simulator may listen on several).
         fault: The label of the fault injected into this request (``reset_after``,
             ``delay_before``, ``fail_500``, ``outage_503``...), None for a normal one.
+        received: When a Messages poll arrived (the simulator's wall clock), else None.
+        answered: When it was answered (the simulator's wall clock).
     """
 
     method: str
@@ -179,6 +181,8 @@ class RequestRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     status: int
     port: int | None = None
     fault: str | None = None
+    received: float | None = None
+    answered: float | None = None
 
 
 class InitAccepted(msgspec.Struct, frozen=True, kw_only=True):

@@ -150,8 +150,14 @@ async def test_record_is_json_and_complete(make_sim: Any) -> None:
         "status": 200,
         "port": first["port"],
         "fault": None,
+        "received": None,  # a poll's arrival only
+        "answered": first["answered"],
     }
     assert isinstance(first["port"], int)
+    polls = [r for r in session["requests"] if r["path"].endswith("/Messages")]
+    assert polls and all(r["received"] <= r["answered"] for r in polls)
+    answers = [r["answered"] for r in session["requests"]]
+    assert answers == sorted(answers)
     assert session["sequences_accepted"] == [1, 2, 3, 4]
     assert session["duplicates_dropped"] == []
     init = session["requests"][1]
