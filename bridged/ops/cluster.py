@@ -131,9 +131,15 @@ class Cluster:
         """Stop scanning, claiming and reading forwards. Idempotent."""
         own = [task for task in (self._scanner, self._reader) if task is not None]
         tasks = [*self._tasks, *own]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded: a task spawned meanwhile, or one whose cancellation a client library
+        # swallowed, is cancelled again; none keeps the node from stopping.
+        for _ in range(3):
+            for task in tasks:
+                task.cancel()
+            _done, pending = await asyncio.wait(tasks, timeout=1.0) if tasks else ((), ())
+            tasks = [*pending, *(task for task in self._tasks if not task.done())]
+            if not tasks:
+                break
         self._scanner = self._reader = None
 
     # --- taking over ----------------------------------------------------------------------
@@ -329,7 +335,8 @@ class Cluster:
         if kind == "move":
             if chat_id in self._dispatcher.live or chat_id in self._dispatcher.finished:
                 self._asked[chat_id] = entry["to"]  # told once it is released (a drain too)
-            if chat_id not in self._moving:
+            # While draining, the hand-over releases every chat and tells the asking node.
+            if chat_id not in self._moving and not self._dispatcher.draining:
                 self._spawn(self._move(chat_id, entry["to"]))
         elif kind == "moved":
             for pending in self._attaching.values():
@@ -379,6 +386,8 @@ class Cluster:
                 return  # (released already, by a drain: the asking node was told then)
         finally:
             self._moving.discard(chat_id)
+        if self._dispatcher.draining:
+            return  # stopping: the chat is the cluster's, not to be taken back here
         # Nobody took it (the asking node is gone, say): it is this node's again.
         await asyncio.sleep(self._config.move_timeout_ms / 1000)
         if (chat_id in self._dispatcher.live or chat_id in self._dispatcher.finished
