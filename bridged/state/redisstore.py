@@ -108,12 +108,20 @@ while i <= #ARGV do
     redis.call('SADD', owned, id)
     current = token
   end
+  local deleted = math.floor(flags / 2) % 2 == 1
   if current ~= token then
     fenced[#fenced + 1] = id
-  elseif math.floor(flags / 2) % 2 == 1 then
+  elseif deleted then
     redis.call('DEL', key, 'b:dlv:' .. id, items)
     redis.call('SREM', owned, id)
-  else
+    if snap ~= '' then
+      -- A new chat of the same id was saved after the delete: it is made again at once.
+      redis.call('HSET', key, 'owner', node, 'inc', inc, 'token', token, 'gen', 1)
+      redis.call('SADD', owned, id)
+      deleted = false
+    end
+  end
+  if current == token and not deleted then
     if snap ~= '' then redis.call('HSET', key, 'snap', snap) end
     if static ~= '' then redis.call('HSET', key, 'static', static) end
     if n > 0 then hcall('SADD', 'b:dlv:' .. id, {unpack(ARGV, first, first + n - 1)}) end
@@ -650,6 +658,10 @@ class RedisStore:
             return
         change.forget()
         change.flags = _DELETE | (change.flags & _CREATE)
+        # A chat of the same id saved after this (OCP may start it again at once) is a new
+        # one: its first commit makes it again, whether this delete is committed by then or
+        # still pending (then the commit deletes and makes it in one script).
+        self._created.add(chat_id)
 
     async def _writer(self) -> None:
         """Commit what the loop saved, one batch at a time, until closed."""
@@ -717,14 +729,18 @@ class RedisStore:
         for chat, change in batch.items():
             if chat in fenced:
                 continue
+            ours = self._tokens.get(chat) == tokens[chat]
             if change.flags & _DELETE:
                 self._rows_deleted += 1
-                if self._tokens.get(chat) == tokens[chat]:
+            if change.flags & _DELETE and not change.snapshot:
+                # Gone, unless a new chat of that id is already waiting to be written.
+                if ours and chat not in self._local:
                     del self._tokens[chat]
+                    self._created.discard(chat)
             else:
                 self._rows_written += 1
-            if self._tokens.get(chat) == tokens[chat]:
-                self._created.discard(chat)
+                if ours:
+                    self._created.discard(chat)
             callbacks.extend(change.callbacks)
         for callback in callbacks:
             callback()

@@ -213,3 +213,42 @@ async def test_with_min_replicas_a_commit_is_one_round_trip_not_a_script_check_e
     finally:
         await store.aclose()
         replica.stop()
+
+
+async def test_a_chat_ended_and_started_again_under_its_id_is_kept_whole(
+        redis_server: RedisServer) -> None:
+    # OCP may start a chat id again the moment its `ended` went out (the old one is deleted
+    # once acknowledged): the new chat's first save can meet the old one's delete in one
+    # pending change, or follow it while that delete is being committed. Either way the new
+    # chat is kept whole: a node that takes it over finds its snapshot, unchanging part and
+    # kept lists, not the old chat's and not nothing.
+    a, b = RedisStore(config("a", redis_server.url)), RedisStore(config("b", redis_server.url))
+    await a.load()
+    await b.load()
+    try:
+        for chat, in_flight in (("c1", False), ("c2", True)):
+            a.save(chat, b"old", static=b"old-static", delivered=["m-old"],
+                   items=[(0, 1, b"old-item")])
+            assert await a.flush(2)
+            a.delete(chat)
+            if in_flight:
+                await asyncio.sleep(0)  # the writer takes the delete's batch
+                await asyncio.sleep(0)
+            a.save(chat, b"new", static=b"new-static", delivered=["m-new"],
+                   items=[(0, 1, b"new-item")])
+            assert await a.flush(2)
+            a.save(chat, b"newer")  # and it goes on being written
+            assert await a.flush(2)
+        for task in a._tasks:  # a freezes: b takes its chats over
+            task.cancel()
+        await asyncio.sleep(0.8)
+        for chat in ("c1", "c2"):
+            claimed = await b.claim(chat)
+            assert claimed is not None and not isinstance(claimed, Held), chat
+            assert claimed.kept.snapshot == b"newer", chat
+            assert claimed.kept.static == b"new-static", chat
+            assert claimed.kept.delivered == ["m-new"], chat
+            assert claimed.kept.lists == {0: [(1, b"new-item")]}, chat
+    finally:
+        await a.aclose()
+        await b.aclose()
