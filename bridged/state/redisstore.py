@@ -45,7 +45,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from bridged._log import log_event
 from bridged.config.file import ClusterConfig
-from bridged.state.store import Callback, Drop, Item, KeptChat, StoreStatistics
+from bridged.state.store import Callback, Drop, Item, KeptChat, PendingChange, StoreStatistics
 
 log = logging.getLogger("bridged.state.redis")
 
@@ -253,46 +253,21 @@ FORWARD_MAXLEN = 1000
 FORWARD_TTL_MS = 3_600_000
 
 
-class _Change:
-    __slots__ = ("callbacks", "delete", "delivered", "drops", "flags", "items", "snapshot",
-                 "static")
+class _Change(PendingChange):
+    """What is pending for one chat: its saves, and the commit script's flags."""
+
+    __slots__ = ("flags",)
 
     def __init__(self) -> None:
-        self.snapshot = b""
-        self.static = b""
-        self.delivered: list[str] = []
+        super().__init__()
         self.flags = 0
-        self.delete = False
-        self.callbacks: list[Callback] = []
-        self.drops: list[Drop] = []
-        self.items: dict[tuple[int, int], bytes] = {}  # (list, key) -> data
-
-    def forget(self) -> None:
-        """Everything of the chat goes (it is deleted)."""
-        self.snapshot, self.static, self.delivered = b"", b"", []
-        self.drops, self.items = [], {}
-
-    def change_items(self, items: Sequence[Item], drops: Sequence[Drop]) -> None:
-        """Drop ``drops`` (also from the items not yet written), then add ``items``."""
-        for list_id, first, last in drops:
-            if self.items:
-                for gone in [k for k in self.items if k[0] == list_id and first <= k[1] <= last]:
-                    del self.items[gone]
-            self.drops.append((list_id, first, last))
-        for list_id, key, data in items:
-            self.items[(list_id, key)] = data
 
     def merge(self, newer: _Change) -> None:
         if newer.flags & _DELETE:
             self.forget()
             self.flags = _DELETE
-        self.snapshot = newer.snapshot or self.snapshot
-        self.static = newer.static or self.static
-        self.delivered.extend(newer.delivered)
-        self.change_items([(lst, key, data) for (lst, key), data in newer.items.items()],
-                          newer.drops)
+        self.merge_saves(newer)
         self.flags |= newer.flags
-        self.callbacks.extend(newer.callbacks)
 
 
 class StoreLost(Exception):
@@ -629,16 +604,8 @@ class RedisStore:
         are written in the same fenced script as the snapshot.
         """
         change = self._change(chat_id)
-        if change is None:
-            return
-        change.snapshot = snapshot
-        if static is not None:
-            change.static = static
-        change.delivered.extend(delivered)
-        if items or drops:
-            change.change_items(items, drops)
-        if on_durable is not None:
-            change.callbacks.append(on_durable)
+        if change is not None:
+            change.keep(snapshot, on_durable, static, delivered, items, drops)
 
     def touch(self, chat_id: str, poll_sent: float, on_durable: Callback | None = None) -> None:
         """Record (with the store's clock) that the chat is about to poll."""
@@ -691,7 +658,8 @@ class RedisStore:
         payload: list[bytes | str | int] = []
         written = 0
         for chat, change in batch.items():
-            payload += [chat, tokens[chat], change.flags, change.snapshot, change.static,
+            snapshot, static = change.snapshot or b"", change.static or b""
+            payload += [chat, tokens[chat], change.flags, snapshot, static,
                         len(change.delivered), *change.delivered, len(change.drops)]
             for drop in change.drops:
                 payload += drop
@@ -699,7 +667,7 @@ class RedisStore:
             for (list_id, key), data in change.items.items():
                 payload += (list_id, key, data)
                 written += len(data)
-            written += len(change.snapshot) + len(change.static)
+            written += len(snapshot) + len(static)
         replicas = self._cluster.min_replicas
         try:
             if replicas:

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Literal
 
 from bridged._log import log_event
-from bridged.state.store import Callback, Drop, Item, KeptChat, StoreStatistics
+from bridged.state.store import Callback, Drop, Item, KeptChat, PendingChange, StoreStatistics
 
 log = logging.getLogger("bridged.state.sqlite")
 
@@ -79,59 +79,28 @@ _SCHEMA = (
 )
 
 
-class _Change:
-    """What is pending for one chat."""
+class _Change(PendingChange):
+    """What is pending for one chat: its saves, a poll time, a delete."""
 
-    __slots__ = ("callbacks", "delete", "delivered", "drops", "items", "poll_sent", "snapshot",
-                 "static")
+    __slots__ = ("delete", "poll_sent")
 
     def __init__(self) -> None:
-        self.static: bytes | None = None
-        self.snapshot: bytes | None = None
-        self.delivered: list[str] = []
+        super().__init__()
         self.poll_sent: float | None = None
         self.delete = False
-        # Written in this order: the ranges dropped, then the items (a later drop has
-        # already removed the earlier items it covers, see change_items).
-        self.drops: list[Drop] = []
-        self.items: dict[tuple[int, int], bytes] = {}
-        self.callbacks: list[Callback] = []
 
     def forget(self) -> None:
         """Everything of the chat goes (it is deleted)."""
-        self.static, self.snapshot, self.delivered = None, None, []
+        super().forget()
         self.poll_sent, self.delete = None, True
-        self.drops, self.items = [], {}
-
-    def change_items(self, items: Sequence[Item], drops: Sequence[Drop]) -> None:
-        """Drop ``drops`` (also from the items not yet written), then add ``items``."""
-        for list_id, first, last in drops:
-            if self.items:
-                if last - first < len(self.items):
-                    # A short range (the usual: the events an ack released): by key.
-                    for key in range(first, last + 1):
-                        self.items.pop((list_id, key), None)
-                else:
-                    for gone in [k for k in self.items
-                                 if k[0] == list_id and first <= k[1] <= last]:
-                        del self.items[gone]
-            self.drops.append((list_id, first, last))
-        for list_id, key, data in items:
-            self.items[(list_id, key)] = data
 
     def merge(self, newer: _Change) -> None:
         # A delete stays a delete (written first), even if a new chat of the same id
         # saved after it: the old chat's rows must go.
         if newer.delete:
             self.forget()
-        self.static = newer.static or self.static
-        if newer.snapshot is not None:
-            self.snapshot = newer.snapshot
-        self.delivered.extend(newer.delivered)
+        self.merge_saves(newer)
         self.poll_sent = newer.poll_sent if newer.poll_sent is not None else self.poll_sent
-        self.change_items([(lst, key, data) for (lst, key), data in newer.items.items()],
-                          newer.drops)
-        self.callbacks.extend(newer.callbacks)
 
 
 class StateStore:
@@ -263,15 +232,7 @@ class StateStore:
             drops: ranges of keys gone from its kept lists since the last save (applied
                 before ``items``).
         """
-        change = self._change(chat_id)
-        change.snapshot = snapshot
-        if static is not None:
-            change.static = static
-        change.delivered.extend(delivered)
-        if items or drops:
-            change.change_items(items, drops)
-        if on_durable is not None:
-            change.callbacks.append(on_durable)
+        self._change(chat_id).keep(snapshot, on_durable, static, delivered, items, drops)
 
     def touch(self, chat_id: str, poll_sent: float, on_durable: Callback | None = None) -> None:
         """Record when the chat polls Salesforce (no snapshot needed)."""

@@ -7,7 +7,8 @@ one from the config; nothing else knows which.
 
 from __future__ import annotations
 
-__all__ = ["Callback", "Drop", "Item", "KeptChat", "Store", "StoreStatistics"]
+__all__ = ["MAY_SEND_RECHECK_S", "Callback", "Drop", "Item", "KeptChat", "PendingChange",
+           "Store", "StoreStatistics"]
 
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
@@ -16,6 +17,72 @@ Callback = Callable[[], None]
 # An item of a kept list: (list, key, data); a range of keys that is gone: (list, first, last).
 Item = tuple[int, int, bytes]
 Drop = tuple[int, int, int]
+
+
+# How soon an actor whose node may not send (its lease unconfirmed) looks again.
+MAY_SEND_RECHECK_S = 0.25
+
+
+class PendingChange:
+    """What is saved for one chat and not yet committed; each store adds what it needs.
+
+    ``snapshot`` and ``static`` are ``None`` until a save gives them; the kept lists' drops
+    are written before the items (a later drop has already removed the earlier items it
+    covers).
+    """
+
+    __slots__ = ("callbacks", "delivered", "drops", "items", "snapshot", "static")
+
+    def __init__(self) -> None:
+        self.snapshot: bytes | None = None
+        self.static: bytes | None = None
+        self.delivered: list[str] = []
+        self.drops: list[Drop] = []
+        self.items: dict[tuple[int, int], bytes] = {}  # (list, key) -> data
+        self.callbacks: list[Callback] = []
+
+    def keep(self, snapshot: bytes, on_durable: Callback | None, static: bytes | None,
+             delivered: Sequence[str], items: Sequence[Item], drops: Sequence[Drop]) -> None:
+        """Take one :meth:`Store.save` in."""
+        self.snapshot = snapshot
+        if static is not None:
+            self.static = static
+        self.delivered.extend(delivered)
+        if items or drops:
+            self.change_items(items, drops)
+        if on_durable is not None:
+            self.callbacks.append(on_durable)
+
+    def forget(self) -> None:
+        """Everything of the chat goes (it is deleted)."""
+        self.snapshot, self.static, self.delivered = None, None, []
+        self.drops, self.items = [], {}
+
+    def change_items(self, items: Sequence[Item], drops: Sequence[Drop]) -> None:
+        """Drop ``drops`` (also from the items not yet written), then add ``items``."""
+        for list_id, first, last in drops:
+            if self.items:
+                if last - first < len(self.items):
+                    # A short range (the usual: the events an ack released): by key.
+                    for key in range(first, last + 1):
+                        self.items.pop((list_id, key), None)
+                else:
+                    for gone in [k for k in self.items
+                                 if k[0] == list_id and first <= k[1] <= last]:
+                        del self.items[gone]
+            self.drops.append((list_id, first, last))
+        for list_id, key, data in items:
+            self.items[(list_id, key)] = data
+
+    def merge_saves(self, newer: PendingChange) -> None:
+        """Take in the saves of a newer pending change (after any delete it carries)."""
+        self.static = newer.static or self.static
+        if newer.snapshot is not None:
+            self.snapshot = newer.snapshot
+        self.delivered.extend(newer.delivered)
+        self.change_items([(lst, key, data) for (lst, key), data in newer.items.items()],
+                          newer.drops)
+        self.callbacks.extend(newer.callbacks)
 
 
 class KeptChat(NamedTuple):

@@ -65,7 +65,7 @@ from bridged.salesforce.liveagent.protocol import (
     SessionSnapshot,
 )
 from bridged.salesforce.liveagent.transport import Transport
-from bridged.state.store import Drop, Item, Store
+from bridged.state.store import MAY_SEND_RECHECK_S, Drop, Item, Store
 
 log = logging.getLogger("bridged.salesforce.liveagent")
 
@@ -440,7 +440,7 @@ class ChatActor:
         if self._store is not None and not self._store.may_send():
             # Several nodes: this node's lease is not surely its own (the store is out of
             # reach), so it sends nothing; it goes on once renewed, or the chat is dropped.
-            self._wake_at(now + 0.25)
+            self._wake_at(now + MAY_SEND_RECHECK_S)
             return
         for lane in (Lane.POST, Lane.POLL):
             if self._tasks[lane] is not None:

@@ -69,13 +69,11 @@ from bridged.salesforce.messaging.protocol import (
 from bridged.salesforce.messaging.sse import SseParser
 from bridged.salesforce.messaging.tokenqueue import TokenQueue
 from bridged.salesforce.messaging.transport import Answer, EventStream, MessagingTransport
-from bridged.state.store import Drop, Item, Store
+from bridged.state.store import MAY_SEND_RECHECK_S, Drop, Item, Store
 
 log = logging.getLogger("bridged.salesforce.messaging")
 
 BACKEND = "salesforce_messaging"
-# How soon a node that may not send (its lease unconfirmed) looks again.
-MAY_SEND_RECHECK_S = 0.25
 # Stream inputs not yet handed to the session; past this the reader waits.
 _STREAM_BACKLOG = 32
 _TOKEN_QUEUED = "token_queued"
