@@ -16,7 +16,7 @@ from typing import Protocol
 import aiohttp
 
 from bridged.errors import TransportConnectError, TransportTimeout
-from bridged.salesforce.http import Slots, client_session
+from bridged.salesforce.http import Pool
 from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, Lane
 
 
@@ -53,37 +53,19 @@ class AiohttpTransport:
             thousands of outstanding long polls, so it is sized for the scale target.
         keepalive_s: how long an idle connection is kept for the next request.
         max_request_connections: the other requests' limit. A request's timeout starts
-            once it has one of them (:class:`~bridged.salesforce.http.Slots`).
+            once it has one of them (:class:`~bridged.salesforce.http.Pool`).
         may_send: asked right before each request goes (several nodes: the lease).
     """
 
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
                  max_request_connections: int = 256,
                  may_send: Callable[[], bool] | None = None) -> None:
-        self._slots = {Lane.POLL: Slots(max_connections, may_send),
-                       Lane.POST: Slots(max_request_connections, may_send)}
-        self._max_connections = max_connections
-        self._keepalive_s = keepalive_s
-        self._max_request_connections = max_request_connections
-        self._polls: aiohttp.ClientSession | None = None
-        self._requests: aiohttp.ClientSession | None = None
-
-    def _session(self, limit: int) -> aiohttp.ClientSession:
-        return client_session(limit, self._keepalive_s)
-
-    def _client(self, lane: Lane) -> aiohttp.ClientSession:
-        if lane is Lane.POLL:
-            if self._polls is None:
-                self._polls = self._session(self._max_connections)
-            return self._polls
-        if self._requests is None:
-            self._requests = self._session(self._max_request_connections)
-        return self._requests
+        self._pools = {Lane.POLL: Pool(max_connections, keepalive_s, may_send),
+                       Lane.POST: Pool(max_request_connections, keepalive_s, may_send)}
 
     async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> HttpResponse:
-        session = self._client(request.lane)
         try:
-            async with self._slots[request.lane].going(request.purpose.value), \
+            async with self._pools[request.lane].going(request.purpose.value) as session, \
                     session.request(
                         request.method,
                         base_url + request.path,
@@ -103,8 +85,5 @@ class AiohttpTransport:
                 f"{request.purpose.value}: {type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
-        for session in (self._polls, self._requests):
-            if session is not None:
-                await session.close()
-        self._polls = self._requests = None
-
+        for pool in self._pools.values():
+            await pool.aclose()

@@ -24,7 +24,7 @@ from typing import NamedTuple, Protocol
 import aiohttp
 
 from bridged.errors import TransportConnectError, TransportTimeout
-from bridged.salesforce.http import Slots, client_session
+from bridged.salesforce.http import Pool
 from bridged.salesforce.messaging.protocol import HttpRequest
 
 # An error body (or a stream refused) is read at most this far: Salesforce's are small JSON.
@@ -153,7 +153,7 @@ class AiohttpMessagingTransport:
         max_connections: the streams' limit.
         keepalive_s: how long an idle REST connection is kept for the next request.
         max_request_connections: the REST requests' limit. A request's timeout starts
-            once it has one of them (:class:`~bridged.salesforce.http.Slots`).
+            once it has one of them (:class:`~bridged.salesforce.http.Pool`).
         may_send: asked right before each request goes and each stream opens (several
             nodes: the lease).
     """
@@ -161,31 +161,13 @@ class AiohttpMessagingTransport:
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
                  max_request_connections: int = 256,
                  may_send: Callable[[], bool] | None = None) -> None:
-        self._request_slots = Slots(max_request_connections, may_send)
-        self._stream_slots = Slots(max_connections, may_send)
-        self._max_connections = max_connections
-        self._keepalive_s = keepalive_s
-        self._max_request_connections = max_request_connections
-        self._streams: aiohttp.ClientSession | None = None
-        self._requests: aiohttp.ClientSession | None = None
-
-    def _session(self, limit: int) -> aiohttp.ClientSession:
-        return client_session(limit, self._keepalive_s)
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._requests is None:
-            self._requests = self._session(self._max_request_connections)
-        return self._requests
-
-    def _stream_client(self) -> aiohttp.ClientSession:
-        if self._streams is None:
-            self._streams = self._session(self._max_connections)
-        return self._streams
+        self._requests = Pool(max_request_connections, keepalive_s, may_send)
+        self._streams = Pool(max_connections, keepalive_s, may_send)
 
     async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> Answer:
         what = request.purpose.value
         try:
-            async with self._request_slots.going(what), self._client().request(
+            async with self._requests.going(what) as session, session.request(
                 request.method, base_url + request.path, params=request.query or None,
                 headers=dict(request.headers), data=request.body,
                 timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False,
@@ -207,9 +189,9 @@ class AiohttpMessagingTransport:
         headers.setdefault("Accept-Encoding", "identity")
         timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
                                         sock_connect=connect_timeout, sock_read=read_timeout)
-        async with self._stream_slots.going(what):
+        async with self._streams.going(what) as session:
             try:
-                response = await self._stream_client().request(
+                response = await session.request(
                     request.method, base_url + request.path, params=request.query or None,
                     headers=headers, timeout=timeout, allow_redirects=False,
                     read_bufsize=_CHUNK)
@@ -225,8 +207,6 @@ class AiohttpMessagingTransport:
                 response.close()
 
     async def aclose(self) -> None:
-        for session in (self._streams, self._requests):
-            if session is not None:
-                await session.close()
-        self._streams = self._requests = None
+        await self._streams.aclose()
+        await self._requests.aclose()
 
