@@ -61,17 +61,7 @@ class Followed(Conversation):
                     else:
                         resend.append(frame["ref"])
                     continue
-                if frame.get("chat") != self.chat or "seq" not in frame:
-                    continue
-                assert frame["seq"] == self.last_seq + 1, (frame, self.last_seq)
-                self.last_seq = frame["seq"]
-                if frame["type"] == "agent_message":
-                    self.agent_texts.append(frame["text"])
-                elif frame["type"] == "delivered":
-                    self.delivered.append(frame["id"])
-                elif frame["type"] == "ended":
-                    raise AssertionError(f"the chat ended: {frame}")
-                await self.client.send({"type": "ack", "chat": self.chat, "seq": frame["seq"]})
+                await self.take(frame)
 
 
 async def start(bridged: BridgedProcess, http: aiohttp.ClientSession,

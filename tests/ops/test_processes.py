@@ -36,18 +36,22 @@ class Conversation:
         assert self.client is not None
         async with asyncio.timeout(timeout):
             while not until(self):
-                frame = await self.client.next(timeout=timeout)
-                if frame.get("chat") != self.chat or "seq" not in frame:
-                    continue
-                assert frame["seq"] == self.last_seq + 1, (frame, self.last_seq)
-                self.last_seq = frame["seq"]
-                if frame["type"] == "agent_message":
-                    self.agent_texts.append(frame["text"])
-                elif frame["type"] == "delivered":
-                    self.delivered.append(frame["id"])
-                elif frame["type"] == "ended":
-                    raise AssertionError(f"the chat ended: {frame}")
-                await self.client.send({"type": "ack", "chat": self.chat, "seq": frame["seq"]})
+                await self.take(await self.client.next(timeout=timeout))
+
+    async def take(self, frame: dict[str, Any]) -> None:
+        """Note one of the chat's numbered events (in order, each once) and ack it."""
+        assert self.client is not None
+        if frame.get("chat") != self.chat or "seq" not in frame:
+            return
+        assert frame["seq"] == self.last_seq + 1, (frame, self.last_seq)
+        self.last_seq = frame["seq"]
+        if frame["type"] == "agent_message":
+            self.agent_texts.append(frame["text"])
+        elif frame["type"] == "delivered":
+            self.delivered.append(frame["id"])
+        elif frame["type"] == "ended":
+            raise AssertionError(f"the chat ended: {frame}")
+        await self.client.send({"type": "ack", "chat": self.chat, "seq": frame["seq"]})
 
 
 async def start(bridged: BridgedProcess, http: aiohttp.ClientSession,
