@@ -29,7 +29,7 @@ LAYERS: dict[int, set[str]] = {
     2: {"salesforce.liveagent.transport", "salesforce.liveagent.actor", "ocp.front",
         "ocp.admin", "ops.metrics", "history.client", "history.handover", "state.sqlite",
         "state.redisstore", "state.redisview", "ops.cluster", "ops.limits", "ops.systemd",
-        "ops.logs"},
+        "ops.logs", "ops.gcpolicy"},
     3: {"ops.daemon"},
     4: set(),  # bridged.tools.*: every module there
     5: {"cli", "__main__"},

@@ -46,6 +46,7 @@ from bridged.history.handover import HistoryHandover
 from bridged.ocp.envelopes import ChatEvent, Ended
 from bridged.ocp.front import Front
 from bridged.ops.cluster import Cluster
+from bridged.ops.gcpolicy import GrowthCollector
 from bridged.ops.limits import chats_that_fit, fds_needed, raise_nofile_limit
 from bridged.ops.metrics import Metrics
 from bridged.ops.systemd import Notifier, watchdog_pings
@@ -371,21 +372,28 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
                   state_dir=config.state.dir, detail=exc.strerror or str(exc))
         await daemon.stop()
         return 1
-    # Thousands of chats make a large, long-lived heap: the collector's default thresholds
-    # would rescan it constantly (about half the CPU of a plain aiohttp relay with 5,000
-    # chats). Objects made at start-up are frozen out of every scan, and collections run
-    # rarely; bridged's own structures are acyclic and freed by reference counting. (Freezing
-    # the survivors of every full collection as well was measured, and lost: README.)
+    # Thousands of chats make a large, long-lived heap that the collector would rescan
+    # constantly, while bridged makes no reference cycles on its paths: objects made at
+    # start-up are frozen out of every scan, and (policy "growth") collections run only
+    # when the heap grew (bridged/ops/gcpolicy.py; what was measured: README).
     gc.set_threshold(*config.server.gc_thresholds)
     gc.freeze()
+    background = [asyncio.create_task(watchdog_pings(notifier), name="sd-watchdog")]
+    collector = None
+    if config.server.gc_policy == "growth":
+        collector = GrowthCollector(config.server.gc_growth)
+        collector.start()
+        background.append(asyncio.create_task(collector.run(), name="gc-growth"))
     notifier.ready(f"{len(daemon.dispatcher.live)} chats")
-    watchdog = asyncio.create_task(watchdog_pings(notifier), name="sd-watchdog")
     try:
         await stop.wait()
     finally:
         notifier.stopping()
         await daemon.stop()
-        watchdog.cancel()
-        await asyncio.gather(watchdog, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if collector is not None:
+            collector.stop()
         notifier.close()
     return 0

@@ -52,9 +52,9 @@ cost and not the floor's handicaps (issue 12):
   freed 0.27 (Live Agent) and 0.09 (Enhanced Chat) objects per relayed message at 10,000
   chats, and the process's RSS after the load was the same with the collector off, while
   the collections of a heap of 10,000 chats took 11 to 22 % of its CPU at saturation, in
-  pauses of up to 0.8 s. ``--gc bridged`` gives it bridged's settings
-  (``gc.set_threshold(50_000, 20, 100)`` and ``gc.freeze()``), ``--gc python`` Python's
-  defaults;
+  pauses of up to 0.8 s. ``--gc bridged`` gives it bridged's default policy (``gc.freeze()``,
+  automatic collections off, a full collection once the heap doubled:
+  bridged/ops/gcpolicy.py), ``--gc python`` Python's defaults;
 * at most ``--max-concurrent-starts`` (50, bridged's ``salesforce.max_concurrent_starts``)
   chats open their Salesforce session at once: a burst of starts waits its turn instead of
   timing out.
@@ -81,6 +81,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import ClientResponse, ClientSession, ClientTimeout, TCPConnector, WSMsgType, web
+
+from bridged.ops.gcpolicy import GrowthCollector
 
 JSON = "bridged.v1+json"
 MSGPACK = "bridged.v1+msgpack"
@@ -747,23 +749,24 @@ def _base_url(url: str) -> str:
 GC_MODES = ("bridged", "python", "off")
 
 
-def tune_gc(mode: str) -> None:
-    """Set the collector for ``mode``, once the server listens.
+def tune_gc(mode: str) -> asyncio.Task[None] | None:
+    """Set the collector for ``mode``, once the server listens; the task of its policy.
 
-    ``bridged``: bridged's daemon settings (``gc.set_threshold(50_000, 20, 100)``, then
-    ``gc.freeze()``). ``python``: Python's defaults. ``off``: ``gc.freeze()``, then no
-    collection at all (memory is freed by reference counting alone).
+    ``bridged``: bridged's daemon default (``gc.freeze()``, then the "growth" policy of
+    bridged/ops/gcpolicy.py). ``python``: Python's defaults. ``off``: ``gc.freeze()``, then
+    no collection at all (memory is freed by reference counting alone).
     """
     if mode == "python":
-        return
+        return None
     if mode == "off":
         gc.freeze()
         gc.disable()
-        return
+        return None
     if mode == "bridged":
-        gc.set_threshold(50_000, 20, 100)
         gc.freeze()
-        return
+        collector = GrowthCollector(growth=1.0)
+        collector.start()
+        return asyncio.create_task(collector.run(), name="gc-growth")
     raise ValueError(f"gc mode must be one of {', '.join(GC_MODES)}, got {mode!r}")
 
 
@@ -787,7 +790,7 @@ async def serve(args: argparse.Namespace) -> int:
     site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), backlog=4096,
                        reuse_address=True)
     await site.start()
-    tune_gc(args.gc)
+    collecting = tune_gc(args.gc)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -795,6 +798,8 @@ async def serve(args: argparse.Namespace) -> int:
     print(f"nullbridge ({args.backend}) listening on ws://{args.listen}/v1/chat",
           file=sys.stderr, flush=True)
     await stop.wait()
+    if collecting is not None:
+        collecting.cancel()
     await runner.cleanup()
     return 0
 

@@ -59,6 +59,8 @@ def test_the_fixed_keys_have_the_documented_defaults() -> None:
     ('[server]\nlisten = "nowhere"\n' + 'tokens = ["0123456789"]\n',
      "server.listen: expected host:port, got 'nowhere'"),
     ('[server]\ntokens = ["0123456789"]\nmax_chatz = 5\n', "server.max_chatz: unknown key"),
+    ('[server]\ntokens = ["0123456789"]\ngc_policy = "never"\n',
+     "server.gc_policy: Invalid enum value 'never'"),
     ('[servr]\n', "servr: unknown key"),
     ('[server]\ntokens = []\n', "server.tokens: at least one token is required"),
     ('[server]\ntokens = ["short"]\n',

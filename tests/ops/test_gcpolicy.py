@@ -1,0 +1,144 @@
+"""The "growth" garbage-collector policy, and the promise it rests on: a chat makes no cycles."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import types
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from bridged.ops.daemon import Daemon
+from bridged.ops.gcpolicy import GrowthCollector
+from tests.ocp_client import OcpClient
+
+Connect = Callable[..., Awaitable[OcpClient]]
+
+
+@pytest.fixture
+def collector() -> Iterator[GrowthCollector]:
+    policy = GrowthCollector(growth=1.0, floor=10_000)
+    policy.start()
+    try:
+        yield policy
+    finally:
+        policy.stop()
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the collector frees it
+
+
+def test_the_automatic_collections_are_off_and_come_back(collector: GrowthCollector) -> None:
+    assert not gc.isenabled()
+    collector.stop()
+    assert gc.isenabled()
+
+
+def test_a_steady_heap_is_never_collected(collector: GrowthCollector) -> None:
+    collector.collect()
+    for _ in range(50):  # objects come and go: the heap does not grow
+        garbage = [{"n": n} for n in range(5_000)]
+        del garbage
+        assert not collector.due()
+
+
+def test_cycles_are_freed_once_the_heap_grew_by_the_growth(collector: GrowthCollector) -> None:
+    collector.collect()
+    limit = max(collector.floor, collector.growth * collector._base)
+    leaked = 0
+    while not collector.due():
+        _Node()  # each one leaks until a collection
+        leaked += 1
+        assert leaked <= 2 * limit + 1_000, "never due"
+    assert leaked >= limit * 0.9  # not before the heap grew by that much
+    assert collector.collect() >= leaked * 0.9
+    assert not collector.due()
+
+
+async def test_it_collects_on_its_own_when_due() -> None:
+    policy = GrowthCollector(growth=1.0, floor=1_000, interval=0.01)
+    policy.start()
+    runner = asyncio.create_task(policy.run())
+    try:
+        leaked = [_Node() for _ in range(3 * max(policy.floor, policy._base))]
+        del leaked
+        for _ in range(500):
+            if policy.collections:
+                break
+            await asyncio.sleep(0.01)
+        assert policy.collections >= 1
+        assert not policy.due()
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        policy.stop()
+
+
+def _where(obj: Any) -> str:
+    """Where a garbage object comes from: its code's file, or its type's module."""
+    if isinstance(obj, types.FrameType):
+        return obj.f_code.co_filename
+    if isinstance(obj, types.CoroutineType):
+        return obj.cr_code.co_filename
+    if isinstance(obj, types.FunctionType):
+        return obj.__code__.co_filename
+    if isinstance(obj, types.MethodType):
+        return type(obj.__self__).__module__
+    return type(obj).__module__
+
+
+def _bridged_garbage() -> collections.Counter[str]:
+    """What the collector finds that bridged's daemon made (not its simulator, not tests)."""
+    gc.collect()
+    found: collections.Counter[str] = collections.Counter()
+    for obj in gc.garbage:
+        where = _where(obj).replace("/", ".")
+        if "bridged" in where and "simulators" not in where and "tests" not in where:
+            found[f"{type(obj).__qualname__} from {_where(obj)}"] += 1
+    gc.garbage.clear()
+    return found
+
+
+async def test_a_chats_whole_life_leaves_no_cycles(ocp: Connect, bridged: Daemon) -> None:
+    # The policy's premise: what bridged drops, reference counting frees. Chats are
+    # started, relay messages both ways and end with the collector off; whatever it then
+    # finds of bridged's would only be freed by a full collection.
+    client = await ocp()
+    chats = [f"cyc-{i}" for i in range(4)]
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for chat in chats:
+            await client.start(chat, profile="echo")
+        for chat in chats:
+            await client.expect("agent_joined", chat=chat)
+        for n in range(10):
+            for chat in chats:
+                await client.send({"type": "message", "chat": chat, "id": f"m{n}",
+                                   "text": "hello"})
+            for chat in chats:
+                await client.expect("agent_message", chat=chat)
+        for chat in chats:
+            await client.send({"type": "end", "chat": chat})
+        for chat in chats:
+            ended = await client.expect("ended", chat=chat)
+            await client.send({"type": "ack", "chat": chat, "seq": ended["seq"]})
+        for _ in range(100):  # every chat is forgotten once its last event is acknowledged
+            if not any(chat in bridged.dispatcher.live for chat in chats):
+                break
+            await asyncio.sleep(0.05)
+        assert not any(chat in bridged.dispatcher.live for chat in chats)
+        await asyncio.sleep(0.2)  # the actors' tasks finish
+        assert _bridged_garbage() == {}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was_enabled:
+            gc.enable()
