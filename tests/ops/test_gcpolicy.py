@@ -7,13 +7,19 @@ import collections
 import gc
 import types
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bridged.ops.daemon import Daemon
 from bridged.ops.gcpolicy import GrowthCollector
-from tests.ocp_client import OcpClient
+from tests.conftest import running_bridged
+from tests.ocp_client import OcpClient, connect
+from tests.salesforce.messaging.e2e import TOKEN as MESSAGING_TOKEN
+from tests.salesforce.messaging.e2e import config as messaging_config
+from tests.salesforce.messaging.e2e import messaging_simulator
 
 Connect = Callable[..., Awaitable[OcpClient]]
 
@@ -104,11 +110,10 @@ def _bridged_garbage() -> collections.Counter[str]:
     return found
 
 
-async def test_a_chats_whole_life_leaves_no_cycles(ocp: Connect, bridged: Daemon) -> None:
-    # The policy's premise: what bridged drops, reference counting frees. Chats are
-    # started, relay messages both ways and end with the collector off; whatever it then
-    # finds of bridged's would only be freed by a full collection.
-    client = await ocp()
+async def _whole_lives_leave_no_cycles(client: OcpClient, daemon: Daemon, profile: str,
+                                       agent_text: str = "agent_message") -> None:
+    """Chats start, relay messages both ways and end with the collector off; whatever it
+    then finds of bridged's would only be freed by a full collection."""
     chats = [f"cyc-{i}" for i in range(4)]
     was_enabled = gc.isenabled()
     gc.collect()
@@ -116,7 +121,7 @@ async def test_a_chats_whole_life_leaves_no_cycles(ocp: Connect, bridged: Daemon
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         for chat in chats:
-            await client.start(chat, profile="echo")
+            await client.start(chat, profile=profile)
         for chat in chats:
             await client.expect("agent_joined", chat=chat)
         for n in range(10):
@@ -124,17 +129,17 @@ async def test_a_chats_whole_life_leaves_no_cycles(ocp: Connect, bridged: Daemon
                 await client.send({"type": "message", "chat": chat, "id": f"m{n}",
                                    "text": "hello"})
             for chat in chats:
-                await client.expect("agent_message", chat=chat)
+                await client.expect(agent_text, chat=chat)
         for chat in chats:
             await client.send({"type": "end", "chat": chat})
         for chat in chats:
             ended = await client.expect("ended", chat=chat)
             await client.send({"type": "ack", "chat": chat, "seq": ended["seq"]})
         for _ in range(100):  # every chat is forgotten once its last event is acknowledged
-            if not any(chat in bridged.dispatcher.live for chat in chats):
+            if not any(chat in daemon.dispatcher.live for chat in chats):
                 break
             await asyncio.sleep(0.05)
-        assert not any(chat in bridged.dispatcher.live for chat in chats)
+        assert not any(chat in daemon.dispatcher.live for chat in chats)
         await asyncio.sleep(0.2)  # the actors' tasks finish
         assert _bridged_garbage() == {}
     finally:
@@ -142,3 +147,18 @@ async def test_a_chats_whole_life_leaves_no_cycles(ocp: Connect, bridged: Daemon
         gc.garbage.clear()
         if was_enabled:
             gc.enable()
+
+
+async def test_a_live_agent_chats_whole_life_leaves_no_cycles(ocp: Connect,
+                                                             bridged: Daemon) -> None:
+    # The policy's premise: what bridged drops, reference counting frees.
+    await _whole_lives_leave_no_cycles(await ocp(), bridged, "echo")
+
+
+async def test_an_enhanced_chat_conversations_whole_life_leaves_no_cycles(
+        tmp_path: Path) -> None:
+    async with messaging_simulator() as sim, \
+            running_bridged(messaging_config(sim, tmp_path)) as daemon, \
+            aiohttp.ClientSession() as http:
+        client = await connect(http, daemon.url, MESSAGING_TOKEN)
+        await _whole_lives_leave_no_cycles(client, daemon, "m_echo")
