@@ -34,7 +34,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,6 +44,7 @@ from bridged._log import log_event
 from bridged.chats import facts
 from bridged.chats.chat import Chat, ChatRecord, KeptLists, released
 from bridged.chats.policy import RetryPolicy, retry_delay
+from bridged.chats.wakeup import Wakeup
 from bridged.config.file import SalesforceConfig
 from bridged.config.webchat import MessagingConfig
 from bridged.errors import (
@@ -164,18 +164,19 @@ class MessagingActor:
         self._store = store
         self._metrics = metrics
         chat.persistent = store is not None
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()
         chat.waker = self._wake.set
         # REST: waiting to go, and answered (by the tasks' callbacks).
         self._outgoing: list[_Outgoing] = []
         self._requests: dict[asyncio.Task[_Result], tuple[HttpRequest, float]] = {}
-        self._answers: deque[tuple[HttpRequest, _Result, float]] = deque()
+        # Lists, not deques: a chat's queues are short, and an empty deque takes 760 bytes.
+        self._answers: list[tuple[HttpRequest, _Result, float]] = []
         # The event stream: its reader, what it read, and the request to open next.
         self._parser = SseParser(last_event_id=session.last_event_id)
         self._stream_task: asyncio.Task[None] | None = None
         self._stream_number = 0
-        self._stream_items: deque[tuple[int, str, Any]] = deque()
-        self._stream_room = asyncio.Event()
+        self._stream_items: list[tuple[int, str, Any]] = []
+        self._stream_room = Wakeup()
         self._stream_room.set()
         self._stream_next: tuple[HttpRequest, float] | None = None
         self._stream_sent_at = 0.0
@@ -272,7 +273,7 @@ class MessagingActor:
     def _collect(self) -> None:
         """Hand the REST answers that came to the session."""
         while self._answers:
-            request, result, sent_at = self._answers.popleft()
+            request, result, sent_at = self._answers.pop(0)
             now = time.time()
             if self._metrics is not None:
                 status = "error" if isinstance(result, TransportError) else str(result.status)
@@ -298,7 +299,7 @@ class MessagingActor:
             # holder, which reads it again after the last event id committed here.
             return
         while self._stream_items:
-            number, kind, value = self._stream_items.popleft()
+            number, kind, value = self._stream_items.pop(0)
             if number != self._stream_number:
                 continue  # from a stream given up already
             now = time.time()

@@ -496,9 +496,10 @@ class MessagingSession:
         self._bot_seen = False
         self._seen = _Seen()
         self._typing_ids: deque[str] = deque(maxlen=_TYPING_IDS_MAX)
-        self._pending: deque[PendingMessage] = deque()
+        # Lists, not deques: both are short, and an empty deque takes 760 bytes (per chat).
+        self._pending: list[PendingMessage] = []
         self._delivered: deque[str] = deque(maxlen=DELIVERED_IDS_MAX)
-        self._sent_at: deque[float] = deque()
+        self._sent_at: list[float] = []
         self._history_count = 0
         self.requested_at: float | None = None
         self._created = False
@@ -639,9 +640,9 @@ class MessagingSession:
         s._seen = _Seen(snapshot.seen_ids, snapshot.seen_floor_ms)
         s.agent, s._agents = snapshot.agent, dict(snapshot.agents)
         s.agent_ever_joined, s._bot_seen = snapshot.agent_ever_joined, snapshot.bot_seen
-        s._pending = deque(msgspec.structs.replace(p) for p in snapshot.pending)
+        s._pending = [msgspec.structs.replace(p) for p in snapshot.pending]
         s._delivered.extend(snapshot.delivered)
-        s._sent_at = deque(snapshot.sent_at)
+        s._sent_at = list(snapshot.sent_at)
         s._history_count, s.requested_at = snapshot.history_count, snapshot.requested_at
         s._end, s._end_after_delete = snapshot.end, snapshot.end_after_delete
         s._delete_sent, s._ended_emitted = snapshot.delete_sent, snapshot.ended_emitted
@@ -1061,7 +1062,7 @@ class MessagingSession:
             # 400, 413, ...: this message cannot go; the next ones may.
             head = self._pending[0] if self._pending else None
             if head is not None and head.sf_id == request.ref:
-                self._pending.popleft()
+                self._pending.pop(0)
                 if head.ocp_id is not None:
                     self._facts.append(facts.Undelivered(
                         id=head.ocp_id,
@@ -1376,7 +1377,7 @@ class MessagingSession:
         if self.reconciling or not self._pending or self._busy(Purpose.SEND_MESSAGE):
             return
         while self._sent_at and self._sent_at[0] <= now - self.params.pacing_window_s:
-            self._sent_at.popleft()
+            self._sent_at.pop(0)
         if len(self._sent_at) >= self.params.messages_per_window:
             return  # "faster messages are held and sent in order, never dropped"
         head = self._pending[0]
@@ -1547,7 +1548,7 @@ class MessagingSession:
         """A send Salesforce may have counted toward "22 ... per minute", as of ``now``."""
         self._sent_at.append(now)
         while len(self._sent_at) > self.params.messages_per_window:
-            self._sent_at.popleft()
+            self._sent_at.pop(0)
 
 
 _WHAT = {
