@@ -169,6 +169,18 @@ class Chat:
         max_held: bound of the events held for replay.
     """
 
+    # Slots, not an instance dict: one per chat, and a class of more than 30 attributes
+    # gets no key-sharing dict (about 1.6 KiB each here).
+    __slots__ = ("__weakref__", "_inbox_puts", "_kept_error", "_kept_error_from", "_kept_from",
+                 "_kept_inbox", "_kept_inbox_from", "_kept_seq", "_pending_added",
+                 "_pending_dropped", "_pending_keys", "_pending_next", "agent", "bind_epoch",
+                 "created", "delivered_ids", "durable_seq", "end_requested", "errors_sent",
+                 "finished", "held", "held_errors", "id", "inbox", "last_activity", "link",
+                 "load", "max_held", "new_delivered", "next_error", "next_seq", "on_event",
+                 "on_finished", "pending_ids", "persistent", "queue_position", "release_wanted",
+                 "released", "routing_status", "salesforce_id", "sent_upto", "start", "state",
+                 "waker", "webchat")
+
     def __init__(self, chat_id: str, webchat: AnyWebchat, start: env.Start, *,
                  inbox_size: int, max_held: int) -> None:
         self.id = chat_id

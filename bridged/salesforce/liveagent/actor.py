@@ -182,6 +182,15 @@ class ChatActor:
         retry: backoff and retry budget.
     """
 
+    # Slots, not an instance dict: one per chat, and a class of more than 30 attributes
+    # gets no key-sharing dict (about 1.6 KiB each here).
+    __slots__ = ("__weakref__", "_abandoned", "_allowed_hosts", "_base_url", "_durable_gen",
+                 "_end_passed", "_failing_since", "_failures", "_give_up_reason", "_holds",
+                 "_kept_parked", "_last_poll_answer", "_max_pending", "_metrics", "_not_before",
+                 "_poll_touched", "_prepared", "_request_timeout", "_retry", "_save_gen",
+                 "_saved", "_sent_at", "_start_gate", "_static_saved", "_store", "_tasks",
+                 "_timer", "_timer_due", "_touching", "_transport", "_wake", "chat", "session")
+
     def __init__(self, chat: Chat, session: LiveAgentSession, transport: Transport, *,
                  request_timeout: float, max_pending: int, retry: RetryPolicy,
                  start_gate: Gate, allowed_hosts: list[str],

@@ -149,6 +149,15 @@ class MessagingActor:
         tokens: the org-wide access-token queue.
     """
 
+    # Slots, not an instance dict: one per chat, and a class of more than 30 attributes
+    # gets no key-sharing dict (about 1.6 KiB each here).
+    __slots__ = ("__weakref__", "_answers", "_base_url", "_dirty", "_durable_gen", "_end_passed",
+                 "_max_pending", "_metrics", "_outgoing", "_paced", "_parser", "_requests",
+                 "_retry", "_salesforce", "_save_gen", "_saved_chat", "_static_saved", "_store",
+                 "_stream_items", "_stream_next", "_stream_number", "_stream_room",
+                 "_stream_sent_at", "_stream_task", "_streams_opened", "_timer", "_timer_due",
+                 "_tokens", "_transport", "_wake", "chat", "session", "stream_open")
+
     def __init__(self, chat: Chat, session: MessagingSession, transport: MessagingTransport,
                  *, salesforce: SalesforceConfig, max_pending: int, retry: RetryPolicy,
                  tokens: TokenQueue, store: Store | None = None,

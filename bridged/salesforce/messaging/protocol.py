@@ -481,6 +481,19 @@ class MessagingSession:
             not given. Tests pass one to get known ids.
     """
 
+    # Slots, not an instance dict: one per chat, and a class of more than 30 attributes
+    # gets no key-sharing dict (about 1.6 KiB each here).
+    __slots__ = ("__weakref__", "_agents", "_bot_seen", "_created", "_delete_sent", "_delivered",
+                 "_end", "_end_after_delete", "_ended_emitted", "_facts", "_held",
+                 "_history_count", "_in_flight", "_notices", "_outbox", "_pending", "_poisoned",
+                 "_reconcile_entries", "_reconcile_pages", "_reconcile_wanted",
+                 "_routing_attributes", "_routing_check", "_seen", "_sent_at",
+                 "_stream_ever_opened", "_stream_failures", "_stream_request", "_stream_state",
+                 "_typing_ids", "_typing_sent", "_typing_wanted", "_unknown_events",
+                 "access_token", "agent", "agent_ever_joined", "conversation_id",
+                 "last_entry_ms", "last_event_id", "org_id", "params", "requested_at",
+                 "routing_status", "state", "token_exp")
+
     def __init__(self, params: MessagingParams, *, conversation_id: str | None = None) -> None:
         self.params = params
         self.org_id = wire.org_id_15(params.organization_id)
