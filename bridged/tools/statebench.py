@@ -273,7 +273,7 @@ def run_store_comparison(chats: int, rate: float, seconds: float, size: int,
 # --- one chat's commit, before and now ------------------------------------------------------
 
 # The kept lists' table as databases made before WITHOUT ROWID have it.
-OLD_ITEMS_SCHEMA = """CREATE TABLE items (
+_OLD_ITEMS_SCHEMA = """CREATE TABLE items (
     chat TEXT NOT NULL,
     list INTEGER NOT NULL,
     key INTEGER NOT NULL,
@@ -358,7 +358,7 @@ class _PreviousStatements(_MeasuredStore):
         return len(upserts), len(deletes), written
 
 
-def make_old_schema(directory: str | Path) -> None:
+def _make_old_schema(directory: str | Path) -> None:
     """Create, in ``directory``, a state database whose kept lists' table has a rowid, as
     bridged made them before."""
     path = Path(directory)
@@ -366,7 +366,7 @@ def make_old_schema(directory: str | Path) -> None:
     connection = sqlite3.connect(path / "chats.sqlite3")
     try:
         connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute(OLD_ITEMS_SCHEMA)
+        connection.execute(_OLD_ITEMS_SCHEMA)
     finally:
         connection.close()
 
@@ -470,7 +470,7 @@ async def _commit_figures(directory: str, chats: int, commits: int, per_commit: 
     for n, (_, kind, old_schema) in enumerate(_VARIANTS):
         sub = Path(directory) / f"db{n}"
         if old_schema:
-            make_old_schema(sub)
+            _make_old_schema(sub)
         store = kind(sub)
         store.open()
         work = _Workload(store, chats, full)
