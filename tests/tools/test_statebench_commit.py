@@ -23,10 +23,10 @@ def test_the_commit_benchmark_runs_every_variant_on_the_same_changes(
                 rows[(" ".join(words[:-1]) + " x" + words[-1], variant)] = rest.split()
     shapes = {shape for shape, _ in rows}
     assert shapes == {"a relayed message x1", "a relayed message x10",
-                      "snapshot, poll time x1"}, out
-    assert len(rows) == 9, out
+                      "a message of 1.2 KB x1", "snapshot, poll time x1"}, out
+    assert len(rows) == 12, out
     for shape in shapes:  # CPU, "us", WAL bytes, pages, CPU ratio, WAL ratio
         assert rows[(shape, "before")][-2:] == ["1.00", "1.00"]
-    for per in ("x1", "x10"):  # WAL bytes: one b-tree of items written, not two
-        before = float(rows[(f"a relayed message {per}", "before")][2])
-        assert float(rows[(f"a relayed message {per}", "now")][2]) < before
+    for shape in ("a relayed message x1", "a relayed message x10", "a message of 1.2 KB x1"):
+        before = float(rows[(shape, "before")][2])  # WAL bytes: items in one b-tree, not two
+        assert float(rows[(shape, "now")][2]) < before, shape
