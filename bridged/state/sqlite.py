@@ -24,7 +24,12 @@ Why it stays cheap with thousands of chats:
 * what a chat holds in numbers (its events not yet acknowledged, the commands and visitor
   messages not yet sent) is kept item by item, in *kept lists*: a save adds the items that
   are new and drops the ranges that are gone, so its cost follows what changed, not what
-  the chat holds (a chat under backpressure holds a thousand events).
+  the chat holds (a chat under backpressure holds a thousand events);
+* a commit usually holds one chat (one more event, or an acknowledgement): each statement
+  and each page it touches costs, so the chat's row takes its snapshot, its unchanging part
+  and its poll time in one statement, a one-chat commit runs its rows directly (nothing
+  built for ``executemany``), and the kept lists are one b-tree without a rowid, a chat's
+  items side by side (``bridged bench-state``, its last table, measures these).
 
 Whoever saved learns from a callback on the event loop when their change is durable.
 
@@ -46,7 +51,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -68,15 +73,34 @@ _SCHEMA = (
         id TEXT NOT NULL,
         PRIMARY KEY (chat, id)
     ) WITHOUT ROWID""",
-    # The kept lists: one row per item, ordered by key within (chat, list).
+    # The kept lists: one row per item, ordered by key within (chat, list). Without a rowid
+    # the rows are the primary key's b-tree itself, so a chat's items sit side by side: the
+    # usual change (an acknowledged item dropped, a new one added) writes one page, where a
+    # table with a rowid writes its table's page(s) and its key's index page. A database
+    # made before keeps its table with a rowid (CREATE ... IF NOT EXISTS leaves it): the
+    # statements below work on both forms.
     """CREATE TABLE IF NOT EXISTS items (
         chat TEXT NOT NULL,
         list INTEGER NOT NULL,
         key INTEGER NOT NULL,
         data BLOB NOT NULL,
         PRIMARY KEY (chat, list, key)
-    )""",
+    ) WITHOUT ROWID""",
 )
+
+# A chat's snapshot, with its unchanging part and its poll time when the same commit has them:
+# one statement, one row written (not an upsert then an UPDATE for each).
+_UPSERT = ("INSERT INTO chats (id, static, snapshot, poll_sent, updated) "
+           "VALUES (?1, ?2, ?3, coalesce(?4, 0), ?5) "
+           "ON CONFLICT(id) DO UPDATE SET static = coalesce(?2, static), "
+           "snapshot = excluded.snapshot, poll_sent = coalesce(?4, poll_sent), "
+           "updated = excluded.updated")
+# A poll time (or an unchanging part) with no snapshot in the commit.
+_UPDATE = ("UPDATE chats SET static = coalesce(?1, static), "
+           "poll_sent = coalesce(?2, poll_sent) WHERE id = ?3")
+_DROP = "DELETE FROM items WHERE chat = ? AND list = ? AND key BETWEEN ? AND ?"
+_ITEM = "INSERT OR REPLACE INTO items (chat, list, key, data) VALUES (?, ?, ?, ?)"
+_DELIVERED = "INSERT OR IGNORE INTO delivered (chat, id) VALUES (?, ?)"
 
 
 class _Change(PendingChange):
@@ -325,57 +349,9 @@ class StateStore:
     def _write(self, connection: sqlite3.Connection, batch: dict[str, _Change],
                inline: bool = False) -> None:
         started = time.perf_counter()
-        now = time.time()
-        deletes: list[tuple[str]] = []
-        upserts: list[tuple[str, bytes, float]] = []
-        statics: list[tuple[bytes, str]] = []
-        touches: list[tuple[float, str]] = []
-        delivered: list[tuple[str, str]] = []
-        drops: list[tuple[str, int, int, int]] = []
-        items: list[tuple[str, int, int, bytes]] = []
-        written = 0
-        for chat_id, change in batch.items():
-            if change.delete:
-                deletes.append((chat_id,))
-            if change.snapshot is not None:
-                upserts.append((chat_id, change.snapshot, now))
-                written += len(change.snapshot)
-            if change.static is not None:
-                statics.append((change.static, chat_id))
-                written += len(change.static)
-            if change.poll_sent is not None:
-                touches.append((change.poll_sent, chat_id))
-            delivered.extend((chat_id, message) for message in change.delivered)
-            drops.extend((chat_id, *drop) for drop in change.drops)
-            for (list_id, key), data in change.items.items():
-                items.append((chat_id, list_id, key, data))
-                written += len(data)
         try:
             connection.execute("BEGIN IMMEDIATE")
-            if deletes:
-                connection.executemany("DELETE FROM chats WHERE id = ?", deletes)
-                connection.executemany("DELETE FROM delivered WHERE chat = ?", deletes)
-                connection.executemany("DELETE FROM items WHERE chat = ?", deletes)
-            if drops:
-                connection.executemany(
-                    "DELETE FROM items WHERE chat = ? AND list = ? AND key BETWEEN ? AND ?",
-                    drops)
-            if items:
-                connection.executemany(
-                    "INSERT OR REPLACE INTO items (chat, list, key, data) VALUES (?, ?, ?, ?)",
-                    items)
-            if upserts:
-                connection.executemany(
-                    "INSERT INTO chats (id, snapshot, updated) VALUES (?, ?, ?) "
-                    "ON CONFLICT(id) DO UPDATE SET snapshot = excluded.snapshot, "
-                    "updated = excluded.updated", upserts)
-            if statics:
-                connection.executemany("UPDATE chats SET static = ? WHERE id = ?", statics)
-            if touches:
-                connection.executemany("UPDATE chats SET poll_sent = ? WHERE id = ?", touches)
-            if delivered:
-                connection.executemany(
-                    "INSERT OR IGNORE INTO delivered (chat, id) VALUES (?, ?)", delivered)
+            upserts, deletes, written = self._statements(connection, batch)
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             # A full disk or a broken file: nothing is durable, so nothing is released (the
@@ -387,8 +363,8 @@ class StateStore:
             self._retry_later(batch, inline)
             return
         self._commits += 1
-        self._rows_written += len(upserts)
-        self._rows_deleted += len(deletes)
+        self._rows_written += upserts
+        self._rows_deleted += deletes
         self._bytes_written += written
         self._commit_seconds += time.perf_counter() - started
         callbacks = [cb for change in batch.values() for cb in change.callbacks]
@@ -397,6 +373,55 @@ class StateStore:
         elif callbacks and self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 self._loop.call_soon_threadsafe(_run_all, callbacks)
+
+    def _statements(self, connection: sqlite3.Connection,
+                    batch: dict[str, _Change]) -> tuple[int, int, int]:
+        """Write ``batch`` within the open transaction; returns the snapshots written, the
+        chats deleted and the bytes written.
+
+        A batch of one chat (the usual commit, unless bridged is busy) runs each of its rows
+        as one ``execute``, building nothing; a larger batch runs each statement once for
+        all the chats that need it (``executemany``), and not at all for none.
+        """
+        if len(batch) == 1:
+            ((chat_id, change),) = batch.items()
+            return _write_chat(connection.execute, chat_id, change, time.time())
+        now = time.time()
+        deletes: list[tuple[str]] = []
+        upserts: list[tuple[str, bytes | None, bytes, float | None, float]] = []
+        updates: list[tuple[bytes | None, float | None, str]] = []
+        delivered: list[tuple[str, str]] = []
+        drops: list[tuple[str, int, int, int]] = []
+        items: list[tuple[str, int, int, bytes]] = []
+        written = 0
+        for chat_id, change in batch.items():
+            if change.delete:
+                deletes.append((chat_id,))
+            static = change.static
+            if static is not None:
+                written += len(static)
+            if change.snapshot is not None:
+                upserts.append((chat_id, static, change.snapshot, change.poll_sent, now))
+                written += len(change.snapshot)
+            elif static is not None or change.poll_sent is not None:
+                updates.append((static, change.poll_sent, chat_id))
+            if change.delivered:
+                delivered.extend((chat_id, message) for message in change.delivered)
+            if change.drops:
+                drops.extend((chat_id, *drop) for drop in change.drops)
+            for (list_id, key), data in change.items.items():
+                items.append((chat_id, list_id, key, data))
+                written += len(data)
+        if deletes:  # first: the rows of an earlier chat of the same id go
+            connection.executemany("DELETE FROM chats WHERE id = ?", deletes)
+            connection.executemany("DELETE FROM delivered WHERE chat = ?", deletes)
+            connection.executemany("DELETE FROM items WHERE chat = ?", deletes)
+        _run(connection, _DROP, drops)  # before the items (see PendingChange)
+        _run(connection, _ITEM, items)
+        _run(connection, _UPSERT, upserts)
+        _run(connection, _UPDATE, updates)
+        _run(connection, _DELIVERED, delivered)
+        return len(upserts), len(deletes), written
 
     def _retry_later(self, batch: dict[str, _Change], inline: bool) -> None:
         if inline:
@@ -454,6 +479,43 @@ class StateStore:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _write_chat(execute: Callable[..., object], chat_id: str, change: _Change,
+                now: float) -> tuple[int, int, int]:
+    """One chat's change, row by row, in the order of :meth:`StateStore._statements`."""
+    upserts = deletes = written = 0
+    if change.delete:  # first: the rows of an earlier chat of the same id go
+        deletes = 1
+        execute("DELETE FROM chats WHERE id = ?", (chat_id,))
+        execute("DELETE FROM delivered WHERE chat = ?", (chat_id,))
+        execute("DELETE FROM items WHERE chat = ?", (chat_id,))
+    for list_id, first, last in change.drops:  # before the items (see PendingChange)
+        execute(_DROP, (chat_id, list_id, first, last))
+    for (list_id, key), data in change.items.items():
+        execute(_ITEM, (chat_id, list_id, key, data))
+        written += len(data)
+    static = change.static
+    if static is not None:
+        written += len(static)
+    if change.snapshot is not None:
+        upserts = 1
+        written += len(change.snapshot)
+        execute(_UPSERT, (chat_id, static, change.snapshot, change.poll_sent, now))
+    elif static is not None or change.poll_sent is not None:
+        execute(_UPDATE, (static, change.poll_sent, chat_id))
+    for message in change.delivered:
+        execute(_DELIVERED, (chat_id, message))
+    return upserts, deletes, written
+
+
+def _run(connection: sqlite3.Connection, statement: str, rows: Sequence[tuple[object, ...]],
+         ) -> None:
+    """``statement`` for each of ``rows``: none, one (``execute``), or many."""
+    if len(rows) == 1:
+        connection.execute(statement, rows[0])
+    elif rows:
+        connection.executemany(statement, rows)
 
 
 def _run_all(callbacks: list[Callback]) -> None:

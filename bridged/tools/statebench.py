@@ -16,15 +16,25 @@ With ``--store redis`` the same workload runs, in the same run, on SQLite
 redis-server this starts on 127.0.0.1, its data in an append-only file fsynced every
 second), and the table gives Redis's figures as ratios to SQLite's: what a commit costs this
 process (it runs on the event loop for both) and, for Redis, the server's CPU besides.
+
+Last, a commit of one chat (and of ten) of the usual shape, as a relayed message makes it
+(its acknowledged event dropped, the new one added, its snapshot, its poll time, a delivered
+id), in a database of a few thousand chats: the CPU it takes on the event loop and the WAL
+bytes it appends, for the statements and schema as they were before (the kept lists'
+table with a rowid), for today's statements on a database of that schema (one made before
+keeps its form), and for today's, their commits interleaved in one run, as ratios to the
+first. That table alone: ``python -m bridged.tools.statebench``.
 """
 
 from __future__ import annotations
 
-__all__ = ["run_state_benchmark", "run_store_comparison"]
+__all__ = ["run_commit_benchmark", "run_state_benchmark", "run_store_comparison"]
 
 import asyncio
 import functools
 import os
+import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -42,7 +52,7 @@ from bridged.ocp import envelopes as env
 from bridged.salesforce.liveagent.actor import ChatActor, session_params
 from bridged.salesforce.liveagent.protocol import LiveAgentSession
 from bridged.state.redisstore import RedisStore
-from bridged.state.sqlite import StateStore
+from bridged.state.sqlite import StateStore, _Change
 from bridged.state.store import Store
 from bridged.tools.loadtest.procs import cpu_seconds, free_port
 from bridged.tools.redisproc import find_redis_server, start_redis, stop_redis
@@ -204,6 +214,8 @@ def run_state_benchmark(chats: int, rate: float, seconds: float, size: int) -> i
         print(f"{key:{width}}  " + "  ".join(f"{figures[key]:12.2f}" for _, figures in rows))
     print()
     run_chat_save_benchmark()
+    print()
+    run_commit_benchmark()
     return 0
 
 
@@ -256,3 +268,267 @@ def run_store_comparison(chats: int, rate: float, seconds: float, size: int,
         print(f"{held:>12} {pending:>13} {one['commit_ms']:>6.3f} ms {other['commit_ms']:>6.3f}"
               f" ms {ratio:>6.2f}", flush=True)
     return 0
+
+
+# --- one chat's commit, before and now ------------------------------------------------------
+
+# The kept lists' table as databases made before WITHOUT ROWID have it.
+_OLD_ITEMS_SCHEMA = """CREATE TABLE items (
+    chat TEXT NOT NULL,
+    list INTEGER NOT NULL,
+    key INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (chat, list, key)
+)"""
+
+# A Live Agent chat's sizes, as the actor's save above hands them over: its snapshot, its
+# unchanging part (written once) and a held event.
+_SNAPSHOT_BYTES, _STATIC_BYTES, _ITEM_BYTES = 540, 1330, 270
+
+
+class _MeasuredStore(StateStore):
+    """The store, with the CPU time its commits take on the loop's thread, one by one."""
+
+    def __init__(self, directory: str | Path) -> None:
+        super().__init__(directory)
+        self.commit_cpu: list[float] = []
+
+    def _write(self, connection: sqlite3.Connection, batch: dict[str, _Change],
+               inline: bool = False) -> None:
+        started = time.thread_time()
+        super()._write(connection, batch, inline)
+        self.commit_cpu.append(time.thread_time() - started)
+
+
+class _PreviousStatements(_MeasuredStore):
+    """The store with the statements of its commits as they were before: one list of
+    parameters per statement, each run by ``executemany``, and the poll time and the
+    unchanging part each an UPDATE of their own after the snapshot's upsert."""
+
+    def _statements(self, connection: sqlite3.Connection,
+                    batch: dict[str, _Change]) -> tuple[int, int, int]:
+        now = time.time()
+        deletes: list[tuple[str]] = []
+        upserts: list[tuple[str, bytes, float]] = []
+        statics: list[tuple[bytes, str]] = []
+        touches: list[tuple[float, str]] = []
+        delivered: list[tuple[str, str]] = []
+        drops: list[tuple[str, int, int, int]] = []
+        items: list[tuple[str, int, int, bytes]] = []
+        written = 0
+        for chat_id, change in batch.items():
+            if change.delete:
+                deletes.append((chat_id,))
+            if change.snapshot is not None:
+                upserts.append((chat_id, change.snapshot, now))
+                written += len(change.snapshot)
+            if change.static is not None:
+                statics.append((change.static, chat_id))
+                written += len(change.static)
+            if change.poll_sent is not None:
+                touches.append((change.poll_sent, chat_id))
+            delivered.extend((chat_id, message) for message in change.delivered)
+            drops.extend((chat_id, *drop) for drop in change.drops)
+            for (list_id, key), data in change.items.items():
+                items.append((chat_id, list_id, key, data))
+                written += len(data)
+        if deletes:
+            connection.executemany("DELETE FROM chats WHERE id = ?", deletes)
+            connection.executemany("DELETE FROM delivered WHERE chat = ?", deletes)
+            connection.executemany("DELETE FROM items WHERE chat = ?", deletes)
+        if drops:
+            connection.executemany(
+                "DELETE FROM items WHERE chat = ? AND list = ? AND key BETWEEN ? AND ?", drops)
+        if items:
+            connection.executemany(
+                "INSERT OR REPLACE INTO items (chat, list, key, data) VALUES (?, ?, ?, ?)",
+                items)
+        if upserts:
+            connection.executemany(
+                "INSERT INTO chats (id, snapshot, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET snapshot = excluded.snapshot, "
+                "updated = excluded.updated", upserts)
+        if statics:
+            connection.executemany("UPDATE chats SET static = ? WHERE id = ?", statics)
+        if touches:
+            connection.executemany("UPDATE chats SET poll_sent = ? WHERE id = ?", touches)
+        if delivered:
+            connection.executemany(
+                "INSERT OR IGNORE INTO delivered (chat, id) VALUES (?, ?)", delivered)
+        return len(upserts), len(deletes), written
+
+
+def _make_old_schema(directory: str | Path) -> None:
+    """Create, in ``directory``, a state database whose kept lists' table has a rowid, as
+    bridged made them before."""
+    path = Path(directory)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    connection = sqlite3.connect(path / "chats.sqlite3")
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(_OLD_ITEMS_SCHEMA)
+    finally:
+        connection.close()
+
+
+class _Workload:
+    """``chats`` chats kept in one store, changed as a relayed message changes them.
+
+    With ``item_bytes``: the acknowledged event dropped, the new one (of that size) added,
+    the snapshot, the poll time, an OCP message's id delivered; with 0, only the snapshot
+    and the poll time.
+    """
+
+    def __init__(self, store: _MeasuredStore, chats: int, item_bytes: int) -> None:
+        self.store = store
+        self.full = item_bytes > 0
+        self.next_key = [3] * chats  # each chat holds keys next-3 .. next-1
+        self.snapshot = os.urandom(_SNAPSHOT_BYTES)
+        self.item = os.urandom(item_bytes or _ITEM_BYTES)
+        self.durable = 0
+
+    def _durable(self) -> None:
+        self.durable += 1
+
+    def fill(self) -> None:
+        """Every chat as it stands after a few messages: three events held, five ids."""
+        static = os.urandom(_STATIC_BYTES)
+        for n in range(len(self.next_key)):
+            self.store.save(f"chat-{n:06d}", self.snapshot, static=static,
+                            items=[(1, key, self.item) for key in range(3)],
+                            delivered=[f"ocp-{n}-{i}" for i in range(5)])
+
+    def change(self, n: int, now: float) -> None:
+        """Chat ``n`` changes once."""
+        chat_id = f"chat-{n:06d}"
+        if self.full:
+            key = self.next_key[n]
+            self.next_key[n] = key + 1
+            self.store.save(chat_id, self.snapshot, self._durable,
+                            items=[(1, key, self.item)], drops=[(1, key - 3, key - 3)],
+                            delivered=[f"ocp-{n}-m{key}"])
+        else:
+            self.store.save(chat_id, self.snapshot, self._durable)
+        self.store.touch(chat_id, now)
+
+
+async def _turns(works: list[_Workload], chats: int, per_commit: int, count: int,
+                 pick: random.Random) -> None:
+    """``count`` turns of the loop; in each, the same ``per_commit`` chats change in every
+    store, which then commits (the stores take turns at going first)."""
+    loop = asyncio.get_running_loop()
+    for turn in range(count):
+        picked = pick.sample(range(chats), per_commit)
+        first = turn % len(works)
+        for work in works[first:] + works[:first]:
+            for n in picked:
+                work.change(n, loop.time())
+        await asyncio.sleep(0)  # the loop's turn ends: each store commits
+
+
+def _wal_bytes(path: Path) -> int:
+    return os.path.getsize(f"{path}-wal") if os.path.exists(f"{path}-wal") else 0
+
+
+async def _wal_per_commit(works: list[_Workload], chats: int, per_commit: int, count: int,
+                          pick: random.Random) -> list[float]:
+    """WAL bytes each store appends per commit: each WAL emptied, then held by a reader's
+    snapshot so that no checkpoint can reuse it (it only grows, by what is written)."""
+    readers = []
+    try:
+        for work in works:
+            reader = sqlite3.connect(work.store.path, isolation_level=None, timeout=5)
+            readers.append(reader)
+            for _ in range(100):
+                if reader.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0:
+                    break
+                await asyncio.sleep(0.01)
+        await _turns(works, chats, per_commit, 1, pick)
+        for reader in readers:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM chats").fetchone()
+        start = [_wal_bytes(work.store.path) for work in works]
+        await _turns(works, chats, per_commit, count, pick)
+        return [(_wal_bytes(work.store.path) - begun) / count
+                for work, begun in zip(works, start, strict=True)]
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+_VARIANTS: tuple[tuple[str, type[_MeasuredStore], bool], ...] = (
+    ("before", _PreviousStatements, True),
+    ("now, old-schema db", _MeasuredStore, True),
+    ("now", _MeasuredStore, False),
+)
+
+
+async def _commit_figures(directory: str, chats: int, commits: int, per_commit: int,
+                          item_bytes: int) -> list[dict[str, float]]:
+    """Each variant's CPU per commit (the median of ``commits``, the variants' commits
+    interleaved: a noisy moment falls on all alike) and WAL bytes per commit."""
+    works = []
+    for n, (_, kind, old_schema) in enumerate(_VARIANTS):
+        sub = Path(directory) / f"db{n}"
+        if old_schema:
+            _make_old_schema(sub)
+        store = kind(sub)
+        store.open()
+        work = _Workload(store, chats, item_bytes)
+        work.fill()
+        works.append(work)
+    pick = random.Random(7)
+    short = max(10, commits // 5)  # the warming pass, and the WAL's
+    try:
+        for work in works:
+            await work.store.flush(30)
+        await _turns(works, chats, per_commit, short, pick)
+        for work in works:
+            work.store.commit_cpu.clear()
+        await _turns(works, chats, per_commit, commits, pick)
+        assert all(len(work.store.commit_cpu) == commits for work in works), (
+            "one commit per turn of the loop")
+        cpu = [statistics.median(work.store.commit_cpu) for work in works]
+        wal = await _wal_per_commit(works, chats, per_commit, short, pick)
+    finally:
+        for work in works:
+            await work.store.aclose()
+    changes = per_commit * (short + commits + 1 + short)
+    assert all(work.durable == changes for work in works), "every change became durable"
+    connection = sqlite3.connect(works[0].store.path)
+    try:
+        page = connection.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        connection.close()
+    return [{"cpu_us": 1e6 * c, "wal_bytes": w, "pages": w / (page + 24)}
+            for c, w in zip(cpu, wal, strict=True)]
+
+
+def run_commit_benchmark(chats: int = 2000, commits: int = 2000) -> None:
+    """Print what a commit of one chat (and of ten) costs, before and now, in one run."""
+    print(f"a commit on the event loop, {chats} chats kept, {commits} commits each, the "
+          "variants' commits interleaved; ratios to before", flush=True)
+    print(f"{'each chat changed by':22} {'chats':>5}  {'':18} {'CPU/commit':>10} "
+          f"{'WAL bytes':>9} {'pages':>5}  ratios: {'CPU':>4} {'WAL':>5}")
+    for shape, item_bytes, per_commit in (("a relayed message", _ITEM_BYTES, 1),
+                                          ("a relayed message", _ITEM_BYTES, 10),
+                                          ("a message of 1.2 KB", 1200, 1),
+                                          ("snapshot, poll time", 0, 1)):
+        count = commits // per_commit
+        with tempfile.TemporaryDirectory(prefix="bridged-bench-") as directory:
+            figures = asyncio.run(_commit_figures(directory, chats, count, per_commit,
+                                                  item_bytes))
+        base = figures[0]
+        for (name, _, _), row in zip(_VARIANTS, figures, strict=True):
+            print(f"{shape:22} {per_commit:>5}  {name:18} {row['cpu_us']:>7.1f} us "
+                  f"{row['wal_bytes']:>9.0f} {row['pages']:>5.2f}  {'':7} "
+                  f"{row['cpu_us'] / base['cpu_us']:>4.2f} "
+                  f"{row['wal_bytes'] / base['wal_bytes']:>5.2f}", flush=True)
+    print("(CPU: the loop thread's, median per commit; WAL: bytes appended per commit, in "
+          "pages of 4 KiB with a frame header each; a message of 1.2 KB: an event longer "
+          "than the kept lists hold in their b-tree's page (1 KB without a rowid) keeps its "
+          "rest in a page of its own)")
+
+
+if __name__ == "__main__":
+    run_commit_benchmark()
