@@ -36,9 +36,8 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -187,7 +186,7 @@ class _Exchanger(Protocol):
 def _make(client: str, chats: int, request_connections: int) -> _Exchanger:
     cls: Callable[[int, float, int], _Exchanger] = {
         "transport": AiohttpTransport, "before": _BeforeTransport,
-        "floor": _FloorTransport}[client]  # type: ignore[assignment]
+        "floor": _FloorTransport}[client]
     return cls(chats, 5.0, request_connections)
 
 
