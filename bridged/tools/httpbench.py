@@ -8,8 +8,10 @@ runs such pairs, sequential (one chat) and concurrent (many chats over a capped 
 pool, so that requests queue for a connection), against an aiohttp server in a process of
 its own on 127.0.0.1, and prints the CPU time this process spent per exchange.
 
-Three clients, interleaved in one run (each round runs each of them once, in a rotated
-order; the table gives each one's median over the rounds):
+Three clients, interleaved in one run (the exchanges are cut in slices; each slice runs
+each client once, in an order rotated slice after slice, so that the machine's other load
+weighs on each alike; the table gives each one's mean over the slices, and the median of
+the slices' ratios):
 
 * ``transport``: bridged's transport as it is;
 * ``before``: the path as it was before issue 12's changes (kept here to compare): the
@@ -19,13 +21,13 @@ order; the table gives each one's median over the rounds):
 * ``floor``: bare aiohttp as the null bridge uses it (one session, no queue of its own,
   no timeout per request, no error mapping): what aiohttp itself costs.
 
-Run it as ``python -m bridged.tools.httpbench [--exchanges 4000] [--rounds 5]``. The
+Run it as ``python -m bridged.tools.httpbench [--exchanges 20000] [--slices 100]``. The
 machine's other load shows in the figures: compare the columns of one run, not two runs.
 """
 
 from __future__ import annotations
 
-__all__ = ["CLIENTS", "main", "run_benchmark"]
+__all__ = ["CLIENTS", "MODES", "main", "run_benchmark"]
 
 import argparse
 import asyncio
