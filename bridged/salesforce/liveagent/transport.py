@@ -79,10 +79,11 @@ class AiohttpTransport:
                     timeout=total_timeout(timeout), allow_redirects=False)
                 try:
                     body = await response.read()
-                except BaseException:
+                except BaseException:  # what leaving ``async with response`` does
                     response.release()
                     await response.wait_for_close()
                     raise
+                # read() waited for the request's writer: release() is all that is left.
                 response.release()
             finally:
                 pool.release()

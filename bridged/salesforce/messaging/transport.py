@@ -179,12 +179,9 @@ class AiohttpMessagingTransport:
                     timeout=total_timeout(timeout), allow_redirects=False)
                 try:
                     body = await _read_upto(response.content, MAX_BODY)
-                except BaseException:
+                finally:  # what leaving ``async with response`` does
                     response.release()
                     await response.wait_for_close()
-                    raise
-                response.release()
-                await response.wait_for_close()
             finally:
                 pool.release()
             return Answer(response.status, body)
