@@ -10,11 +10,10 @@ leaves the queue, right before it goes, not when it joined it.
 
 from __future__ import annotations
 
-__all__ = ["Pool"]
+__all__ = ["Pool", "total_timeout"]
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 
@@ -30,9 +29,28 @@ def _client_session(limit: int, keepalive_s: float) -> aiohttp.ClientSession:
                                  raise_for_status=False, skip_auto_headers=("User-Agent",))
 
 
+# total_timeout's: a ClientTimeout per value (a few: the poll's, the requests').
+_TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
+_MAX_TIMEOUTS = 64
+
+
+def total_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """``aiohttp.ClientTimeout(total=seconds)``, made once per value (it is immutable)."""
+    timeout = _TIMEOUTS.get(seconds)
+    if timeout is None:
+        if len(_TIMEOUTS) >= _MAX_TIMEOUTS:
+            _TIMEOUTS.clear()
+        timeout = _TIMEOUTS[seconds] = aiohttp.ClientTimeout(total=seconds)
+    return timeout
+
+
 class Pool:
     """At most ``limit`` requests going at once over one session, the others waiting in
     turn (first come); the session is made with the first request.
+
+    A request holds its slot from :meth:`acquire` to :meth:`release` (or for the block of
+    :meth:`going`). The two methods are the per-request path: no generator, no context
+    manager object, per request.
 
     Args:
         limit: the pool's connections (its session has the same limit, so aiohttp never
@@ -49,23 +67,59 @@ class Pool:
         self._may_send = may_send
         self._session: aiohttp.ClientSession | None = None
 
-    @contextlib.asynccontextmanager
-    async def going(self, what: str) -> AsyncIterator[aiohttp.ClientSession]:
-        """Hold a slot while the request ``what`` goes and is answered; its session.
+    async def acquire(self, what: str) -> aiohttp.ClientSession:
+        """Wait for a slot in turn and hold it for the request ``what``; its session.
+
+        The caller gives the slot back with :meth:`release` once the answer is read (or
+        the request failed), and only if this returned.
 
         Raises:
-            TransportConnectError: this node may not send now; the request did not go.
+            TransportConnectError: this node may not send now; the request did not go
+                (and holds no slot).
         """
-        async with self._slots:
+        await self._slots.acquire()
+        try:
             if self._may_send is not None and not self._may_send():
                 raise TransportConnectError(
                     f"{what}: not sent: this node may not send to Salesforce now")
-            if self._session is None:
-                self._session = _client_session(self._limit, self._keepalive_s)
-            yield self._session
+            session = self._session
+            if session is None:
+                session = self._session = _client_session(self._limit, self._keepalive_s)
+        except BaseException:
+            self._slots.release()
+            raise
+        return session
+
+    def release(self) -> None:
+        """Give back the slot an :meth:`acquire` took."""
+        self._slots.release()
+
+    def going(self, what: str) -> _Going:
+        """Hold a slot while the request ``what`` goes and is answered; its session.
+
+        Raises (on entering):
+            TransportConnectError: this node may not send now; the request did not go.
+        """
+        return _Going(self, what)
 
     async def aclose(self) -> None:
         """Close the session (a later request makes a new one)."""
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+class _Going:
+    """:meth:`Pool.going`'s context: :meth:`Pool.acquire` on entering, release on leaving."""
+
+    __slots__ = ("_pool", "_what")
+
+    def __init__(self, pool: Pool, what: str) -> None:
+        self._pool = pool
+        self._what = what
+
+    async def __aenter__(self) -> aiohttp.ClientSession:
+        return await self._pool.acquire(self._what)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._pool.release()

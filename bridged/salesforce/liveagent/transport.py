@@ -16,7 +16,7 @@ from typing import Protocol
 import aiohttp
 
 from bridged.errors import TransportConnectError, TransportTimeout
-from bridged.salesforce.http import Pool
+from bridged.salesforce.http import Pool, total_timeout
 from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, Lane
 
 
@@ -60,23 +60,34 @@ class AiohttpTransport:
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
                  max_request_connections: int = 256,
                  may_send: Callable[[], bool] | None = None) -> None:
-        self._pools = {Lane.POLL: Pool(max_connections, keepalive_s, may_send),
-                       Lane.POST: Pool(max_request_connections, keepalive_s, may_send)}
+        self._polls = Pool(max_connections, keepalive_s, may_send)
+        self._posts = Pool(max_request_connections, keepalive_s, may_send)
 
     async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> HttpResponse:
+        # The cheapest path aiohttp allows (issue 12): the slot taken and given back without
+        # a context manager object, the answer read and released without one either (what
+        # ``async with`` on the request and on its response would do), the headers handed
+        # over as the pairs they are (aiohttp copies them into its own multidict anyway),
+        # a ClientTimeout per value, not per request.
+        pool = self._polls if request.lane is Lane.POLL else self._posts
         try:
-            async with self._pools[request.lane].going(request.purpose.value) as session, \
-                    session.request(
-                        request.method,
-                        base_url + request.path,
-                        params=request.query or None,
-                        headers=dict(request.headers),
-                        data=request.body,
-                        timeout=aiohttp.ClientTimeout(total=timeout),
-                        allow_redirects=False,
-                    ) as response:
-                body = await response.read()
-                return HttpResponse(status=response.status, body=body)
+            session = await pool.acquire(request.purpose.value)
+            try:
+                response = await session.request(
+                    request.method, base_url + request.path, params=request.query,
+                    headers=request.headers, data=request.body,
+                    timeout=total_timeout(timeout), allow_redirects=False)
+                try:
+                    body = await response.read()
+                except BaseException:  # what leaving ``async with response`` does
+                    response.release()
+                    await response.wait_for_close()
+                    raise
+                # read() waited for the request's writer: release() is all that is left.
+                response.release()
+            finally:
+                pool.release()
+            return HttpResponse(status=response.status, body=body)
         except TimeoutError as exc:
             raise TransportTimeout(
                 f"{request.purpose.value}: no answer within {timeout:g} s") from exc
@@ -85,5 +96,5 @@ class AiohttpTransport:
                 f"{request.purpose.value}: {type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
-        for pool in self._pools.values():
-            await pool.aclose()
+        await self._polls.aclose()
+        await self._posts.aclose()

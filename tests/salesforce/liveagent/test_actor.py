@@ -106,7 +106,7 @@ async def test_a_post_without_answer_is_retried_with_the_same_sequence() -> None
     attempts = {"n": 0}
 
     def chat_message(url: Any, **kwargs: Any) -> CallbackResult:
-        sequences.append(kwargs["headers"]["X-LIVEAGENT-SEQUENCE"])
+        sequences.append(dict(kwargs["headers"])["X-LIVEAGENT-SEQUENCE"])
         attempts["n"] += 1
         if attempts["n"] == 1:
             raise aiohttp.ServerDisconnectedError()
