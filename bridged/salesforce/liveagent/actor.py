@@ -196,10 +196,13 @@ class ChatActor:
         self._abandoned: set[asyncio.Task[_Result]] = set()
         self._store = store
         self._metrics = metrics
-        self._saved: tuple[Any, ...] | None = None
+        self._saved: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         # Snapshots are numbered as they are handed to the store; the highest committed:
         self._save_gen = 0
         self._durable_gen = 0
+        # The last that holds anything the session did (or the events it made): a poll
+        # waits for its commit, not for one that only drops what OCP acknowledged.
+        self._poll_gen = 0
         # A sequenced POST taken from the session, waiting for the commit of its snapshot.
         self._prepared: tuple[HttpRequest, int] | None = None
         self._holds: dict[str, float] = {}  # longest idle poll hold observed, by base URL
@@ -222,7 +225,8 @@ class ChatActor:
         self._timer_due = 0.0
         self._end_passed = False
         self._give_up_reason: str | None = None  # set once a lane has failed too long
-        chat.waker = self._wake.set
+        self._turning = False  # in a turn of the loop (which takes in what the chat says)
+        chat.waker = self._chat_woke
 
     async def run(self, handover: Handover | None = None,
                   resumed: Resume | None = None) -> None:
@@ -254,6 +258,7 @@ class ChatActor:
                       host=self.chat.webchat.endpoint.host,
                       button=live_agent_config(self.chat).button_id)
         crashed = False
+        self._turning = True
         try:
             while True:
                 self._wake.clear()
@@ -262,18 +267,22 @@ class ChatActor:
                 self._move_host()
                 self._take_commands()
                 self._report()
-                # Saved before anything is sent: a poll acknowledges the batch just
-                # processed, so the state that holds it must be on its way to the store
-                # first (the poll waits until it is durable).
-                self._save()
                 if self.session.is_finished:
+                    self._save()
                     return
-                if self.chat.release_wanted and self._at_safe_point():
-                    released(self.chat)
-                    return
+                if self.chat.release_wanted:
+                    self._save()
+                    if self._at_safe_point():
+                        released(self.chat)
+                        return
+                # What changed is saved once, after what may go has gone (_send saves
+                # first whatever a request must wait for); nothing goes before this turn
+                # ends, so the order within it changes nothing of what the store holds.
                 self._send()
-                self._save()  # what went out (a POST now in flight)
+                self._save()
+                self._turning = False
                 await self._wake.wait()
+                self._turning = True
         except Exception:
             crashed = True  # a bug: the supervisor ends the chat toward OCP
             raise
@@ -282,6 +291,15 @@ class ChatActor:
             await self._cancel_requests()
             if crashed:
                 await self._farewell()
+
+    def _chat_woke(self) -> None:
+        """The chat has news (a command, an ack that makes room, an end, a new event).
+
+        During a turn the news is the actor's own (the facts it reports), and the turn
+        itself saves it: no other turn is needed.
+        """
+        if not self._turning:
+            self._wake.set()
 
     # --- one turn -----------------------------------------------------------------------
 
@@ -459,9 +477,12 @@ class ChatActor:
             if self.chat.release_wanted and (lane is Lane.POLL
                                              or self._tasks[Lane.POLL] is None):
                 continue
-            # No poll acknowledges a batch before the events it made are durable.
-            if lane is Lane.POLL and self._save_gen > self._durable_gen:
-                continue
+            # No poll acknowledges a batch before the events it made are durable: the
+            # state that holds them is saved now, and the poll waits for its commit.
+            if lane is Lane.POLL:
+                self._save()
+                if self._poll_gen > self._durable_gen:
+                    continue
             # A full outbox stops acknowledging: Salesforce keeps the agent's messages, and
             # a poll now and then (whose batch the session parks) keeps the session alive.
             keepalive = False
@@ -517,14 +538,16 @@ class ChatActor:
 
     # --- keeping the chat -------------------------------------------------------------------
 
-    def _fingerprint(self) -> tuple[Any, ...]:
-        """What, if changed, must reach the store (cheap to compute every turn)."""
+    def _fingerprint(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """What, if changed, must reach the store (cheap to compute every turn): what the
+        session did and the events it made, then what only OCP changed (its acks, its
+        commands not yet taken)."""
         s, chat = self.session, self.chat
-        return (s.state, s.ack, s.sequence, s.affinity, s.switch_phase, s.pending_activity,
-                s.activity_changed, s.parked_batch, id(s.in_flight(Lane.POST)), chat.next_seq,
-                chat.held[0].seq if chat.held else 0, len(chat.inbox),
-                chat.end_requested is not None, self._base_url, len(self._holds),
-                self._holds.get(self._base_url))
+        return ((s.state, s.ack, s.sequence, s.affinity, s.switch_phase, s.activity_version,
+                 s.parked_batch, id(s.in_flight(Lane.POST)), chat.next_seq,
+                 chat.end_requested is not None, self._base_url, len(self._holds),
+                 self._holds.get(self._base_url)),
+                (chat.held[0].seq if chat.held else 0, len(chat.inbox)))
 
     def _save(self, force: bool = False) -> None:
         """Hand the chat's snapshot to the store when it changed; events go out once durable.
@@ -535,9 +558,12 @@ class ChatActor:
         if self._store is None:
             return
         fingerprint = self._fingerprint()
-        if fingerprint == self._saved and not force:
+        saved = self._saved
+        if fingerprint == saved and not force:
             return
         self._saved = fingerprint
+        # The next poll waits for this save unless all it holds is OCP's (see _send).
+        polled = force or saved is None or fingerprint[0] != saved[0]
         snapshot = self.session.snapshot()
         parked = snapshot.parked
         if parked is not None:  # kept as an item of its own, written when it changes
@@ -564,6 +590,8 @@ class ChatActor:
             else:
                 items.append((_PARKED_LIST, 0, parked))
         self._save_gen += 1
+        if polled:
+            self._poll_gen = self._save_gen
         # The next poll usually follows this save: keep its time in the same commit. Not
         # while a poll is out: the kept time must stay that poll's (see run()).
         touched = time.time() if self._tasks[Lane.POLL] is None else None
@@ -584,8 +612,13 @@ class ChatActor:
         self._durable_gen = max(self._durable_gen, generation)
         if touched is not None:
             self._poll_touched = max(self._poll_touched or 0.0, touched)
-        self.chat.mark_durable(upto)
-        self._wake.set()
+        self.chat.mark_durable(upto)  # the events go to OCP from here, not from the actor
+        # A turn only if something waits for this commit: the POST it records, a poll held
+        # back until it (no poll out), the chat's release at a safe point.
+        prepared = self._prepared
+        if (self._tasks[Lane.POLL] is None or self.chat.release_wanted
+                or (prepared is not None and prepared[1] <= self._durable_gen)):
+            self._wake.set()
 
     def _wake_at(self, when: float) -> None:
         if self._timer is not None and self._timer_due <= when:
