@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -49,7 +49,7 @@ from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, Liv
 from bridged.state.store import PendingChange, StoreStatistics
 
 _BASE = "https://d.la1-c1-fra.salesforceliveagent.com/chat/rest/"
-_FIGURES = ("cpu_us_per_message", "turns_per_message", "saves_per_message",
+_FIGURES = ("cpu_us_per_message", "turn_cpu_us_per_message", "turns_per_message", "saves_per_message",
             "bytes_per_message")
 
 
@@ -266,11 +266,31 @@ class _Ocp:
         chat.accept(message_id)
 
 
-def _counting(counter: list[int], method: Callable[[], None]) -> Callable[[], None]:
-    def counted() -> None:
-        counter[0] += 1
-        method()
-    return counted
+class _TimedWake(asyncio.Event):
+    """The actor's wake-up event, which counts its turns and the CPU they take (from the
+    return of one wait to the next wait: the synchronous body of the turn)."""
+
+    def __init__(self, meter: list[float]) -> None:
+        super().__init__()
+        self._meter = meter  # [turns, CPU seconds]
+        self._began: float | None = None
+
+    async def wait(self) -> Literal[True]:
+        if self._began is not None:
+            self._meter[1] += time.thread_time() - self._began
+        await super().wait()
+        self._meter[0] += 1
+        self._began = time.thread_time()
+        return True
+
+
+def _time_turns(actor: ChatActor, meter: list[float]) -> None:
+    """Put a :class:`_TimedWake` in place of the actor's event (whichever version it is)."""
+    old = actor._wake
+    actor._wake = _TimedWake(meter)
+    waker = actor.chat.waker
+    if getattr(waker, "__self__", None) is old:  # the chat wakes the event itself
+        actor.chat.waker = actor._wake.set
 
 
 async def _workload(chats: int, messages: int, store_kind: str, directory: str,
@@ -301,7 +321,7 @@ async def _workload(chats: int, messages: int, store_kind: str, directory: str,
     ocp = _Ocp(messages, text, latency)
     ocp.chat_count = chats
     gate = Gate(chats)
-    turns = [0]
+    meter = [0.0, 0.0]  # turns, their CPU seconds
     runs = []
     chat_list = []
     for n in range(chats):
@@ -311,13 +331,13 @@ async def _workload(chats: int, messages: int, store_kind: str, directory: str,
         session = LiveAgentSession(session_params(webchat, SalesforceConfig()))
         actor = ChatActor(chat, session, salesforce, request_timeout=30, max_pending=16,
                           retry=RetryPolicy(), start_gate=gate, allowed_hosts=[], store=store)
-        actor._collect = _counting(turns, actor._collect)  # type: ignore[method-assign]
+        _time_turns(actor, meter)
         chat_list.append(chat)
         runs.append(asyncio.create_task(actor.run()))
     await asyncio.wait_for(ocp.all_joined.wait(), 60)
     await asyncio.sleep(0.01)  # the polls after ChatEstablished are out
     ocp.started = True
-    turns_before, saves_before = turns[0], list(saves)
+    meter_before, saves_before = list(meter), list(saves)
     cpu = time.process_time()
     wall = time.perf_counter()
     for chat in chat_list:
@@ -329,7 +349,8 @@ async def _workload(chats: int, messages: int, store_kind: str, directory: str,
     figures = {
         "messages": float(relayed),
         "cpu_us_per_message": 1e6 * cpu / relayed,
-        "turns_per_message": (turns[0] - turns_before) / relayed,
+        "turn_cpu_us_per_message": 1e6 * (meter[1] - meter_before[1]) / relayed,
+        "turns_per_message": (meter[0] - meter_before[0]) / relayed,
         "saves_per_message": (saves[0] - saves_before[0]) / relayed,
         "bytes_per_message": (saves[1] - saves_before[1]) / relayed,
         "messages_per_s": relayed / wall,

@@ -114,6 +114,7 @@ def poll_held_for(holds: dict[str, float], base_url: str, client_poll_timeout: f
     return hold + slack + HOLD_MARGIN_S
 
 
+_LANES = (Lane.POST, Lane.POLL)  # the POST first: the poll lane saves (see _send)
 _SWITCH_OUTCOMES = {"server_switch": "started", "server_switch_done": "completed",
                     "switch_server": "host_moved"}
 _state_encoder = msgspec.msgpack.Encoder()
@@ -225,7 +226,9 @@ class ChatActor:
         self._timer_due = 0.0
         self._end_passed = False
         self._give_up_reason: str | None = None  # set once a lane has failed too long
-        self._turning = False  # in a turn of the loop (which takes in what the chat says)
+        # Suspended between two turns of the loop: news from outside wakes it then (during
+        # a turn the news is its own; before or after the loop there is no one to wake).
+        self._waiting = False
         chat.waker = self._chat_woke
 
     async def run(self, handover: Handover | None = None,
@@ -258,7 +261,6 @@ class ChatActor:
                       host=self.chat.webchat.endpoint.host,
                       button=live_agent_config(self.chat).button_id)
         crashed = False
-        self._turning = True
         try:
             while True:
                 self._wake.clear()
@@ -278,15 +280,16 @@ class ChatActor:
                 # What changed is saved once, after what may go has gone (_send saves
                 # first whatever a request must wait for); nothing goes before this turn
                 # ends, so the order within it changes nothing of what the store holds.
-                self._send()
-                self._save()
-                self._turning = False
+                if not self._send():
+                    self._save()
+                self._waiting = True
                 await self._wake.wait()
-                self._turning = True
+                self._waiting = False
         except Exception:
             crashed = True  # a bug: the supervisor ends the chat toward OCP
             raise
         finally:
+            self._waiting = False
             self._start_gate.leave(self.chat.id)
             await self._cancel_requests()
             if crashed:
@@ -298,17 +301,19 @@ class ChatActor:
         During a turn the news is the actor's own (the facts it reports), and the turn
         itself saves it: no other turn is needed.
         """
-        if not self._turning:
+        if self._waiting:
             self._wake.set()
 
     # --- one turn -----------------------------------------------------------------------
 
     def _collect(self) -> None:
         """Hand the answers that came to the session."""
-        now = time.monotonic()
-        for lane, task in list(self._tasks.items()):
+        now = 0.0
+        for lane in _LANES:
+            task = self._tasks[lane]
             if task is None or not task.done():
                 continue
+            now = now or time.monotonic()
             self._tasks[lane] = None
             request = self.session.in_flight(lane)
             assert request is not None
@@ -452,15 +457,23 @@ class ChatActor:
                 self.chat.emit(facts.Undelivered(
                     id=command.id, detail="the chat ended before the message was sent"))
 
-    def _send(self) -> None:
-        """Start the requests the session wants, lane by lane, when the lane may go."""
+    def _send(self) -> bool:
+        """Start the requests the session wants, lane by lane, when the lane may go.
+
+        Returns whether it saved the chat after the last change of what is kept (the poll
+        lane saves before it looks whether the poll may go; what follows keeps nothing).
+        """
+        tasks = self._tasks
+        if tasks[Lane.POST] is not None and tasks[Lane.POLL] is not None:
+            return False  # both lanes busy: an answer wakes the actor
         now = time.monotonic()
         if self._store is not None and not self._store.may_send():
             # Several nodes: this node's lease is not surely its own (the store is out of
             # reach), so it sends nothing; it goes on once renewed, or the chat is dropped.
             self._wake_at(now + MAY_SEND_RECHECK_S)
-            return
-        for lane in (Lane.POST, Lane.POLL):
+            return False
+        saved = False
+        for lane in _LANES:
             if self._tasks[lane] is not None:
                 continue
             if lane is Lane.POST and self._prepared is not None:
@@ -481,6 +494,7 @@ class ChatActor:
             # state that holds them is saved now, and the poll waits for its commit.
             if lane is Lane.POLL:
                 self._save()
+                saved = True
                 if self._poll_gen > self._durable_gen:
                     continue
             # A full outbox stops acknowledging: Salesforce keeps the agent's messages, and
@@ -520,6 +534,7 @@ class ChatActor:
                 self._prepared = (request, self._save_gen)
                 continue
             self._start(request, now)
+        return saved
 
     def _start(self, request: HttpRequest, now: float) -> None:
         """Put ``request`` on the wire, in a task of its own."""
@@ -613,10 +628,17 @@ class ChatActor:
         if touched is not None:
             self._poll_touched = max(self._poll_touched or 0.0, touched)
         self.chat.mark_durable(upto)  # the events go to OCP from here, not from the actor
+        prepared = self._prepared
+        if (self._waiting and prepared is not None and prepared[1] <= self._durable_gen
+                and self._store is not None and self._store.may_send()):
+            # The POST this commit records goes now, as the next turn's _send would send it
+            # (that turn would have nothing else to do).
+            self._prepared = None
+            self._start(prepared[0], time.monotonic())
+            prepared = None
         # A turn only if something waits for this commit: the POST it records, a poll held
         # back until it (no poll out), the chat's release at a safe point.
-        prepared = self._prepared
-        if (self._tasks[Lane.POLL] is None or self.chat.release_wanted
+        if (not self._waiting or self._tasks[Lane.POLL] is None or self.chat.release_wanted
                 or (prepared is not None and prepared[1] <= self._durable_gen)):
             self._wake.set()
 
