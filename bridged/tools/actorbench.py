@@ -49,8 +49,8 @@ from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, Liv
 from bridged.state.store import PendingChange, StoreStatistics
 
 _BASE = "https://d.la1-c1-fra.salesforceliveagent.com/chat/rest/"
-_FIGURES = ("cpu_us_per_message", "turn_cpu_us_per_message", "turns_per_message", "saves_per_message",
-            "bytes_per_message")
+_FIGURES = ("cpu_us_per_message", "turn_cpu_us_per_message", "turns_per_message",
+            "saves_per_message", "bytes_per_message")
 
 
 class _Visitor:
