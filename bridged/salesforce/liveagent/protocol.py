@@ -109,6 +109,8 @@ MAX_SWITCHES = 5
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__  # see Purpose
+
     IDLE = "idle"
     CHECKING = "checking"
     CREATING = "creating"
@@ -124,18 +126,26 @@ class State(enum.Enum):
 class SwitchPhase(enum.Enum):
     """The steps of a server switch, in order."""
 
+    __hash__ = object.__hash__  # see Purpose
+
     RECONNECT = "reconnect"  # GET System/ReconnectSession
     SESSION_DATA = "session_data"  # poll until ChasitorSessionData
     RESYNC = "resync"  # POST Chasitor/ChasitorResyncState
 
 
 class Lane(enum.Enum):
+    __hash__ = object.__hash__  # see Purpose
+
     POLL = "poll"
     POST = "post"
 
 
 class Purpose(enum.Enum):
     """What a request is for; the value is the resource name, for logs and metrics."""
+
+    # A member is its only instance: hashed by identity, in C (Enum's own hash runs Python
+    # code at every lookup of a dict the shell keys by lane, state or purpose).
+    __hash__ = object.__hash__
 
     AVAILABILITY = "Availability"
     SESSION_ID = "SessionId"
