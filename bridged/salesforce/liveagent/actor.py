@@ -596,8 +596,10 @@ class ChatActor:
         drops: list[Drop] = []
         self.chat.kept_changes(items, drops)
         added, gone = self.session.take_activity_changes()
-        drops.extend((_ACTIVITY_LIST, first, last) for first, last in gone)
-        items.extend((_ACTIVITY_LIST, key, data) for key, data in added)
+        if gone:
+            drops.extend((_ACTIVITY_LIST, first, last) for first, last in gone)
+        if added:
+            items.extend((_ACTIVITY_LIST, key, data) for key, data in added)
         if parked is not self._kept_parked:
             self._kept_parked = parked
             if parked is None:
