@@ -7,8 +7,10 @@ the rest of bridged (the chat's inbox and :meth:`Chat.emit`).
 One task runs the actor's loop; at most one more waits for the long poll and one for the
 POST in flight (the session's two lanes). The loop sleeps on a single event that is set
 by whatever can change its mind: a command in the inbox, an answer, an ack that makes
-room, a backoff timer, a commit of the state store. Each turn it takes answers, takes
-commands, reports facts and starts the requests the session wants, all synchronously.
+room, a backoff timer, a commit of the state store that something waits for (a poll held
+back, a release; the commit that releases a prepared POST starts it itself). Each turn it
+takes answers, takes commands, reports facts, starts the requests the session wants and
+saves what changed, once, all synchronously.
 
 Durability, with a state store: nothing leaves that the store could not account for after
 a ``kill -9``. A poll (which acknowledges the batch just processed) waits until the state
@@ -531,6 +533,7 @@ class ChatActor:
                 # Salesforce accepted (a new message dropped as a duplicate, or a message
                 # sent again under a new number, twice at the agent).
                 self._save(force=True)
+                saved = True  # the poll lane, if it looks, saves again
                 self._prepared = (request, self._save_gen)
                 continue
             self._start(request, now)
