@@ -395,7 +395,10 @@ def _export(repo: Path, revision: str, into: Path) -> None:
     if archive.returncode != 0:
         raise RuntimeError(f"git archive {revision}: {archive.stderr.decode(errors='replace')}")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(into, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+            tar.extractall(into, filter="data")
+        else:  # pragma: no cover - git's own archive of the repository
+            tar.extractall(into)
 
 
 def main(argv: list[str] | None = None) -> int:

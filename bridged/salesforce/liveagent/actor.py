@@ -65,6 +65,7 @@ from bridged.salesforce.liveagent.protocol import (
     LiveAgentSession,
     SessionParams,
     SessionSnapshot,
+    State,
 )
 from bridged.salesforce.liveagent.transport import Transport
 from bridged.state.store import MAY_SEND_RECHECK_S, Drop, Item, Store
@@ -231,6 +232,7 @@ class ChatActor:
         # Suspended between two turns of the loop: news from outside wakes it then (during
         # a turn the news is its own; before or after the loop there is no one to wake).
         self._waiting = False
+        self._reported_state: State | None = None  # the session's, as the chat shows it
         chat.waker = self._chat_woke
 
     async def run(self, handover: Handover | None = None,
@@ -450,7 +452,10 @@ class ChatActor:
             if isinstance(fact, facts.Ended):
                 self._refuse_inbox()
             self.chat.emit(fact)
-        self.chat.state = self.session.state.value
+        state = self.session.state
+        if state is not self._reported_state:  # (an enum's value is a Python property)
+            self._reported_state = state
+            self.chat.state = state.value
 
     def _refuse_inbox(self) -> None:
         """Messages still in the inbox when the chat ends will never be sent."""
