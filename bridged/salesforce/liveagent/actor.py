@@ -7,8 +7,10 @@ the rest of bridged (the chat's inbox and :meth:`Chat.emit`).
 One task runs the actor's loop; at most one more waits for the long poll and one for the
 POST in flight (the session's two lanes). The loop sleeps on a single event that is set
 by whatever can change its mind: a command in the inbox, an answer, an ack that makes
-room, a backoff timer, a commit of the state store. Each turn it takes answers, takes
-commands, reports facts and starts the requests the session wants, all synchronously.
+room, a backoff timer, a commit of the state store that something waits for (a poll held
+back, a release; the commit that releases a prepared POST starts it itself). Each turn it
+takes answers, takes commands, reports facts, starts the requests the session wants and
+saves what changed, once, all synchronously.
 
 Durability, with a state store: nothing leaves that the store could not account for after
 a ``kill -9``. A poll (which acknowledges the batch just processed) waits until the state
@@ -63,6 +65,7 @@ from bridged.salesforce.liveagent.protocol import (
     LiveAgentSession,
     SessionParams,
     SessionSnapshot,
+    State,
 )
 from bridged.salesforce.liveagent.transport import Transport
 from bridged.state.store import MAY_SEND_RECHECK_S, Drop, Item, Store
@@ -114,6 +117,7 @@ def poll_held_for(holds: dict[str, float], base_url: str, client_poll_timeout: f
     return hold + slack + HOLD_MARGIN_S
 
 
+_LANES = (Lane.POST, Lane.POLL)  # the POST first: the poll lane saves (see _send)
 _SWITCH_OUTCOMES = {"server_switch": "started", "server_switch_done": "completed",
                     "switch_server": "host_moved"}
 _state_encoder = msgspec.msgpack.Encoder()
@@ -205,10 +209,13 @@ class ChatActor:
         self._abandoned: set[asyncio.Task[_Result]] = set()
         self._store = store
         self._metrics = metrics
-        self._saved: tuple[Any, ...] | None = None
+        self._saved: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         # Snapshots are numbered as they are handed to the store; the highest committed:
         self._save_gen = 0
         self._durable_gen = 0
+        # The last that holds anything the session did (or the events it made): a poll
+        # waits for its commit, not for one that only drops what OCP acknowledged.
+        self._poll_gen = 0
         # A sequenced POST taken from the session, waiting for the commit of its snapshot.
         self._prepared: tuple[HttpRequest, int] | None = None
         self._holds: dict[str, float] = {}  # longest idle poll hold observed, by base URL
@@ -231,7 +238,11 @@ class ChatActor:
         self._timer_due = 0.0
         self._end_passed = False
         self._give_up_reason: str | None = None  # set once a lane has failed too long
-        chat.waker = self._wake.set
+        # Suspended between two turns of the loop: news from outside wakes it then (during
+        # a turn the news is its own; before or after the loop there is no one to wake).
+        self._waiting = False
+        self._reported_state: State | None = None  # the session's, as the chat shows it
+        chat.waker = self._chat_woke
 
     async def run(self, handover: Handover | None = None,
                   resumed: Resume | None = None) -> None:
@@ -271,35 +282,51 @@ class ChatActor:
                 self._move_host()
                 self._take_commands()
                 self._report()
-                # Saved before anything is sent: a poll acknowledges the batch just
-                # processed, so the state that holds it must be on its way to the store
-                # first (the poll waits until it is durable).
-                self._save()
                 if self.session.is_finished:
+                    self._save()
                     return
-                if self.chat.release_wanted and self._at_safe_point():
-                    released(self.chat)
-                    return
-                self._send()
-                self._save()  # what went out (a POST now in flight)
+                if self.chat.release_wanted:
+                    self._save()
+                    if self._at_safe_point():
+                        released(self.chat)
+                        return
+                # What changed is saved once, after what may go has gone (_send saves
+                # first whatever a request must wait for); nothing goes before this turn
+                # ends, so the order within it changes nothing of what the store holds.
+                if not self._send():
+                    self._save()
+                self._waiting = True
                 await self._wake.wait()
+                self._waiting = False
         except Exception:
             crashed = True  # a bug: the supervisor ends the chat toward OCP
             raise
         finally:
+            self._waiting = False
             self._start_gate.leave(self.chat.id)
             await self._cancel_requests()
             if crashed:
                 await self._farewell()
 
+    def _chat_woke(self) -> None:
+        """The chat has news (a command, an ack that makes room, an end, a new event).
+
+        During a turn the news is the actor's own (the facts it reports), and the turn
+        itself saves it: no other turn is needed.
+        """
+        if self._waiting:
+            self._wake.set()
+
     # --- one turn -----------------------------------------------------------------------
 
     def _collect(self) -> None:
         """Hand the answers that came to the session."""
-        now = time.monotonic()
-        for lane, task in list(self._tasks.items()):
+        now = 0.0
+        for lane in _LANES:
+            task = self._tasks[lane]
             if task is None or not task.done():
                 continue
+            now = now or time.monotonic()
             self._tasks[lane] = None
             request = self.session.in_flight(lane)
             assert request is not None
@@ -434,7 +461,10 @@ class ChatActor:
             if isinstance(fact, facts.Ended):
                 self._refuse_inbox()
             self.chat.emit(fact)
-        self.chat.state = self.session.state.value
+        state = self.session.state
+        if state is not self._reported_state:  # (an enum's value is a Python property)
+            self._reported_state = state
+            self.chat.state = state.value
 
     def _refuse_inbox(self) -> None:
         """Messages still in the inbox when the chat ends will never be sent."""
@@ -443,15 +473,23 @@ class ChatActor:
                 self.chat.emit(facts.Undelivered(
                     id=command.id, detail="the chat ended before the message was sent"))
 
-    def _send(self) -> None:
-        """Start the requests the session wants, lane by lane, when the lane may go."""
+    def _send(self) -> bool:
+        """Start the requests the session wants, lane by lane, when the lane may go.
+
+        Returns whether it saved the chat after the last change of what is kept (the poll
+        lane saves before it looks whether the poll may go; what follows keeps nothing).
+        """
+        tasks = self._tasks
+        if tasks[Lane.POST] is not None and tasks[Lane.POLL] is not None:
+            return False  # both lanes busy: an answer wakes the actor
         now = time.monotonic()
         if self._store is not None and not self._store.may_send():
             # Several nodes: this node's lease is not surely its own (the store is out of
             # reach), so it sends nothing; it goes on once renewed, or the chat is dropped.
             self._wake_at(now + MAY_SEND_RECHECK_S)
-            return
-        for lane in (Lane.POST, Lane.POLL):
+            return False
+        saved = False
+        for lane in _LANES:
             if self._tasks[lane] is not None:
                 continue
             if lane is Lane.POST and self._prepared is not None:
@@ -468,9 +506,13 @@ class ChatActor:
             if self.chat.release_wanted and (lane is Lane.POLL
                                              or self._tasks[Lane.POLL] is None):
                 continue
-            # No poll acknowledges a batch before the events it made are durable.
-            if lane is Lane.POLL and self._save_gen > self._durable_gen:
-                continue
+            # No poll acknowledges a batch before the events it made are durable: the
+            # state that holds them is saved now, and the poll waits for its commit.
+            if lane is Lane.POLL:
+                self._save()
+                saved = True
+                if self._poll_gen > self._durable_gen:
+                    continue
             # A full outbox stops acknowledging: Salesforce keeps the agent's messages, and
             # a poll now and then (whose batch the session parks) keeps the session alive.
             keepalive = False
@@ -505,9 +547,11 @@ class ChatActor:
                 # Salesforce accepted (a new message dropped as a duplicate, or a message
                 # sent again under a new number, twice at the agent).
                 self._save(force=True)
+                saved = True  # the poll lane, if it looks, saves again
                 self._prepared = (request, self._save_gen)
                 continue
             self._start(request, now)
+        return saved
 
     def _start(self, request: HttpRequest, now: float) -> None:
         """Put ``request`` on the wire, in a task of its own."""
@@ -526,14 +570,16 @@ class ChatActor:
 
     # --- keeping the chat -------------------------------------------------------------------
 
-    def _fingerprint(self) -> tuple[Any, ...]:
-        """What, if changed, must reach the store (cheap to compute every turn)."""
+    def _fingerprint(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """What, if changed, must reach the store (cheap to compute every turn): what the
+        session did and the events it made, then what only OCP changed (its acks, its
+        commands not yet taken)."""
         s, chat = self.session, self.chat
-        return (s.state, s.ack, s.sequence, s.affinity, s.switch_phase, s.pending_activity,
-                s.activity_changed, s.parked_batch, id(s.in_flight(Lane.POST)), chat.next_seq,
-                chat.held[0].seq if chat.held else 0, len(chat.inbox),
-                chat.end_requested is not None, self._base_url, len(self._holds),
-                self._holds.get(self._base_url))
+        return ((s.state, s.ack, s.sequence, s.affinity, s.switch_phase, s.activity_version,
+                 s.parked_batch, id(s.in_flight(Lane.POST)), chat.next_seq,
+                 chat.end_requested is not None, self._base_url, len(self._holds),
+                 self._holds.get(self._base_url)),
+                (chat.held[0].seq if chat.held else 0, len(chat.inbox)))
 
     def _save(self, force: bool = False) -> None:
         """Hand the chat's snapshot to the store when it changed; events go out once durable.
@@ -544,9 +590,12 @@ class ChatActor:
         if self._store is None:
             return
         fingerprint = self._fingerprint()
-        if fingerprint == self._saved and not force:
+        saved = self._saved
+        if fingerprint == saved and not force:
             return
         self._saved = fingerprint
+        # The next poll waits for this save unless all it holds is OCP's (see _send).
+        polled = force or saved is None or fingerprint[0] != saved[0]
         snapshot = self.session.snapshot()
         parked = snapshot.parked
         if parked is not None:  # kept as an item of its own, written when it changes
@@ -564,8 +613,10 @@ class ChatActor:
         drops: list[Drop] = []
         self.chat.kept_changes(items, drops)
         added, gone = self.session.take_activity_changes()
-        drops.extend((_ACTIVITY_LIST, first, last) for first, last in gone)
-        items.extend((_ACTIVITY_LIST, key, data) for key, data in added)
+        if gone:
+            drops.extend((_ACTIVITY_LIST, first, last) for first, last in gone)
+        if added:
+            items.extend((_ACTIVITY_LIST, key, data) for key, data in added)
         if parked is not self._kept_parked:
             self._kept_parked = parked
             if parked is None:
@@ -573,6 +624,8 @@ class ChatActor:
             else:
                 items.append((_PARKED_LIST, 0, parked))
         self._save_gen += 1
+        if polled:
+            self._poll_gen = self._save_gen
         # The next poll usually follows this save: keep its time in the same commit. Not
         # while a poll is out: the kept time must stay that poll's (see run()).
         touched = time.time() if self._tasks[Lane.POLL] is None else None
@@ -593,8 +646,20 @@ class ChatActor:
         self._durable_gen = max(self._durable_gen, generation)
         if touched is not None:
             self._poll_touched = max(self._poll_touched or 0.0, touched)
-        self.chat.mark_durable(upto)
-        self._wake.set()
+        self.chat.mark_durable(upto)  # the events go to OCP from here, not from the actor
+        prepared = self._prepared
+        if (self._waiting and prepared is not None and prepared[1] <= self._durable_gen
+                and self._store is not None and self._store.may_send()):
+            # The POST this commit records goes now, as the next turn's _send would send it
+            # (that turn would have nothing else to do).
+            self._prepared = None
+            self._start(prepared[0], time.monotonic())
+            prepared = None
+        # A turn only if something waits for this commit: the POST it records, a poll held
+        # back until it (no poll out), the chat's release at a safe point.
+        if (not self._waiting or self._tasks[Lane.POLL] is None or self.chat.release_wanted
+                or (prepared is not None and prepared[1] <= self._durable_gen)):
+            self._wake.set()
 
     def _wake_at(self, when: float) -> None:
         if self._timer is not None and self._timer_due <= when:

@@ -109,6 +109,8 @@ MAX_SWITCHES = 5
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__  # see Purpose
+
     IDLE = "idle"
     CHECKING = "checking"
     CREATING = "creating"
@@ -124,18 +126,26 @@ class State(enum.Enum):
 class SwitchPhase(enum.Enum):
     """The steps of a server switch, in order."""
 
+    __hash__ = object.__hash__  # see Purpose
+
     RECONNECT = "reconnect"  # GET System/ReconnectSession
     SESSION_DATA = "session_data"  # poll until ChasitorSessionData
     RESYNC = "resync"  # POST Chasitor/ChasitorResyncState
 
 
 class Lane(enum.Enum):
+    __hash__ = object.__hash__  # see Purpose
+
     POLL = "poll"
     POST = "post"
 
 
 class Purpose(enum.Enum):
     """What a request is for; the value is the resource name, for logs and metrics."""
+
+    # A member is its only instance: hashed by identity, in C (Enum's own hash runs Python
+    # code at every lookup of a dict the shell keys by lane, state or purpose).
+    __hash__ = object.__hash__
 
     AVAILABILITY = "Availability"
     SESSION_ID = "SessionId"
@@ -227,7 +237,7 @@ class _ActivityQueue:
     at every change (it may hold a large bot history, or hundreds of held messages).
     """
 
-    __slots__ = ("_added", "_gone", "_high", "_items", "_keys", "_low")
+    __slots__ = ("_added", "_gone", "_high", "_items", "_keys", "_low", "version")
 
     def __init__(self, kept: Iterable[tuple[int, _Activity]] = ()) -> None:
         self._items: deque[_Activity] = deque()
@@ -239,6 +249,7 @@ class _ActivityQueue:
         self._high = self._keys[-1] if self._keys else 0
         self._added: dict[int, _Activity] = {}
         self._gone: list[tuple[int, int]] = []
+        self.version = 0  # +1 at every change of what is queued
 
     def __len__(self) -> int:
         return len(self._items)
@@ -259,12 +270,14 @@ class _ActivityQueue:
 
     def append(self, item: _Activity) -> None:
         self._high += 1
+        self.version += 1
         self._items.append(item)
         self._keys.append(self._high)
         self._added[self._high] = item
 
     def appendleft(self, item: _Activity) -> None:
         self._low -= 1
+        self.version += 1
         self._items.appendleft(item)
         self._keys.appendleft(self._low)
         self._added[self._low] = item
@@ -306,6 +319,7 @@ class _ActivityQueue:
     def clear(self) -> None:
         if self._items:
             self._gone.append((self._low, self._high))
+            self.version += 1
         self._added.clear()
         self._items.clear()
         self._keys.clear()
@@ -318,6 +332,7 @@ class _ActivityQueue:
         return added, gone
 
     def _forget(self, key: int) -> None:
+        self.version += 1
         if self._added.pop(key, None) is None:  # it was kept: it must go from the store
             self._gone.append((key, key))
 
@@ -532,6 +547,12 @@ class LiveAgentSession:
             unconfirmed=unconfirmed, unconfirmed_key=unconfirmed_key, parked=self._parked,
             cleanup=self._cleanup,
         )
+
+    @property
+    def activity_version(self) -> int:
+        """Counts the changes of the activity waiting to be sent (for the shell to notice
+        one cheaply, whether or not it was taken since)."""
+        return self._activity.version
 
     @property
     def activity_changed(self) -> bool:
