@@ -266,31 +266,42 @@ class _Ocp:
         chat.accept(message_id)
 
 
-class _TimedWake(asyncio.Event):
-    """The actor's wake-up event, which counts its turns and the CPU they take (from the
-    return of one wait to the next wait: the synchronous body of the turn)."""
+class _TimedWake:
+    """The actor's wake-up flag, which counts its turns and the CPU they take (from the
+    return of one wait to the next wait: the synchronous body of the turn). It wraps the
+    actor's own flag, whichever kind its version has (an ``asyncio.Event``, a ``Wakeup``)."""
 
-    def __init__(self, meter: list[float]) -> None:
-        super().__init__()
+    def __init__(self, inner: Any, meter: list[float]) -> None:
+        self._inner = inner
         self._meter = meter  # [turns, CPU seconds]
         self._began: float | None = None
+
+    def set(self) -> None:
+        self._inner.set()
+
+    def clear(self) -> None:
+        self._inner.clear()
+
+    def is_set(self) -> bool:
+        return bool(self._inner.is_set())
 
     async def wait(self) -> Literal[True]:
         if self._began is not None:
             self._meter[1] += time.thread_time() - self._began
-        await super().wait()
+        await self._inner.wait()
         self._meter[0] += 1
         self._began = time.thread_time()
         return True
 
 
 def _time_turns(actor: ChatActor, meter: list[float]) -> None:
-    """Put a :class:`_TimedWake` in place of the actor's event (whichever version it is)."""
+    """Put a :class:`_TimedWake` around the actor's flag (whichever version it is)."""
     old = actor._wake
-    actor._wake = _TimedWake(meter)
+    timed = _TimedWake(old, meter)
+    setattr(actor, "_wake", timed)  # noqa: B010 (the attribute's type is the flag's)
     waker = actor.chat.waker
-    if getattr(waker, "__self__", None) is old:  # the chat wakes the event itself
-        actor.chat.waker = actor._wake.set
+    if getattr(waker, "__self__", None) is old:  # the chat wakes the flag itself
+        actor.chat.waker = timed.set
 
 
 async def _workload(chats: int, messages: int, store_kind: str, directory: str,

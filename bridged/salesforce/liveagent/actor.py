@@ -46,6 +46,7 @@ from bridged.chats import facts
 from bridged.chats.chat import BACKEND_LISTS, Chat, ChatRecord, KeptLists, released
 from bridged.chats.gate import Gate
 from bridged.chats.policy import RetryPolicy, retry_delay
+from bridged.chats.wakeup import Wakeup
 from bridged.config.file import SalesforceConfig
 from bridged.config.webchat import PrechatDetail, WebchatConfig, host_allowed, parse_endpoint
 from bridged.errors import (
@@ -191,9 +192,10 @@ class ChatActor:
     __slots__ = ("__weakref__", "_abandoned", "_allowed_hosts", "_base_url", "_durable_gen",
                  "_end_passed", "_failing_since", "_failures", "_give_up_reason", "_holds",
                  "_kept_parked", "_last_poll_answer", "_max_pending", "_metrics", "_not_before",
-                 "_poll_touched", "_prepared", "_request_timeout", "_retry", "_save_gen",
-                 "_saved", "_sent_at", "_start_gate", "_static_saved", "_store", "_tasks",
-                 "_timer", "_timer_due", "_touching", "_transport", "_wake", "chat", "session")
+                 "_poll_gen", "_poll_touched", "_prepared", "_reported_state",
+                 "_request_timeout", "_retry", "_save_gen", "_saved", "_sent_at", "_start_gate",
+                 "_static_saved", "_store", "_tasks", "_timer", "_timer_due", "_touching",
+                 "_transport", "_waiting", "_wake", "chat", "session")
 
     def __init__(self, chat: Chat, session: LiveAgentSession, transport: Transport, *,
                  request_timeout: float, max_pending: int, retry: RetryPolicy,
@@ -228,7 +230,7 @@ class ChatActor:
         self._request_timeout = request_timeout
         self._max_pending = max_pending
         self._retry = retry
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()
         self._tasks: dict[Lane, asyncio.Task[_Result] | None] = {Lane.POLL: None, Lane.POST: None}
         self._not_before = {Lane.POLL: 0.0, Lane.POST: 0.0}
         self._failures = {Lane.POLL: 0, Lane.POST: 0}
