@@ -315,7 +315,7 @@ async def run_benchmark(exchanges: int = 20_000, slices: int = 100, chats: int =
     say(f"CPU µs per exchange, this process (about {exchanges} exchanges per client and "
         f"mode, in {slices} interleaved slices; concurrent: {chats} chats over "
         f"{request_connections} request connections; answers "
-        f"{'setting' if set_cookie else 'setting no'} cookie). Ratios: the median of the "
+        f"{'setting a' if set_cookie else 'setting no'} cookie). Ratios: the median of the "
         f"slices' ratios.")
     say(f"{'mode':<12}" + "".join(f"{c:>11}" for c in CLIENTS)
         + f"{'jar/transport':>15}{'before/transport':>18}{'transport/floor':>17}")
