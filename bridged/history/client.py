@@ -14,6 +14,7 @@ from __future__ import annotations
 
 __all__ = ["HISTORY_PATH", "MAX_HISTORY_BODY", "HistoryAuth", "fetch_history"]
 
+import functools
 import logging
 import time
 from urllib.parse import quote
@@ -34,6 +35,13 @@ HISTORY_PATH = "/chat/dialogs/history"
 MAX_HISTORY_BODY = 2 * 1024 * 1024
 
 _CHUNK = 64 * 1024
+
+
+@functools.lru_cache(maxsize=8)
+def _total_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    # A ClientTimeout per value, not per request (it is immutable; one value in practice,
+    # history.timeout_s). Kept here: the history client does not import the Salesforce side.
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 class HistoryAuth(msgspec.Struct, frozen=True, kw_only=True):
@@ -137,7 +145,7 @@ async def _fetch(
         async with session.get(
             url,
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=_total_timeout(timeout),
             allow_redirects=False,
             raise_for_status=False,
         ) as response:

@@ -23,10 +23,16 @@ from bridged.errors import TransportConnectError
 def _client_session(limit: int, keepalive_s: float) -> aiohttp.ClientSession:
     # No automatic redirects (each request says so too): a redirect could lead a session
     # key or a bearer token to a host that salesforce.allowed_hosts never allowed.
+    # No cookies: the session is every chat's, and bridged is a visitor of its own per
+    # chat. A cookie one chat's answer sets (Salesforce's, or a proxy's or load balancer's
+    # in front of it) would go out with every other chat's requests to that host; neither
+    # backend needs one (Live Agent: the session key and affinity headers; Enhanced Chat:
+    # the bearer token).
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300,
                                      keepalive_timeout=keepalive_s)
     return aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                 raise_for_status=False, skip_auto_headers=("User-Agent",))
+                                 raise_for_status=False, skip_auto_headers=("User-Agent",),
+                                 cookie_jar=aiohttp.DummyCookieJar())
 
 
 # total_timeout's: a ClientTimeout per value (a few: the poll's, the requests').

@@ -8,12 +8,14 @@ runs such pairs, sequential (one chat) and concurrent (many chats over a capped 
 pool, so that requests queue for a connection), against an aiohttp server in a process of
 its own on 127.0.0.1, and prints the CPU time this process spent per exchange.
 
-Three clients, interleaved in one run (the exchanges are cut in slices; each slice runs
+Four clients, interleaved in one run (the exchanges are cut in slices; each slice runs
 each client once, in an order rotated slice after slice, so that the machine's other load
 weighs on each alike; the table gives each one's mean over the slices, and the median of
 the slices' ratios):
 
-* ``transport``: bridged's transport as it is;
+* ``transport``: bridged's transport as it is (its sessions keep no cookies);
+* ``jar``: the same transport over sessions with aiohttp's default cookie jar, as they were
+  before the sessions stopped keeping cookies: what the jar costs per exchange;
 * ``before``: the path as it was before issue 12's changes (kept here to compare): the
   request pool's slot held by a ``contextlib.asynccontextmanager``, a new
   ``aiohttp.ClientTimeout`` and a ``dict`` of the headers per request, the query given as
@@ -21,8 +23,14 @@ the slices' ratios):
 * ``floor``: bare aiohttp as the null bridge uses it (one session, no queue of its own,
   no timeout per request, no error mapping): what aiohttp itself costs.
 
-Run it as ``python -m bridged.tools.httpbench [--exchanges 20000] [--slices 100]``. The
-machine's other load shows in the figures: compare the columns of one run, not two runs.
+With ``--set-cookie`` every answer carries a sticky-routing ``Set-Cookie``, as a load
+balancer in front of Salesforce would set, and the clients reach the server as
+``localhost`` (the default jar ignores a cookie from a bare IP address): the case where a
+jar has work on every request and answer. Without it no answer sets a cookie.
+
+Run it as ``python -m bridged.tools.httpbench [--exchanges 20000] [--slices 100]
+[--set-cookie]``. The machine's other load shows in the figures: compare the columns of one
+run, not two runs.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, Lan
 from bridged.salesforce.liveagent.transport import AiohttpTransport
 from bridged.tools.loadtest.procs import ServerProcess, free_port, python_module
 
-CLIENTS = ("transport", "before", "floor")
+CLIENTS = ("transport", "jar", "before", "floor")
 MODES = ("sequential", "concurrent")
 _PREFIX = "/chat/rest/"
 # What a poll answer looks like (SALESFORCE.md 4): one agent message.
@@ -61,13 +69,20 @@ _POLL_BODY = (b'{"messages":[{"type":"ChatMessage","message":{"name":"Agent",'
 # --- the server: its own process, so that its CPU is not counted --------------------------
 
 
-async def _serve(port: int) -> None:
+# What a load balancer's sticky-routing cookie looks like (``--set-cookie``).
+_COOKIE = {"Set-Cookie": "AWSALB=Zm9vYmFyYmF6cXV4MDEyMzQ1Njc4OWFiY2RlZg; Path=/; Max-Age=604800"}
+
+
+async def _serve(port: int, set_cookie: bool) -> None:
+    headers = _COOKIE if set_cookie else None
+
     async def message(request: web.Request) -> web.Response:
         await request.read()
-        return web.Response(body=b"OK", content_type="text/plain")
+        return web.Response(body=b"OK", content_type="text/plain", headers=headers)
 
     async def messages(request: web.Request) -> web.Response:
-        return web.Response(body=_POLL_BODY, content_type="application/json")
+        return web.Response(body=_POLL_BODY, content_type="application/json",
+                            headers=headers)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -149,10 +164,22 @@ class _BeforeTransport:
 
 
 def _session(limit: int, keepalive_s: float) -> aiohttp.ClientSession:
+    # aiohttp's default cookie jar, as bridged's sessions had one until they kept no cookies.
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300,
                                      keepalive_timeout=keepalive_s)
     return aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                  raise_for_status=False, skip_auto_headers=("User-Agent",))
+
+
+class _JarTransport(AiohttpTransport):
+    """bridged's transport over sessions with aiohttp's default cookie jar."""
+
+    def __init__(self, max_connections: int, keepalive_s: float,
+                 max_request_connections: int) -> None:
+        super().__init__(max_connections, keepalive_s, max_request_connections)
+        # The pools make their session with the first request: made here, with a jar.
+        self._polls._session = _session(max_connections, keepalive_s)
+        self._posts._session = _session(max_request_connections, keepalive_s)
 
 
 class _FloorTransport:
@@ -187,7 +214,7 @@ class _Exchanger(Protocol):
 
 def _make(client: str, chats: int, request_connections: int) -> _Exchanger:
     cls: Callable[[int, float, int], _Exchanger] = {
-        "transport": AiohttpTransport, "before": _BeforeTransport,
+        "transport": AiohttpTransport, "jar": _JarTransport, "before": _BeforeTransport,
         "floor": _FloorTransport}[client]
     return cls(chats, 5.0, request_connections)
 
@@ -269,35 +296,39 @@ async def _bench(base: str, exchanges: int, slices: int, chats: int,
 
 
 async def run_benchmark(exchanges: int = 20_000, slices: int = 100, chats: int = 64,
-                        request_connections: int = 16,
+                        request_connections: int = 16, set_cookie: bool = False,
                         say: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
     """Start the server, run the clients, print the table; {mode: {client: µs/exchange}}."""
     port = free_port()
+    argv = ["--serve", str(port), *(["--set-cookie"] if set_cookie else [])]
+    host = "localhost" if set_cookie else "127.0.0.1"
     with tempfile.TemporaryDirectory(prefix="httpbench-") as workdir:
-        server = ServerProcess("server", python_module("bridged.tools.httpbench", "--serve",
-                                                        str(port)),
+        server = ServerProcess("server", python_module("bridged.tools.httpbench", *argv),
                                Path(workdir), ready_url=f"http://127.0.0.1:{port}/healthz")
         try:
             await server.start(timeout=30.0)
-            figures = await _bench(f"http://127.0.0.1:{port}{_PREFIX}", exchanges, slices,
+            figures = await _bench(f"http://{host}:{port}{_PREFIX}", exchanges, slices,
                                    chats, request_connections, say)
         finally:
             await server.stop()
     means = {m: {c: statistics.fmean(v) for c, v in per.items()} for m, per in figures.items()}
     say(f"CPU µs per exchange, this process (about {exchanges} exchanges per client and "
         f"mode, in {slices} interleaved slices; concurrent: {chats} chats over "
-        f"{request_connections} request connections). Ratios: the median of the slices' "
-        f"ratios.")
+        f"{request_connections} request connections; answers "
+        f"{'setting a' if set_cookie else 'setting no'} cookie). Ratios: the median of the "
+        f"slices' ratios.")
     say(f"{'mode':<12}" + "".join(f"{c:>11}" for c in CLIENTS)
-        + f"{'before/transport':>18}{'transport/floor':>17}")
+        + f"{'jar/transport':>15}{'before/transport':>18}{'transport/floor':>17}")
     for mode, per in means.items():
         slices_ = figures[mode]
+        jar = statistics.median(j / t for j, t in zip(slices_["jar"],
+                                                       slices_["transport"], strict=True))
         gain = statistics.median(b / t for b, t in zip(slices_["before"],
                                                         slices_["transport"], strict=True))
         over = statistics.median(t / f for t, f in zip(slices_["transport"],
                                                         slices_["floor"], strict=True))
         say(f"{mode:<12}" + "".join(f"{per[c]:>11.1f}" for c in CLIENTS)
-            + f"{gain:>18.3f}{over:>17.3f}")
+            + f"{jar:>15.3f}{gain:>18.3f}{over:>17.3f}")
     return means
 
 
@@ -312,6 +343,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="concurrent chats in the concurrent mode (default 64)")
     parser.add_argument("--request-connections", type=int, default=16,
                         help="the request pool's cap (default 16)")
+    parser.add_argument("--set-cookie", action="store_true",
+                        help="every answer sets a cookie, as a load balancer would")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return parser
 
@@ -325,9 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"--{name.replace('_', '-')}: must be at least 1", file=sys.stderr)
             return 2
-    work: Coroutine[Any, Any, object] = (_serve(args.serve) if args.serve is not None
-                               else run_benchmark(args.exchanges, args.slices, args.chats,
-                                                  args.request_connections))
+    work: Coroutine[Any, Any, object] = (
+        _serve(args.serve, args.set_cookie) if args.serve is not None
+        else run_benchmark(args.exchanges, args.slices, args.chats, args.request_connections,
+                           args.set_cookie))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             runner.run(work)

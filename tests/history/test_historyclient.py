@@ -158,6 +158,18 @@ async def test_a_slow_answer_times_out(served: Served, http: aiohttp.ClientSessi
     assert error.status is None
 
 
+async def test_the_same_timeout_fires_each_time_and_a_longer_one_waits(
+        served: Served, http: aiohttp.ClientSession) -> None:
+    # The client makes a ClientTimeout once per value: reused, it must still fire each time,
+    # and another value must not be served the first one.
+    service, base_url = served
+    service.delay_s = 0.4
+    for _ in range(2):
+        error = await unavailable(http, base_url, BEARER, timeout=0.1)
+        assert error.reason == "OCP history did not answer within 0.1 s"
+    assert len(await fetch_history(http, base_url, "s-1", BEARER, 5.0)) == 5
+
+
 async def test_connection_refused(http: aiohttp.ClientSession) -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))

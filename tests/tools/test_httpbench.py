@@ -1,6 +1,6 @@
-"""``python -m bridged.tools.httpbench``: bridged's transport, the path it replaced and bare
-aiohttp, each relaying messages to a loopback server it starts (and stops) in a process of
-its own.
+"""``python -m bridged.tools.httpbench``: bridged's transport, the same over a cookie jar,
+the path it replaced and bare aiohttp, each relaying messages to a loopback server it starts
+(and stops) in a process of its own.
 
 A smoke: every client's exchanges were answered and measured, the table printed. Never
 timings.
@@ -13,17 +13,19 @@ import pytest
 from bridged.tools.httpbench import CLIENTS, MODES, main, run_benchmark
 
 
-async def test_httpbench_measures_every_client_in_both_modes() -> None:
+@pytest.mark.parametrize("set_cookie", [False, True], ids=["no-cookie", "set-cookie"])
+async def test_httpbench_measures_every_client_in_both_modes(set_cookie: bool) -> None:
     lines: list[str] = []
     figures = await run_benchmark(exchanges=40, slices=2, chats=4, request_connections=2,
-                                  say=lines.append)
+                                  set_cookie=set_cookie, say=lines.append)
 
     assert set(figures) == set(MODES)
     for per in figures.values():
         assert set(per) == set(CLIENTS)
         assert all(cpu > 0 for cpu in per.values())
     table = lines[-3:]
-    assert table[0].split() == ["mode", *CLIENTS, "before/transport", "transport/floor"]
+    assert table[0].split() == ["mode", *CLIENTS, "jar/transport", "before/transport",
+                                 "transport/floor"]
     assert [row.split()[0] for row in table[1:]] == list(MODES)
 
 
