@@ -79,8 +79,11 @@ class HistoryHandover:
             personal_access_token=self.config.personal_access_token,
         )
         if self._session is None:
+            # No cookies: a cookie the history service (or a proxy before it) sets in one
+            # chat's answer must not go out with another chat's fetch.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=200, limit_per_host=0))
+                connector=aiohttp.TCPConnector(limit=200, limit_per_host=0),
+                cookie_jar=aiohttp.DummyCookieJar())
         history_session = chat.start.history_session or chat.id
         try:
             turns = await fetch_history(self._session, self.config.base_url, history_session,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bridged.simulators.liveagent import Simulator
 from bridged.simulators.ocp_history import OcpHistoryService, running_history_service
@@ -101,3 +103,34 @@ async def test_history_that_cannot_be_had_never_stops_the_chat(
     logged = " ".join(repr(record.__dict__) for record in caplog.records)
     assert "history_unavailable" in logged
     assert PAT not in logged and JWT not in logged
+
+
+async def test_a_cookie_the_history_service_sets_never_goes_out_with_another_fetch(
+        sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    # Each chat is a visitor of its own: a cookie the history service (or a proxy before
+    # it) sets in one chat's answer must not reach the next chat's fetch. Reached as
+    # "localhost": a cookie jar would refuse a cookie from a bare IP address.
+    service = OcpHistoryService(bearer_tokens={JWT}, personal_access_tokens={PAT})
+    cookies_seen: list[str | None] = []
+
+    @web.middleware
+    async def sets_a_cookie(request: web.Request, handler: Any) -> web.StreamResponse:
+        cookies_seen.append(request.headers.get("Cookie"))
+        response = await handler(request)
+        response.set_cookie("AWSALB", f"node-of-{len(cookies_seen)}")
+        return response
+
+    service.app.middlewares.append(sets_a_cookie)
+    for session in ("s-1", "s-2", "s-3"):
+        service.set_history(session, HISTORY)
+    async with running_history_service(service) as url:
+        config = bridged_config(sim, tmp_path, history={
+            "base_url": url.replace("127.0.0.1", "localhost"),
+            "personal_access_token": PAT, "timeout_s": 2.0})
+        async with running_bridged(config) as daemon:
+            client = await connect(http, daemon.url, TOKEN)
+            for n, session in enumerate(("s-1", "s-2", "s-3")):
+                await client.start(f"hc-{n}", profile="echo", history_session=session)
+                await client.expect("agent_joined", chat=f"hc-{n}")
+    assert len(cookies_seen) == 3
+    assert cookies_seen == [None, None, None]
