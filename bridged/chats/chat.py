@@ -42,10 +42,8 @@ from __future__ import annotations
 __all__ = ["BACKEND_LISTS", "Chat", "ChatRecord", "ChatSnapshot", "ChatStatic", "Command",
            "HeldError", "KeptLists", "Link", "released"]
 
-import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol, TypeAlias
 
@@ -191,13 +189,14 @@ class Chat:
         self.inbox: Mailbox[Command] = Mailbox(inbox_size, on_put=self._put)
         self._inbox_puts = 0  # commands ever put in the inbox: the next one's key
         self.max_held = max_held
-        self.held: deque[env.ChatEvent] = deque()
+        # Lists, not deques: most chats hold nothing, and an empty deque takes 760 bytes.
+        self.held: list[env.ChatEvent] = []
         self.next_seq = 1
         self.durable_seq = 0  # events up to here are in the state store
         self.persistent = True  # False: no store, every event is durable at once
         self.link: Link | None = None
         self.sent_upto = 0  # the highest seq the bound link has written
-        self.held_errors: deque[HeldError] = deque()
+        self.held_errors: list[HeldError] = []
         self.next_error = 1  # serial of the next held error
         self.errors_sent = 0  # the highest serial of a held error the bound link has written
         self.bind_epoch = 0  # +1 at every bind, so a writer can tell it was rebound
@@ -546,7 +545,7 @@ class Chat:
         stop = min(start + limit, self.durable_seq + 1 - first)
         if stop <= start:
             return []
-        return list(itertools.islice(self.held, start, stop))
+        return self.held[start:stop]
 
     def outgoing(self, limit: int) -> list[env.ChatEvent | HeldError]:
         """What the bound link writes next, in order: up to ``limit`` events (see
@@ -576,10 +575,14 @@ class Chat:
     def ack(self, seq: int) -> None:
         """OCP has processed every event up to ``seq``: forget them, and make room."""
         was_full = not self.has_room()
-        while self.held and self.held[0].seq <= seq:
-            self.held.popleft()
-        while self.held_errors and self.held_errors[0].before <= seq:
-            self.held_errors.popleft()
+        gone = 0
+        while gone < len(self.held) and self.held[gone].seq <= seq:
+            gone += 1
+        del self.held[:gone]  # one move of what is left, however many went
+        gone = 0
+        while gone < len(self.held_errors) and self.held_errors[gone].before <= seq:
+            gone += 1
+        del self.held_errors[:gone]
         if was_full and self.has_room():
             self.wake()
 

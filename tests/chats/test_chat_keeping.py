@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 
 import msgspec
 
@@ -102,7 +101,7 @@ def test_held_errors_are_kept_item_by_item_and_go_with_their_ack() -> None:
         (1, 2, "m1"), (2, 2, "m2")]
     again.ack(2)  # the errors before event 2 go with it
     kept.save(again)
-    assert kept.restored().held_errors == deque()
+    assert kept.restored().held_errors == []
     assert not again.pending_ids
 
 

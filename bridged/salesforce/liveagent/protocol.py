@@ -95,7 +95,6 @@ __all__ = [
 
 import enum
 import re
-from collections import deque
 from collections.abc import Iterable, Iterator
 
 import msgspec
@@ -229,7 +228,7 @@ _activity_decoder = msgspec.msgpack.Decoder(_Activity)
 
 
 class _ActivityQueue:
-    """The visitor activity waiting to be sent, oldest first: a deque that keeps a journal.
+    """The visitor activity waiting to be sent, oldest first: a list that keeps a journal.
 
     Each item gets a key that orders it (one appended: above every key so far; one put at
     the head: below), and the queue notes which items were added and which keys went since
@@ -240,8 +239,10 @@ class _ActivityQueue:
     __slots__ = ("_added", "_gone", "_high", "_items", "_keys", "_low", "version")
 
     def __init__(self, kept: Iterable[tuple[int, _Activity]] = ()) -> None:
-        self._items: deque[_Activity] = deque()
-        self._keys: deque[int] = deque()
+        # Lists, not deques: the queue is short and most chats' is empty, and an empty
+        # deque takes 760 bytes.
+        self._items: list[_Activity] = []
+        self._keys: list[int] = []
         for key, item in kept:  # by key
             self._items.append(item)
             self._keys.append(key)
@@ -278,13 +279,13 @@ class _ActivityQueue:
     def appendleft(self, item: _Activity) -> None:
         self._low -= 1
         self.version += 1
-        self._items.appendleft(item)
-        self._keys.appendleft(self._low)
+        self._items.insert(0, item)
+        self._keys.insert(0, self._low)
         self._added[self._low] = item
 
     def popleft(self) -> _Activity:
-        self._forget(self._keys.popleft())
-        return self._items.popleft()
+        self._forget(self._keys.pop(0))
+        return self._items.pop(0)
 
     def pop(self) -> _Activity:
         self._forget(self._keys.pop())
