@@ -9,12 +9,17 @@ second, while a chat's message makes no reference cycle at all for a collector t
 Reference counting frees everything bridged drops.
 
 So with the ``"growth"`` policy the automatic collections are off, and a full collection
-runs only once the objects the collector tracks have grown by ``growth`` times what there
-was after the last one (1.0: the heap doubled): a safety net for cycles made on a rare
-path (an error's traceback, a library's internals), whose cost amortises like a growing
-list's. In a steady state (chats start as others end, messages come and go) the heap does
-not grow and no collection runs. ``"thresholds"`` is CPython's own scheme, with
-``server.gc_thresholds``.
+runs only once the heap has grown by ``growth`` times what the last one left (1.0: the heap
+doubled): a safety net for cycles made on a rare path (an error's traceback, a library's
+internals), whose cost amortises like a growing list's. In a steady state (chats start as
+others end, messages come and go) the heap does not grow and no collection runs.
+``"thresholds"`` is CPython's own scheme, with ``server.gc_thresholds``.
+
+The heap is measured as the memory blocks Python has allocated (``sys.getallocatedblocks``,
+one read of a counter), not by the collector's generation-0 count: that count never falls
+below zero, so every object that dies while it is zero is forgotten and the count drifts
+up in a steady state (measured: a collection during a load test's saturation with no
+growth at all).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ __all__ = ["GrowthCollector"]
 import asyncio
 import gc
 import logging
+import sys
 import time
 
 from bridged._log import log_event
@@ -32,17 +38,17 @@ log = logging.getLogger("bridged.ops.gc")
 
 
 class GrowthCollector:
-    """Runs a full collection when the tracked heap has grown by ``growth`` since the last.
+    """Runs a full collection when the heap has grown by ``growth`` since the last one.
 
     Args:
-        growth: how much the heap grows (as a fraction of the last collection's survivors)
+        growth: how much the heap grows (as a fraction of what the last collection left)
             before the next full collection.
-        floor: the least growth, in objects, that makes a collection worth it (a small
-            heap would otherwise be collected for a few thousand objects).
+        floor: the least growth, in memory blocks, that makes a collection worth it (a
+            small heap would otherwise be collected for a few thousand objects).
         interval: how often the growth is looked at, in seconds.
     """
 
-    def __init__(self, growth: float, floor: int = 100_000, interval: float = 1.0) -> None:
+    def __init__(self, growth: float, floor: int = 200_000, interval: float = 1.0) -> None:
         self.growth = growth
         self.floor = floor
         self.interval = interval
@@ -50,29 +56,30 @@ class GrowthCollector:
         self._base = 0
 
     def start(self) -> None:
-        """Turn the automatic collections off; what is alive now is the base."""
+        """Turn the automatic collections off; the heap now is the base."""
         gc.disable()
-        self._base = self._tracked()
+        self._base = sys.getallocatedblocks()
 
     def stop(self) -> None:
         """Give the collector back its automatic collections."""
         gc.enable()
 
-    def due(self) -> bool:
-        """Whether the heap grew enough since the last collection.
+    @property
+    def limit(self) -> int:
+        """The heap, in memory blocks, beyond which a collection is due."""
+        return self._base + max(self.floor, int(self.growth * self._base))
 
-        With the automatic collections off, generation 0's count is the objects allocated
-        since the last collection less those freed (never below zero).
-        """
-        return gc.get_count()[0] > max(self.floor, self.growth * self._base)
+    def due(self) -> bool:
+        """Whether the heap grew enough since the last collection."""
+        return sys.getallocatedblocks() > self.limit
 
     def collect(self) -> int:
         """A full collection now; the objects it freed."""
         started = time.perf_counter()
         freed = gc.collect()
-        self._base = self._tracked()
+        self._base = sys.getallocatedblocks()
         self.collections += 1
-        log_event(log, logging.INFO, "gc_collected", freed=freed, tracked=self._base,
+        log_event(log, logging.INFO, "gc_collected", freed=freed, blocks=self._base,
                   ms=round((time.perf_counter() - started) * 1000, 1))
         return freed
 
@@ -82,8 +89,3 @@ class GrowthCollector:
             await asyncio.sleep(self.interval)
             if self.due():
                 self.collect()
-
-    @staticmethod
-    def _tracked() -> int:
-        # Objects frozen at start-up count: they are the heap the growth is measured against.
-        return gc.get_freeze_count() + sum(len(gc.get_objects(g)) for g in range(3))

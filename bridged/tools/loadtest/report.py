@@ -353,6 +353,11 @@ class Report:
                 lines.append(f"WARNING: other processes used up to {worst[0]:.0f}% of a "
                              f"core during the measurements ({worst[1]}, {phase}): CPU, "
                              "throughput and above all the p99 figures are disturbed")
+            for name, run in runs.items():
+                if run.get("sat_drained") is False:
+                    lines.append(f"WARNING: {name}'s saturation backlog was not relayed "
+                                 "before the half-load phase began: its half-load latencies "
+                                 "include that backlog")
             lines.append("targets:")
             for target in comparison[topology]["targets"].values():
                 verdict = {True: "met", False: "MISSED", None: "n/a"}[target["met"]]

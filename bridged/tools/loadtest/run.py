@@ -78,6 +78,10 @@ from bridged.tools.redisproc import (
 _START_TIMEOUT = 30.0
 
 
+# The longest wait for the saturation's backlog before the half-load phase.
+MAX_DRAIN_S = 240.0
+
+
 class Progress:
     """The live progress line on stderr (rewritten in place on a terminal)."""
 
@@ -718,7 +722,13 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
             if recorder is not None:
                 out["profile_sat"] = await recorder.stop()
             progress.phase = "drain"
-            out["sat_drained"] = await gen.drain(until(opts.drain_timeout_s))
+            # The half-load latencies must not carry the saturation's backlog: wait for it
+            # as long as it takes to relay at the rate just measured (twice, bounded).
+            rate = out.get("sat_msgs_per_s") or 0.0
+            budget = opts.drain_timeout_s
+            if rate > 0:
+                budget = min(MAX_DRAIN_S, max(budget, 2.0 * gen.in_flight() / rate))
+            out["sat_drained"] = await gen.drain(until(budget))
 
         # --- latency ---------------------------------------------------------------------
         rate = latency_rate(out)
