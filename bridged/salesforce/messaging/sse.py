@@ -135,13 +135,29 @@ class SseParser:
             # Line feeds alone (what servers send): a plain split, the same lines.
             lines = text.split("\n")
             rest = lines.pop()
-        for piece in lines:
-            if self._partial:
-                self._partial.append(piece)
-                piece = "".join(self._partial)
-                self._partial.clear()
-                self._partial_size = 0
-            self._process_line(piece, events)
+        if self._partial and lines:
+            self._partial.append(lines[0])
+            lines[0] = "".join(self._partial)
+            self._partial.clear()
+            self._partial_size = 0
+        # Line by line, inline (a call per line cost more than the work of most lines): a
+        # blank line dispatches, a colon first is a comment, else a field (data handled here).
+        for line in lines:
+            if not line:
+                self._dispatch(events)
+                continue
+            name, colon, value = line.partition(":")
+            if not name:
+                continue  # a comment
+            if colon and value[:1] == " ":
+                value = value[1:]
+            if name == "data":
+                self._data.append(value)
+                self._data_size += len(value) + 1
+                if self._partial_size + self._data_size > self.max_size:
+                    self._check_size()
+            else:
+                self._process_field(name, value)
         if rest:
             self._partial.append(rest)
             self._partial_size += len(rest)
@@ -153,17 +169,6 @@ class SseParser:
             what = "line" if self._partial_size > self._data_size else "event"
             raise RemoteProtocolError(
                 f"event stream {what} longer than max_size ({self.max_size} characters)")
-
-    def _process_line(self, line: str, events: list[SseEvent]) -> None:
-        if not line:
-            self._dispatch(events)
-            return
-        if line.startswith(":"):
-            return  # a comment
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        self._process_field(name, value)
 
     def _process_field(self, name: str, value: str) -> None:
         if name == "event":
