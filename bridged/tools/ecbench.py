@@ -284,10 +284,41 @@ class _CountingStore(StateStore):
         super().save(*args, **kwargs)
 
 
-async def run_bench(chats: int, messages: int, directory: Path) -> BenchResult:
-    """Relay ``messages`` visitor messages (and their echoes) in each of ``chats`` chats."""
-    store = _CountingStore(directory)
-    store.open()
+class _NullStore:
+    """Commits nothing: each save is durable in the next turn (the actor's own share)."""
+
+    saves = 0
+
+    def save(self, chat_id: str, snapshot: bytes, on_durable: Any = None,
+             **kwargs: Any) -> None:
+        self.saves += 1
+        if on_durable is not None:
+            asyncio.get_running_loop().call_soon(on_durable)
+
+    def may_send(self) -> bool:
+        return True
+
+    async def flush(self, timeout: float) -> bool:
+        await asyncio.sleep(0)
+        return True
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        pass
+
+
+async def run_bench(chats: int, messages: int, directory: Path,
+                    store_kind: str = "sqlite") -> BenchResult:
+    """Relay ``messages`` visitor messages (and their echoes) in each of ``chats`` chats.
+
+    ``store_kind``: ``sqlite`` (the real state store in ``directory``) or ``none`` (saves
+    are handed over and taken as committed at once: the actor and session alone).
+    """
+    store: Any
+    if store_kind == "none":
+        store = _NullStore()
+    else:
+        store = _CountingStore(directory)
+        store.open()
     backend = MessagingBackend(BenchSalesforce(), SalesforceConfig(), max_pending=10,
                                store=store, retry=RetryPolicy(initial_s=0.01, max_delay_s=0.02))
     bench = _Bench(messages)
@@ -334,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chats", type=int, default=200)
     parser.add_argument("--messages", type=int, default=20, help="per chat")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--store", choices=["sqlite", "none"], default="sqlite",
+                        help="the real state store, or none (the actor and session alone)")
     parser.add_argument("--json", action="store_true", help="one JSON line per round")
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)  # as with level = "warning"; the log is not measured
@@ -341,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     loop_best = float("inf")
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="ecbench-") as tmp:
-            result = asyncio.run(run_bench(args.chats, args.messages, Path(tmp) / "state"))
+            result = asyncio.run(run_bench(args.chats, args.messages, Path(tmp) / "state",
+                                             args.store))
         if args.json:
             print(json.dumps({"cpu_ms_per_message": result.cpu_ms_per_message,
                               "loop_cpu_ms_per_message": result.loop_cpu_ms_per_message,

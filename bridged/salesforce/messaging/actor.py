@@ -307,8 +307,9 @@ class MessagingActor:
             # Letting go of the chat: what the stream brings from now on is left for the next
             # holder, which reads it again after the last event id committed here.
             return
-        while self._stream_items:
-            number, kind, value = self._stream_items.pop(0)
+        # All of them, at once: nothing can add to the list while this turn runs.
+        items, self._stream_items = self._stream_items, []
+        for number, kind, value in items:
             if number != self._stream_number:
                 continue  # from a stream given up already
             now = time.time()

@@ -97,6 +97,7 @@ class SseParser:
     def reset(self) -> None:
         """Start a new stream (a reconnection): forget partial input, keep the last event ID."""
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder_empty = True  # the decoder holds no byte of a split character
         self._started = False  # the first character (a BOM, maybe) has not been seen yet
         self._after_cr = False  # the last line ended with a CR: a LF next belongs to it
         self._partial: list[str] = []  # the current line, in pieces (fed byte by byte, maybe)
@@ -112,7 +113,16 @@ class SseParser:
         Raises:
             RemoteProtocolError: a line or an event is longer than ``max_size`` characters.
         """
-        text = self._decoder.decode(chunk)
+        if self._decoder_empty:
+            # Nothing of a character held back: a chunk of whole, valid UTF-8 (the usual) is
+            # decoded in one C call; any other goes to the incremental decoder, which then
+            # gives what it would have given from the start.
+            try:
+                text = chunk.decode()
+            except UnicodeDecodeError:
+                text = self._decode(chunk)
+        else:
+            text = self._decode(chunk)
         if not text:
             return []
         if not self._started:
@@ -163,6 +173,11 @@ class SseParser:
             self._partial_size += len(rest)
             self._check_size()
         return events
+
+    def _decode(self, chunk: bytes) -> str:
+        text = self._decoder.decode(chunk)
+        self._decoder_empty = not self._decoder.getstate()[0]
+        return text
 
     def _check_size(self) -> None:
         if self._partial_size + self._data_size > self.max_size:
