@@ -151,7 +151,8 @@ class SseParser:
             self._partial.clear()
             self._partial_size = 0
         # Line by line, inline (a call per line cost more than the work of most lines): a
-        # blank line dispatches, a colon first is a comment, else a field (data handled here).
+        # blank line dispatches, a colon first is a comment, else a field (``data`` and
+        # ``event`` handled here, the others by _process_field).
         for line in lines:
             if not line:
                 self._dispatch(events)
@@ -166,6 +167,8 @@ class SseParser:
                 self._data_size += len(value) + 1
                 if self._partial_size + self._data_size > self.max_size:
                     self._check_size()
+            elif name == "event":
+                self._event = value
             else:
                 self._process_field(name, value)
         if rest:
