@@ -68,7 +68,9 @@ class _Conversation:
     def __init__(self, subject: str) -> None:
         self.subject = subject
         self.conversation_id = ""
-        self.chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        # Bounded: a chat has one message in flight, so at most its 6 events (and the 2 of
+        # the start) wait here.
+        self.chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
         self.echo: bytes | None = None
         self.ms = int(time.time() * 1000)
 
