@@ -307,8 +307,9 @@ class MessagingActor:
             # Letting go of the chat: what the stream brings from now on is left for the next
             # holder, which reads it again after the last event id committed here.
             return
-        while self._stream_items:
-            number, kind, value = self._stream_items.pop(0)
+        # All of them, at once: nothing can add to the list while this turn runs.
+        items, self._stream_items = self._stream_items, []
+        for number, kind, value in items:
             if number != self._stream_number:
                 continue  # from a stream given up already
             now = time.time()
@@ -399,10 +400,19 @@ class MessagingActor:
         """Pass the session's facts to the chat, and its notices to the log."""
         for event, detail in self.session.notices_received():
             log_event(log, logging.INFO, event, chat=self.chat.id, detail=detail)
-        for fact in self.session.facts_received():
-            if isinstance(fact, facts.Ended):
-                self._refuse_inbox()
-            self.chat.emit(fact)
+        reported = self.session.facts_received()
+        if reported:
+            # Chat.emit wakes the actor so that it saves the new event: this turn's _save,
+            # right after, does that, so the actor's own facts must not cost a second, empty
+            # turn (one per relayed message and more). Every other waker stays as it is.
+            waker, self.chat.waker = self.chat.waker, None
+            try:
+                for fact in reported:
+                    if isinstance(fact, facts.Ended):
+                        self._refuse_inbox()
+                    self.chat.emit(fact)
+            finally:
+                self.chat.waker = waker
         if self.chat.state != _TOKEN_QUEUED or self.session.state is not State.AUTHORIZING:
             self.chat.state = self.session.state.value
         self.chat.salesforce_id = self.session.conversation_id

@@ -193,6 +193,7 @@ __all__ = [
 ]
 
 import enum
+import hashlib
 import uuid
 from collections import deque
 from collections.abc import Iterable
@@ -258,6 +259,7 @@ _CLOSE_EVENT = "CONVERSATION_CLOSE_CONVERSATION"
 _TYPING_STARTED = "TypingStartedIndicator"
 _TYPING_STOPPED = "TypingStoppedIndicator"
 _PING = "ping"
+_JSON_HEADERS = (("Content-Type", "application/json"),)
 
 _TOKEN_EXPIRED = "the Salesforce access token expired"
 _TOKEN_EXPIRED_WHILE_DOWN = "the Salesforce access token expired while bridged was restarting"
@@ -279,8 +281,11 @@ class State(enum.Enum):
     ERROR = "error"
 
 
-_LIVE = frozenset({State.AUTHORIZING, State.CONNECTING, State.CREATING, State.WAITING,
-                   State.CHATTING, State.TRANSFERRING})
+# A tuple, not a set: ``in`` compares members by identity in C, where a set would call the
+# Enum's __hash__ (Python code) at every test, and the session tests its state dozens of
+# times per message.
+_LIVE = (State.CHATTING, State.WAITING, State.TRANSFERRING, State.CREATING, State.CONNECTING,
+         State.AUTHORIZING)
 
 
 class Purpose(enum.Enum):
@@ -428,7 +433,17 @@ def message_id(conversation_id: str, name: str) -> str:
         conversation_id: the conversation's lowercase UUID (the uuid5 namespace).
         name: ``"ocp:" + OCP message id``, or ``"history:" + line number``.
     """
-    return str(uuid.uuid5(uuid.UUID(conversation_id), name))
+    return _uuid5(uuid.UUID(conversation_id).bytes, name)
+
+
+def _uuid5(namespace: bytes, name: str) -> str:
+    """``str(uuid.uuid5(UUID(bytes=namespace), name))``, without the UUID objects: RFC 4122
+    section 4.3, the SHA-1 of namespace and name with the version (5) and variant set."""
+    digest = bytearray(hashlib.sha1(namespace + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _check_conversation_id(value: str) -> str:
@@ -447,11 +462,15 @@ class _Seen:
 
     An entry older than every id the set still holds (its ``transcriptedTimestamp`` below the
     newest evicted one) was processed long ago: the floor covers what the set forgot.
+
+    One dict, id to timestamp, in insertion order: membership, eviction of the oldest and the
+    list of ids for a snapshot (taken at every save) are each one C-level operation.
     """
 
+    __slots__ = ("_ids", "floor_ms")
+
     def __init__(self, ids: Iterable[str] = (), floor_ms: int = 0) -> None:
-        self._order: deque[tuple[str, int]] = deque((i, floor_ms) for i in ids)
-        self._ids = {i for i, _ in self._order}
+        self._ids: dict[str, int] = dict.fromkeys(ids, floor_ms)
         self.floor_ms = floor_ms
 
     def __contains__(self, item: tuple[str, int]) -> bool:
@@ -459,17 +478,18 @@ class _Seen:
         return entry_id in self._ids or 0 < ts < self.floor_ms
 
     def add(self, entry_id: str, ts: int) -> None:
-        if entry_id in self._ids:
+        ids = self._ids
+        if entry_id in ids:
             return
-        self._order.append((entry_id, ts))
-        self._ids.add(entry_id)
-        while len(self._order) > SEEN_IDS_MAX:
-            old, old_ts = self._order.popleft()
-            self._ids.discard(old)
-            self.floor_ms = max(self.floor_ms, old_ts)
+        ids[entry_id] = ts
+        while len(ids) > SEEN_IDS_MAX:
+            old = next(iter(ids))
+            old_ts = ids.pop(old)
+            if old_ts > self.floor_ms:
+                self.floor_ms = old_ts
 
     def ids(self) -> list[str]:
-        return [i for i, _ in self._order]
+        return list(self._ids)
 
 
 class MessagingSession:
@@ -485,9 +505,9 @@ class MessagingSession:
     # gets no key-sharing dict (about 1.6 KiB each here).
     __slots__ = ("__weakref__", "_agents", "_bot_seen", "_created", "_delete_sent", "_delivered",
                  "_end", "_end_after_delete", "_ended_emitted", "_facts", "_held",
-                 "_history_count", "_in_flight", "_notices", "_outbox", "_pending", "_poisoned",
-                 "_reconcile_entries", "_reconcile_pages", "_reconcile_wanted",
-                 "_routing_attributes", "_routing_check", "_seen", "_sent_at",
+                 "_history_count", "_in_flight", "_namespace", "_notices", "_outbox", "_pending",
+                 "_poisoned", "_reconcile_entries", "_reconcile_pages", "_reconcile_wanted",
+                 "_rest_auth", "_routing_attributes", "_routing_check", "_seen", "_sent_at",
                  "_stream_ever_opened", "_stream_failures", "_stream_request", "_stream_state",
                  "_typing_ids", "_typing_sent", "_typing_wanted", "_unknown_events",
                  "access_token", "agent", "agent_ever_joined", "conversation_id",
@@ -498,6 +518,7 @@ class MessagingSession:
         self.params = params
         self.org_id = wire.org_id_15(params.organization_id)
         self.conversation_id = _check_conversation_id(conversation_id or str(uuid.uuid4()))
+        self._namespace = uuid.UUID(self.conversation_id).bytes  # of the message ids (uuid5)
         self.state = State.IDLE
         self.access_token: str | None = None
         self.token_exp: float | None = None
@@ -541,6 +562,7 @@ class MessagingSession:
         self.routing_status: str | None = None
         self._outbox: list[HttpRequest] = []
         self._in_flight: list[HttpRequest] = []
+        self._rest_auth: tuple[str, tuple[tuple[str, str], ...]] | None = None
         self._facts: list[facts.Fact] = []
         self._notices: list[tuple[str, str]] = []
         self._unknown_events: set[str] = set()
@@ -599,9 +621,13 @@ class MessagingSession:
     @property
     def next_wake_at(self) -> float | None:
         """The earliest time the shell must call :meth:`wake` (``None``: only on input)."""
-        times = [t for t in (self.next_send_at, self.end_by, self.agent_wait_deadline)
-                 if t is not None]
-        return min(times) if times else None
+        if self.state not in _LIVE:
+            return None  # each of the three is None then
+        due = self.next_send_at
+        for t in (self.end_by, self.agent_wait_deadline):
+            if t is not None and (due is None or t < due):
+                due = t
+        return due
 
     @property
     def reconciling(self) -> bool:
@@ -710,7 +736,7 @@ class MessagingSession:
         if any(p.ocp_id == ocp_id for p in self._pending):
             self._notices.append(("message_already_queued", ocp_id))
             return
-        sf_id = message_id(self.conversation_id, f"ocp:{ocp_id}")
+        sf_id = _uuid5(self._namespace, f"ocp:{ocp_id}")
         self._pending.append(PendingMessage(sf_id=sf_id, ocp_id=ocp_id, text=text))
         self._pump(now)
 
@@ -725,7 +751,7 @@ class MessagingSession:
         for text in lines:
             name = f"history:{self._history_count}"
             self._history_count += 1
-            items.append(PendingMessage(sf_id=message_id(self.conversation_id, name),
+            items.append(PendingMessage(sf_id=_uuid5(self._namespace, name),
                                         ocp_id=None, text=text))
         at = 1 if self._pending and self._pending[0].attempts else 0
         for offset, item in enumerate(items):
@@ -1325,11 +1351,15 @@ class MessagingSession:
     def _rest_headers(self, *, auth: bool = True) -> tuple[tuple[str, str], ...]:
         # "Content-Type: application/json on every call; Authorization: Bearer <accessToken>
         # on every call except the token request" (2.0).
-        headers = [("Content-Type", "application/json")]
-        if auth:
-            assert self.access_token is not None
-            headers.append(("Authorization", f"Bearer {self.access_token}"))
-        return tuple(headers)
+        if not auth:
+            return _JSON_HEADERS
+        assert self.access_token is not None
+        # Built once per token (every request of the chat sends the same ones).
+        cached = self._rest_auth
+        if cached is None or cached[0] != self.access_token:
+            cached = self._rest_auth = (self.access_token, (
+                *_JSON_HEADERS, ("Authorization", f"Bearer {self.access_token}")))
+        return cached[1]
 
     def _conversation_path(self, tail: str = "") -> str:
         return f"{API}/conversation/{self.conversation_id}{tail}"
@@ -1339,7 +1369,10 @@ class MessagingSession:
         self._in_flight.append(request)
 
     def _busy(self, purpose: Purpose) -> bool:
-        return any(r.purpose is purpose for r in self._in_flight)
+        for request in self._in_flight:  # noqa: SIM110 (any() over a generator costs more)
+            if request.purpose is purpose:
+                return True
+        return False
 
     def _delete_in_flight(self) -> bool:
         return self._busy(Purpose.CLOSE_CONVERSATION)
@@ -1387,7 +1420,7 @@ class MessagingSession:
         self._pump_messages(now)
 
     def _pump_messages(self, now: float) -> None:
-        if self.reconciling or not self._pending or self._busy(Purpose.SEND_MESSAGE):
+        if not self._pending or self.reconciling or self._busy(Purpose.SEND_MESSAGE):
             return
         while self._sent_at and self._sent_at[0] <= now - self.params.pacing_window_s:
             self._sent_at.pop(0)
@@ -1409,7 +1442,7 @@ class MessagingSession:
         ))
 
     def _pump_typing(self) -> None:
-        if self._busy(Purpose.TYPING) or self._typing_wanted == self._typing_sent:
+        if self._typing_wanted == self._typing_sent or self._busy(Purpose.TYPING):
             return
         if self.state is not State.CHATTING:
             return  # nobody to see it

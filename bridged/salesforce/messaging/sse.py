@@ -97,6 +97,7 @@ class SseParser:
     def reset(self) -> None:
         """Start a new stream (a reconnection): forget partial input, keep the last event ID."""
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder_empty = True  # the decoder holds no byte of a split character
         self._started = False  # the first character (a BOM, maybe) has not been seen yet
         self._after_cr = False  # the last line ended with a CR: a LF next belongs to it
         self._partial: list[str] = []  # the current line, in pieces (fed byte by byte, maybe)
@@ -112,7 +113,16 @@ class SseParser:
         Raises:
             RemoteProtocolError: a line or an event is longer than ``max_size`` characters.
         """
-        text = self._decoder.decode(chunk)
+        if self._decoder_empty:
+            # Nothing of a character held back: a chunk of whole, valid UTF-8 (the usual) is
+            # decoded in one C call; any other goes to the incremental decoder, which then
+            # gives what it would have given from the start.
+            try:
+                text = chunk.decode()
+            except UnicodeDecodeError:
+                text = self._decode(chunk)
+        else:
+            text = self._decode(chunk)
         if not text:
             return []
         if not self._started:
@@ -135,35 +145,48 @@ class SseParser:
             # Line feeds alone (what servers send): a plain split, the same lines.
             lines = text.split("\n")
             rest = lines.pop()
-        for piece in lines:
-            if self._partial:
-                self._partial.append(piece)
-                piece = "".join(self._partial)
-                self._partial.clear()
-                self._partial_size = 0
-            self._process_line(piece, events)
+        if self._partial and lines:
+            self._partial.append(lines[0])
+            lines[0] = "".join(self._partial)
+            self._partial.clear()
+            self._partial_size = 0
+        # Line by line, inline (a call per line cost more than the work of most lines): a
+        # blank line dispatches, a colon first is a comment, else a field (``data`` and
+        # ``event`` handled here, the others by _process_field).
+        for line in lines:
+            if not line:
+                self._dispatch(events)
+                continue
+            name, colon, value = line.partition(":")
+            if not name:
+                continue  # a comment
+            if colon and value[:1] == " ":
+                value = value[1:]
+            if name == "data":
+                self._data.append(value)
+                self._data_size += len(value) + 1
+                if self._partial_size + self._data_size > self.max_size:
+                    self._check_size()
+            elif name == "event":
+                self._event = value
+            else:
+                self._process_field(name, value)
         if rest:
             self._partial.append(rest)
             self._partial_size += len(rest)
             self._check_size()
         return events
 
+    def _decode(self, chunk: bytes) -> str:
+        text = self._decoder.decode(chunk)
+        self._decoder_empty = not self._decoder.getstate()[0]
+        return text
+
     def _check_size(self) -> None:
         if self._partial_size + self._data_size > self.max_size:
             what = "line" if self._partial_size > self._data_size else "event"
             raise RemoteProtocolError(
                 f"event stream {what} longer than max_size ({self.max_size} characters)")
-
-    def _process_line(self, line: str, events: list[SseEvent]) -> None:
-        if not line:
-            self._dispatch(events)
-            return
-        if line.startswith(":"):
-            return  # a comment
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        self._process_field(name, value)
 
     def _process_field(self, name: str, value: str) -> None:
         if name == "event":

@@ -621,12 +621,17 @@ _EVENT_ENTRY_TYPES = {"CONVERSATION_QUEUE_POSITION": "QueuePosition"}
 
 def _entry(raw: _RawEntry, where: str, event: str = "") -> ConversationEntry:
     """Decode ``raw.entry_payload`` (a JSON string on the stream, an object in the list)."""
-    payload_bytes = bytes(raw.entry_payload)
+    # The JSON text of the payload; msgspec decodes a str as it does bytes, so the string
+    # form of the stream is decoded once, not re-encoded first.
+    payload_bytes: bytes | str = bytes(raw.entry_payload)
     try:
-        if payload_bytes.lstrip()[:1] == b'"':
-            payload_bytes = _string_decoder.decode(payload_bytes).encode()
+        first = payload_bytes[:1]
+        if first != b"{" and first != b'"':
+            first = payload_bytes.lstrip()[:1]
+        if first == b'"':
+            payload_bytes = _string_decoder.decode(payload_bytes)
         entry_type = raw.entry_type
-        if not entry_type and payload_bytes.lstrip()[:1] == b"{":
+        if not entry_type and payload_bytes.lstrip()[:1] in (b"{", "{"):
             entry_type = _entry_type_decoder.decode(payload_bytes).entry_type
         decoder = _PAYLOAD_DECODERS.get(entry_type)
         if decoder is None and event in _EVENT_ENTRY_TYPES:
@@ -634,7 +639,7 @@ def _entry(raw: _RawEntry, where: str, event: str = "") -> ConversationEntry:
         payload: EntryPayload
         if decoder is None:
             payload = UnknownPayload(entry_type=entry_type)
-        elif payload_bytes.strip() in (b"", b"null"):
+        elif payload_bytes.strip() in (b"", b"null", "", "null"):
             # Typing and acknowledgement entries are read for their envelope only; any
             # other type without a payload is not what the docs describe.
             if decoder.type not in (TypingPayload, AcknowledgementPayload,
@@ -665,14 +670,14 @@ def decode_sse_data(data: str | bytes, event: str = "") -> SseData:
             without ``conversationId``), naming the field.
     """
     raw_bytes = data.encode() if isinstance(data, str) else data
-    where = f"{event or 'event'} data"
     try:
         envelope = _envelope_decoder.decode(raw_bytes)
     except msgspec.DecodeError as exc:
-        raise _fail(where, exc) from None
+        raise _fail(f"{event or 'event'} data", exc) from None
     entry = None
     if envelope.conversation_entry is not None:
-        entry = _entry(envelope.conversation_entry, f"{where}: conversationEntry", event)
+        entry = _entry(envelope.conversation_entry,
+                       f"{event or 'event'} data: conversationEntry", event)
     return SseData(conversation_id=envelope.conversation_id,
                    channel_address_identifier=envelope.channel_address_identifier,
                    entry=entry, raw=raw_bytes)

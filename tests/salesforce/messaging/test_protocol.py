@@ -303,6 +303,27 @@ def test_history_goes_first_then_visitor_messages_each_with_its_own_id() -> None
 # --- message ids ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["ocp:m1", "history:0", "history:12345", "ocp:",
+                                  "ocp:caf\u00e9 \u2603 \U0001f600", "ocp:" + "x" * 500])
+def test_message_ids_are_the_rfc_4122_uuid5_that_any_process_computes(name: str) -> None:
+    """The ids are made without the uuid module's objects: they must stay its uuid5, the
+    same in a process of an older bridged (a message resent after an upgrade keeps its id)."""
+    for conversation in (p.CONV, p.OTHER_CONV, str(uuid.uuid4()), str(uuid.uuid4())):
+        expected = str(uuid.uuid5(uuid.UUID(conversation), name))
+        assert message_id(conversation, name) == expected
+    d = Driver().chatting()
+    d.s.send_history(["a line"], now=d.now)
+    d.s.send_text("caf\u00e9", "hi", now=d.now)
+    d.drain()
+    sent = []
+    for _ in range(2):
+        (request,) = d.pending(Purpose.SEND_MESSAGE)
+        sent.append(json.loads(request.body or b"")["message"]["id"])
+        d.answer(Purpose.SEND_MESSAGE, 202, {})
+    assert sent == [str(uuid.uuid5(uuid.UUID(p.CONV), "history:0")),
+                    str(uuid.uuid5(uuid.UUID(p.CONV), "ocp:caf\u00e9"))]
+
+
 def test_ocp_id_maps_to_one_salesforce_id_even_in_another_process() -> None:
     a = MessagingSession(PARAMS, conversation_id=p.CONV)
     b = MessagingSession(PARAMS, conversation_id=p.CONV)

@@ -207,3 +207,17 @@ def test_size_bound_is_not_hit_by_many_small_events() -> None:
     parser = SseParser(max_size=100)
     events = parser.feed(b"data: 0123456789\n\n" * 50)
     assert len(events) == 50
+
+
+def test_a_stream_split_at_any_point_gives_the_same_events() -> None:
+    """Every line kind (comment, field without colon, data of several lines, id, retry,
+    unknown field) with every line end, cut into two chunks at each position."""
+    text = (": hello\r\nevent: ping\ndata: 0\n\n:\nid: 7\revent: x\r\ndata\ndata: a:b\n"
+            "data:  c\nretry: 5\nfoo: bar\n\n" + STREAM.decode() + ": bye\n\ndata: \u00e9\n\n")
+    data = text.encode()
+    whole = parse(data)
+    assert [e.data for e in whole] == ["0", "\na:b\n c", "0", DATA, "\u00e9"]
+    for cut in range(len(data) + 1):
+        parser = SseParser()
+        assert parser.feed(data[:cut]) + parser.feed(data[cut:]) == whole, cut
+        assert parser.retry_ms == 5
