@@ -76,9 +76,10 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     overload_low: Annotated[int, msgspec.Meta(ge=0)] = 50000
     shutdown_budget_s: PositiveFloat = 8.0
     # When the garbage collector runs (bridged/ops/gcpolicy.py). "growth": its automatic
-    # collections are off, and a full collection runs once the objects it tracks grew by
-    # gc_growth times what the last one left (1.0: doubled). "thresholds": CPython's
-    # generational collections, with gc_thresholds (generations 0, 1, 2).
+    # collections are off, and a full collection runs once the heap (Python's allocated
+    # memory blocks) grew by gc_growth times what the last one left (1.0: doubled).
+    # "thresholds": CPython's generational collections, with gc_thresholds (generations
+    # 0, 1, 2).
     gc_policy: Literal["growth", "thresholds"] = "growth"
     gc_growth: PositiveFloat = 1.0
     gc_thresholds: Annotated[list[PositiveInt], msgspec.Meta(min_length=3, max_length=3)] = (
