@@ -195,7 +195,6 @@ __all__ = [
 import enum
 import hashlib
 import uuid
-from collections import deque
 from collections.abc import Iterable
 
 import msgspec
@@ -492,6 +491,12 @@ class _Seen:
         return list(self._ids)
 
 
+def _keep_newest(ids: list[str], new: str, most: int) -> None:
+    """Append ``new``; forget the oldest beyond ``most`` (what ``deque(maxlen=most)`` does)."""
+    ids.append(new)
+    if len(ids) > most:
+        del ids[0]
+
 class MessagingSession:
     """The visitor side of one Enhanced Chat hand-over (sans-I/O).
 
@@ -529,10 +534,12 @@ class MessagingSession:
         self.agent_ever_joined = False
         self._bot_seen = False
         self._seen = _Seen()
-        self._typing_ids: deque[str] = deque(maxlen=_TYPING_IDS_MAX)
+        # The newest ids, at most _TYPING_IDS_MAX and DELIVERED_IDS_MAX: short lists, not
+        # bounded deques (an empty deque takes 760 bytes, per chat).
+        self._typing_ids: list[str] = []
         # Lists, not deques: both are short, and an empty deque takes 760 bytes (per chat).
         self._pending: list[PendingMessage] = []
-        self._delivered: deque[str] = deque(maxlen=DELIVERED_IDS_MAX)
+        self._delivered: list[str] = []
         self._sent_at: list[float] = []
         self._history_count = 0
         self.requested_at: float | None = None
@@ -680,7 +687,7 @@ class MessagingSession:
         s.agent, s._agents = snapshot.agent, dict(snapshot.agents)
         s.agent_ever_joined, s._bot_seen = snapshot.agent_ever_joined, snapshot.bot_seen
         s._pending = [msgspec.structs.replace(p) for p in snapshot.pending]
-        s._delivered.extend(snapshot.delivered)
+        s._delivered = list(snapshot.delivered)[-DELIVERED_IDS_MAX:]
         s._sent_at = list(snapshot.sent_at)
         s._history_count, s.requested_at = snapshot.history_count, snapshot.requested_at
         s._end, s._end_after_delete = snapshot.end, snapshot.end_after_delete
@@ -1227,7 +1234,7 @@ class MessagingSession:
         if entry.identifier:
             if entry.identifier in self._typing_ids:
                 return
-            self._typing_ids.append(entry.identifier)
+            _keep_newest(self._typing_ids, entry.identifier, _TYPING_IDS_MAX)
         self._facts.append(facts.AgentTyping(active=active))
 
     def _participant(self, change: wire.ParticipantChange, now: float) -> None:
@@ -1329,7 +1336,7 @@ class MessagingSession:
             if item.sf_id == sf_id:
                 self._pending.remove(item)
                 if item.ocp_id is not None:
-                    self._delivered.append(item.ocp_id)
+                    _keep_newest(self._delivered, item.ocp_id, DELIVERED_IDS_MAX)
                     self._facts.append(facts.Delivered(id=item.ocp_id))
                 return
 
