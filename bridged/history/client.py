@@ -14,7 +14,6 @@ from __future__ import annotations
 
 __all__ = ["HISTORY_PATH", "MAX_HISTORY_BODY", "HistoryAuth", "fetch_history"]
 
-import functools
 import logging
 import time
 from urllib.parse import quote
@@ -25,6 +24,7 @@ from yarl import URL
 
 from bridged._log import log_event
 from bridged.history.decoder import HistoryUnavailable, HistoryUnreadable, Turn, decode_history
+from bridged.salesforce.http import total_timeout
 
 log = logging.getLogger("bridged.history.decoder")
 
@@ -35,13 +35,6 @@ HISTORY_PATH = "/chat/dialogs/history"
 MAX_HISTORY_BODY = 2 * 1024 * 1024
 
 _CHUNK = 64 * 1024
-
-
-@functools.lru_cache(maxsize=8)
-def _total_timeout(seconds: float) -> aiohttp.ClientTimeout:
-    # A ClientTimeout per value, not per request (it is immutable; one value in practice,
-    # history.timeout_s). Kept here: the history client does not import the Salesforce side.
-    return aiohttp.ClientTimeout(total=seconds)
 
 
 class HistoryAuth(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,7 +138,7 @@ async def _fetch(
         async with session.get(
             url,
             headers=headers,
-            timeout=_total_timeout(timeout),
+            timeout=total_timeout(timeout),
             allow_redirects=False,
             raise_for_status=False,
         ) as response:

@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = ["Pool", "total_timeout"]
 
 import asyncio
+import functools
 from collections.abc import Callable
 
 import aiohttp
@@ -35,19 +36,12 @@ def _client_session(limit: int, keepalive_s: float) -> aiohttp.ClientSession:
                                  cookie_jar=aiohttp.DummyCookieJar())
 
 
-# total_timeout's: a ClientTimeout per value (a few: the poll's, the requests').
-_TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
-_MAX_TIMEOUTS = 64
 
 
+@functools.lru_cache(maxsize=64)
 def total_timeout(seconds: float) -> aiohttp.ClientTimeout:
     """``aiohttp.ClientTimeout(total=seconds)``, made once per value (it is immutable)."""
-    timeout = _TIMEOUTS.get(seconds)
-    if timeout is None:
-        if len(_TIMEOUTS) >= _MAX_TIMEOUTS:
-            _TIMEOUTS.clear()
-        timeout = _TIMEOUTS[seconds] = aiohttp.ClientTimeout(total=seconds)
-    return timeout
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 class Pool:
