@@ -156,7 +156,7 @@ class MessagingActor:
                  "_retry", "_salesforce", "_save_gen", "_saved_chat", "_static_saved", "_store",
                  "_stream_items", "_stream_next", "_stream_number", "_stream_room",
                  "_stream_sent_at", "_stream_task", "_streams_opened", "_timer", "_timer_due",
-                 "_tokens", "_transport", "_wake", "chat", "session", "stream_open")
+                 "_tokens", "_transport", "_waiting", "_wake", "chat", "session", "stream_open")
 
     def __init__(self, chat: Chat, session: MessagingSession, transport: MessagingTransport,
                  *, salesforce: SalesforceConfig, max_pending: int, retry: RetryPolicy,
@@ -174,7 +174,10 @@ class MessagingActor:
         self._metrics = metrics
         chat.persistent = store is not None
         self._wake = Wakeup()
-        chat.waker = self._wake.set
+        # Suspended between two turns of the loop: news from the chat wakes it then (during
+        # a turn the news is its own, the facts it emits, and the turn saves them).
+        self._waiting = False
+        chat.waker = self._chat_woke
         # REST: waiting to go, and answered (by the tasks' callbacks).
         self._outgoing: list[_Outgoing] = []
         self._requests: dict[asyncio.Task[_Result], tuple[HttpRequest, float]] = {}
@@ -250,11 +253,14 @@ class MessagingActor:
                     released(self.chat)
                     return
                 self._send()
+                self._waiting = True
                 await self._wake.wait()
+                self._waiting = False
         except Exception:
             crashed = True  # a bug: the supervisor ends the chat toward OCP
             raise
         finally:
+            self._waiting = False
             self._tokens.leave(self.chat.id)
             await self._cancel_tasks()
             if crashed:
@@ -276,6 +282,12 @@ class MessagingActor:
             return
         log_event(log, logging.INFO, "farewell_sent", chat=self.chat.id,
                   resource=request.purpose.value, status=answer.status)
+
+    def _chat_woke(self) -> None:
+        """The chat has news (a command, an ack that makes room, an end): a turn, unless
+        one is running (then the news is the turn's own, which it saves anyway)."""
+        if self._waiting:
+            self._wake.set()
 
     # --- one turn -----------------------------------------------------------------------
 
@@ -400,19 +412,10 @@ class MessagingActor:
         """Pass the session's facts to the chat, and its notices to the log."""
         for event, detail in self.session.notices_received():
             log_event(log, logging.INFO, event, chat=self.chat.id, detail=detail)
-        reported = self.session.facts_received()
-        if reported:
-            # Chat.emit wakes the actor so that it saves the new event: this turn's _save,
-            # right after, does that, so the actor's own facts must not cost a second, empty
-            # turn (one per relayed message and more). Every other waker stays as it is.
-            waker, self.chat.waker = self.chat.waker, None
-            try:
-                for fact in reported:
-                    if isinstance(fact, facts.Ended):
-                        self._refuse_inbox()
-                    self.chat.emit(fact)
-            finally:
-                self.chat.waker = waker
+        for fact in self.session.facts_received():
+            if isinstance(fact, facts.Ended):
+                self._refuse_inbox()
+            self.chat.emit(fact)  # wakes no one: see _chat_woke
         if self.chat.state != _TOKEN_QUEUED or self.session.state is not State.AUTHORIZING:
             self.chat.state = self.session.state.value
         self.chat.salesforce_id = self.session.conversation_id
