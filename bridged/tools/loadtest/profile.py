@@ -2,7 +2,7 @@
 
 With ``bridged loadtest --py-spy PATH`` (PATH: the ``py-spy`` program, ``pip install
 py-spy``), each server (bridged and the null bridge) is sampled from outside, without being
-paused (``py-spy record --nonblocking``, 100 samples/s), over its saturation and its
+paused (``py-spy record --nonblocking``, 100 samples/s), over its idle, saturation and
 half-load phases. The samples go to ``profile-<target>-<topology>-<phase>.txt`` in the run's
 directory (py-spy's raw "collapsed stack" format: one stack and its count per line, for
 ``flamegraph.pl`` or speedscope) and are sorted into the parts of :data:`PARTS`.

@@ -165,11 +165,12 @@ def _profile_lines(b: dict[str, Any] | None, n: dict[str, Any] | None,
     runs: list[dict[str, Any] | None] = [b, n, *extra]
     lines: list[str] = []
     for phase, title, cpu_key in (("load", "half load", "cpu_ms_per_msg_load"),
-                                  ("sat", "saturation", "cpu_ms_per_msg_sat")):
+                                  ("sat", "saturation", "cpu_ms_per_msg_sat"),
+                                  ("idle", "idle", None)):
         profiles = [((run or {}).get(f"profile_{phase}") or {}) for run in runs]
         if not any(profiles):
             continue
-        cpu = [_flat(run or {}).get(cpu_key) for run in runs]
+        cpu = [_flat(run or {}).get(cpu_key) if cpu_key else None for run in runs]
         lines.append(f"where the time goes, {title} (py-spy; % of samples, ms per message):")
         for part in PARTS:
             shares = [p.get(part) for p in profiles]

@@ -706,8 +706,11 @@ async def _bench(opts: LoadTestOptions, target: str, topology: Topology, ctx: Ru
         progress.phase = "idle"
         await asyncio.sleep(opts.settle_s)
         await meters.mark()
+        recorder = _profiler(opts, ctx, target, topology, "idle")
         await asyncio.sleep(opts.idle_s)
         await meters.read(out, "idle")
+        if recorder is not None:
+            out["profile_idle"] = await recorder.stop()
         out["rss_live_kib"] = _sum_of(pids, read_rss_kib)
         out["fds_live"] = _sum_of(pids, count_fds)
         out["redis_rss_live_kib"] = read_rss_kib(redis_pid) if redis_pid else None
