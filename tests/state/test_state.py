@@ -200,3 +200,29 @@ async def test_a_failed_commit_releases_nothing_and_is_tried_again(
     assert kept.snapshot == b"kept later"
     assert kept.lists == {1: [(2, b"two"), (3, b"three")]}
     await again.aclose()
+
+
+async def test_the_wal_file_is_cut_back_after_a_burst(tmp_path: Path) -> None:
+    # A burst grows the WAL file; once a checkpoint has caught up and the WAL starts over,
+    # its file goes back to the limit instead of keeping the burst's size on disk for good.
+    limit = 256 * 1024
+    store = StateStore(tmp_path, wal_size_limit=limit)
+    store.open()
+    wal = Path(f"{store.path}-wal")
+    for round_ in range(8):  # 8 commits of 200 chats x 2 KB: some 4 MB of WAL
+        for chat in range(200):
+            store.save(f"chat-{chat}", f"{round_}".encode() * 2048)
+        assert await store.flush(10)
+    grown = wal.stat().st_size
+    assert grown > 4 * limit
+    size = grown
+    for _ in range(100):  # the checkpoint thread runs every second; bounded wait
+        await asyncio.sleep(0.1)
+        store.save("chat-0", b"after the burst")  # the commit that starts the WAL over
+        assert await store.flush(10)
+        size = wal.stat().st_size
+        if size <= limit:
+            break
+    assert size <= limit, (grown, size)
+    await store.aclose()
+    assert StateStore(tmp_path).open()["chat-0"].snapshot == b"after the burst"
