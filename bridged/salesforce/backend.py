@@ -14,7 +14,7 @@ visitor's commands from ``chat.inbox`` (woken through ``chat.waker``), honours
 
 from __future__ import annotations
 
-__all__ = ["Backend", "Backends", "backend_name"]
+__all__ = ["Backend", "Backends", "backend_name", "backend_name_of"]
 
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -54,7 +54,12 @@ class Backend(Protocol):
 
 def backend_name(webchat: AnyWebchat) -> str:
     """The name of the backend that serves a chat of this configuration (its ``type``)."""
-    tag = type(webchat).__struct_config__.tag
+    return backend_name_of(type(webchat))
+
+
+def backend_name_of(kind: type[AnyWebchat]) -> str:
+    """The name of the backend that serves chats of this configuration type."""
+    tag = kind.__struct_config__.tag
     assert isinstance(tag, str)
     return tag
 
