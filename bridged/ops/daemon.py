@@ -388,7 +388,8 @@ async def serve(config: Config, config_path: str | Path | None = None) -> int:
     background = [asyncio.create_task(watchdog_pings(notifier), name="sd-watchdog")]
     collector = None
     if config.server.gc_policy == "growth":
-        collector = GrowthCollector(config.server.gc_growth)
+        collector = GrowthCollector(config.server.gc_growth,
+                                    population=lambda: len(daemon.dispatcher.live))
         collector.start()
         background.append(asyncio.create_task(collector.run(), name="gc-growth"))
     notifier.ready(f"{len(daemon.dispatcher.live)} chats")

@@ -76,7 +76,7 @@ import hmac
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -590,6 +590,10 @@ class NullBridge:
         self.app.router.add_get("/healthz", self._healthz)
         self.app.cleanup_ctx.append(self._lifecycle)
 
+    def live_chats(self) -> int:
+        """How many chats are live (the garbage collector's policy counts the heap per)."""
+        return len(self._chats)
+
     def live_agent(self, base_url: str, *, organization_id: str, deployment_id: str,
                    button_id: str, api_version: str = "66") -> NullBridge:
         """Hand chats over through Live Agent REST at ``base_url`` (``.../chat/rest/``)."""
@@ -749,12 +753,14 @@ def _base_url(url: str) -> str:
 GC_MODES = ("bridged", "python", "off")
 
 
-def tune_gc(mode: str) -> asyncio.Task[None] | None:
+def tune_gc(mode: str, population: Callable[[], int] | None = None,
+            ) -> asyncio.Task[None] | None:
     """Set the collector for ``mode``, once the server listens; the task of its policy.
 
     ``bridged``: bridged's daemon default (``gc.freeze()``, then the "growth" policy of
     bridged/ops/gcpolicy.py). ``python``: Python's defaults. ``off``: ``gc.freeze()``, then
-    no collection at all (memory is freed by reference counting alone).
+    no collection at all (memory is freed by reference counting alone). ``population``:
+    the live chats, which the "growth" policy counts the heap per.
     """
     if mode == "python":
         return None
@@ -764,7 +770,7 @@ def tune_gc(mode: str) -> asyncio.Task[None] | None:
         return None
     if mode == "bridged":
         gc.freeze()
-        collector = GrowthCollector(growth=1.0)
+        collector = GrowthCollector(growth=1.0, population=population)
         collector.start()
         return asyncio.create_task(collector.run(), name="gc-growth")
     raise ValueError(f"gc mode must be one of {', '.join(GC_MODES)}, got {mode!r}")
@@ -790,7 +796,7 @@ async def serve(args: argparse.Namespace) -> int:
     site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), backlog=4096,
                        reuse_address=True)
     await site.start()
-    collecting = tune_gc(args.gc)
+    collecting = tune_gc(args.gc, population=bridge.live_chats)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -163,3 +163,42 @@ async def test_an_enhanced_chat_conversations_whole_life_leaves_no_cycles(
             aiohttp.ClientSession() as http:
         client = await connect(http, daemon.url, MESSAGING_TOKEN)
         await _whole_lives_leave_no_cycles(client, daemon, "m_echo")
+
+
+def test_more_chats_on_a_larger_heap_are_no_growth() -> None:
+    # The heap per live chat is what must grow: twice the chats on twice the heap is not
+    # due, while the same chats on a heap that grew as much are.
+    live = [2_000]
+    policy = GrowthCollector(growth=1.0, floor=20_000, population=lambda: live[0])
+    policy.start()
+    try:
+        policy.collect()
+        alone = policy.limit
+        live[0] = 4_000
+        assert policy.limit >= 2 * alone - 2 * 20_000  # the base scaled with the chats
+        kept = [_Node() for _ in range(alone - sys.getallocatedblocks() + 1_000)]
+        assert not policy.due()  # grown as far as doubled chats explain
+        live[0] = 2_000
+        assert policy.due()  # the same growth with the same chats: due
+        del kept
+    finally:
+        policy.stop()
+        gc.collect()
+
+
+def test_a_handful_of_chats_counts_as_the_least_population() -> None:
+    # At start-up, a heap left by 3 chats is not divided by 3 (each would seem to cost a
+    # third of the heap, and any later chat count would postpone every collection).
+    live = [3]
+    policy = GrowthCollector(growth=1.0, floor=20_000, population=lambda: live[0],
+                             least_population=1_000)
+    policy.start()
+    try:
+        policy.collect()
+        alone = policy.limit
+        live[0] = 900  # fewer than the least: the same limit
+        assert policy.limit == alone
+        live[0] = 2_000
+        assert policy.limit > alone
+    finally:
+        policy.stop()
