@@ -889,35 +889,43 @@ class MessagingSession:
                 self._want_stream()
         self._pump(now)
 
-    def receive_event(self, event: SseEvent, *, now: float) -> None:
-        """Take one event of the stream (a ping, an entry, or anything else)."""
+    def receive_event(self, event: SseEvent, *, now: float) -> bool:
+        """Take one event of the stream (a ping, an entry, or anything else).
+
+        Returns whether it changed the session beyond :attr:`last_event_id`. ``False`` (a
+        ping, an acknowledgement, any type ignored, another conversation's) means that saving
+        the new id may wait for the next save that matters: an older ``Last-Event-Id`` only
+        replays such events again, which change nothing, and entries are de-duplicated by
+        their ids (kept in the snapshot) whatever the stream replays.
+        """
         if self.state not in _LIVE:
-            return
+            return False
         if event.id:
             self.last_event_id = event.id
         if event.event == _PING or event.event in _IGNORED_EVENTS:
-            return
+            return False
         if event.event not in _ENTRY_EVENTS and event.event != _CLOSE_EVENT:
             # "your implementation must ignore unrecognized event types" (D-SSES).
             if event.event not in self._unknown_events:
                 self._unknown_events.add(event.event)
                 self._notices.append(("unknown_event_type", event.event))
-            return
+            return False
         try:
             data = wire.decode_sse_data(event.data, event.event)
         except RemoteProtocolError as exc:
             self._poison(str(exc), now)
-            return
+            return True
         if data.conversation_id != self.conversation_id:
             self._notices.append(("other_conversation_event", event.event))
-            return
+            return False
         if self.reconciling:
             if len(self._held) < MAX_HELD_EVENTS:
                 self._held.append((event.event, data))
-                return
+                return True
             self._notices.append(("held_events_overflow", event.event))
         self._process_event(event.event, data, now)
         self._pump(now)
+        return True
 
     # --- answers ----------------------------------------------------------------------
 
