@@ -572,7 +572,7 @@ class MessagingSession:
         self._rest_auth: tuple[str, tuple[tuple[str, str], ...]] | None = None
         self._facts: list[facts.Fact] = []
         self._notices: list[tuple[str, str]] = []
-        self._unknown_events: set[str] = set()
+        self._unknown_events: set[str] | None = None  # made at the first one (216 bytes)
 
     # --- predicates -------------------------------------------------------------------
 
@@ -906,6 +906,8 @@ class MessagingSession:
             return False
         if event.event not in _ENTRY_EVENTS and event.event != _CLOSE_EVENT:
             # "your implementation must ignore unrecognized event types" (D-SSES).
+            if self._unknown_events is None:
+                self._unknown_events = set()
             if event.event not in self._unknown_events:
                 self._unknown_events.add(event.event)
                 self._notices.append(("unknown_event_type", event.event))
@@ -1368,13 +1370,18 @@ class MessagingSession:
         # on every call except the token request" (2.0).
         if not auth:
             return _JSON_HEADERS
+        return self._auth_headers()[1]
+
+    def _auth_headers(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """``Bearer <token>`` and the REST headers with it, built once per token: every
+        request of the chat, and its stream, share the one string (the token is ~0.5 KiB)."""
         assert self.access_token is not None
-        # Built once per token (every request of the chat sends the same ones).
         cached = self._rest_auth
         if cached is None or cached[0] != self.access_token:
+            bearer = f"Bearer {self.access_token}"
             cached = self._rest_auth = (self.access_token, (
-                *_JSON_HEADERS, ("Authorization", f"Bearer {self.access_token}")))
-        return cached[1]
+                *_JSON_HEADERS, ("Authorization", bearer)))
+        return cached
 
     def _conversation_path(self, tail: str = "") -> str:
         return f"{API}/conversation/{self.conversation_id}{tail}"
@@ -1395,11 +1402,10 @@ class MessagingSession:
     def _want_stream(self) -> None:
         # "Accept, Authorization, X-Org-Id 15, Last-Event-Id" (7.2); "always send the first
         # 15 characters of the configured id" (3.1).
-        assert self.access_token is not None
+        bearer = self._auth_headers()[1][-1]
         self._stream_request = HttpRequest(
             method="GET", path=SSE_PATH, purpose=Purpose.EVENTS,
-            headers=(("Accept", "text/event-stream"),
-                     ("Authorization", f"Bearer {self.access_token}"),
+            headers=(("Accept", "text/event-stream"), bearer,
                      ("X-Org-Id", self.org_id),
                      ("Last-Event-Id", self.last_event_id)),
             attempt=self._stream_failures,

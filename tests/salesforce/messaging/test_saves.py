@@ -1,4 +1,5 @@
-"""When the Enhanced Chat actor saves: an event that only moves the last event id waits.
+"""When the Enhanced Chat actor saves (an event that only moves the last event id waits),
+and what a live chat's objects cost.
 
 The actor (with its real session, SSE parser and wire decoders) against the in-process
 Salesforce of ``bridged.tools.ecbench`` (the simulator's own entry and frame functions), its
@@ -149,3 +150,12 @@ async def test_a_release_saves_the_last_event_id_first() -> None:
         await asyncio.wait_for(asyncio.shield(scene.task), 5)
         assert scene.chat.released
         assert scene.store.snapshot.last_event_id == last_ack
+
+
+async def test_the_objects_a_live_chat_keeps_have_no_instance_dict() -> None:
+    """One of each per chat: slots, not a dict of attributes (a few hundred bytes each)."""
+    async with Scene() as scene:
+        actor = scene.actor
+        kept = [actor, actor.session, actor.session._seen, actor._parser, actor._wake,
+                actor._stream_room, scene.chat]
+        assert [type(o).__name__ for o in kept if hasattr(o, "__dict__")] == []
