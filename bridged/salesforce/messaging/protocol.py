@@ -508,16 +508,15 @@ class MessagingSession:
 
     # Slots, not an instance dict: one per chat, and a class of more than 30 attributes
     # gets no key-sharing dict (about 1.6 KiB each here).
-    __slots__ = ("__weakref__", "_agents", "_bot_seen", "_created", "_delete_sent", "_delivered",
-                 "_end", "_end_after_delete", "_ended_emitted", "_facts", "_held",
+    __slots__ = ("__weakref__", "_agents", "_bearer", "_bot_seen", "_created", "_delete_sent",
+                 "_delivered", "_end", "_end_after_delete", "_ended_emitted", "_facts", "_held",
                  "_history_count", "_in_flight", "_namespace", "_notices", "_outbox", "_pending",
                  "_poisoned", "_reconcile_entries", "_reconcile_pages", "_reconcile_wanted",
                  "_rest_auth", "_routing_attributes", "_routing_check", "_seen", "_sent_at",
                  "_stream_ever_opened", "_stream_failures", "_stream_request", "_stream_state",
-                 "_typing_ids", "_typing_sent", "_typing_wanted", "_unknown_events",
-                 "access_token", "agent", "agent_ever_joined", "conversation_id",
-                 "last_entry_ms", "last_event_id", "org_id", "params", "requested_at",
-                 "routing_status", "state", "token_exp")
+                 "_typing_ids", "_typing_sent", "_typing_wanted", "_unknown_events", "agent",
+                 "agent_ever_joined", "conversation_id", "last_entry_ms", "last_event_id",
+                 "org_id", "params", "requested_at", "routing_status", "state", "token_exp")
 
     def __init__(self, params: MessagingParams, *, conversation_id: str | None = None) -> None:
         self.params = params
@@ -525,7 +524,9 @@ class MessagingSession:
         self.conversation_id = _check_conversation_id(conversation_id or str(uuid.uuid4()))
         self._namespace = uuid.UUID(self.conversation_id).bytes  # of the message ids (uuid5)
         self.state = State.IDLE
-        self.access_token: str | None = None
+        # The guest token is kept once, inside its Authorization value (it is ~1 KiB).
+        self._bearer: str | None = None
+        self._rest_auth: tuple[tuple[str, str], ...] | None = None
         self.token_exp: float | None = None
         self.last_event_id = "0"
         self.last_entry_ms = 0
@@ -569,12 +570,22 @@ class MessagingSession:
         self.routing_status: str | None = None
         self._outbox: list[HttpRequest] = []
         self._in_flight: list[HttpRequest] = []
-        self._rest_auth: tuple[str, tuple[tuple[str, str], ...]] | None = None
         self._facts: list[facts.Fact] = []
         self._notices: list[tuple[str, str]] = []
         self._unknown_events: set[str] | None = None  # made at the first one (216 bytes)
 
     # --- predicates -------------------------------------------------------------------
+
+    @property
+    def access_token(self) -> str | None:
+        """The guest access token, once the token answer came."""
+        bearer = self._bearer
+        return None if bearer is None else bearer[7:]
+
+    @access_token.setter
+    def access_token(self, value: str | None) -> None:
+        self._bearer = None if value is None else f"Bearer {value}"
+        self._rest_auth = None
 
     @property
     def is_finished(self) -> bool:
@@ -704,7 +715,7 @@ class MessagingSession:
             return
         if self.state is State.IDLE:
             return
-        if self.state is State.AUTHORIZING or self.access_token is None:
+        if self.state is State.AUTHORIZING or self._bearer is None:
             self.state = State.AUTHORIZING  # the token answer was lost: ask again
             self._pump(now)
             return
@@ -797,7 +808,7 @@ class MessagingSession:
         closed (no token, or past ``exp``), or it was closed already. The answer, if any,
         need not be given back: the session is not used after this.
         """
-        if (self._delete_sent and not self._delete_in_flight()) or self.access_token is None:
+        if (self._delete_sent and not self._delete_in_flight()) or self._bearer is None:
             return None
         if not (self._created or self._busy(Purpose.CREATE_CONVERSATION)):
             return None
@@ -1370,17 +1381,11 @@ class MessagingSession:
         # on every call except the token request" (2.0).
         if not auth:
             return _JSON_HEADERS
-        return self._auth_headers()[1]
-
-    def _auth_headers(self) -> tuple[str, tuple[tuple[str, str], ...]]:
-        """``Bearer <token>`` and the REST headers with it, built once per token: every
-        request of the chat, and its stream, share the one string (the token is ~0.5 KiB)."""
-        assert self.access_token is not None
+        # Built once per token: every request of the chat, and its stream, share them.
         cached = self._rest_auth
-        if cached is None or cached[0] != self.access_token:
-            bearer = f"Bearer {self.access_token}"
-            cached = self._rest_auth = (self.access_token, (
-                *_JSON_HEADERS, ("Authorization", bearer)))
+        if cached is None:
+            assert self._bearer is not None
+            cached = self._rest_auth = (*_JSON_HEADERS, ("Authorization", self._bearer))
         return cached
 
     def _conversation_path(self, tail: str = "") -> str:
@@ -1402,7 +1407,7 @@ class MessagingSession:
     def _want_stream(self) -> None:
         # "Accept, Authorization, X-Org-Id 15, Last-Event-Id" (7.2); "always send the first
         # 15 characters of the configured id" (3.1).
-        bearer = self._auth_headers()[1][-1]
+        bearer = self._rest_headers()[-1]
         self._stream_request = HttpRequest(
             method="GET", path=SSE_PATH, purpose=Purpose.EVENTS,
             headers=(("Accept", "text/event-stream"), bearer,
