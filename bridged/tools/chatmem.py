@@ -220,8 +220,8 @@ async def _measure(warm: Callable[[int], Any], run: Callable[[int], Any],
 
 
 def _where(stat: tracemalloc.StatisticDiff) -> str:
-    frames = stat.traceback
-    return " <- ".join(f"{_short(f.filename)}:{f.lineno}" for f in list(frames)[:6])
+    frames = list(stat.traceback)[::-1]  # the most recent first
+    return " <- ".join(f"{_short(f.filename)}:{f.lineno}" for f in frames[:6])
 
 
 def _short(filename: str) -> str:
