@@ -50,6 +50,8 @@ SCRT = "https://bench.my.salesforce-scrt.com"
 ORG = "00D000000000001"
 CHANNEL = "bench-channel"
 AGENT = "005000000000001"
+# --apart: turns of the loop between two of the agent's events.
+_APART_HOPS = 8
 
 
 def _b64(data: bytes) -> str:
@@ -99,7 +101,10 @@ class _Stream:
 class BenchSalesforce:
     """The echoing deployment, answering the actor's requests in process (no sockets)."""
 
-    def __init__(self) -> None:
+    def __init__(self, apart: bool = False) -> None:
+        # apart: the agent's events come one by one (each in a turn of its own, as a real
+        # console's acknowledgements and replies do), not all in the echo's turn.
+        self._apart = apart
         self._by_token: dict[str, _Conversation] = {}
         self._by_id: dict[str, _Conversation] = {}
         self._tokens = 0
@@ -156,8 +161,27 @@ class BenchSalesforce:
         self._events += 1
         filled = (conv.echo.replace(b"@MID@", message_id.encode())
                   .replace(b"@TEXT@", text.encode()).replace(b"@N@", n))
-        for frame in filled.split(b"\n\n")[:-1]:
-            conv.chunks.put_nowait(frame + b"\n\n")
+        frames = [frame + b"\n\n" for frame in filled.split(b"\n\n")[:-1]]
+        if not self._apart:
+            for frame in frames:
+                conv.chunks.put_nowait(frame)
+            return
+        conv.chunks.put_nowait(frames[0])  # the visitor's echo, at once
+        self._put_apart(conv, frames, 1, _APART_HOPS)
+
+    def _put_apart(self, conv: _Conversation, frames: list[bytes], index: int,
+                   hops: int) -> None:
+        # A few turns of the loop between two frames (the reader's, the actor's, its
+        # commit's): each event is taken in a turn of its own, the same in every run (no
+        # clock in it, so that instruction counts repeat).
+        if index >= len(frames):
+            return
+        loop = asyncio.get_running_loop()
+        if hops:
+            loop.call_soon(self._put_apart, conv, frames, index, hops - 1)
+            return
+        conv.chunks.put_nowait(frames[index])
+        loop.call_soon(self._put_apart, conv, frames, index + 1, _APART_HOPS)
 
     def _echo_template(self, conv: _Conversation) -> bytes:
         agent = entries.agent_sender(AGENT)
@@ -194,17 +218,21 @@ class BenchSalesforce:
 class _Link:
     """OCP's side: takes every event at once, acknowledges it and sends the next message."""
 
-    def __init__(self, bench: _Bench) -> None:
+    def __init__(self, bench: _Bench, ack_each: bool = True) -> None:
         self.id = "bench"
         self.chats: set[str] = set()
         self._bench = bench
+        # Every event acknowledged, or (as the load test's client does) only the agent's
+        # messages and its joining, each acknowledging everything before it.
+        self._ack_each = ack_each
 
     def schedule(self, chat: Chat) -> None:
         # Written now; OCP's ack and its next message come in a later turn of the loop.
         loop = asyncio.get_running_loop()
         for event in chat.unsent(1000):
             chat.sent_upto = event.seq
-            loop.call_soon(chat.ack, event.seq)
+            if self._ack_each or isinstance(event, env.AgentMessage | env.AgentJoined):
+                loop.call_soon(chat.ack, event.seq)
             if isinstance(event, env.AgentMessage):
                 loop.call_soon(self._bench.echoed, chat)
             elif isinstance(event, env.AgentJoined):
@@ -309,11 +337,13 @@ class _NullStore:
 
 
 async def run_bench(chats: int, messages: int, directory: Path,
-                    store_kind: str = "sqlite") -> BenchResult:
+                    store_kind: str = "sqlite", apart: bool = False) -> BenchResult:
     """Relay ``messages`` visitor messages (and their echoes) in each of ``chats`` chats.
 
     ``store_kind``: ``sqlite`` (the real state store in ``directory``) or ``none`` (saves
     are handed over and taken as committed at once: the actor and session alone).
+    ``apart``: each of the agent's events in a turn of its own (see :class:`BenchSalesforce`),
+    and OCP acknowledging as the load test's client does (at each agent message).
     """
     store: Any
     if store_kind == "none":
@@ -321,11 +351,11 @@ async def run_bench(chats: int, messages: int, directory: Path,
     else:
         store = _CountingStore(directory)
         store.open()
-    backend = MessagingBackend(BenchSalesforce(), SalesforceConfig(), max_pending=10,
+    backend = MessagingBackend(BenchSalesforce(apart), SalesforceConfig(), max_pending=10,
                                store=store, retry=RetryPolicy(initial_s=0.01, max_delay_s=0.02))
     bench = _Bench(messages)
     bench.chats = chats
-    link = _Link(bench)
+    link = _Link(bench, ack_each=not apart)
     webchat = resolve_webchat(WebchatFields(
         type="salesforce_messaging", scrt_url=SCRT, organization_id=ORG,
         es_developer_name="Sim_Echo"), None, {}, ["*.my.salesforce-scrt.com"])
@@ -369,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--store", choices=["sqlite", "none"], default="sqlite",
                         help="the real state store, or none (the actor and session alone)")
+    parser.add_argument("--apart", action="store_true",
+                        help="the agent's events one by one, each in a turn of its own (as a"
+                             " real console's acknowledgements come), not all at once; OCP"
+                             " acknowledges at each agent message (as the load test's"
+                             " client), not each event")
     parser.add_argument("--json", action="store_true", help="one JSON line per round")
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)  # as with level = "warning"; the log is not measured
@@ -377,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="ecbench-") as tmp:
             result = asyncio.run(run_bench(args.chats, args.messages, Path(tmp) / "state",
-                                             args.store))
+                                             args.store, args.apart))
         if args.json:
             print(json.dumps({"cpu_ms_per_message": result.cpu_ms_per_message,
                               "loop_cpu_ms_per_message": result.loop_cpu_ms_per_message,

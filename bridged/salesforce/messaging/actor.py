@@ -18,6 +18,11 @@ state that records it as sent (its id, its attempt) is durable, nor a create bef
 conversation id and the token are: after ``kill -9`` at any instant the next process knows
 every conversation and every message that may have reached Salesforce, and reconciles
 instead of sending twice. Events reach OCP only once durable too (:meth:`Chat.mark_durable`).
+A turn whose stream events only moved the last event id (pings with an id, acknowledgements,
+the types ignored: nothing for OCP, nothing to send) saves nothing: the next save carries the
+id, and a release saves it first (the next holder reads on from the id committed). After
+``kill -9`` the stream reopens from an id at most those few events older; replayed, they
+change nothing again, and entries are de-duplicated by the ids kept, as after any reopen.
 
 Limits. The token request of a new hand-over first waits its turn in the
 :class:`~bridged.salesforce.messaging.tokenqueue.TokenQueue` of its org (200 a minute); the
@@ -68,7 +73,7 @@ from bridged.salesforce.messaging.protocol import (
 )
 from bridged.salesforce.messaging.sse import SseParser
 from bridged.salesforce.messaging.tokenqueue import TokenQueue
-from bridged.salesforce.messaging.transport import Answer, EventStream, MessagingTransport
+from bridged.salesforce.messaging.transport import Answer, MessagingTransport
 from bridged.state.store import MAY_SEND_RECHECK_S, Drop, Item, Store
 
 log = logging.getLogger("bridged.salesforce.messaging")
@@ -152,8 +157,9 @@ class MessagingActor:
     # Slots, not an instance dict: one per chat, and a class of more than 30 attributes
     # gets no key-sharing dict (about 1.6 KiB each here).
     __slots__ = ("__weakref__", "_answers", "_base_url", "_dirty", "_durable_gen", "_end_passed",
-                 "_max_pending", "_metrics", "_outgoing", "_paced", "_parser", "_requests",
-                 "_retry", "_salesforce", "_save_gen", "_saved_chat", "_static_saved", "_store",
+                 "_event_id_unsaved", "_max_pending", "_metrics", "_outgoing", "_paced",
+                 "_parser", "_requests", "_retry", "_salesforce", "_save_gen", "_saved_chat",
+                 "_static_saved", "_store",
                  "_stream_items", "_stream_next", "_stream_number", "_stream_room",
                  "_stream_sent_at", "_stream_task", "_streams_opened", "_timer", "_timer_due",
                  "_tokens", "_transport", "_waiting", "_wake", "chat", "session", "stream_open")
@@ -196,6 +202,7 @@ class MessagingActor:
         self._streams_opened = 0
         # Saving: a generation per save; requests wait for theirs to be committed.
         self._dirty = True
+        self._event_id_unsaved = False
         self._saved_chat: tuple[Any, ...] | None = None
         self._save_gen = 0
         self._durable_gen = 0
@@ -335,9 +342,12 @@ class MessagingActor:
                     self._drop_stream()
                     continue
                 for event in events:
-                    if event.id or event.event != "ping":
+                    if self.session.receive_event(event, now=now):
                         self._dirty = True
-                    self.session.receive_event(event, now=now)
+                    elif event.id:
+                        # Only the last event id moved (see "Durability"): the next save
+                        # that matters carries it.
+                        self._event_id_unsaved = True
                 continue
             self._dirty = True
             if kind == "opened":
@@ -552,20 +562,21 @@ class MessagingActor:
                     self._push(number, "lost", (stream.status, body, "refused"))
                     return
                 self._push(number, "opened")
-                await self._pump_stream(number, stream)
+                # Read here, not in a coroutine of its own: one frame less per chat, held
+                # for the stream's whole life.
+                async for chunk in stream.chunks():
+                    self._push(number, "chunk", chunk)
+                    # A chat whose events OCP does not take stops reading: Salesforce keeps
+                    # them, and what it drops meanwhile is reconciled from the entries after
+                    # a reopen.
+                    if len(self._stream_items) >= _STREAM_BACKLOG or (
+                            not self._stream_room.is_set()):
+                        self._stream_room.clear()
+                        await self._stream_room.wait()
         except TransportError as exc:
             self._push(number, "lost", (None, b"", str(exc)))
             return
         self._push(number, "lost", (None, b"", "the server ended the stream"))
-
-    async def _pump_stream(self, number: int, stream: EventStream) -> None:
-        async for chunk in stream.chunks():
-            self._push(number, "chunk", chunk)
-            # A chat whose events OCP does not take stops reading: Salesforce keeps them,
-            # and what it drops meanwhile is reconciled from the entries after a reopen.
-            if len(self._stream_items) >= _STREAM_BACKLOG or not self._stream_room.is_set():
-                self._stream_room.clear()
-                await self._stream_room.wait()
 
     # --- keeping the chat ---------------------------------------------------------------
 
@@ -577,9 +588,11 @@ class MessagingActor:
     def _save(self) -> None:
         """Hand the chat's snapshot to the store when it changed (see "Durability")."""
         fingerprint = self._chat_fingerprint()
-        if not self._dirty and fingerprint == self._saved_chat:
+        if not self._dirty and fingerprint == self._saved_chat and not (
+                self._event_id_unsaved and self.chat.release_wanted):
             return
         self._dirty = False
+        self._event_id_unsaved = False
         self._saved_chat = fingerprint
         self._save_gen += 1
         if self._store is None:

@@ -508,16 +508,15 @@ class MessagingSession:
 
     # Slots, not an instance dict: one per chat, and a class of more than 30 attributes
     # gets no key-sharing dict (about 1.6 KiB each here).
-    __slots__ = ("__weakref__", "_agents", "_bot_seen", "_created", "_delete_sent", "_delivered",
-                 "_end", "_end_after_delete", "_ended_emitted", "_facts", "_held",
+    __slots__ = ("__weakref__", "_agents", "_bearer", "_bot_seen", "_created", "_delete_sent",
+                 "_delivered", "_end", "_end_after_delete", "_ended_emitted", "_facts", "_held",
                  "_history_count", "_in_flight", "_namespace", "_notices", "_outbox", "_pending",
                  "_poisoned", "_reconcile_entries", "_reconcile_pages", "_reconcile_wanted",
                  "_rest_auth", "_routing_attributes", "_routing_check", "_seen", "_sent_at",
                  "_stream_ever_opened", "_stream_failures", "_stream_request", "_stream_state",
-                 "_typing_ids", "_typing_sent", "_typing_wanted", "_unknown_events",
-                 "access_token", "agent", "agent_ever_joined", "conversation_id",
-                 "last_entry_ms", "last_event_id", "org_id", "params", "requested_at",
-                 "routing_status", "state", "token_exp")
+                 "_typing_ids", "_typing_sent", "_typing_wanted", "_unknown_events", "agent",
+                 "agent_ever_joined", "conversation_id", "last_entry_ms", "last_event_id",
+                 "org_id", "params", "requested_at", "routing_status", "state", "token_exp")
 
     def __init__(self, params: MessagingParams, *, conversation_id: str | None = None) -> None:
         self.params = params
@@ -525,7 +524,9 @@ class MessagingSession:
         self.conversation_id = _check_conversation_id(conversation_id or str(uuid.uuid4()))
         self._namespace = uuid.UUID(self.conversation_id).bytes  # of the message ids (uuid5)
         self.state = State.IDLE
-        self.access_token: str | None = None
+        # The guest token is kept once, inside its Authorization value (it is ~1 KiB).
+        self._bearer: str | None = None
+        self._rest_auth: tuple[tuple[str, str], ...] | None = None
         self.token_exp: float | None = None
         self.last_event_id = "0"
         self.last_entry_ms = 0
@@ -569,12 +570,22 @@ class MessagingSession:
         self.routing_status: str | None = None
         self._outbox: list[HttpRequest] = []
         self._in_flight: list[HttpRequest] = []
-        self._rest_auth: tuple[str, tuple[tuple[str, str], ...]] | None = None
         self._facts: list[facts.Fact] = []
         self._notices: list[tuple[str, str]] = []
-        self._unknown_events: set[str] = set()
+        self._unknown_events: set[str] | None = None  # made at the first one (216 bytes)
 
     # --- predicates -------------------------------------------------------------------
+
+    @property
+    def access_token(self) -> str | None:
+        """The guest access token, once the token answer came."""
+        bearer = self._bearer
+        return None if bearer is None else bearer[7:]
+
+    @access_token.setter
+    def access_token(self, value: str | None) -> None:
+        self._bearer = None if value is None else f"Bearer {value}"
+        self._rest_auth = None
 
     @property
     def is_finished(self) -> bool:
@@ -704,7 +715,7 @@ class MessagingSession:
             return
         if self.state is State.IDLE:
             return
-        if self.state is State.AUTHORIZING or self.access_token is None:
+        if self.state is State.AUTHORIZING or self._bearer is None:
             self.state = State.AUTHORIZING  # the token answer was lost: ask again
             self._pump(now)
             return
@@ -797,7 +808,7 @@ class MessagingSession:
         closed (no token, or past ``exp``), or it was closed already. The answer, if any,
         need not be given back: the session is not used after this.
         """
-        if (self._delete_sent and not self._delete_in_flight()) or self.access_token is None:
+        if (self._delete_sent and not self._delete_in_flight()) or self._bearer is None:
             return None
         if not (self._created or self._busy(Purpose.CREATE_CONVERSATION)):
             return None
@@ -889,35 +900,45 @@ class MessagingSession:
                 self._want_stream()
         self._pump(now)
 
-    def receive_event(self, event: SseEvent, *, now: float) -> None:
-        """Take one event of the stream (a ping, an entry, or anything else)."""
+    def receive_event(self, event: SseEvent, *, now: float) -> bool:
+        """Take one event of the stream (a ping, an entry, or anything else).
+
+        Returns whether it changed the session beyond :attr:`last_event_id`. ``False`` (a
+        ping, an acknowledgement, any type ignored, another conversation's) means that saving
+        the new id may wait for the next save that matters: an older ``Last-Event-Id`` only
+        replays such events again, which change nothing, and entries are de-duplicated by
+        their ids (kept in the snapshot) whatever the stream replays.
+        """
         if self.state not in _LIVE:
-            return
+            return False
         if event.id:
             self.last_event_id = event.id
         if event.event == _PING or event.event in _IGNORED_EVENTS:
-            return
+            return False
         if event.event not in _ENTRY_EVENTS and event.event != _CLOSE_EVENT:
             # "your implementation must ignore unrecognized event types" (D-SSES).
+            if self._unknown_events is None:
+                self._unknown_events = set()
             if event.event not in self._unknown_events:
                 self._unknown_events.add(event.event)
                 self._notices.append(("unknown_event_type", event.event))
-            return
+            return False
         try:
             data = wire.decode_sse_data(event.data, event.event)
         except RemoteProtocolError as exc:
             self._poison(str(exc), now)
-            return
+            return True
         if data.conversation_id != self.conversation_id:
             self._notices.append(("other_conversation_event", event.event))
-            return
+            return False
         if self.reconciling:
             if len(self._held) < MAX_HELD_EVENTS:
                 self._held.append((event.event, data))
-                return
+                return True
             self._notices.append(("held_events_overflow", event.event))
         self._process_event(event.event, data, now)
         self._pump(now)
+        return True
 
     # --- answers ----------------------------------------------------------------------
 
@@ -1360,13 +1381,12 @@ class MessagingSession:
         # on every call except the token request" (2.0).
         if not auth:
             return _JSON_HEADERS
-        assert self.access_token is not None
-        # Built once per token (every request of the chat sends the same ones).
+        # Built once per token: every request of the chat, and its stream, share them.
         cached = self._rest_auth
-        if cached is None or cached[0] != self.access_token:
-            cached = self._rest_auth = (self.access_token, (
-                *_JSON_HEADERS, ("Authorization", f"Bearer {self.access_token}")))
-        return cached[1]
+        if cached is None:
+            assert self._bearer is not None
+            cached = self._rest_auth = (*_JSON_HEADERS, ("Authorization", self._bearer))
+        return cached
 
     def _conversation_path(self, tail: str = "") -> str:
         return f"{API}/conversation/{self.conversation_id}{tail}"
@@ -1387,11 +1407,10 @@ class MessagingSession:
     def _want_stream(self) -> None:
         # "Accept, Authorization, X-Org-Id 15, Last-Event-Id" (7.2); "always send the first
         # 15 characters of the configured id" (3.1).
-        assert self.access_token is not None
+        bearer = self._rest_headers()[-1]
         self._stream_request = HttpRequest(
             method="GET", path=SSE_PATH, purpose=Purpose.EVENTS,
-            headers=(("Accept", "text/event-stream"),
-                     ("Authorization", f"Bearer {self.access_token}"),
+            headers=(("Accept", "text/event-stream"), bearer,
                      ("X-Org-Id", self.org_id),
                      ("Last-Event-Id", self.last_event_id)),
             attempt=self._stream_failures,

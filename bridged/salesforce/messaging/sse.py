@@ -57,6 +57,11 @@ DEFAULT_MAX_SIZE = 1 << 20
 _LINE_END = re.compile(r"\r\n|\r|\n")
 _DIGITS = re.compile(r"[0-9]+")
 _BOM = "\ufeff"
+_UTF8_DECODER = codecs.getincrementaldecoder("utf-8")
+
+
+def _new_decoder() -> codecs.IncrementalDecoder:
+    return _UTF8_DECODER(errors="replace")
 
 
 class SseEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -88,6 +93,10 @@ class SseParser:
         retry_ms: the reconnection time the stream asked for with ``retry``, if any.
     """
 
+    # One per chat: slots, not an instance dict.
+    __slots__ = ("_after_cr", "_data", "_data_size", "_decoder", "_event", "_id", "_partial",
+                 "_partial_size", "_started", "last_event_id", "max_size", "retry_ms")
+
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE, last_event_id: str = "") -> None:
         self.max_size = max_size
         self.last_event_id = last_event_id
@@ -96,8 +105,10 @@ class SseParser:
 
     def reset(self) -> None:
         """Start a new stream (a reconnection): forget partial input, keep the last event ID."""
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._decoder_empty = True  # the decoder holds no byte of a split character
+        # Made only for a chunk that ends inside a character (or is not valid UTF-8), and
+        # dropped once it holds nothing back: most chats never need one (one per chat
+        # otherwise, a few hundred bytes).
+        self._decoder: codecs.IncrementalDecoder | None = None
         self._started = False  # the first character (a BOM, maybe) has not been seen yet
         self._after_cr = False  # the last line ended with a CR: a LF next belongs to it
         self._partial: list[str] = []  # the current line, in pieces (fed byte by byte, maybe)
@@ -113,13 +124,14 @@ class SseParser:
         Raises:
             RemoteProtocolError: a line or an event is longer than ``max_size`` characters.
         """
-        if self._decoder_empty:
+        if self._decoder is None:
             # Nothing of a character held back: a chunk of whole, valid UTF-8 (the usual) is
-            # decoded in one C call; any other goes to the incremental decoder, which then
+            # decoded in one C call; any other goes to an incremental decoder, which then
             # gives what it would have given from the start.
             try:
                 text = chunk.decode()
             except UnicodeDecodeError:
+                self._decoder = _new_decoder()
                 text = self._decode(chunk)
         else:
             text = self._decode(chunk)
@@ -178,8 +190,11 @@ class SseParser:
         return events
 
     def _decode(self, chunk: bytes) -> str:
-        text = self._decoder.decode(chunk)
-        self._decoder_empty = not self._decoder.getstate()[0]
+        decoder = self._decoder
+        assert decoder is not None
+        text = decoder.decode(chunk)
+        if not decoder.getstate()[0]:
+            self._decoder = None  # nothing held back: the next chunk starts afresh
         return text
 
     def _check_size(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 __all__ = ["AiohttpMessagingTransport", "Answer", "EventStream", "MessagingTransport"]
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple, Protocol
 
@@ -103,6 +104,13 @@ async def _read_upto(content: aiohttp.StreamReader, limit: int) -> bytes:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=16)
+def _stream_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    """A stream's timeouts, made once per value (immutable; each open stream holds one)."""
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect,
+                                 sock_read=read)
 
 
 class _AiohttpStream:
@@ -199,8 +207,7 @@ class AiohttpMessagingTransport:
         # may hold events back in the decompressor's buffer).
         headers.setdefault("Cache-Control", "no-cache")
         headers.setdefault("Accept-Encoding", "identity")
-        timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
-                                        sock_connect=connect_timeout, sock_read=read_timeout)
+        timeout = _stream_timeout(connect_timeout, read_timeout)
         async with self._streams.going(what) as session:
             try:
                 response = await session.request(

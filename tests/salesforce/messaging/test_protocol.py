@@ -1218,3 +1218,59 @@ def test_a_shell_feeding_raw_bytes_through_the_parser() -> None:
             d.event(event)
     assert d.take_facts() == [facts.AgentMessage(agent="Ada", text="over the wire")]
     assert d.s.last_event_id == "42-1"
+
+
+# --- what a save may wait for -------------------------------------------------------------------
+
+
+def _ack(d: Driver, read: bool) -> SseEvent:
+    _, event_id, _ = d.next_ids()
+    name = "CONVERSATION_READ_ACKNOWLEDGEMENT" if read else "CONVERSATION_DELIVERY_ACKNOWLEDGEMENT"
+    return p.sse(name, d.entry(None, AGENT_A, "Ada", entry_type=name), event_id=event_id)
+
+
+def test_an_event_that_changes_nothing_but_the_last_event_id_says_so() -> None:
+    """``receive_event`` is False exactly when the snapshot, but for the id, is the same: the
+    shell's save of it may then wait (the actor's "Durability")."""
+    d = Driver().chatting()
+    quiet = [_ack(d, read=False), _ack(d, read=True), SseEvent(event="ping", data="0", id="p1"),
+             SseEvent(event="ping", data="0"),
+             SseEvent(event="CONVERSATION_SOMETHING_NEW", data="not even json", id="u1"),
+             p.sse("CONVERSATION_MESSAGE", d.agent_message("elsewhere"), event_id="o1",
+                   conversation_id="00000000-0000-4000-8000-00000000dead")]
+    for event in quiet:
+        before = d.s.snapshot()
+        assert d.s.receive_event(event, now=d.now) is False, event.event
+        after = d.s.snapshot()
+        assert after.last_event_id == (event.id or before.last_event_id)
+        assert msgspec.structs.replace(after, last_event_id=before.last_event_id) == before, \
+            event.event
+    _, event_id, _ = d.next_ids()
+    told = p.sse("CONVERSATION_MESSAGE", d.agent_message("hello"), event_id=event_id)
+    assert d.s.receive_event(told, now=d.now) is True
+
+
+def test_after_a_restart_from_an_id_before_the_acknowledgements_nothing_is_shown_twice() -> None:
+    """The acknowledgements after the last save are not in it; the stream replays them (and
+    the agent's message before them) from the older id: OCP gets only what is new."""
+    d = Driver().chatting()
+    shown = d.agent_message("shown before the crash")
+    told = d.push("CONVERSATION_MESSAGE", shown)
+    saved = roundtrip(d.s.snapshot())  # the last save that mattered
+    acks = [_ack(d, read=False), _ack(d, read=True)]
+    for ack in acks:
+        assert d.s.receive_event(ack, now=d.now) is False
+    assert d.s.last_event_id == acks[-1].id
+    assert d.take_facts() == [facts.AgentMessage(agent="Ada", text="shown before the crash")]
+    r = Driver(MessagingSession.restore(PARAMS, saved, now=d.now), now=d.now)
+    r._ids, r._ts = d._ids, d._ts
+    [stream] = r.streams
+    assert headers(stream)["Last-Event-Id"] == told.id
+    r.opened()
+    for event in (told, *acks):
+        r.event(event)  # the replay from the older id
+    new = r.agent_message("after the restart")
+    r.push("CONVERSATION_MESSAGE", new)
+    listed = [{**e, "entryPayload": json.loads(e["entryPayload"])} for e in (shown, new)]
+    r.answer(Purpose.LIST_ENTRIES, 200, p.entries_body(*reversed(listed)))
+    assert r.take_facts() == [facts.AgentMessage(agent="Ada", text="after the restart")]

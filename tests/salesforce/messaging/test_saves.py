@@ -1,0 +1,161 @@
+"""When the Enhanced Chat actor saves (an event that only moves the last event id waits),
+and what a live chat's objects cost.
+
+The actor (with its real session, SSE parser and wire decoders) against the in-process
+Salesforce of ``bridged.tools.ecbench`` (the simulator's own entry and frame functions), its
+saves recorded: what a process started after ``kill -9`` at that moment would read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from bridged.chats.chat import Chat, ChatRecord
+from bridged.chats.policy import RetryPolicy
+from bridged.config.file import SalesforceConfig
+from bridged.config.webchat import WebchatFields, resolve_webchat
+from bridged.ocp import envelopes as env
+from bridged.salesforce.messaging.actor import MessagingActor, MessagingBackend
+from bridged.salesforce.messaging.protocol import MessagingSnapshot
+from bridged.simulators.messaging import entries
+from bridged.simulators.messaging.sse import envelope, event_frame
+from bridged.tools.ecbench import AGENT, CHANNEL, ORG, SCRT, BenchSalesforce
+from tests.salesforce.liveagent.test_actor import RecordingLink
+
+
+class RecordingStore:
+    """Keeps the newest snapshot saved; each save is committed in the next turn."""
+
+    def __init__(self) -> None:
+        self.saves = 0
+        self.snapshot: MessagingSnapshot | None = None
+
+    def save(self, chat_id: str, snapshot: bytes, on_durable: Callable[[], None] | None = None,
+             **kwargs: Any) -> None:
+        self.saves += 1
+        self.snapshot = msgspec.msgpack.decode(ChatRecord.decode(snapshot).state,
+                                               type=MessagingSnapshot)
+        if on_durable is not None:
+            asyncio.get_running_loop().call_soon(on_durable)
+
+    def may_send(self) -> bool:
+        return True
+
+
+async def _until(what: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if what():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached in 5 s")
+
+
+class Scene:
+    """One chat, its agent joined, and a way to put events on its stream."""
+
+    def __init__(self) -> None:
+        webchat = resolve_webchat(WebchatFields(
+            type="salesforce_messaging", scrt_url=SCRT, organization_id=ORG,
+            es_developer_name="Sim_Echo"), None, {}, ["*.my.salesforce-scrt.com"])
+        self.chat = Chat("s1", webchat, env.Start(chat="s1"), inbox_size=8, max_held=100)
+        self.link = RecordingLink()
+        self.chat.bind(self.link, 0)
+        self.store = RecordingStore()
+        self.salesforce = BenchSalesforce()
+        self.backend = MessagingBackend(self.salesforce, SalesforceConfig(), max_pending=10,
+                                        store=self.store,  # type: ignore[arg-type]
+                                        retry=RetryPolicy(initial_s=0.01, max_delay_s=0.02))
+        self.task: asyncio.Task[None] | None = None
+        self._n = 0
+
+    async def __aenter__(self) -> Scene:
+        self.task = asyncio.create_task(self.backend.run_chat(self.chat))
+        await _until(lambda: any(isinstance(e, env.AgentJoined) for e in self.link.events))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.backend.aclose()
+
+    @property
+    def actor(self) -> MessagingActor:
+        return self.backend._actors[self.chat.id]
+
+    def put(self, entry: entries.Entry) -> str:
+        """Salesforce sends ``entry`` on the stream; returns its event id."""
+        self._n += 1
+        event_id = f"1740000000000-{self._n:04d}"
+        [conv] = self.salesforce._by_id.values()
+        data = envelope(conversation_id=conv.conversation_id, entry=entry.as_event(),
+                        channel_address_id=CHANNEL, platform_key="test")
+        conv.chunks.put_nowait(event_frame(event_id, entry.event, data))
+        return event_id
+
+    def ack(self, read: bool) -> str:
+        return self.put(entries.acknowledgement(
+            read=read, message_id="0000", sender=entries.agent_sender(AGENT),
+            display_name="Ada", now_ms=1_740_000_000_000 + self._n))
+
+    def says(self, text: str) -> str:
+        return self.put(entries.text_message(
+            sender=entries.agent_sender(AGENT), display_name="Ada",
+            message_id=f"m-{self._n}", text=text, now_ms=1_740_000_000_000 + self._n))
+
+    async def taken(self, event_id: str) -> None:
+        """Wait until the actor handed the event to its session, and for a few turns more."""
+        await _until(lambda: self.actor.session.last_event_id == event_id)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+
+async def test_acknowledgements_are_not_saved_alone_the_next_save_carries_their_id() -> None:
+    async with Scene() as scene:
+        told = scene.says("hello")
+        await _until(lambda: any(isinstance(e, env.AgentMessage) for e in scene.link.events))
+        await scene.taken(told)
+        saves = scene.store.saves
+        assert scene.store.snapshot is not None
+        assert scene.store.snapshot.last_event_id == told
+        scene.ack(read=False)
+        last_ack = scene.ack(read=True)
+        await scene.taken(last_ack)
+        assert scene.store.saves == saves  # nothing for OCP, nothing to send: no save
+        assert scene.store.snapshot.last_event_id == told
+        again = scene.says("and again")
+        await _until(lambda: any(isinstance(e, env.AgentMessage) and e.text == "and again"
+                                 for e in scene.link.events))
+        await scene.taken(again)
+        assert scene.store.snapshot.last_event_id == again
+        assert scene.store.saves > saves
+
+
+async def test_a_release_saves_the_last_event_id_first() -> None:
+    """A move's next holder reads on from the id committed: the newest one taken, even if
+    only acknowledgements came after the last save (docs/cluster.md, the safe point)."""
+    async with Scene() as scene:
+        told = scene.says("hello")
+        await scene.taken(told)
+        last_ack = scene.ack(read=True)
+        await scene.taken(last_ack)
+        assert scene.store.snapshot is not None
+        assert scene.store.snapshot.last_event_id == told
+        scene.chat.request_release()
+        assert scene.task is not None
+        await asyncio.wait_for(asyncio.shield(scene.task), 5)
+        assert scene.chat.released
+        assert scene.store.snapshot.last_event_id == last_ack
+
+
+async def test_the_objects_a_live_chat_keeps_have_no_instance_dict() -> None:
+    """One of each per chat: slots, not a dict of attributes (a few hundred bytes each)."""
+    async with Scene() as scene:
+        actor = scene.actor
+        kept = [actor, actor.session, actor.session._seen, actor._parser, actor._wake,
+                actor._stream_room, scene.chat]
+        assert [type(o).__name__ for o in kept if hasattr(o, "__dict__")] == []
