@@ -148,7 +148,8 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
 # and 5,000 chats over one connection each (the machine allows 20,000 open files per
 # process), held 2 minutes and more; about 13 minutes in all. "--profile max": 19,000
 # chats over 10 connections, within those 20,000 open files (a descriptor per chat for its
-# poll or stream, the capped request pool); about 8 minutes.
+# poll or stream, the capped request pool); about 15 minutes (its 19,000 chats take one
+# to two minutes to start, in each of the two servers).
 PROFILES: dict[str, dict[str, object]] = {
     "small": {
         "topologies": (Topology(chats=2000, connections=10),
