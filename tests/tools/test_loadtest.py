@@ -15,7 +15,7 @@ import msgspec
 
 from bridged.tools.loadtest.options import LoadTestOptions, Topology
 from bridged.tools.loadtest.profile import parts_of
-from bridged.tools.loadtest.report import percentiles
+from bridged.tools.loadtest.report import Report, percentiles
 from bridged.tools.loadtest.run import run_loadtest, with_settings
 
 FIELDS = [
@@ -133,3 +133,17 @@ def test_bridged_settings_change_the_generated_config() -> None:
     assert config["server"] == {"listen": "a", "max_chats": 5}
     assert config["state"] == {"dir": "x", "commit_interval_ms": 2}
     assert config["history"] == {"base_url": "http://h"}
+
+
+def test_a_bridged_run_that_failed_is_not_reported_as_zero_loss() -> None:
+    # bridged that never started relays nothing and so loses nothing: the verdict must
+    # say it failed, not "zero loss".
+    report = Report(options=None, environment={})
+    report.add_run({"target": "bridged", "topology": "300x10", "chats": 300,
+                    "failed": "bridged-300x10 exited with 2"})
+
+    verdict = [line for line in report.table().splitlines()
+               if line.startswith("result (bridged)")]
+
+    assert verdict == ["result (bridged): FAILED (bridged 300x10: see above), nothing proven"]
+    assert not report.ok()

@@ -366,8 +366,15 @@ class Report:
                 lines.append(f"  {target['name']:40} ratio {ratio:>6} ({target['limit']})"
                              f"  {verdict}")
             lines.append("")
-        verdict = "ZERO LOSS, ZERO DUPLICATES" if not self.has_loss() else \
-            "LOSS OR DUPLICATES FOUND (see the capitalised rows)"
+        failed = [f"{run['target']} {run['topology']}" for run in self.runs
+                  if run["target"] in BRIDGED_TARGETS and run.get("failed")]
+        if self.has_loss():
+            verdict = "LOSS OR DUPLICATES FOUND (see the capitalised rows)"
+        elif failed:
+            # Nothing relayed is nothing lost: a run that failed proves nothing either way.
+            verdict = f"FAILED ({', '.join(failed)}: see above), nothing proven"
+        else:
+            verdict = "ZERO LOSS, ZERO DUPLICATES"
         lines.append(f"result (bridged): {verdict}"
                      + ("; TIMED OUT (partial)" if self.timed_out else ""))
         if self.has_loss("null"):
