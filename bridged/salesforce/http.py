@@ -36,8 +36,6 @@ def _client_session(limit: int, keepalive_s: float) -> aiohttp.ClientSession:
                                  cookie_jar=aiohttp.DummyCookieJar())
 
 
-
-
 @functools.lru_cache(maxsize=64)
 def total_timeout(seconds: float) -> aiohttp.ClientTimeout:
     """``aiohttp.ClientTimeout(total=seconds)``, made once per value (it is immutable)."""

@@ -95,6 +95,7 @@ async def _bridged_side(scrt_url: str, chats: int, state_dir: Path) -> dict[str,
     from bridged.salesforce.messaging.actor import MessagingBackend
     from bridged.salesforce.messaging.transport import AiohttpMessagingTransport
     from bridged.state.sqlite import StateStore
+    from bridged.tools.ecbench import stop_chats
 
     store = StateStore(state_dir)
     store.open()
@@ -133,11 +134,7 @@ async def _bridged_side(scrt_url: str, chats: int, state_dir: Path) -> dict[str,
     try:
         return await _measure(lambda n: batch("warm", n), lambda n: batch("c", n), chats)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await backend.aclose()
-        await store.aclose(5)
+        await stop_chats(tasks, backend, store)
 
 
 # --- the null bridge's side --------------------------------------------------------------------

@@ -336,6 +336,15 @@ class _NullStore:
         pass
 
 
+
+async def stop_chats(tasks: list[asyncio.Task[Any]], backend: Any, store: Any) -> None:
+    """End a bench's chats: cancel their actors, then close the backend and the store."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await backend.aclose()
+    await store.aclose(5)
+
 async def run_bench(chats: int, messages: int, directory: Path,
                     store_kind: str = "sqlite", apart: bool = False) -> BenchResult:
     """Relay ``messages`` visitor messages (and their echoes) in each of ``chats`` chats.
@@ -379,11 +388,7 @@ async def run_bench(chats: int, messages: int, directory: Path,
         saves = store.saves - saves0
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await backend.aclose()
-        await store.aclose(5)
+        await stop_chats(tasks, backend, store)
     if bench.errors:
         raise RuntimeError(f"{bench.errors} error envelopes during the benchmark")
     return BenchResult(chats=chats, messages=chats * messages, cpu_s=cpu, loop_cpu_s=loop_cpu,
