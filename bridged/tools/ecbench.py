@@ -336,7 +336,6 @@ class _NullStore:
         pass
 
 
-
 async def stop_chats(tasks: list[asyncio.Task[Any]], backend: Any, store: Any) -> None:
     """End a bench's chats: cancel their actors, then close the backend and the store."""
     for task in tasks:
@@ -344,6 +343,7 @@ async def stop_chats(tasks: list[asyncio.Task[Any]], backend: Any, store: Any) -
     await asyncio.gather(*tasks, return_exceptions=True)
     await backend.aclose()
     await store.aclose(5)
+
 
 async def run_bench(chats: int, messages: int, directory: Path,
                     store_kind: str = "sqlite", apart: bool = False) -> BenchResult:
