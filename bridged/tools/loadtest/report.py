@@ -59,6 +59,7 @@ _ROWS: list[tuple[str, str, str, str | None]] = [
     ("cpu_idle_pct", "CPU, chats live, idle (% core)", "{:.1f}", "low"),
     ("sat_msgs_per_s", "relayed msg/s at saturation", "{:.0f}", "high"),
     ("sat_window", "saturation: messages in flight per chat", "{:.0f}", None),
+    ("sat_fill_s", "saturation: s until a window came back", "{:.1f}", None),
     ("cpu_sat_pct", "CPU at saturation (% core)", "{:.0f}", None),
     ("nodes_cpu_sat_pct", "  of which bridged processes", "{:.0f}", None),
     ("redis_cpu_sat_pct", "  of which redis-server", "{:.0f}", None),
