@@ -83,6 +83,7 @@ import msgspec
 from aiohttp import ClientResponse, ClientSession, ClientTimeout, TCPConnector, WSMsgType, web
 
 from bridged.ops.gcpolicy import GrowthCollector
+from bridged.salesforce.http import HELD_KEEPALIVE_S
 
 JSON = "bridged.v1+json"
 MSGPACK = "bridged.v1+msgpack"
@@ -614,9 +615,11 @@ class NullBridge:
         # of its own, so that pool has no limit. Every other request shares a capped pool of
         # kept-alive connections: one per request in flight would mean a descriptor (and a
         # TCP handshake) per chat at saturation, where a few dozen serve them all in turn.
-        self.held = ClientSession(connector=TCPConnector(limit=0, force_close=False,
-                                                         keepalive_timeout=self._keepalive_s),
-                                  skip_auto_headers=("User-Agent",))
+        # Those are kept as long as bridged keeps its own (HELD_KEEPALIVE_S, and why).
+        self.held = ClientSession(connector=TCPConnector(
+            limit=0, force_close=False,
+            keepalive_timeout=max(self._keepalive_s, HELD_KEEPALIVE_S)),
+            skip_auto_headers=("User-Agent",))
         self.http = ClientSession(connector=TCPConnector(
             limit=self._max_request_connections, force_close=False,
             keepalive_timeout=self._keepalive_s), skip_auto_headers=("User-Agent",),

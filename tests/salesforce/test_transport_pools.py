@@ -46,6 +46,11 @@ class Server:
         self.in_flight -= 1
         return web.Response(status=202, text="{}")
 
+    async def quick_poll(self, request: web.Request) -> web.Response:
+        """A poll answered at once: nothing to deliver."""
+        self._note(request, "held")
+        return web.Response(status=204)
+
     async def held(self, request: web.Request) -> web.StreamResponse:
         """Held until released: a parked long poll, an open event stream."""
         self._note(request, "held")
@@ -235,3 +240,33 @@ def test_nineteen_thousand_chats_over_ten_connections_fit_in_twenty_thousand_fil
     fit = chats_that_fit(20_000, 10)
     assert fds_needed(fit, 10) <= 20_000 < fds_needed(fit + 1, 10)
     assert chats_that_fit(100, 1) == 0
+
+
+async def test_a_poll_connection_outlives_the_post_keep_alive(server: Server) -> None:
+    # What a user would notice at 19,000 chats: every connection closed while idle is a
+    # connect() later, each milliseconds of the event loop once the chats' own connections
+    # nearly fill the local port range. A POST connection idle past salesforce.keepalive_s
+    # is closed; a poll's is kept, since the next poll wants it as soon as one more chat
+    # has a poll out.
+    app = web.Application()
+    app.router.add_get("/chat/rest/System/Messages", server.quick_poll)
+    app.router.add_post("/chat/rest/Chasitor/ChatMessage", server.post)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}/chat/rest/"
+    transport = AiohttpTransport(max_connections=10, keepalive_s=0.2,
+                                 max_request_connections=2)
+    poll = _la(Purpose.MESSAGES, Lane.POLL, "System/Messages", "GET")
+    post = _la(Purpose.CHAT_MESSAGE, Lane.POST, "Chasitor/ChatMessage", "POST")
+    try:
+        for _ in range(2):
+            assert (await transport.exchange(base, poll, 5.0)).status == 204
+            assert (await transport.exchange(base, post, 5.0)).status == 202
+            await asyncio.sleep(1.0)  # five times the POSTs' keep-alive
+    finally:
+        await transport.aclose()
+        await runner.cleanup()
+    assert len(server.ports["held"]) == 1, server.ports["held"]
+    assert len(server.ports["post"]) == 2, server.ports["post"]

@@ -16,7 +16,7 @@ from typing import Protocol
 import aiohttp
 
 from bridged.errors import TransportConnectError, TransportTimeout
-from bridged.salesforce.http import Pool, total_timeout
+from bridged.salesforce.http import HELD_KEEPALIVE_S, Pool, total_timeout
 from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, Lane
 
 
@@ -51,7 +51,8 @@ class AiohttpTransport:
     Args:
         max_connections: the polls' limit. aiohttp's default of 100 would serialise
             thousands of outstanding long polls, so it is sized for the scale target.
-        keepalive_s: how long an idle connection is kept for the next request.
+        keepalive_s: how long an idle connection is kept for the next POST (a poll's, at
+            least ``HELD_KEEPALIVE_S``).
         max_request_connections: the other requests' limit. A request's timeout starts
             once it has one of them (:class:`~bridged.salesforce.http.Pool`).
         may_send: asked right before each request goes (several nodes: the lease).
@@ -60,7 +61,7 @@ class AiohttpTransport:
     def __init__(self, max_connections: int, keepalive_s: float = 5.0,
                  max_request_connections: int = 256,
                  may_send: Callable[[], bool] | None = None) -> None:
-        self._polls = Pool(max_connections, keepalive_s, may_send)
+        self._polls = Pool(max_connections, max(keepalive_s, HELD_KEEPALIVE_S), may_send)
         self._posts = Pool(max_request_connections, keepalive_s, may_send)
 
     async def exchange(self, base_url: str, request: HttpRequest, timeout: float) -> HttpResponse:
