@@ -8,11 +8,13 @@ duplicated, every chat joined and ended, and a report with every field. Never ti
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from typing import Any
 
 import msgspec
 
+from bridged.tools.loadtest import run as run_module
 from bridged.tools.loadtest.options import LoadTestOptions, Topology
 from bridged.tools.loadtest.profile import parts_of
 from bridged.tools.loadtest.report import Report, percentiles
@@ -21,7 +23,7 @@ from bridged.tools.loadtest.run import run_loadtest, with_settings
 FIELDS = [
     "started", "joined", "ended_unexpected", "errors_total", "sent", "delivered", "echoed",
     "lost", "duplicated", "seq_gaps", "rss_per_chat_kib", "cpu_idle_pct", "cpu_load_pct",
-    "sat_msgs_per_s", "gc_share_sat_pct", "gc_share_load_pct", "tasks_per_chat",
+    "sat_msgs_per_s", "sat_fill_s", "gc_share_sat_pct", "gc_share_load_pct", "tasks_per_chat",
     "latency_ms",
 ]
 
@@ -147,3 +149,37 @@ def test_a_bridged_run_that_failed_is_not_reported_as_zero_loss() -> None:
 
     assert verdict == ["result (bridged): FAILED (bridged 300x10: see above), nothing proven"]
     assert not report.ok()
+
+
+class _Echoes:
+    """A load generator's counters as ``_fill`` reads them: ``echoed`` only."""
+
+    def __init__(self) -> None:
+        self.counters = self
+        self.echoed = 0
+
+
+async def test_a_saturation_step_is_measured_once_its_window_came_back() -> None:
+    # Setting a window sends every chat's messages at once; measured before that burst went
+    # round, a step reports the server taking it in (at 19,000 chats, 90 msg/s for a
+    # bridged that then relayed 500 a second), not its steady rate.
+    gen = _Echoes()
+    gen.echoed = 1000  # before the window was set
+
+    async def echoes() -> None:
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            gen.echoed += 10
+
+    feeder = asyncio.create_task(echoes())
+    waited = await run_module._fill(gen, 300, 1000)  # type: ignore[arg-type]
+    assert gen.echoed >= 1300
+    assert gen.echoed < 1500  # not the whole feed: it stopped once a window came back
+    assert waited > 0.2
+    await feeder
+
+
+async def test_a_window_that_never_comes_back_ends_the_wait(monkeypatch: Any) -> None:
+    monkeypatch.setattr(run_module, "_SAT_FILL_MAX_S", 0.3)
+    waited = await run_module._fill(_Echoes(), 100, 0)  # type: ignore[arg-type]
+    assert 0.3 <= waited < 2.0
