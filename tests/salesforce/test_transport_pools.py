@@ -10,6 +10,7 @@ for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -61,6 +62,19 @@ class Server:
         return response
 
 
+@contextlib.asynccontextmanager
+async def _serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` on a free port of 127.0.0.1 while the block runs; its base URL."""
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     srv = Server()
@@ -69,16 +83,12 @@ async def server() -> AsyncIterator[Server]:
     app.router.add_get("/chat/rest/System/Messages", srv.held)
     app.router.add_post("/iamessage/api/v2/conversation/c/message", srv.post)
     app.router.add_get("/eventrouter/v1/sse", srv.held)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    srv.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield srv
-    finally:
-        srv.release.set()
-        await runner.cleanup()
+    async with _serving(app) as url:
+        srv.url = url
+        try:
+            yield srv
+        finally:
+            srv.release.set()
 
 
 def _la(purpose: Purpose, lane: Lane, path: str, method: str) -> HttpRequest:
@@ -158,14 +168,8 @@ async def slow_first() -> AsyncIterator[tuple[SlowFirst, str]]:
     app = web.Application()
     app.router.add_post("/chat/rest/Chasitor/ChatMessage", srv.post)
     app.router.add_post("/iamessage/api/v2/conversation/c/message", srv.post)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield srv, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with _serving(app) as url:
+        yield srv, url
 
 
 async def test_a_request_waiting_for_a_pooled_connection_is_not_timed_out_unsent(
@@ -251,22 +255,18 @@ async def test_a_poll_connection_outlives_the_post_keep_alive(server: Server) ->
     app = web.Application()
     app.router.add_get("/chat/rest/System/Messages", server.quick_poll)
     app.router.add_post("/chat/rest/Chasitor/ChatMessage", server.post)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}/chat/rest/"
     transport = AiohttpTransport(max_connections=10, keepalive_s=0.2,
                                  max_request_connections=2)
     poll = _la(Purpose.MESSAGES, Lane.POLL, "System/Messages", "GET")
     post = _la(Purpose.CHAT_MESSAGE, Lane.POST, "Chasitor/ChatMessage", "POST")
-    try:
-        for _ in range(2):
-            assert (await transport.exchange(base, poll, 5.0)).status == 204
-            assert (await transport.exchange(base, post, 5.0)).status == 202
-            await asyncio.sleep(1.0)  # five times the POSTs' keep-alive
-    finally:
-        await transport.aclose()
-        await runner.cleanup()
+    async with _serving(app) as url:
+        base = url + "/chat/rest/"
+        try:
+            for _ in range(2):
+                assert (await transport.exchange(base, poll, 5.0)).status == 204
+                assert (await transport.exchange(base, post, 5.0)).status == 202
+                await asyncio.sleep(1.0)  # five times the POSTs' keep-alive
+        finally:
+            await transport.aclose()
     assert len(server.ports["held"]) == 1, server.ports["held"]
     assert len(server.ports["post"]) == 2, server.ports["post"]
