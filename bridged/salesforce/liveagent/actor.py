@@ -8,9 +8,10 @@ One task runs the actor's loop; at most one more waits for the long poll and one
 POST in flight (the session's two lanes). The loop sleeps on a single event that is set
 by whatever can change its mind: a command in the inbox, an answer, an ack that makes
 room, a backoff timer, a commit of the state store that something waits for (a poll held
-back, a release; the commit that releases a prepared POST starts it itself). Each turn it
-takes answers, takes commands, reports facts, starts the requests the session wants and
-saves what changed, once, all synchronously.
+back, a release; the commit that releases a prepared POST, or the poll that acknowledges
+a batch, starts that request itself, with no turn between). Each turn it takes answers,
+takes commands, reports facts, starts the requests the session wants and saves what
+changed, once, all synchronously.
 
 Durability, with a state store: nothing leaves that the store could not account for after
 a ``kill -9``. A poll (which acknowledges the batch just processed) waits until the state
@@ -657,11 +658,40 @@ class ChatActor:
             self._prepared = None
             self._start(prepared[0], time.monotonic())
             prepared = None
+        if self._waiting and self._poll_at_commit():
+            return
         # A turn only if something waits for this commit: the POST it records, a poll held
         # back until it (no poll out), the chat's release at a safe point.
         if (not self._waiting or self._tasks[Lane.POLL] is None or self.chat.release_wanted
                 or (prepared is not None and prepared[1] <= self._durable_gen)):
             self._wake.set()
+
+    def _poll_at_commit(self) -> bool:
+        """The commit a poll waited for came while the actor sleeps: start that poll now,
+        as the next turn's :meth:`_send` would (a turn that would do nothing else).
+
+        Only the usual case, where the poll needs nothing but the commit (room for its
+        events, a fresh kept poll time, no backoff, no release asked) and the turn would
+        save nothing the poll waits for: what only OCP changed since (its acks) is saved
+        with the next change, as a turn would save it without waiting. Anything else is left
+        to a turn. Returns whether the poll went and no turn is needed.
+        """
+        saved = self._saved
+        if (self._tasks[Lane.POLL] is not None or self._prepared is not None
+                or self._poll_gen > self._durable_gen or self.chat.release_wanted
+                or not self.chat.has_room() or self._store is None or saved is None
+                or not self._store.may_send() or self._fingerprint()[0] != saved[0]):
+            return False
+        now = time.monotonic()
+        touched = self._poll_touched
+        if (now < self._not_before[Lane.POLL] or touched is None
+                or time.time() - touched > POLL_TIME_SLACK_S):
+            return False
+        request = self.session.next_request(Lane.POLL)
+        if request is None:
+            return False
+        self._start(request, now)
+        return True
 
     def _wake_at(self, when: float) -> None:
         if self._timer is not None and self._timer_due <= when:

@@ -31,7 +31,12 @@ from bridged.salesforce.liveagent.actor import (
     LiveAgentState,
     session_params,
 )
-from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, LiveAgentSession
+from bridged.salesforce.liveagent.protocol import (
+    HttpRequest,
+    HttpResponse,
+    Lane,
+    LiveAgentSession,
+)
 from bridged.state.store import KeptChat, PendingChange, StoreStatistics
 
 BASE = "https://d.la1-c1-fra.salesforceliveagent.com/chat/rest/"
@@ -267,6 +272,30 @@ async def test_the_poll_that_acknowledges_a_batch_waits_for_the_commit_that_hold
     rig.store.commit()
     await until(lambda: rig.salesforce.acks()[-1:] == ["2"], "the poll after the commit")
     assert rig.link.seen[-1] == "AgentMessage"
+    rig.check_poll_times()
+
+
+async def test_the_commit_a_poll_waits_for_starts_that_poll_itself(rig: Rig) -> None:
+    """No turn of the actor between the commit and the poll (a turn less per agent
+    message); an ack OCP made while the poll waited is kept with the chat's next change."""
+    await rig.chatting()
+    await rig.salesforce.batches.put(batch(("ChatMessage", {"name": "Ada", "text": "hi"}),
+                                           sequence=2))
+    await until(lambda: (state := rig.store.state()) is not None and state.session.ack == 2,
+                "the batch processed")
+    await settle()
+    rig.chat.ack(2)  # OCP has the join: a change of OCP's only, which wakes no one
+    await settle()
+    assert rig.actor.session.in_flight(Lane.POLL) is None
+    rig.store.commit()
+    poll = rig.actor.session.in_flight(Lane.POLL)  # within the commit, before any turn
+    assert poll is not None and dict(poll.query)["ack"] == "2"
+    await until(lambda: rig.salesforce.acks()[-1:] == ["2"], "the poll after the commit")
+    assert rig.link.seen[-1] == "AgentMessage"
+    assert rig.store.pending.drops == []  # the ack needs no commit of its own
+    rig.message("m1", "hello")
+    await until(lambda: unconfirmed_sequence(rig.store.state()) == 2, "m1 prepared")
+    assert (1, 1, 2) in rig.store.pending.drops  # events 1 and 2, which OCP acknowledged
     rig.check_poll_times()
 
 
