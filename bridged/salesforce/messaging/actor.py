@@ -8,8 +8,9 @@ link to the rest of bridged (the chat's inbox, :meth:`Chat.emit`, the state stor
 Tasks: one runs the actor's loop; one reads the event stream while the session wants it (never
 two at once: a new one first waits for the old one to be gone); one per REST request on the
 wire. The loop sleeps on a single event set by whatever can change its mind (a command, an
-answer, bytes of the stream, a commit, a timer); each turn it hands everything that came to
-the session, synchronously, then reports, saves and sends.
+answer, bytes of the stream, a commit that a request or a release waits for, a timer); each
+turn it hands everything that came to the session, synchronously, then reports, saves and
+sends.
 
 Durability. Every turn that changed the session saves its snapshot (and the chat's) to the
 state store before anything the turn produced goes out: a request made in turn *n* waits
@@ -617,9 +618,13 @@ class MessagingActor:
                          items=items, drops=drops)
 
     def _durable(self, gen: int, upto: int) -> None:
-        self._durable_gen = max(self._durable_gen, gen)
-        self.chat.mark_durable(upto)
-        self._wake.set()
+        before, self._durable_gen = self._durable_gen, max(self._durable_gen, gen)
+        self.chat.mark_durable(upto)  # the events go to OCP from here, not from the actor
+        # A turn only if something waits for this commit: a request the session made since
+        # the previous one, the chat's release at a safe point.
+        if (not self._waiting or self.chat.release_wanted
+                or any(before < item.gen <= self._durable_gen for item in self._outgoing)):
+            self._wake.set()
 
     def _wake_at(self, when: float) -> None:
         """Wake the loop at wall-clock time ``when`` (the session's clock)."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import pytest
 
 from bridged.chats.chat import Chat, ChatRecord
 from bridged.chats.policy import RetryPolicy
@@ -133,6 +134,27 @@ async def test_acknowledgements_are_not_saved_alone_the_next_save_carries_their_
         await scene.taken(again)
         assert scene.store.snapshot.last_event_id == again
         assert scene.store.saves > saves
+
+
+async def test_a_commit_that_nothing_waits_for_wakes_no_turn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's message is saved, and the commit of that save hands it to OCP by itself:
+    the actor takes no turn for it (it would have nothing to do)."""
+    async with Scene() as scene:
+        turns = 0
+        take_stream = MessagingActor._take_stream
+
+        def counted(actor: MessagingActor) -> None:
+            nonlocal turns
+            turns += 1  # once a turn
+            take_stream(actor)
+
+        monkeypatch.setattr(MessagingActor, "_take_stream", counted)
+        told = scene.says("hello")
+        await _until(lambda: any(isinstance(e, env.AgentMessage) and e.text == "hello"
+                                 for e in scene.link.events))
+        await scene.taken(told)
+        assert turns == 1  # the stream's chunk; not the commit
 
 
 async def test_a_release_saves_the_last_event_id_first() -> None:
