@@ -204,6 +204,14 @@ class Rig:
         assert self.link.seen == ["Queued", "AgentJoined"]
         self.store.auto = False
 
+    async def agent_says_hi(self) -> None:
+        """The agent's message (batch 2) is processed; the state that holds it is not committed."""
+        await self.salesforce.batches.put(batch(("ChatMessage", {"name": "Ada", "text": "hi"}),
+                                                sequence=2))
+        await until(lambda: (state := self.store.state()) is not None and state.session.ack == 2,
+                    "the batch processed")
+        await settle()
+
     def message(self, message_id: str, text: str) -> None:
         self.chat.inbox.put_nowait(env.Message(chat="c1", id=message_id, text=text))
         self.chat.accept(message_id)
@@ -256,11 +264,7 @@ async def test_a_visitor_message_goes_once_the_snapshot_that_records_it_is_commi
 async def test_the_poll_that_acknowledges_a_batch_waits_for_the_commit_that_holds_it(
         rig: Rig) -> None:
     await rig.chatting()
-    await rig.salesforce.batches.put(batch(("ChatMessage", {"name": "Ada", "text": "hi"}),
-                                           sequence=2))
-    await until(lambda: (state := rig.store.state()) is not None and state.session.ack == 2,
-                "the batch processed")
-    await settle()
+    await rig.agent_says_hi()
     assert rig.salesforce.acks() == ["-1", "1"]
     # OCP acknowledges what it has, a visitor types: saves of their own, the batch's still
     # not committed.
@@ -279,11 +283,7 @@ async def test_the_commit_a_poll_waits_for_starts_that_poll_itself(rig: Rig) -> 
     """No turn of the actor between the commit and the poll (a turn less per agent
     message); an ack OCP made while the poll waited is kept with the chat's next change."""
     await rig.chatting()
-    await rig.salesforce.batches.put(batch(("ChatMessage", {"name": "Ada", "text": "hi"}),
-                                           sequence=2))
-    await until(lambda: (state := rig.store.state()) is not None and state.session.ack == 2,
-                "the batch processed")
-    await settle()
+    await rig.agent_says_hi()
     rig.chat.ack(2)  # OCP has the join: a change of OCP's only, which wakes no one
     await settle()
     assert rig.actor.session.in_flight(Lane.POLL) is None
@@ -315,11 +315,7 @@ async def test_a_commit_after_the_chat_ended_sends_the_message_it_records_nowher
 async def test_a_chat_let_go_stops_once_what_it_did_is_committed(rig: Rig) -> None:
     await rig.chatting()
     rig.chat.request_release()
-    await rig.salesforce.batches.put(batch(("ChatMessage", {"name": "Ada", "text": "hi"}),
-                                           sequence=2))
-    await until(lambda: (state := rig.store.state()) is not None and state.session.ack == 2,
-                "the batch processed")
-    await settle()
+    await rig.agent_says_hi()
     assert not rig.chat.released and not rig.task.done()
     rig.store.commit()
     await asyncio.wait_for(rig.task, 5)
