@@ -336,3 +336,22 @@ async def test_a_poll_after_an_idle_one_waits_for_its_time_to_be_kept(rig: Rig) 
         await until(lambda: rig.salesforce.acks() == ["-1"] + ["1"] * (polls - 1),  # noqa: B023
                     "the poll after the commit")
     rig.check_poll_times()
+
+
+async def test_a_bug_met_as_a_commit_starts_the_poll_ends_that_chat_alone(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit's other callbacks (other chats') still run; the chat's actor fails in its
+    own task, where its supervisor ends it toward OCP."""
+    await rig.chatting()
+    await rig.agent_says_hi()
+
+    def broken(self: LiveAgentSession, lane: Lane, *, keepalive: bool = False) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(LiveAgentSession, "next_request", broken)
+    others: list[str] = []
+    rig.store.pending.callbacks.append(lambda: others.append("another chat's commit"))
+    rig.store.commit()
+    assert others == ["another chat's commit"]
+    with pytest.raises(RuntimeError, match="a bug"):
+        await asyncio.wait_for(rig.task, 5)
