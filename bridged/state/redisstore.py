@@ -45,7 +45,15 @@ from redis.exceptions import NoScriptError, RedisError
 
 from bridged._log import log_event
 from bridged.config.file import ClusterConfig
-from bridged.state.store import Callback, Drop, Item, KeptChat, PendingChange, StoreStatistics
+from bridged.state.store import (
+    Callback,
+    Drop,
+    Item,
+    KeptChat,
+    PendingChange,
+    StoreStatistics,
+    run_callbacks,
+)
 
 log = logging.getLogger("bridged.state.redis")
 
@@ -693,7 +701,7 @@ class RedisStore:
         self._commits += 1
         self._commit_seconds += time.perf_counter() - started
         self._bytes_written += written
-        callbacks: list[Callback] = []
+        callbacks: list[tuple[str, Callback]] = []
         for chat, change in batch.items():
             if chat in fenced:
                 continue
@@ -709,9 +717,8 @@ class RedisStore:
                 self._rows_written += 1
                 if ours:
                     self._created.discard(chat)
-            callbacks.extend(change.callbacks)
-        for callback in callbacks:
-            callback()
+            callbacks.extend((chat, callback) for callback in change.callbacks)
+        run_callbacks(callbacks)
         for chat in fenced:
             if self._tokens.get(chat) == tokens[chat]:
                 self.forget_local(chat)

@@ -56,7 +56,15 @@ from pathlib import Path
 from typing import Literal
 
 from bridged._log import log_event
-from bridged.state.store import Callback, Drop, Item, KeptChat, PendingChange, StoreStatistics
+from bridged.state.store import (
+    Callback,
+    Drop,
+    Item,
+    KeptChat,
+    PendingChange,
+    StoreStatistics,
+    run_callbacks,
+)
 
 log = logging.getLogger("bridged.state.sqlite")
 
@@ -379,12 +387,13 @@ class StateStore:
         self._rows_deleted += deletes
         self._bytes_written += written
         self._commit_seconds += time.perf_counter() - started
-        callbacks = [cb for change in batch.values() for cb in change.callbacks]
+        callbacks = [(chat_id, cb) for chat_id, change in batch.items()
+                     for cb in change.callbacks]
         if inline:
-            _run_all(callbacks)
+            run_callbacks(callbacks)
         elif callbacks and self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self._loop.call_soon_threadsafe(_run_all, callbacks)
+                self._loop.call_soon_threadsafe(run_callbacks, callbacks)
 
     def _statements(self, connection: sqlite3.Connection,
                     batch: dict[str, _Change]) -> tuple[int, int, int]:
@@ -530,6 +539,3 @@ def _run(connection: sqlite3.Connection, statement: str, rows: Sequence[tuple[ob
         connection.executemany(statement, rows)
 
 
-def _run_all(callbacks: list[Callback]) -> None:
-    for callback in callbacks:
-        callback()

@@ -8,10 +8,15 @@ one from the config; nothing else knows which.
 from __future__ import annotations
 
 __all__ = ["MAY_SEND_RECHECK_S", "Callback", "Drop", "Item", "KeptChat", "PendingChange",
-           "Store", "StoreStatistics"]
+           "Store", "StoreStatistics", "run_callbacks"]
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
+
+from bridged._log import log_event
+
+log = logging.getLogger("bridged.state")
 
 Callback = Callable[[], None]
 # An item of a kept list: (list, key, data); a range of keys that is gone: (list, first, last).
@@ -21,6 +26,20 @@ Drop = tuple[int, int, int]
 
 # How soon an actor whose node may not send (its lease unconfirmed) looks again.
 MAY_SEND_RECHECK_S = 0.25
+
+
+def run_callbacks(callbacks: Iterable[tuple[str, Callback]]) -> None:
+    """Run the ``on_durable`` callbacks of a commit, ``(chat id, callback)`` each.
+
+    One that raises (a bug in that chat's actor) is logged and keeps none of the others from
+    running: the other chats of the commit still learn that their changes are durable.
+    """
+    for chat_id, callback in callbacks:
+        try:
+            callback()
+        except Exception as exc:
+            log_event(log, logging.ERROR, "commit_callback_failed", chat=chat_id,
+                      detail=f"{type(exc).__name__}: {exc}")
 
 
 class PendingChange:

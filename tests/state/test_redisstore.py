@@ -252,3 +252,21 @@ async def test_a_chat_ended_and_started_again_under_its_id_is_kept_whole(
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_callback_that_fails_keeps_no_other_chat_from_learning_its_commit(
+        redis_server: RedisServer) -> None:
+    store = RedisStore(config("a", redis_server.url))
+    await store.load()
+    try:
+        durable: list[str] = []
+
+        def broken() -> None:
+            raise RuntimeError("a bug in that chat's actor")
+
+        store.save("c1", b"one", broken, static=b"static")
+        store.save("c2", b"two", lambda: durable.append("c2"), static=b"static")
+        assert await store.flush(2)
+        assert durable == ["c2"]
+    finally:
+        await store.aclose()

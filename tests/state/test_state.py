@@ -226,3 +226,22 @@ async def test_the_wal_file_is_cut_back_after_a_burst(tmp_path: Path) -> None:
     assert size <= limit, (grown, size)
     await store.aclose()
     assert StateStore(tmp_path).open()["chat-0"].snapshot == b"after the burst"
+
+
+def _broken() -> None:
+    raise RuntimeError("a bug in that chat's actor")
+
+
+async def test_a_callback_that_fails_keeps_no_other_chat_from_learning_its_commit(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = StateStore(tmp_path)
+    store.open()
+    durable: list[str] = []
+    store.save("a", b"one", _broken)
+    store.save("b", b"two", lambda: durable.append("b"))  # the same commit, after it
+    assert await store.flush(5)
+    assert durable == ["b"]
+    (failed,) = [r for r in caplog.records if r.getMessage() == "commit_callback_failed"]
+    assert failed.fields["chat"] == "a"  # type: ignore[attr-defined]
+    assert "a bug in that chat's actor" in failed.fields["detail"]  # type: ignore[attr-defined]
+    await store.aclose()
