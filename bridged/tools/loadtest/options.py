@@ -146,9 +146,11 @@ class LoadTestOptions(msgspec.Struct, frozen=True, kw_only=True):
 # "--profile small": 2,000 chats, about 60 s held per run (10 s idle, 15 s saturation,
 # 30 s at half load), both topologies. "--profile full": 10,000 chats over 10 connections
 # and 5,000 chats over one connection each (the machine allows 20,000 open files per
-# process), held 2 minutes and more; about 13 minutes in all. "--profile max": 19,000
+# process), held 2 minutes and more; about 17 minutes in all (16.6 for Live Agent, 16.6
+# for Enhanced Chat, measured 2026-12-01: each saturation step waits for a window to come
+# back, up to a minute at this size). "--profile max": 19,000
 # chats over 10 connections, within those 20,000 open files (a descriptor per chat for its
-# poll or stream, the capped request pool); about 15 minutes (its 19,000 chats take one
+# poll or stream, the capped request pool); about 16 minutes (its 19,000 chats take one
 # to two minutes to start, in each of the two servers).
 PROFILES: dict[str, dict[str, object]] = {
     "small": {
