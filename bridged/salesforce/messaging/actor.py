@@ -8,9 +8,11 @@ link to the rest of bridged (the chat's inbox, :meth:`Chat.emit`, the state stor
 Tasks: one runs the actor's loop; one reads the event stream while the session wants it (never
 two at once: a new one first waits for the old one to be gone); one per REST request on the
 wire. The loop sleeps on a single event set by whatever can change its mind (a command, an
-answer, bytes of the stream, a commit that a request or a release waits for, a timer); each
+answer, events of the stream, a commit that a request or a release waits for, a timer); each
 turn it hands everything that came to the session, synchronously, then reports, saves and
-sends.
+sends. The stream's reader parses the bytes it reads (the parser is the actor's, fed by one
+reader at a time) and wakes the actor only for events: Salesforce's keep-alive, a ping every
+15 s of silence in every conversation, costs no turn.
 
 Durability. Every turn that changed the session saves its snapshot (and the chat's) to the
 state store before anything the turn produced goes out: a request made in turn *n* waits
@@ -71,6 +73,7 @@ from bridged.salesforce.messaging.protocol import (
     MessagingSnapshot,
     Purpose,
     State,
+    only_keepalives,
 )
 from bridged.salesforce.messaging.sse import SseParser
 from bridged.salesforce.messaging.tokenqueue import TokenQueue
@@ -322,7 +325,7 @@ class MessagingActor:
                 self.session.receive_response(request, result.status, result.body, now=now)
 
     def _take_stream(self) -> None:
-        """Hand what the stream reader read to the session, in order."""
+        """Hand the events the stream reader parsed to the session, in order."""
         if self.chat.release_wanted:
             # Letting go of the chat: what the stream brings from now on is left for the next
             # holder, which reads it again after the last event id committed here.
@@ -333,16 +336,14 @@ class MessagingActor:
             if number != self._stream_number:
                 continue  # from a stream given up already
             now = time.time()
-            if kind == "chunk":
-                try:
-                    events = self._parser.feed(value)
-                except RemoteProtocolError as exc:
-                    self._dirty = True
-                    self.session.give_up(f"Salesforce's event stream is not as documented:"
-                                         f" {exc}", now=now)
-                    self._drop_stream()
-                    continue
-                for event in events:
+            if kind == "invalid":
+                self._dirty = True
+                self.session.give_up(f"Salesforce's event stream is not as documented:"
+                                     f" {value}", now=now)
+                self._drop_stream()
+                continue
+            if kind == "events":
+                for event in value:
                     if self.session.receive_event(event, now=now):
                         self._dirty = True
                     elif event.id:
@@ -566,7 +567,8 @@ class MessagingActor:
                 # Read here, not in a coroutine of its own: one frame less per chat, held
                 # for the stream's whole life.
                 async for chunk in stream.chunks():
-                    self._push(number, "chunk", chunk)
+                    if not self._parse_chunk(number, chunk):
+                        return
                     # A chat whose events OCP does not take stops reading: Salesforce keeps
                     # them, and what it drops meanwhile is reconciled from the entries after
                     # a reopen.
@@ -578,6 +580,26 @@ class MessagingActor:
             self._push(number, "lost", (None, b"", str(exc)))
             return
         self._push(number, "lost", (None, b"", "the server ended the stream"))
+
+    def _parse_chunk(self, number: int, chunk: bytes) -> bool:
+        """Parse what stream ``number`` read; the events, unless only keep-alives, go to
+        the actor. ``False``: the reader stops (the stream was given up, or is invalid).
+
+        Parsed by the reader, so that Salesforce's keep-alives (a ping every 15 s of silence,
+        in every conversation) wake no turn; in a method of its own, so that the reader's
+        frame holds no parsed event while it waits for the next chunk.
+        """
+        if number != self._stream_number:
+            return False  # given up meanwhile: the parser is the next stream's now
+        last_id = self._parser.last_event_id
+        try:
+            events = self._parser.feed(chunk)
+        except RemoteProtocolError as exc:
+            self._push(number, "invalid", str(exc))
+            return False
+        if not only_keepalives(events, last_id):
+            self._push(number, "events", events)
+        return True
 
     # --- keeping the chat ---------------------------------------------------------------
 

@@ -190,6 +190,7 @@ __all__ = [
     "Purpose",
     "State",
     "message_id",
+    "only_keepalives",
 ]
 
 import enum
@@ -433,6 +434,13 @@ def message_id(conversation_id: str, name: str) -> str:
         name: ``"ocp:" + OCP message id``, or ``"history:" + line number``.
     """
     return _uuid5(uuid.UUID(conversation_id).bytes, name)
+
+
+def only_keepalives(events: Iterable[SseEvent], last_event_id: str) -> bool:
+    """Whether ``events`` tell the session nothing: none, or only pings under the last event
+    id already read (``last_event_id``), for which :meth:`MessagingSession.receive_event`
+    changes nothing. The shell hands such a batch to no one (no turn for a keep-alive)."""
+    return all(event.event == _PING and event.id == last_event_id for event in events)
 
 
 def _uuid5(namespace: bytes, name: str) -> str:

@@ -1274,3 +1274,16 @@ def test_after_a_restart_from_an_id_before_the_acknowledgements_nothing_is_shown
     listed = [{**e, "entryPayload": json.loads(e["entryPayload"])} for e in (shown, new)]
     r.answer(Purpose.LIST_ENTRIES, 200, p.entries_body(*reversed(listed)))
     assert r.take_facts() == [facts.AgentMessage(agent="Ada", text="after the restart")]
+
+
+def test_only_pings_under_the_last_id_read_tell_the_session_nothing() -> None:
+    """What the stream's reader may keep from the actor: keep-alives that change nothing."""
+    ping = SseEvent(event="ping", data="0", id="1-0001")
+    assert protocol.only_keepalives([], "1-0001")  # a chunk that completed no event
+    assert protocol.only_keepalives([ping, ping], "1-0001")
+    # A ping that moved the last event id (a server may give one an id) is handed on.
+    assert not protocol.only_keepalives([ping], "1-0000")
+    message = SseEvent(event="CONVERSATION_MESSAGE", data="{}", id="1-0001")
+    assert not protocol.only_keepalives([ping, message], "1-0001")
+    assert not protocol.only_keepalives([SseEvent(event="ignored", data="x", id="1-0001")],
+                                        "1-0001")

@@ -23,7 +23,7 @@ from bridged.ocp import envelopes as env
 from bridged.salesforce.messaging.actor import MessagingActor, MessagingBackend
 from bridged.salesforce.messaging.protocol import MessagingSnapshot
 from bridged.simulators.messaging import entries
-from bridged.simulators.messaging.sse import envelope, event_frame
+from bridged.simulators.messaging.sse import PING_FRAME, envelope, event_frame
 from bridged.tools.ecbench import AGENT, CHANNEL, ORG, SCRT, BenchSalesforce
 from tests.salesforce.liveagent.test_actor import RecordingLink
 
@@ -136,25 +136,73 @@ async def test_acknowledgements_are_not_saved_alone_the_next_save_carries_their_
         assert scene.store.saves > saves
 
 
+def _count_turns(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A counter of the actor's turns (``[n]``), from now on."""
+    turns = [0]
+    take_stream = MessagingActor._take_stream
+
+    def counted(actor: MessagingActor) -> None:
+        turns[0] += 1  # once a turn
+        take_stream(actor)
+
+    monkeypatch.setattr(MessagingActor, "_take_stream", counted)
+    return turns
+
+
 async def test_a_commit_that_nothing_waits_for_wakes_no_turn(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent's message is saved, and the commit of that save hands it to OCP by itself:
     the actor takes no turn for it (it would have nothing to do)."""
     async with Scene() as scene:
-        turns = 0
-        take_stream = MessagingActor._take_stream
-
-        def counted(actor: MessagingActor) -> None:
-            nonlocal turns
-            turns += 1  # once a turn
-            take_stream(actor)
-
-        monkeypatch.setattr(MessagingActor, "_take_stream", counted)
+        turns = _count_turns(monkeypatch)
         told = scene.says("hello")
         await _until(lambda: any(isinstance(e, env.AgentMessage) and e.text == "hello"
                                  for e in scene.link.events))
         await scene.taken(told)
-        assert turns == 1  # the stream's chunk; not the commit
+        assert turns[0] == 1  # the stream's chunk; not the commit
+
+
+async def test_salesforces_keepalives_wake_no_turn_and_save_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ping every 15 s of silence, in every conversation: the reader keeps it from the
+    actor. Not even OCP's acknowledgement, which a turn would save, makes it a save."""
+    async with Scene() as scene:
+        told = scene.says("hello")
+        await _until(lambda: any(isinstance(e, env.AgentMessage) for e in scene.link.events))
+        await scene.taken(told)
+        scene.chat.ack(scene.chat.next_seq - 1)  # OCP has it all: the chat's held list empties
+        saves, turns = scene.store.saves, _count_turns(monkeypatch)
+        [conv] = scene.salesforce._by_id.values()
+        for _ in range(3):
+            conv.chunks.put_nowait(PING_FRAME)
+        await _until(conv.chunks.empty)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert (turns[0], scene.store.saves) == (0, saves)
+        again = scene.says("and again")  # an event still wakes the actor, as ever
+        await scene.taken(again)
+        assert turns[0] >= 1 and scene.store.saves > saves
+
+
+async def test_a_keepalive_that_carries_a_new_event_id_is_handed_on() -> None:
+    async with Scene() as scene:
+        told = scene.says("hello")
+        await scene.taken(told)
+        [conv] = scene.salesforce._by_id.values()
+        conv.chunks.put_nowait(b"id: 1740000000000-9999\n" + PING_FRAME)
+        await scene.taken("1740000000000-9999")  # the session reads on from it
+
+
+async def test_a_stream_past_the_parsers_bound_ends_its_chat_failed_naming_the_stream(
+        ) -> None:
+    """The reader parses; what it cannot parse still ends the chat in the actor's turn."""
+    async with Scene() as scene:
+        [conv] = scene.salesforce._by_id.values()
+        conv.chunks.put_nowait(b"data: " + b"x" * (2 << 20))  # a line past 1 MiB
+        await _until(lambda: any(isinstance(e, env.Ended) for e in scene.link.events))
+        [ended] = [e for e in scene.link.events if isinstance(e, env.Ended)]
+        assert ended.reason == "failed"
+        assert "event stream is not as documented" in str(ended.detail)
 
 
 async def test_a_release_saves_the_last_event_id_first() -> None:
