@@ -446,12 +446,15 @@ class _Messaging(_Backend):
             pending = b""
             async for chunk in stream.content.iter_any():
                 pending = pending + chunk if pending else chunk
+                del chunk  # not held while the next one is awaited (as bridged)
                 while True:
                     cut = pending.find(b"\n\n")
                     if cut < 0:
                         break
                     block, pending = pending[:cut], pending[cut + 2:]
-                    if await self._relay(chat, block):
+                    over = await self._relay(chat, block)
+                    del block
+                    if over:
                         return
         if not chat.ending:
             await self.bridge.failed(chat, "the event stream ended")

@@ -232,3 +232,43 @@ async def test_a_failed_or_cancelled_request_gives_its_slot_back(wire: Wire) -> 
     assert after == [200, 200]
     assert [path for _, path, _, _ in wire.seen] == [
         "/held/Chasitor/ChatMessage", "/held/message", "/Chasitor/ChatMessage", "/message"]
+
+
+async def test_an_event_streams_chunk_is_not_held_while_the_next_one_is_awaited() -> None:
+    """An idle conversation waits minutes for its next chunk: the last one (a few KB) is
+    not kept alive meanwhile by the transport's iterator."""
+    go_on = asyncio.Event()
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"id: 1\nevent: ping\ndata: 0\n\n")
+        async with asyncio.timeout(10):
+            await go_on.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/eventrouter/v1/sse", events)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    transport = AiohttpMessagingTransport(max_connections=2, max_request_connections=1)
+    request = ec.HttpRequest(method="GET", path="/eventrouter/v1/sse", purpose=ec.Purpose.EVENTS,
+                             headers=EC_HEADERS)
+    try:
+        async with transport.stream(f"http://127.0.0.1:{runner.addresses[0][1]}", request,
+                                    5.0, 10.0) as stream:
+            chunks = stream.chunks()
+            assert await anext(chunks) == b"id: 1\nevent: ping\ndata: 0\n\n"
+            waiting = asyncio.ensure_future(anext(chunks))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not waiting.done()
+            assert "chunk" not in chunks.ag_frame.f_locals  # type: ignore[attr-defined]
+            go_on.set()
+            with pytest.raises(StopAsyncIteration):
+                await waiting
+    finally:
+        go_on.set()
+        await transport.aclose()
+        await runner.cleanup()

@@ -569,6 +569,7 @@ class MessagingActor:
                 async for chunk in stream.chunks():
                     if not self._parse_chunk(number, chunk):
                         return
+                    del chunk  # not held while the next one is awaited
                     # A chat whose events OCP does not take stops reading: Salesforce keeps
                     # them, and what it drops meanwhile is reconciled from the entries after
                     # a reopen.

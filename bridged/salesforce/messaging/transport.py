@@ -146,6 +146,8 @@ class _AiohttpStream:
             if not chunk:
                 return
             yield chunk
+            # Not held while the next one is awaited (minutes, in an idle conversation).
+            del chunk
 
 
 class AiohttpMessagingTransport:

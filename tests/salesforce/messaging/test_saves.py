@@ -205,6 +205,18 @@ async def test_a_stream_past_the_parsers_bound_ends_its_chat_failed_naming_the_s
         assert "event stream is not as documented" in str(ended.detail)
 
 
+async def test_the_stream_reader_holds_no_chunk_or_event_while_it_waits() -> None:
+    """Between two chunks (minutes, in an idle conversation) the reader's frame keeps
+    neither the last chunk nor what it parsed from it: memory per live chat."""
+    async with Scene() as scene:
+        told = scene.says("hello")
+        await scene.taken(told)
+        task = scene.actor._stream_task
+        assert task is not None and not task.done()
+        waiting = task.get_coro().cr_frame.f_locals  # type: ignore[union-attr]
+        assert not {"chunk", "events"} & set(waiting)
+
+
 async def test_a_release_saves_the_last_event_id_first() -> None:
     """A move's next holder reads on from the id committed: the newest one taken, even if
     only acknowledgements came after the last save (docs/cluster.md, the safe point)."""
