@@ -114,9 +114,10 @@ How a shell drives it
      ``retry_delay(STREAM_RETRY, request.attempt)`` when ``attempt`` is not 0. On a 200
      ``text/event-stream`` answer call ``stream_opened(now=...)`` and feed the body to an
      :class:`~bridged.salesforce.messaging.sse.SseParser` (``reset()`` it per connection),
-     passing each event to ``receive_event(event, now=...)``. When the open is refused, or
-     the stream ends, breaks or is silent longer than a read timeout (the sample app uses
-     90 s), call ``stream_lost(now=..., status=..., body=...)`` (``status`` ``None`` when
+     passing each event to ``receive_event(event, now=...)`` (a batch for which
+     :func:`only_keepalives` holds may be skipped: it changes nothing). When the open is
+     refused, or the stream ends, breaks or is silent longer than a read timeout (the sample
+     app uses 90 s), call ``stream_lost(now=..., status=..., body=...)`` (``status`` ``None`` when
      there was no HTTP answer).
    * While ``wants_stream`` is false, close the stream if one is open.
    * ``facts_received()``: relay to the chat (``chat.emit``), in order.
