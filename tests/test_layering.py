@@ -43,7 +43,7 @@ FORBIDDEN = {
     5: set(),
 }
 # The sans-I/O parts of a backend: whatever their module, they stay pure.
-PURE_NAMES = {"wire", "protocol", "sse", "kept"}
+PURE_NAMES = {"wire", "protocol", "sse"}
 
 
 def layer_of(module: str) -> int:

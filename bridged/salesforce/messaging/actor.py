@@ -50,7 +50,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from bridged._log import log_event
 from bridged.chats import facts
-from bridged.chats.chat import BACKEND_LISTS, Chat, ChatRecord, KeptLists, released
+from bridged.chats.chat import Chat, ChatRecord, KeptLists, released
 from bridged.chats.policy import RetryPolicy, retry_delay
 from bridged.chats.wakeup import Wakeup
 from bridged.config.file import SalesforceConfig
@@ -88,8 +88,6 @@ _STREAM_BACKLOG = 32
 _TOKEN_QUEUED = "token_queued"
 
 _Result = Answer | TransportError
-# The session's parts kept apart from its snapshot (bridged.salesforce.messaging.kept).
-_SESSION_LISTS = BACKEND_LISTS
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(MessagingSnapshot)
 _params_decoder = msgspec.msgpack.Decoder(MessagingParams)
@@ -100,7 +98,6 @@ class MessagingResume(msgspec.Struct, frozen=True, kw_only=True):
 
     params: MessagingParams
     snapshot: MessagingSnapshot
-    lists: KeptLists = {}  # the chat's kept lists; the session's are from _SESSION_LISTS
 
 
 def messaging_config(chat: Chat) -> MessagingConfig:
@@ -637,7 +634,6 @@ class MessagingActor:
         items: list[Item] = []
         drops: list[Drop] = []
         self.chat.kept_changes(items, drops)
-        self.session.kept_changes(items, drops, _SESSION_LISTS)
         self._store.save(self.chat.id, record.encode(),
                          functools.partial(self._durable, self._save_gen,
                                            self.chat.next_seq - 1),
@@ -716,13 +712,14 @@ class MessagingBackend:
     @staticmethod
     def resume_from(backend_static: bytes, state: bytes, poll_sent_at: float,
                     lists: KeptLists | None = None) -> MessagingResume:
-        """Decode a kept chat's Enhanced Chat parts (``poll_sent_at`` is Live Agent's).
+        """Decode a kept chat's Enhanced Chat parts (``poll_sent_at`` and ``lists`` are
+        Live Agent's: the session's own state is small and kept whole).
 
         Raises:
             msgspec.DecodeError: a damaged record.
         """
         return MessagingResume(params=_params_decoder.decode(backend_static),
-                               snapshot=_snapshot_decoder.decode(state), lists=lists or {})
+                               snapshot=_snapshot_decoder.decode(state))
 
     async def run_chat(self, chat: Chat, resume: MessagingResume | None = None) -> None:
         """Serve ``chat`` until it ends; the last fact it emits is ``Ended``.
@@ -733,9 +730,7 @@ class MessagingBackend:
         """
         handover = Handover()
         if resume is not None:
-            session = MessagingSession.restore(resume.params, resume.snapshot, now=time.time(),
-                                               kept_items=resume.lists,
-                                               lists_from=_SESSION_LISTS)
+            session = MessagingSession.restore(resume.params, resume.snapshot, now=time.time())
         else:
             # "before asking for an agent" (PROTOCOL.md 4): the history goes in the create
             # (a hidden pre-chat field) and as the first visitor messages.

@@ -197,8 +197,7 @@ __all__ = [
 import enum
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import cast
+from collections.abc import Iterable
 
 import msgspec
 
@@ -206,8 +205,7 @@ from bridged.chats import facts
 from bridged.chats.policy import RetryPolicy
 from bridged.errors import LocalProtocolError, RemoteProtocolError
 from bridged.history.decoder import OMITTED_MARKER, prechat_value
-from bridged.salesforce.messaging import kept, wire
-from bridged.salesforce.messaging.kept import IdWindow, KeptItems
+from bridged.salesforce.messaging import wire
 from bridged.salesforce.messaging.sse import SseEvent
 
 API = "/iamessage/api/v2"
@@ -391,31 +389,28 @@ class PendingMessage(msgspec.Struct, kw_only=True, gc=False):
     failures: int = 0
 
 
-class MessagingSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False,
-                        omit_defaults=True):
-    """Everything a hand-over needs to go on in another process (see ``snapshot()``), but
-    for what is kept apart, item by item (:meth:`MessagingSession.kept_changes`).
+class MessagingSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Everything a hand-over needs to go on in another process (see ``snapshot()``).
 
-    Bounded: ``sent_at`` by 22 times, ``agents`` by the agents present; ``pending`` by what
-    the chat's mailbox let in (and the history).
+    Bounded: ``seen_ids`` by :data:`SEEN_IDS_MAX`, ``delivered`` by 64 ids, ``sent_at`` by
+    22 times, ``agents`` by the agents present; ``pending`` by what the chat's mailbox let
+    in (and the history).
     """
 
     state: State
     conversation_id: str
-    # Kept apart (bridged.salesforce.messaging.kept); here only in snapshots of earlier
-    # versions, read on an upgrade: the token, the entry ids seen, the OCP ids delivered.
-    access_token: str | None = None
+    access_token: str | None
     token_exp: float | None
     last_event_id: str
     last_entry_ms: int
-    seen_ids: list[str] = []
+    seen_ids: list[str]
     seen_floor_ms: int
     agent: str | None
     agents: dict[str, str]
     agent_ever_joined: bool
     bot_seen: bool
     pending: list[PendingMessage]
-    delivered: list[str] = []
+    delivered: list[str]
     sent_at: list[float]
     history_count: int
     created: bool
@@ -426,8 +421,8 @@ class MessagingSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False,
     ended_emitted: bool
     routing_check: bool
     poisoned: bool
-    # Kept apart too (earlier versions kept it here): the routing attributes as sent at
-    # create (cut to the deployment's field lengths).
+    # The routing attributes as sent at create (cut to the deployment's field lengths); None
+    # before the token answer told those lengths.
     routing_attributes: dict[str, str] | None = None
     routing_status: str | None = None
 
@@ -470,46 +465,39 @@ def _check_conversation_id(value: str) -> str:
     return value
 
 
-class _Seen(IdWindow):
-    """The newest entry ids in arrival order (each with its timestamp), with a timestamp
-    floor below them.
+class _Seen:
+    """A bounded set of entry ids in arrival order, with a timestamp floor below it.
 
     An entry older than every id the set still holds (its ``transcriptedTimestamp`` below the
     newest evicted one) was processed long ago: the floor covers what the set forgot.
+
+    One dict, id to timestamp, in insertion order: membership, eviction of the oldest and the
+    list of ids for a snapshot (taken at every save) are each one C-level operation.
     """
 
-    __slots__ = ("floor_ms",)
+    __slots__ = ("_ids", "floor_ms")
 
-    def __init__(self, most: int = SEEN_IDS_MAX, ids: Iterable[tuple[str, int]] = ()) -> None:
-        self.floor_ms = 0
-        super().__init__(most, ids)
+    def __init__(self, ids: Iterable[str] = (), floor_ms: int = 0) -> None:
+        self._ids: dict[str, int] = dict.fromkeys(ids, floor_ms)
+        self.floor_ms = floor_ms
 
-    def __contains__(self, item: object) -> bool:
-        entry_id, ts = cast(tuple[str, int], item)
-        return super().__contains__(entry_id) or 0 < ts < self.floor_ms
+    def __contains__(self, item: tuple[str, int]) -> bool:
+        entry_id, ts = item
+        return entry_id in self._ids or 0 < ts < self.floor_ms
 
-    def add(self, entry_id: str, number: int = 0) -> int | None:
-        old_ts = super().add(entry_id, number)
-        if old_ts is not None and old_ts > self.floor_ms:
-            self.floor_ms = old_ts
-        return old_ts
+    def add(self, entry_id: str, ts: int) -> None:
+        ids = self._ids
+        if entry_id in ids:
+            return
+        ids[entry_id] = ts
+        while len(ids) > SEEN_IDS_MAX:
+            old = next(iter(ids))
+            old_ts = ids.pop(old)
+            if old_ts > self.floor_ms:
+                self.floor_ms = old_ts
 
-
-_kept_encoder = msgspec.msgpack.Encoder()
-_seen_item_decoder = msgspec.msgpack.Decoder(tuple[str, int])
-_routing_decoder = msgspec.msgpack.Decoder(dict[str, str])
-
-
-def _encode_seen(entry_id: str, ts: int) -> bytes:
-    return _kept_encoder.encode((entry_id, ts))
-
-
-def _encode_delivered(ocp_id: str, _: int) -> bytes:
-    return ocp_id.encode()
-
-
-def _decode_delivered(data: bytes) -> tuple[str, int]:
-    return data.decode(), 0
+    def ids(self) -> list[str]:
+        return list(self._ids)
 
 
 def _keep_newest(ids: list[str], new: str, most: int) -> None:
@@ -533,12 +521,11 @@ class MessagingSession:
                  "_delivered", "_end", "_end_after_delete", "_ended_emitted", "_facts", "_held",
                  "_history_count", "_in_flight", "_namespace", "_notices", "_outbox", "_pending",
                  "_poisoned", "_reconcile_entries", "_reconcile_pages", "_reconcile_wanted",
-                 "_rest_auth", "_routing_attributes", "_routing_check", "_routing_unkept", "_seen",
-                 "_sent_at", "_stream_ever_opened", "_stream_failures", "_stream_request",
-                 "_stream_state", "_token_unkept", "_typing_ids", "_typing_sent", "_typing_wanted",
-                 "_unknown_events", "agent", "agent_ever_joined", "conversation_id",
-                 "last_entry_ms", "last_event_id", "org_id", "params", "requested_at",
-                 "routing_status", "state", "token_exp")
+                 "_rest_auth", "_routing_attributes", "_routing_check", "_seen", "_sent_at",
+                 "_stream_ever_opened", "_stream_failures", "_stream_request", "_stream_state",
+                 "_typing_ids", "_typing_sent", "_typing_wanted", "_unknown_events", "agent",
+                 "agent_ever_joined", "conversation_id", "last_entry_ms", "last_event_id",
+                 "org_id", "params", "requested_at", "routing_status", "state", "token_exp")
 
     def __init__(self, params: MessagingParams, *, conversation_id: str | None = None) -> None:
         self.params = params
@@ -548,8 +535,6 @@ class MessagingSession:
         self.state = State.IDLE
         # The guest token is kept once, inside its Authorization value (it is ~1 KiB).
         self._bearer: str | None = None
-        # The token and the routing attributes changed since kept_changes() last wrote them.
-        self._token_unkept = self._routing_unkept = False
         self._rest_auth: tuple[tuple[str, str], ...] | None = None
         self.token_exp: float | None = None
         self.last_event_id = "0"
@@ -559,12 +544,12 @@ class MessagingSession:
         self.agent_ever_joined = False
         self._bot_seen = False
         self._seen = _Seen()
-        # The newest ids, at most _TYPING_IDS_MAX: a short list, not a bounded deque (an
-        # empty deque takes 760 bytes, per chat).
+        # The newest ids, at most _TYPING_IDS_MAX and DELIVERED_IDS_MAX: short lists, not
+        # bounded deques (an empty deque takes 760 bytes, per chat).
         self._typing_ids: list[str] = []
-        # A list, not a deque: it is short, and an empty deque takes 760 bytes (per chat).
+        # Lists, not deques: both are short, and an empty deque takes 760 bytes (per chat).
         self._pending: list[PendingMessage] = []
-        self._delivered = IdWindow(DELIVERED_IDS_MAX)
+        self._delivered: list[str] = []
         self._sent_at: list[float] = []
         self._history_count = 0
         self.requested_at: float | None = None
@@ -610,7 +595,6 @@ class MessagingSession:
     def access_token(self, value: str | None) -> None:
         self._bearer = None if value is None else f"Bearer {value}"
         self._rest_auth = None
-        self._token_unkept = True
 
     @property
     def is_finished(self) -> bool:
@@ -680,21 +664,20 @@ class MessagingSession:
     # --- keeping across restarts ------------------------------------------------------
 
     def snapshot(self) -> MessagingSnapshot:
-        """The hand-over's state, to go on after a restart of bridged, but for the parts kept
-        apart (:meth:`kept_changes`), which a save writes with it.
+        """The hand-over's state, to go on after a restart of bridged.
 
         Requests in flight are not kept: after the restart each is made again (a message
         with its same id, once reconciliation has shown that it did not arrive).
         """
         return MessagingSnapshot(
             state=self.state, conversation_id=self.conversation_id,
-            token_exp=self.token_exp,
+            access_token=self.access_token, token_exp=self.token_exp,
             last_event_id=self.last_event_id, last_entry_ms=self.last_entry_ms,
-            seen_floor_ms=self._seen.floor_ms, agent=self.agent,
+            seen_ids=self._seen.ids(), seen_floor_ms=self._seen.floor_ms, agent=self.agent,
             agents=dict(self._agents), agent_ever_joined=self.agent_ever_joined,
             bot_seen=self._bot_seen,
             pending=[msgspec.structs.replace(p) for p in self._pending],
-            sent_at=list(self._sent_at),
+            delivered=list(self._delivered), sent_at=list(self._sent_at),
             history_count=self._history_count, created=self._created,
             requested_at=self.requested_at,
             end=self._end, end_after_delete=self._end_after_delete,
@@ -703,85 +686,35 @@ class MessagingSession:
             # A routing-status check on the wire is asked again after a restart.
             routing_check=self._routing_check or self._busy(Purpose.GET_CONVERSATION),
             poisoned=self._poisoned,
+            routing_attributes=self._routing_attributes,
             routing_status=self.routing_status,
         )
 
-    @property
-    def kept_changed(self) -> bool:
-        """Whether :meth:`kept_changes` would append anything."""
-        return (self._token_unkept or self._routing_unkept or self._seen.changed
-                or self._delivered.changed)
-
-    def kept_changes(self, items: list[tuple[int, int, bytes]],
-                     drops: list[tuple[int, int, int]], lists_from: int) -> None:
-        """Append what changed since the last call in the parts kept apart from the
-        snapshot (see :mod:`bridged.salesforce.messaging.kept`), for a save: items of the
-        lists numbered from ``lists_from``, each written once, when it is new."""
-        self._seen.take_changes(lists_from + kept.SEEN, items, drops, _encode_seen)
-        self._delivered.take_changes(lists_from + kept.DELIVERED, items, drops,
-                                     _encode_delivered)
-        if self._token_unkept:
-            self._token_unkept = False
-            token = self.access_token
-            if token is None:
-                drops.append((lists_from + kept.TOKEN, 0, 0))
-            else:
-                items.append((lists_from + kept.TOKEN, 0, token.encode()))
-        if self._routing_unkept:
-            self._routing_unkept = False
-            routing = self._routing_attributes
-            if routing is None:
-                drops.append((lists_from + kept.ROUTING, 0, 0))
-            else:
-                items.append((lists_from + kept.ROUTING, 0, _kept_encoder.encode(routing)))
-
     @classmethod
-    def restore(cls, params: MessagingParams, snapshot: MessagingSnapshot, *, now: float,
-                kept_items: Mapping[int, list[tuple[int, bytes]]] | None = None,
-                lists_from: int = 0) -> MessagingSession:
-        """A session that goes on from ``snapshot`` and the parts kept apart from it (the
-        kept lists by number, as :meth:`kept_changes` wrote them from ``lists_from``), with
-        nothing in flight.
+    def restore(cls, params: MessagingParams, snapshot: MessagingSnapshot, *,
+                now: float) -> MessagingSession:
+        """A session that goes on from ``snapshot``, with nothing in flight.
 
         It reopens the stream from the last event id and reconciles before sending again.
         A token past its ``exp`` ends the chat ``failed`` at once, saying so; one about to
         expire ends it gracefully (DELETE, then ``Ended``).
-
-        Raises:
-            msgspec.DecodeError: a damaged kept item.
         """
-        lists: KeptItems = {number - lists_from: items
-                            for number, items in (kept_items or {}).items()}
         s = cls(params, conversation_id=snapshot.conversation_id)
         s.state = snapshot.state
-        token = lists.get(kept.TOKEN)
-        s.access_token = token[0][1].decode() if token else snapshot.access_token
-        s.token_exp = snapshot.token_exp
+        s.access_token, s.token_exp = snapshot.access_token, snapshot.token_exp
         s.last_event_id, s.last_entry_ms = snapshot.last_event_id, snapshot.last_entry_ms
-        # Ids inline (an earlier version's snapshot) had no timestamps: the floor's is theirs.
-        floor = snapshot.seen_floor_ms
-        s._seen = _Seen.restore(SEEN_IDS_MAX, lists.get(kept.SEEN, ()),
-                                _seen_item_decoder.decode,
-                                inline=((i, floor) for i in snapshot.seen_ids))
-        s._seen.floor_ms = max(s._seen.floor_ms, floor)
+        s._seen = _Seen(snapshot.seen_ids, snapshot.seen_floor_ms)
         s.agent, s._agents = snapshot.agent, dict(snapshot.agents)
         s.agent_ever_joined, s._bot_seen = snapshot.agent_ever_joined, snapshot.bot_seen
         s._pending = [msgspec.structs.replace(p) for p in snapshot.pending]
-        s._delivered = IdWindow.restore(DELIVERED_IDS_MAX, lists.get(kept.DELIVERED, ()),
-                                        _decode_delivered,
-                                        inline=((i, 0) for i in snapshot.delivered))
+        s._delivered = list(snapshot.delivered)[-DELIVERED_IDS_MAX:]
         s._sent_at = list(snapshot.sent_at)
         s._history_count, s.requested_at = snapshot.history_count, snapshot.requested_at
         s._end, s._end_after_delete = snapshot.end, snapshot.end_after_delete
         s._delete_sent, s._ended_emitted = snapshot.delete_sent, snapshot.ended_emitted
         s._routing_check, s._poisoned = snapshot.routing_check, snapshot.poisoned
         s._created = snapshot.created
-        routing = lists.get(kept.ROUTING)
-        s._routing_attributes = (_routing_decoder.decode(routing[0][1]) if routing
-                                 else snapshot.routing_attributes)
-        # What was kept stays as it is, but for a snapshot of an earlier version's.
-        s._token_unkept = not token and s._bearer is not None
-        s._routing_unkept = not routing and s._routing_attributes is not None
+        s._routing_attributes = snapshot.routing_attributes
         s.routing_status = snapshot.routing_status
         s._restart(now)
         return s
@@ -1140,7 +1073,6 @@ class MessagingSession:
         # "Last-Event-Id = token's lastEventId" (7.2), "else 0" (3.1).
         self.last_event_id = token.last_event_id or "0"
         self._routing_attributes = self._fit_attributes(token.context)
-        self._routing_unkept = True
         self.state = State.CONNECTING
         self._want_stream()
 
@@ -1434,7 +1366,7 @@ class MessagingSession:
             if item.sf_id == sf_id:
                 self._pending.remove(item)
                 if item.ocp_id is not None:
-                    self._delivered.add(item.ocp_id)
+                    _keep_newest(self._delivered, item.ocp_id, DELIVERED_IDS_MAX)
                     self._facts.append(facts.Delivered(id=item.ocp_id))
                 return
 

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aioresponses import CallbackResult, aioresponses
 
-from bridged.chats.chat import BACKEND_LISTS, Chat, ChatRecord, ChatStatic, KeptLists
+from bridged.chats.chat import Chat
 from bridged.chats.policy import RetryPolicy
 from bridged.config.file import SalesforceConfig
 from bridged.config.webchat import WebchatFields, resolve_webchat
@@ -190,13 +191,12 @@ async def test_a_whole_hand_over_over_http(tmp_path: Path) -> None:
 
 async def test_a_message_goes_to_salesforce_only_once_its_state_is_durable(
         tmp_path: Path) -> None:
-    """The snapshot that records a message as sent is committed before the POST goes, and
-    with it the parts kept apart (the token): a process started then goes on from them."""
+    """The snapshot that records a message as sent is committed before the POST goes."""
     chat, _link = make_chat()
     store = StateStore(tmp_path / "state")
     kept = store.open()
     assert kept == {}
-    seen_at_send: list[tuple[bytes, bytes, KeptLists]] = []
+    seen_at_send: list[bytes] = []
     created = asyncio.Event()
 
     async def stream(url: Any, **kwargs: Any) -> CallbackResult:
@@ -211,13 +211,8 @@ async def test_a_message_goes_to_salesforce_only_once_its_state_is_durable(
         # What a process started now would read: the message is recorded as sent.
         import sqlite3
         with sqlite3.connect(store.path) as db:
-            ((static, snapshot),) = db.execute(
-                "SELECT static, snapshot FROM chats WHERE id='m1'").fetchall()
-            lists: KeptLists = {}
-            for number, key, data in db.execute(
-                    "SELECT list, key, data FROM items WHERE chat='m1' ORDER BY list, key"):
-                lists.setdefault(number, []).append((key, data))
-        seen_at_send.append((static, snapshot, lists))
+            (row,) = db.execute("SELECT snapshot FROM chats WHERE id='m1'").fetchall()
+        seen_at_send.append(row[0])
         chat.request_end("client")
         return CallbackResult(status=202, payload={})
 
@@ -236,13 +231,12 @@ async def test_a_message_goes_to_salesforce_only_once_its_state_is_durable(
         finally:
             await b.aclose()
             await store.aclose(2)
-    ((static, snapshot, lists),) = seen_at_send
-    resume = MessagingBackend.resume_from(ChatStatic.decode(static).backend_static,
-                                          ChatRecord.decode(snapshot).state, 0.0, lists)
-    assert [(m.ocp_id, m.attempts) for m in resume.snapshot.pending] == [("v1", 1)]
-    session = MessagingSession.restore(resume.params, resume.snapshot, now=time.time(),
-                                       kept_items=resume.lists, lists_from=BACKEND_LISTS)
-    assert session.conversation_id == p.CONV and session.access_token == TOKEN
+    from bridged.chats.chat import ChatRecord
+    from bridged.salesforce.messaging.protocol import MessagingSnapshot
+    (raw,) = seen_at_send
+    snapshot = msgspec.msgpack.decode(ChatRecord.decode(raw).state, type=MessagingSnapshot)
+    assert [(m.ocp_id, m.attempts) for m in snapshot.pending] == [("v1", 1)]
+    assert snapshot.conversation_id == p.CONV and snapshot.access_token == TOKEN
 
 
 async def test_the_history_field_is_cut_to_the_deployments_length_keeping_the_newest() -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import pytest
 
 from bridged.chats import facts
 from bridged.errors import LocalProtocolError
-from bridged.salesforce.messaging import kept, protocol
+from bridged.salesforce.messaging import protocol
 from bridged.salesforce.messaging.protocol import (
     FailureKind,
     HttpRequest,
@@ -49,7 +49,6 @@ class Driver:
         self.notices: list[tuple[str, str]] = []
         self._ids = 0
         self._ts = 1_740_057_800_000
-        self.kept: dict[int, dict[int, bytes]] = {}  # the parts kept apart, as a store has them
         self.drain()
 
     # --- the shell's side ---------------------------------------------------------------
@@ -188,37 +187,6 @@ def sf_id(ocp_id: str) -> str:
 def roundtrip(snapshot: MessagingSnapshot) -> MessagingSnapshot:
     """Through JSON, as the state store keeps it."""
     return msgspec.json.decode(msgspec.json.encode(snapshot), type=MessagingSnapshot)
-
-
-class Saved(NamedTuple):
-    snapshot: MessagingSnapshot
-    kept: dict[int, list[tuple[int, bytes]]]  # list -> [(key, data)] by key
-    items: list[tuple[int, int, bytes]]  # what this save wrote
-    drops: list[tuple[int, int, int]]
-
-
-def save(d: Driver) -> Saved:
-    """What the shell's save keeps: the snapshot, and the kept parts' changes applied as the
-    state store applies them (ranges of keys dropped, items written)."""
-    items: list[tuple[int, int, bytes]] = []
-    drops: list[tuple[int, int, int]] = []
-    d.s.kept_changes(items, drops, 0)
-    for number, first, last in drops:
-        held = d.kept.get(number, {})
-        for key in [key for key in held if first <= key <= last]:
-            del held[key]
-    for number, key, data in items:
-        d.kept.setdefault(number, {})[key] = data
-    return Saved(roundtrip(d.s.snapshot()),
-                 {n: sorted(held.items()) for n, held in d.kept.items() if held}, items, drops)
-
-
-def restored(saved: Saved, now: float) -> Driver:
-    """A new process goes on from ``saved``."""
-    r = Driver(MessagingSession.restore(PARAMS, saved.snapshot, now=now, kept_items=saved.kept),
-               now=now)
-    r.kept = {number: dict(items) for number, items in saved.kept.items()}
-    return r
 
 
 # --- the order of a hand-over ----------------------------------------------------------------
@@ -1025,8 +993,10 @@ def test_reconciliation_that_keeps_failing_lets_the_chat_go_on() -> None:
 
 
 def restarted(d: Driver, now: float | None = None) -> Driver:
-    """The process dies (nothing in flight survives) and a new one restores the last save."""
-    return restored(save(d), d.now if now is None else now)
+    """The process dies (nothing in flight survives) and a new one restores the snapshot."""
+    snapshot = roundtrip(d.s.snapshot())
+    now = d.now if now is None else now
+    return Driver(MessagingSession.restore(PARAMS, snapshot, now=now), now=now)
 
 
 def test_restore_reopens_from_the_last_event_id_and_reconciles() -> None:
@@ -1178,20 +1148,14 @@ def test_restore_while_creating_creates_again_and_409_is_fine() -> None:
 
 
 def test_snapshot_stays_small_and_old_replays_stay_dropped() -> None:
-    """A save writes the snapshot (under 1 KB however long the chat, the token and the ids
-    kept apart) and one kept item per new entry id; old replays stay dropped."""
     d = Driver().chatting()
     first = d.agent_message("m0")
     d.push("CONVERSATION_MESSAGE", first)
     for i in range(1, 300):
         d.push("CONVERSATION_MESSAGE", d.agent_message(f"m{i}"))
-    saved = save(d)
-    assert len(saved.kept[kept.SEEN]) == protocol.SEEN_IDS_MAX
-    assert len(msgspec.json.encode(saved.snapshot)) < 1000
-    d.push("CONVERSATION_MESSAGE", d.agent_message("one more"))
-    one = save(d)
-    assert [item[0] for item in one.items] == [kept.SEEN]  # the new id, and nothing else
-    assert [(n, last - first + 1) for n, first, last in one.drops] == [(kept.SEEN, 1)]
+    snapshot = d.s.snapshot()
+    assert len(snapshot.seen_ids) == protocol.SEEN_IDS_MAX
+    assert len(msgspec.json.encode(snapshot)) < 10_000
     d.take_facts()
     r = restarted(d)
     r.opened()
@@ -1199,65 +1163,6 @@ def test_snapshot_stays_small_and_old_replays_stay_dropped() -> None:
     r.answer(Purpose.LIST_ENTRIES, 200, p.entries_body(listed))
     r.push("CONVERSATION_MESSAGE", first)  # a replay from far back
     assert r.take_facts() == []
-
-
-def test_after_a_restart_the_kept_parts_go_on_and_a_delivered_message_is_not_sent_again(
-        ) -> None:
-    """The token, the entry ids seen and the OCP ids delivered come back from the kept items;
-    the restored session writes them anew once (new keys), then only what changes."""
-    d = Driver().chatting()
-    d.s.send_text("m1", "hello", now=d.now)
-    d.drain()
-    d.answer(Purpose.SEND_MESSAGE, 202)
-    told = d.push("CONVERSATION_MESSAGE", d.agent_message("before"))
-    d.take_facts()
-    r = restarted(d)
-    assert r.s.access_token == d.s.access_token
-    first = save(r)
-    assert {n for n, _, _ in first.drops} == {kept.SEEN, kept.DELIVERED}
-    assert {n for n, _, _ in first.items} == {kept.SEEN, kept.DELIVERED}
-    assert sorted(first.kept) == sorted(d.kept)  # the same lists, under new keys
-    assert save(r).items == [] and save(r).drops == []
-    r.opened()
-    r.answer(Purpose.LIST_ENTRIES, 200, p.entries_body())
-    r.event(told)  # a replay
-    sent = len(r.sent)
-    r.s.send_text("m1", "hello", now=r.now)  # OCP sends it again after the restart
-    r.drain()
-    assert len(r.sent) == sent
-    assert r.take_facts() == [facts.Delivered(id="m1")]
-
-
-def test_a_snapshot_of_the_earlier_form_with_everything_inline_is_read_on_an_upgrade() -> None:
-    """Snapshots written before the kept parts held the token, the routing attributes, the
-    entry ids seen and the OCP ids delivered inside: they restore, and the first save
-    writes those parts as kept items."""
-    d = Driver().chatting()
-    d.s.send_text("m1", "hello", now=d.now)
-    d.drain()
-    d.answer(Purpose.SEND_MESSAGE, 202)
-    told = d.push("CONVERSATION_MESSAGE", d.agent_message("before"))
-    d.take_facts()
-    current = save(d)
-    seen = [entry_id for entry_id, _ in (
-        msgspec.msgpack.decode(data, type=tuple[str, int]) for _, data in current.kept[kept.SEEN])]
-    earlier = msgspec.structs.replace(
-        current.snapshot, access_token=d.s.access_token, seen_ids=seen, delivered=["m1"],
-        routing_attributes={"_firstName": "Ann"})
-    r = restored(Saved(roundtrip(earlier), {}, [], []), d.now)
-    assert r.s.access_token == d.s.access_token
-    first = save(r)
-    assert first.drops == []
-    assert sorted(first.kept) == [kept.SEEN, kept.DELIVERED, kept.TOKEN, kept.ROUTING]
-    assert len(first.kept[kept.SEEN]) == len(seen)
-    assert first.kept[kept.ROUTING] == [(0, msgspec.msgpack.encode({"_firstName": "Ann"}))]
-    r.opened()
-    r.answer(Purpose.LIST_ENTRIES, 200, p.entries_body())
-    r.event(told)  # a replay
-    r.s.send_text("m1", "hello", now=r.now)
-    r.drain()
-    assert r.pending(Purpose.SEND_MESSAGE) == []
-    assert r.take_facts() == [facts.Delivered(id="m1")]
 
 
 # --- typing and commands ------------------------------------------------------------------------
@@ -1325,10 +1230,9 @@ def _ack(d: Driver, read: bool) -> SseEvent:
 
 
 def test_an_event_that_changes_nothing_but_the_last_event_id_says_so() -> None:
-    """``receive_event`` is False exactly when the snapshot (and the parts kept apart), but
-    for the id, is the same: the shell's save of it may then wait (the actor's "Durability")."""
+    """``receive_event`` is False exactly when the snapshot, but for the id, is the same: the
+    shell's save of it may then wait (the actor's "Durability")."""
     d = Driver().chatting()
-    save(d)
     quiet = [_ack(d, read=False), _ack(d, read=True), SseEvent(event="ping", data="0", id="p1"),
              SseEvent(event="ping", data="0"),
              SseEvent(event="CONVERSATION_SOMETHING_NEW", data="not even json", id="u1"),
@@ -1341,7 +1245,6 @@ def test_an_event_that_changes_nothing_but_the_last_event_id_says_so() -> None:
         assert after.last_event_id == (event.id or before.last_event_id)
         assert msgspec.structs.replace(after, last_event_id=before.last_event_id) == before, \
             event.event
-        assert not d.s.kept_changed, event.event
     _, event_id, _ = d.next_ids()
     told = p.sse("CONVERSATION_MESSAGE", d.agent_message("hello"), event_id=event_id)
     assert d.s.receive_event(told, now=d.now) is True
@@ -1353,13 +1256,13 @@ def test_after_a_restart_from_an_id_before_the_acknowledgements_nothing_is_shown
     d = Driver().chatting()
     shown = d.agent_message("shown before the crash")
     told = d.push("CONVERSATION_MESSAGE", shown)
-    saved = save(d)  # the last save that mattered
+    saved = roundtrip(d.s.snapshot())  # the last save that mattered
     acks = [_ack(d, read=False), _ack(d, read=True)]
     for ack in acks:
         assert d.s.receive_event(ack, now=d.now) is False
     assert d.s.last_event_id == acks[-1].id
     assert d.take_facts() == [facts.AgentMessage(agent="Ada", text="shown before the crash")]
-    r = restored(saved, d.now)
+    r = Driver(MessagingSession.restore(PARAMS, saved, now=d.now), now=d.now)
     r._ids, r._ts = d._ids, d._ts
     [stream] = r.streams
     assert headers(stream)["Last-Event-Id"] == told.id
