@@ -93,9 +93,8 @@ class _Stream:
     async def read_body(self, limit: int = MAX_ERROR_BODY) -> bytes:
         return b""
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            yield await self._conv.chunks.get()
+    async def read_chunk(self) -> bytes:
+        return await self._conv.chunks.get()
 
 
 class BenchSalesforce:

@@ -566,7 +566,7 @@ class MessagingActor:
                 self._push(number, "opened")
                 # Read here, not in a coroutine of its own: one frame less per chat, held
                 # for the stream's whole life.
-                async for chunk in stream.chunks():
+                while chunk := await stream.read_chunk():
                     if not self._parse_chunk(number, chunk):
                         return
                     del chunk  # not held while the next one is awaited

@@ -19,7 +19,7 @@ __all__ = ["AiohttpMessagingTransport", "Answer", "EventStream", "MessagingTrans
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import aiohttp
@@ -56,8 +56,11 @@ class EventStream(Protocol):
         """The answer's body, at most ``limit`` bytes (for a refusal's message)."""
         ...
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        """The stream's bytes as they come; ends when the server ends the stream.
+    async def read_chunk(self) -> bytes:
+        """The stream's next bytes, as they come; ``b""`` once the server ended the stream.
+
+        A coroutine, not an async iterator: an async generator held by each chat for its
+        stream's whole life costs it a frame and an entry in the loop's set of them.
 
         Raises:
             TransportTimeout: nothing came within the read timeout.
@@ -133,21 +136,61 @@ class _AiohttpStream:
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportConnectError(f"{self._what}: {type(exc).__name__}: {exc}") from exc
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        while True:
-            try:
-                chunk = await content.readany()
-            except TimeoutError as exc:
-                raise TransportTimeout(f"{self._what}: silent past the read timeout") from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise TransportConnectError(
-                    f"{self._what}: {type(exc).__name__}: {exc}") from exc
-            if not chunk:
-                return
-            yield chunk
-            # Not held while the next one is awaited (minutes, in an idle conversation).
-            del chunk
+    async def read_chunk(self) -> bytes:
+        try:
+            return await self._response.content.readany()
+        except TimeoutError as exc:
+            raise TransportTimeout(f"{self._what}: silent past the read timeout") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransportConnectError(f"{self._what}: {type(exc).__name__}: {exc}") from exc
+
+
+class _OpenStream:
+    """:meth:`AiohttpMessagingTransport.stream`'s context: a slot of the streams' pool and
+    the response, opened on entering and closed on leaving. A class, not a generator-based
+    context manager: each chat holds one for its stream's whole life, and an async
+    generator costs it a frame and an entry in the loop's set of them."""
+
+    __slots__ = ("_going", "_headers", "_request", "_response", "_timeout", "_url", "_what")
+
+    def __init__(self, pool: Pool, url: str, request: HttpRequest,
+                 timeout: aiohttp.ClientTimeout) -> None:
+        self._what = what = request.purpose.value
+        self._going = pool.going(what)
+        self._url = url
+        self._request = request
+        self._timeout = timeout
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> _AiohttpStream:
+        request, what = self._request, self._what
+        headers = dict(request.headers)
+        # The Android SDK's choices (3.1): no caching, no compression (a compressed stream
+        # may hold events back in the decompressor's buffer).
+        headers.setdefault("Cache-Control", "no-cache")
+        headers.setdefault("Accept-Encoding", "identity")
+        session = await self._going.__aenter__()
+        try:
+            self._response = await session.request(
+                request.method, self._url, params=request.query or None, headers=headers,
+                timeout=self._timeout, allow_redirects=False, read_bufsize=_CHUNK)
+        except BaseException as exc:
+            await self._going.__aexit__(type(exc), exc, exc.__traceback__)
+            if isinstance(exc, TimeoutError):
+                raise TransportTimeout(f"{what}: no answer within "
+                                       f"{self._timeout.connect:g} s") from exc
+            if isinstance(exc, (aiohttp.ClientError, OSError)):
+                raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            raise
+        return _AiohttpStream(self._response, what)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._response is not None:
+                # Never back to the pool: the server may still be writing into it.
+                self._response.close()
+        finally:
+            await self._going.__aexit__(None, None, None)
 
 
 class AiohttpMessagingTransport:
@@ -200,32 +243,10 @@ class AiohttpMessagingTransport:
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
-    @contextlib.asynccontextmanager
-    async def stream(self, base_url: str, request: HttpRequest, connect_timeout: float,
-                     read_timeout: float) -> AsyncIterator[EventStream]:
-        what = request.purpose.value
-        headers = dict(request.headers)
-        # The Android SDK's choices (3.1): no caching, no compression (a compressed stream
-        # may hold events back in the decompressor's buffer).
-        headers.setdefault("Cache-Control", "no-cache")
-        headers.setdefault("Accept-Encoding", "identity")
-        timeout = _stream_timeout(connect_timeout, read_timeout)
-        async with self._streams.going(what) as session:
-            try:
-                response = await session.request(
-                    request.method, base_url + request.path, params=request.query or None,
-                    headers=headers, timeout=timeout, allow_redirects=False,
-                    read_bufsize=_CHUNK)
-            except TimeoutError as exc:
-                raise TransportTimeout(
-                    f"{what}: no answer within {connect_timeout:g} s") from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
-            try:
-                yield _AiohttpStream(response, what)
-            finally:
-                # Never back to the pool: the server may still be writing into it.
-                response.close()
+    def stream(self, base_url: str, request: HttpRequest, connect_timeout: float,
+               read_timeout: float) -> contextlib.AbstractAsyncContextManager[EventStream]:
+        return _OpenStream(self._streams, base_url + request.path, request,
+                           _stream_timeout(connect_timeout, read_timeout))
 
     async def aclose(self) -> None:
         await self._streams.aclose()
