@@ -151,7 +151,7 @@ class _OpenStream:
     context manager: each chat holds one for its stream's whole life, and an async
     generator costs it a frame and an entry in the loop's set of them."""
 
-    __slots__ = ("_going", "_headers", "_request", "_response", "_timeout", "_url", "_what")
+    __slots__ = ("_going", "_request", "_response", "_timeout", "_url", "_what")
 
     def __init__(self, pool: Pool, url: str, request: HttpRequest,
                  timeout: aiohttp.ClientTimeout) -> None:
