@@ -15,12 +15,23 @@ internals), whose cost amortises like a growing list's. In a steady state (chats
 others end, messages come and go) the heap does not grow and no collection runs.
 ``"thresholds"`` is CPython's own scheme, with ``server.gc_thresholds``.
 
-More chats make a larger heap with nothing more to collect, so the heap is compared per
-live chat: with ``population`` (the daemon gives its count of live chats), the heap the
-last collection left is scaled by how many more chats are live now. A process whose chats
+More chats make a larger heap with nothing more to collect, so the heap is modelled as a
+fixed part (the code, the caches, what start-up made) and a part per live chat (with
+``population``, the daemon's count of live chats): a collection is due once the heap is
+``growth`` times more than that model expects for the chats live now. A process whose chats
 went from 9,500 to 19,000 has not "grown" (measured before this rule: the fourth doubling
 of the heap fell on the load test's saturation at 19,000 chats, and its full collection of
 4.9 million blocks held the event loop for 3.2 s); one whose heap per chat doubled has.
+
+Until a collection has measured what a chat holds, each is assumed to hold
+``chat_blocks``, somewhat more than a live chat of either backend does. An earlier rule
+counted the start-up heap as if 1,000 chats had left it, which made a chat worth a
+thousandth of the code's own heap: an Enhanced Chat conversation holds more than that, and
+2,000 of them at saturation passed that limit (measured: a full collection of 914,000
+blocks held the loop for 283 ms during the load test's saturation). A collection with fewer
+than ``least_population`` chats live measures nothing per chat (a heap left by 3 chats,
+divided by 3, would make each seem to cost a share of the fixed part and postpone every
+later collection); one with none live measures the fixed part exactly.
 
 The heap is measured as the memory blocks Python has allocated (``sys.getallocatedblocks``,
 one read of a counter), not by the collector's generation-0 count: that count never falls
@@ -45,42 +56,56 @@ from bridged._log import log_event
 log = logging.getLogger("bridged.ops.gc")
 
 
+# What a live chat holds, in memory blocks, with room to spare: an idle Enhanced Chat
+# conversation about 290 (python -m bridged.tools.chatmem), more with messages in flight.
+CHAT_BLOCKS = 500
+
+
 class GrowthCollector:
-    """Runs a full collection when the heap has grown by ``growth`` since the last one.
+    """Runs a full collection when the heap has grown by ``growth`` over what it should be.
 
     Args:
-        growth: how much the heap grows (as a fraction of what the last collection left)
-            before the next full collection.
+        growth: how much the heap grows (as a fraction of what the chats live and the fixed
+            part explain) before the next full collection.
         floor: the least growth, in memory blocks, that makes a collection worth it (a
             small heap would otherwise be collected for a few thousand objects).
         interval: how often the growth is looked at, in seconds.
-        population: how many chats are live now; the heap the last collection left then
-            counts per chat (more chats than then: a larger heap is no growth).
-        least_population: the fewest chats the heap is counted per (a heap that a handful
-            of chats left says nothing of what each costs).
+        population: how many chats are live now; each explains ``chat_blocks`` of the heap
+            (or what the last collection measured per chat).
+        chat_blocks: the memory blocks a live chat is assumed to hold until a collection
+            measures it.
+        least_population: the fewest chats live for a collection to measure what one holds.
     """
 
     def __init__(self, growth: float, floor: int = 200_000, interval: float = 1.0,
                  population: Callable[[], int] | None = None,
-                 least_population: int = 1000) -> None:
+                 chat_blocks: int = CHAT_BLOCKS, least_population: int = 1000) -> None:
         self.growth = growth
         self.floor = floor
         self.interval = interval
         self.collections = 0
-        self._base = 0
         self._population = population
+        self._prior = chat_blocks
         self._least_population = least_population
-        self._base_population = least_population
+        self._per_chat = chat_blocks
+        self._fixed = 0
 
     def start(self) -> None:
         """Turn the automatic collections off; the heap now is the base."""
         gc.disable()
-        self._set_base()
+        self._fixed = max(0, sys.getallocatedblocks() - self._live() * self._per_chat)
+        log_event(log, logging.INFO, "gc_policy_started", blocks=sys.getallocatedblocks(),
+                  fixed=self._fixed, chats=self._live())
 
-    def _set_base(self) -> None:
-        self._base = sys.getallocatedblocks()
-        if self._population is not None:
-            self._base_population = max(self._least_population, self._population())
+    def _live(self) -> int:
+        return 0 if self._population is None else self._population()
+
+    def _measure(self) -> None:
+        """What the heap a collection left says of the fixed part and of a chat."""
+        heap, live = sys.getallocatedblocks(), self._live()
+        if live >= self._least_population:
+            self._per_chat = max(self._prior, (heap - self._fixed) // live)
+        self._fixed = max(0, heap - live * self._per_chat)
 
     def stop(self) -> None:
         """Give the collector back its automatic collections."""
@@ -89,12 +114,8 @@ class GrowthCollector:
     @property
     def limit(self) -> int:
         """The heap, in memory blocks, beyond which a collection is due."""
-        base = self._base
-        if self._population is not None:
-            live = max(self._least_population, self._population())
-            if live > self._base_population:
-                base = base * live // self._base_population
-        return base + max(self.floor, int(self.growth * base))
+        expected = self._fixed + self._live() * self._per_chat
+        return expected + max(self.floor, int(self.growth * expected))
 
     def due(self) -> bool:
         """Whether the heap grew enough since the last collection."""
@@ -104,9 +125,11 @@ class GrowthCollector:
         """A full collection now; the objects it freed."""
         started = time.perf_counter()
         freed = gc.collect()
-        self._set_base()
+        self._measure()
         self.collections += 1
-        log_event(log, logging.INFO, "gc_collected", freed=freed, blocks=self._base,
+        log_event(log, logging.INFO, "gc_collected", freed=freed,
+                  blocks=sys.getallocatedblocks(), fixed=self._fixed,
+                  per_chat=self._per_chat, chats=self._live(),
                   ms=round((time.perf_counter() - started) * 1000, 1))
         return freed
 

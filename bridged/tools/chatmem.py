@@ -201,8 +201,10 @@ async def _measure(warm: Callable[[int], Any], run: Callable[[int], Any],
     kept = await warm(1)
     gc.collect()
     before = tracemalloc.take_snapshot()
+    blocks_before = sys.getallocatedblocks()
     live = await run(chats)
     gc.collect()
+    blocks_after = sys.getallocatedblocks()
     after = tracemalloc.take_snapshot()
     del kept, live
     filters = [tracemalloc.Filter(False, tracemalloc.__file__)]
@@ -210,6 +212,8 @@ async def _measure(warm: Callable[[int], Any], run: Callable[[int], Any],
     out: dict[str, Any] = {"chats": chats}
     total = sum(s.size_diff for s in after.compare_to(before, "filename"))
     out["bytes_per_chat"] = total / chats
+    # What bridged's garbage-collector policy counts (bridged/ops/gcpolicy.py).
+    out["blocks_per_chat"] = (blocks_after - blocks_before) / chats
     for key in ("lineno", "filename", "traceback"):
         out[key] = [(_where(stat), stat.size_diff / chats, stat.count_diff / chats)
                     for stat in after.compare_to(before, key)[:40]]
@@ -243,7 +247,8 @@ def _child(side: str, scrt_url: str, chats: int, frames: int) -> int:
 
 def _report(side: str, result: dict[str, Any], group: str, top: int) -> None:
     print(f"{side}: {result['bytes_per_chat']:,.0f} bytes per live chat"
-          f" ({result['chats']} chats), by {group}:")
+          f" ({result['chats']} chats; {result['blocks_per_chat']:,.0f} memory blocks),"
+          f" by {group}:")
     for where, size, count in result[group][:top]:
         print(f"  {size:9,.0f} B {count:6.1f} blocks  {where}")
 

@@ -186,19 +186,74 @@ def test_more_chats_on_a_larger_heap_are_no_growth() -> None:
         gc.collect()
 
 
-def test_a_handful_of_chats_counts_as_the_least_population() -> None:
+def test_a_handful_of_chats_measures_nothing_per_chat() -> None:
     # At start-up, a heap left by 3 chats is not divided by 3 (each would seem to cost a
-    # third of the heap, and any later chat count would postpone every collection).
+    # third of the fixed heap, and any later chat count would postpone every collection).
     live = [3]
     policy = GrowthCollector(growth=1.0, floor=20_000, population=lambda: live[0],
-                             least_population=1_000)
+                             chat_blocks=500, least_population=1_000)
     policy.start()
     try:
         policy.collect()
         alone = policy.limit
-        live[0] = 900  # fewer than the least: the same limit
-        assert policy.limit == alone
-        live[0] = 2_000
-        assert policy.limit > alone
+        live[0] = 2_003
+        assert policy.limit == alone + 2 * 2_000 * 500  # each more chat: 500 blocks, doubled
     finally:
         policy.stop()
+
+
+def _grown_by(blocks: int) -> list[object]:
+    """Objects that grow the heap by ``blocks`` memory blocks (kept while the list is)."""
+    kept: list[object] = []
+    target = sys.getallocatedblocks() + blocks
+    while sys.getallocatedblocks() < target:
+        kept.extend(object() for _ in range(1_000))
+    return kept
+
+
+def test_chats_that_start_after_start_up_are_no_growth() -> None:
+    # The fixed heap of start-up is not counted as chats: 2,000 chats started since, each
+    # holding a little more than the fixed heap's thousandth, make no collection due (they
+    # did: a full collection during a load test's saturation).
+    live = [0]
+    policy = GrowthCollector(growth=1.0, floor=20_000, population=lambda: live[0],
+                             chat_blocks=500)
+    policy.start()
+    try:
+        fixed = sys.getallocatedblocks()
+        per_chat = max(400, fixed // 1_000 + 50)
+        assert per_chat < 2 * 500
+        live[0] = 2_000
+        kept = _grown_by(2_000 * per_chat)
+        assert not policy.due()
+        # Past double the fixed heap and what 2,000 chats of 500 blocks explain: due.
+        more = _grown_by(fixed + 2_000 * (2 * 500 - per_chat) + 40_000)
+        assert policy.due()
+        del kept, more
+    finally:
+        policy.stop()
+        gc.collect()
+
+
+def test_a_collection_measures_what_a_chat_holds() -> None:
+    # Chats heavier than assumed: the collection that finds them live measures them, and
+    # the next one is due only once that heap per chat has grown by the growth.
+    live = [0]
+    policy = GrowthCollector(growth=1.0, floor=20_000, population=lambda: live[0],
+                             chat_blocks=100, least_population=1_000)
+    policy.start()
+    try:
+        live[0] = 1_000
+        kept = _grown_by(1_000 * 1_500)
+        assert policy.due()
+        policy.collect()
+        assert not policy.due()
+        live[0] = 2_000  # twice the chats, each as heavy: no growth
+        more = _grown_by(1_000 * 1_500)
+        assert not policy.due()
+        live[0] = 500  # the same heap for a quarter of the chats: each holds four times more
+        assert policy.due()
+        del kept, more
+    finally:
+        policy.stop()
+        gc.collect()
