@@ -50,7 +50,7 @@ SCRT = "https://bench.my.salesforce-scrt.com"
 ORG = "00D000000000001"
 CHANNEL = "bench-channel"
 AGENT = "005000000000001"
-# --apart: turns of the loop between two of the agent's events.
+# --apart: turns of the loop between the send's answer and each event after it.
 _APART_HOPS = 8
 
 
@@ -101,8 +101,9 @@ class BenchSalesforce:
     """The echoing deployment, answering the actor's requests in process (no sockets)."""
 
     def __init__(self, apart: bool = False) -> None:
-        # apart: the agent's events come one by one (each in a turn of its own, as a real
-        # console's acknowledgements and replies do), not all in the echo's turn.
+        # apart: the visitor's echo and the agent's events come one by one (each in a turn
+        # of its own, the echo after the send's answer, as Salesforce publishes it and as a
+        # real console's acknowledgements and replies come), not all in the send's turn.
         self._apart = apart
         self._by_token: dict[str, _Conversation] = {}
         self._by_id: dict[str, _Conversation] = {}
@@ -165,8 +166,8 @@ class BenchSalesforce:
             for frame in frames:
                 conv.chunks.put_nowait(frame)
             return
-        conv.chunks.put_nowait(frames[0])  # the visitor's echo, at once
-        self._put_apart(conv, frames, 1, _APART_HOPS)
+        # The visitor's echo too: Salesforce publishes the entry after its answer (202).
+        self._put_apart(conv, frames, 0, _APART_HOPS)
 
     def _put_apart(self, conv: _Conversation, frames: list[bytes], index: int,
                    hops: int) -> None:
@@ -407,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=["sqlite", "none"], default="sqlite",
                         help="the real state store, or none (the actor and session alone)")
     parser.add_argument("--apart", action="store_true",
-                        help="the agent's events one by one, each in a turn of its own (as a"
-                             " real console's acknowledgements come), not all at once; OCP"
+                        help="the visitor's echo and the agent's events one by one, each in a"
+                             " turn of its own (the echo after the send's answer, as"
+                             " Salesforce publishes it), not all at once; OCP"
                              " acknowledges at each agent message (as the load test's"
                              " client), not each event")
     parser.add_argument("--json", action="store_true", help="one JSON line per round")

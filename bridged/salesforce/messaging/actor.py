@@ -22,7 +22,8 @@ conversation id and the token are: after ``kill -9`` at any instant the next pro
 every conversation and every message that may have reached Salesforce, and reconciles
 instead of sending twice. Events reach OCP only once durable too (:meth:`Chat.mark_durable`).
 A turn whose stream events only moved the last event id (pings with an id, acknowledgements,
-the types ignored: nothing for OCP, nothing to send) saves nothing: the next save carries the
+the types ignored, entries seen already, the visitor's own message coming back after its
+send was answered: nothing for OCP, nothing to send) saves nothing: the next save carries the
 id, and a release saves it first (the next holder reads on from the id committed). After
 ``kill -9`` the stream reopens from an id at most those few events older; replayed, they
 change nothing again, and entries are de-duplicated by the ids kept, as after any reopen.
@@ -347,7 +348,7 @@ class MessagingActor:
                     if self.session.receive_event(event, now=now):
                         self._dirty = True
                     elif event.id:
-                        # Only the last event id moved (see "Durability"): the next save
+                        # Only the stream's position moved (see "Durability"): the next save
                         # that matters carries it.
                         self._event_id_unsaved = True
                 continue

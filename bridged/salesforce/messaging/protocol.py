@@ -912,11 +912,13 @@ class MessagingSession:
     def receive_event(self, event: SseEvent, *, now: float) -> bool:
         """Take one event of the stream (a ping, an entry, or anything else).
 
-        Returns whether it changed the session beyond :attr:`last_event_id`. ``False`` (a
-        ping, an acknowledgement, any type ignored, another conversation's) means that saving
-        the new id may wait for the next save that matters: an older ``Last-Event-Id`` only
-        replays such events again, which change nothing, and entries are de-duplicated by
-        their ids (kept in the snapshot) whatever the stream replays.
+        Returns whether it changed the session beyond the stream's positions
+        (:attr:`last_event_id`, :attr:`last_entry_ms`). ``False`` (a ping, an acknowledgement,
+        any type ignored, another conversation's, an entry seen already, the visitor's own
+        message coming back once its send was answered) means that saving the new positions
+        may wait for the next save that matters: an older ``Last-Event-Id`` only replays such
+        events again, which change nothing, and entries are de-duplicated by their ids (kept
+        in the snapshot) whatever the stream replays.
         """
         if self.state not in _LIVE:
             return False
@@ -945,7 +947,8 @@ class MessagingSession:
                 self._held.append((event.event, data))
                 return True
             self._notices.append(("held_events_overflow", event.event))
-        self._process_event(event.event, data, now)
+        if not self._process_event(event.event, data, now):
+            return False  # nothing new to act on: the next pump (a wake, an answer) will do
         self._pump(now)
         return True
 
@@ -1198,40 +1201,40 @@ class MessagingSession:
 
     # --- internals: events --------------------------------------------------------------
 
-    def _process_event(self, name: str, data: wire.SseData, now: float) -> None:
+    def _process_event(self, name: str, data: wire.SseData, now: float) -> bool:
+        """Act on one event; whether the session changed beyond the stream's positions."""
         if name == _CLOSE_EVENT:
             # "only triggers when the end user closes the conversation": not bridged here.
             self._delete_sent = True  # closed already: nothing to DELETE
             self._end_from_salesforce(facts.Ended(reason="agent"), now)
-            return
+            return True
         entry = data.entry
         if entry is None and name == "CONVERSATION_QUEUE_POSITION":
             self._queue_position(wire.decode_queue_position(data.raw))
-            return
+            return True
         if entry is None:
             self._notices.append(("event_without_entry", name))
-            return
-        self._process_entry(entry, now)
+            return False
+        return self._process_entry(entry, now)
 
-    def _process_entry(self, entry: wire.ConversationEntry, now: float) -> None:
+    def _process_entry(self, entry: wire.ConversationEntry, now: float) -> bool:
+        """Act on one entry; whether the session changed beyond the stream's positions."""
         if self.state not in _LIVE:
-            return
+            return False
         ts = entry.transcripted_timestamp
         self.last_entry_ms = max(self.last_entry_ms, ts)
         role = entry.sender.role
         payload = entry.payload
         if isinstance(payload, wire.TypingPayload):
-            self._typing_entry(entry, entry.entry_type == _TYPING_STARTED)
-            return
+            return self._typing_entry(entry, entry.entry_type == _TYPING_STARTED)
         if role == wire.ROLE_END_USER:
-            # "drop sender.role == "EndUser" echoes" (7.4); an echo proves a send arrived.
-            if isinstance(payload, wire.MessagePayload):
-                self._echo(entry.identifier)
-            return
+            # "drop sender.role == "EndUser" echoes" (7.4); an echo proves a send arrived,
+            # which changes nothing once its answer said so (the usual order).
+            return isinstance(payload, wire.MessagePayload) and self._echo(entry.identifier)
         if entry.identifier:
             if (entry.identifier, ts) in self._seen:
                 self._notices.append(("duplicate_entry", entry.identifier))
-                return
+                return False
             self._seen.add(entry.identifier, ts)
         match payload:
             case wire.MessagePayload():
@@ -1247,6 +1250,7 @@ class MessagingSession:
                 self._queue_position(payload)
             case _:
                 pass  # acknowledgements and entry types bridged does not read
+        return True
 
     def _message(self, entry: wire.ConversationEntry, payload: wire.MessagePayload) -> None:
         text = payload.abstract_message.text
@@ -1258,14 +1262,15 @@ class MessagingSession:
         name = entry.sender_display_name or self.agent or ""
         self._facts.append(facts.AgentMessage(agent=name, text=text))
 
-    def _typing_entry(self, entry: wire.ConversationEntry, active: bool) -> None:
+    def _typing_entry(self, entry: wire.ConversationEntry, active: bool) -> bool:
         if entry.sender.role == wire.ROLE_END_USER:
-            return  # "ignores role EndUser (the visitor's own typing comes back too)"
+            return False  # "ignores role EndUser (the visitor's own typing comes back too)"
         if entry.identifier:
             if entry.identifier in self._typing_ids:
-                return
+                return False
             _keep_newest(self._typing_ids, entry.identifier, _TYPING_IDS_MAX)
         self._facts.append(facts.AgentTyping(active=active))
+        return True
 
     def _participant(self, change: wire.ParticipantChange, now: float) -> None:
         role = change.participant.role
@@ -1354,12 +1359,14 @@ class MessagingSession:
             else "no_agent"
         self._end_from_salesforce(facts.Ended(reason=reason), now)
 
-    def _echo(self, identifier: str) -> None:
-        """The visitor's own message came back: the message with that id arrived."""
+    def _echo(self, identifier: str) -> bool:
+        """The visitor's own message came back: the message with that id arrived (whether
+        that is news: it was still waiting for its answer)."""
         for item in self._pending:
             if item.sf_id == identifier and item.attempts:
                 self._delivered_now(identifier)
-                return
+                return True
+        return False
 
     def _delivered_now(self, sf_id: str | None) -> None:
         for item in self._pending:

@@ -517,6 +517,21 @@ def test_messages_from_agent_and_bot_reach_ocp_but_not_the_visitor_echo() -> Non
                               facts.AgentMessage(agent="CoinSwitch", text="Survey link")]
 
 
+def test_a_visitor_echo_before_the_sends_answer_delivers_the_message() -> None:
+    # The echo proves the send arrived: it is news (a save) when the answer has not come.
+    d = Driver().chatting()
+    d.s.send_text("m1", "quick", now=d.now)
+    d.drain()
+    echo_id = body(d.request(Purpose.SEND_MESSAGE))["message"]["id"]
+    echo = p.entry(p.text_message("quick", echo_id), sender=p.END_USER, display="Guest",
+                   entry_id=echo_id, ts=1)
+    _, event_id, _ = d.next_ids()
+    assert d.s.receive_event(p.sse("CONVERSATION_MESSAGE", echo, event_id=event_id),
+                             now=d.now) is True
+    d.drain()
+    assert d.take_facts() == [facts.Delivered(id="m1")]
+
+
 def test_agent_typing_reaches_ocp_the_visitor_own_typing_does_not() -> None:
     d = Driver().chatting()
     d.push("CONVERSATION_TYPING_STARTED_INDICATOR", d.typing(True, p.END_USER))
@@ -1230,21 +1245,40 @@ def _ack(d: Driver, read: bool) -> SseEvent:
 
 
 def test_an_event_that_changes_nothing_but_the_last_event_id_says_so() -> None:
-    """``receive_event`` is False exactly when the snapshot, but for the id, is the same: the
-    shell's save of it may then wait (the actor's "Durability")."""
+    """``receive_event`` is False exactly when the snapshot, but for the stream's positions
+    (the last event id, the newest entry's time), is the same: the shell's save of it may
+    then wait (the actor's "Durability")."""
     d = Driver().chatting()
+    d.s.send_text("m1", "answered before its echo", now=d.now)
+    d.drain()
+    echo_id = body(d.request(Purpose.SEND_MESSAGE))["message"]["id"]
+    d.answer(Purpose.SEND_MESSAGE, 202)
+    echo = p.entry(p.text_message("answered before its echo", echo_id), sender=p.END_USER,
+                   display="Guest", entry_id=echo_id, ts=int(d.now * 1000))
+    seen = d.push("CONVERSATION_MESSAGE", d.agent_message("shown once"))
+    typing = d.push("CONVERSATION_TYPING_STARTED_INDICATOR", d.typing(True))
+    d.take_facts()
     quiet = [_ack(d, read=False), _ack(d, read=True), SseEvent(event="ping", data="0", id="p1"),
              SseEvent(event="ping", data="0"),
              SseEvent(event="CONVERSATION_SOMETHING_NEW", data="not even json", id="u1"),
              p.sse("CONVERSATION_MESSAGE", d.agent_message("elsewhere"), event_id="o1",
-                   conversation_id="00000000-0000-4000-8000-00000000dead")]
+                   conversation_id="00000000-0000-4000-8000-00000000dead"),
+             p.sse("CONVERSATION_MESSAGE", echo, event_id="e1"),
+             SseEvent(event=seen.event, data=seen.data, id="s2"),
+             SseEvent(event=typing.event, data=typing.data, id="t2"),
+             p.sse("CONVERSATION_TYPING_STARTED_INDICATOR", d.typing(True, p.END_USER),
+                   event_id="t3")]
     for event in quiet:
         before = d.s.snapshot()
         assert d.s.receive_event(event, now=d.now) is False, event.event
         after = d.s.snapshot()
         assert after.last_event_id == (event.id or before.last_event_id)
-        assert msgspec.structs.replace(after, last_event_id=before.last_event_id) == before, \
+        assert msgspec.structs.replace(after, last_event_id=before.last_event_id,
+                                       last_entry_ms=before.last_entry_ms) == before, \
             event.event
+    sent = len(d.sent)
+    d.drain()
+    assert d.take_facts() == [] and len(d.sent) == sent  # nothing for OCP, nothing to send
     _, event_id, _ = d.next_ids()
     told = p.sse("CONVERSATION_MESSAGE", d.agent_message("hello"), event_id=event_id)
     assert d.s.receive_event(told, now=d.now) is True
