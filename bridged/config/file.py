@@ -77,8 +77,8 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     shutdown_budget_s: PositiveFloat = 8.0
     # When the garbage collector runs (bridged/ops/gcpolicy.py). "growth": its automatic
     # collections are off, and a full collection runs once the heap (Python's allocated
-    # memory blocks) is gc_growth times more than its fixed part and the live chats
-    # explain (1.0: doubled).
+    # memory blocks) is gc_growth times more than its fixed part and the most chats live
+    # since the last collection explain (1.0: doubled).
     # "thresholds": CPython's generational collections, with gc_thresholds (generations
     # 0, 1, 2).
     gc_policy: Literal["growth", "thresholds"] = "growth"
