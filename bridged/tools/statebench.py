@@ -129,7 +129,7 @@ async def _chat_save(held: int, pending: int, directory: str,
     ``directory``, or on a RedisStore at ``redis_url``."""
     store: StateStore | RedisStore
     if redis_url is None:
-        store = StateStore(directory)
+        store = StateStore(directory, commit_interval=0)  # the commit itself, as waited
         store.open()
     else:
         store = RedisStore(ClusterConfig(node="bench-state", redis_url=redis_url))
@@ -290,7 +290,7 @@ class _MeasuredStore(StateStore):
     """The store, with the CPU time its commits take on the loop's thread, one by one."""
 
     def __init__(self, directory: str | Path) -> None:
-        super().__init__(directory)
+        super().__init__(directory, commit_interval=0)  # a commit per turn: each measured
         self.commit_cpu: list[float] = []
 
     def _write(self, connection: sqlite3.Connection, batch: dict[str, _Change],

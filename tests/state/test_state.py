@@ -119,6 +119,26 @@ async def test_thousands_of_saves_become_few_commits(tmp_path: Path) -> None:
     await reopened.aclose()
 
 
+async def test_a_commit_window_delays_only_commits_closer_than_it(tmp_path: Path) -> None:
+    # A change after a quiet moment is committed in the loop's turn, window or not; the
+    # changes that follow within the window wait for its end and share one commit.
+    store = StateStore(tmp_path, commit_interval=1.0)
+    store.open()
+    first = asyncio.Event()
+    store.save("a", b"1", first.set)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert first.is_set()  # no wait for the window
+    later = [asyncio.Event() for _ in range(3)]
+    for chat, done in zip("bcd", later, strict=True):
+        store.save(chat, b"2", done.set)
+        await asyncio.sleep(0)  # a turn of the loop of its own for each
+    assert not any(done.is_set() for done in later)
+    await asyncio.wait_for(asyncio.gather(*(done.wait() for done in later)), 10)
+    assert store.statistics().commits == 2
+    await store.aclose()
+
+
 async def test_the_state_files_are_readable_only_by_the_owner(tmp_path: Path) -> None:
     directory = tmp_path / "kept"
     store = StateStore(directory)
