@@ -138,7 +138,7 @@ class StateConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     # per commit).
     synchronous: Literal["normal", "full"] = "normal"
     # Least time between two commits, in ms (a change after a quiet moment commits at
-    # once); unset: 2 with "normal", 5 with "full" (bridged/state/sqlite.py).
+    # once); unset: 0 with "normal", 5 with "full" (bridged/state/sqlite.py).
     commit_interval_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
