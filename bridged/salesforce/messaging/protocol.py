@@ -1397,7 +1397,8 @@ class MessagingSession:
         # on every call except the token request" (2.0).
         if not auth:
             return _JSON_HEADERS
-        # Built once per token: every request of the chat, and its stream, share them.
+        # Built once per token: every request of the chat, and its stream, share them
+        # (Authorization last: _want_stream takes that pair).
         cached = self._rest_auth
         if cached is None:
             assert self._bearer is not None
@@ -1423,7 +1424,8 @@ class MessagingSession:
     def _want_stream(self) -> None:
         # "Accept, Authorization, X-Org-Id 15, Last-Event-Id" (7.2); "always send the first
         # 15 characters of the configured id" (3.1).
-        bearer = self._rest_headers()[-1]
+        bearer = self._rest_headers()[-1]  # the pair itself, shared: the token is ~1 KiB
+        assert bearer[0] == "Authorization", "_rest_headers puts Authorization last"
         self._stream_request = HttpRequest(
             method="GET", path=SSE_PATH, purpose=Purpose.EVENTS,
             headers=(("Accept", "text/event-stream"), bearer,
