@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import sys
 import types
@@ -165,13 +166,24 @@ async def test_an_enhanced_chat_conversations_whole_life_leaves_no_cycles(
         await _whole_lives_leave_no_cycles(client, daemon, "m_echo")
 
 
+@contextlib.contextmanager
+def _policy(live: list[int], **kwargs: int) -> Iterator[GrowthCollector]:
+    """A started "growth" policy (growth 1.0, floor 20,000) over ``live[0]`` chats; after
+    the block, the automatic collections back and the heap collected."""
+    policy = GrowthCollector(growth=1.0, floor=20_000, population=lambda: live[0], **kwargs)
+    policy.start()
+    try:
+        yield policy
+    finally:
+        policy.stop()
+        gc.collect()
+
+
 def test_more_chats_on_a_larger_heap_are_no_growth() -> None:
     # The heap per live chat is what must grow: the same chats on a heap grown past the
     # limit are due, while twice the chats on that heap are not.
     live = [2_000]
-    policy = GrowthCollector(growth=1.0, floor=20_000, population=lambda: live[0])
-    policy.start()
-    try:
+    with _policy(live) as policy:
         policy.collect()
         alone = policy.limit
         kept = [_Node() for _ in range(alone - sys.getallocatedblocks() + 1_000)]
@@ -180,25 +192,17 @@ def test_more_chats_on_a_larger_heap_are_no_growth() -> None:
         assert policy.limit >= 2 * alone - 2 * 20_000  # the base scaled with the chats
         assert not policy.due()  # grown as far as doubled chats explain
         del kept
-    finally:
-        policy.stop()
-        gc.collect()
 
 
 def test_a_handful_of_chats_measures_nothing_per_chat() -> None:
     # At start-up, a heap left by 3 chats is not divided by 3 (each would seem to cost a
     # third of the fixed heap, and any later chat count would postpone every collection).
     live = [3]
-    policy = GrowthCollector(growth=1.0, floor=20_000, population=lambda: live[0],
-                             chat_blocks=500, least_population=1_000)
-    policy.start()
-    try:
+    with _policy(live, chat_blocks=500, least_population=1_000) as policy:
         policy.collect()
         alone = policy.limit
         live[0] = 2_003
         assert policy.limit == alone + 2 * 2_000 * 500  # each more chat: 500 blocks, doubled
-    finally:
-        policy.stop()
 
 
 def _grown_by(blocks: int) -> list[object]:
@@ -215,10 +219,7 @@ def test_chats_that_start_after_start_up_are_no_growth() -> None:
     # holding a little more than the fixed heap's thousandth, make no collection due (they
     # did: a full collection during a load test's saturation).
     live = [0]
-    policy = GrowthCollector(growth=1.0, floor=20_000, population=lambda: live[0],
-                             chat_blocks=500)
-    policy.start()
-    try:
+    with _policy(live, chat_blocks=500) as policy:
         fixed = sys.getallocatedblocks()
         per_chat = max(400, fixed // 1_000 + 50)
         assert per_chat < 2 * 500
@@ -229,19 +230,13 @@ def test_chats_that_start_after_start_up_are_no_growth() -> None:
         more = _grown_by(fixed + 2_000 * (2 * 500 - per_chat) + 40_000)
         assert policy.due()
         del kept, more
-    finally:
-        policy.stop()
-        gc.collect()
 
 
 def test_a_collection_measures_what_a_chat_holds() -> None:
     # Chats heavier than assumed: the collection that finds them live measures them, and
     # the next one is due only once that heap per chat has grown by the growth.
     live = [0]
-    policy = GrowthCollector(growth=1.0, floor=20_000, population=lambda: live[0],
-                             chat_blocks=100, least_population=1_000)
-    policy.start()
-    try:
+    with _policy(live, chat_blocks=100, least_population=1_000) as policy:
         live[0] = 1_000
         kept = _grown_by(1_000 * 1_500)
         assert policy.due()
@@ -253,9 +248,6 @@ def test_a_collection_measures_what_a_chat_holds() -> None:
         heavier = _grown_by(policy.limit - sys.getallocatedblocks() + 1_000)
         assert policy.due()  # each of as many chats holds twice as much
         del kept, more, heavier
-    finally:
-        policy.stop()
-        gc.collect()
 
 
 def test_chats_that_end_leave_no_growth_behind() -> None:
@@ -264,10 +256,7 @@ def test_chats_that_end_leave_no_growth_behind() -> None:
     # collection explains that heap (counting only the chats live then, a full collection
     # held the loop for 409 ms and freed 9 objects). Past double that: due.
     live = [0]
-    policy = GrowthCollector(growth=1.0, floor=20_000, population=lambda: live[0],
-                             chat_blocks=500)
-    policy.start()
-    try:
+    with _policy(live, chat_blocks=500) as policy:
         fixed = sys.getallocatedblocks()
         chats = (2 * fixed + 200_000) // 500  # their heap: twice the fixed part and more
         live[0] = chats
@@ -280,6 +269,3 @@ def test_chats_that_end_leave_no_growth_behind() -> None:
         policy.collect()
         assert not policy.due()  # counted from the chats live at the collection
         del kept, more
-    finally:
-        policy.stop()
-        gc.collect()
