@@ -271,3 +271,44 @@ async def test_an_event_streams_chunk_is_not_held_while_the_next_one_is_awaited(
         go_on.set()
         await transport.aclose()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(("content_type", "is_stream"), [
+    ("text/event-stream", True),
+    ("Text/Event-Stream; charset=utf-8", True),
+    (" text/event-stream ;charset=UTF-8", True),
+    ("application/json", False),
+    ("text/event-streams", False),
+    (None, False),
+])
+async def test_only_an_event_stream_answer_is_taken_for_the_stream(
+        content_type: str | None, is_stream: bool) -> None:
+    """A stream request answered 200 with another media type (an HTML page of a proxy, a JSON
+    error) is refused, not parsed as events; the media type's case and parameters do not
+    matter (RFC 9110 8.3.1)."""
+
+    async def events(request: web.Request) -> web.Response:
+        response = web.Response(status=200, body=b"x")
+        if content_type is None:
+            response.headers.popall("Content-Type", None)
+            response.headers["Content-Type"] = ""
+        else:
+            response.headers["Content-Type"] = content_type
+        return response
+
+    app = web.Application()
+    app.router.add_get("/eventrouter/v1/sse", events)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    transport = AiohttpMessagingTransport(max_connections=2, max_request_connections=1)
+    request = ec.HttpRequest(method="GET", path="/eventrouter/v1/sse", purpose=ec.Purpose.EVENTS,
+                             headers=EC_HEADERS)
+    try:
+        async with transport.stream(f"http://127.0.0.1:{runner.addresses[0][1]}", request,
+                                    5.0, 10.0) as stream:
+            assert stream.status == 200
+            assert stream.is_event_stream is is_stream
+    finally:
+        await transport.aclose()
+        await runner.cleanup()

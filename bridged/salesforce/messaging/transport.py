@@ -126,7 +126,11 @@ class _AiohttpStream:
 
     @property
     def is_event_stream(self) -> bool:
-        return self._response.content_type == "text/event-stream"
+        # The media type read here, not through response.content_type: that parses the
+        # header's parameters into a dict the response then keeps, 1.6 KB a chat for the
+        # stream's whole life (issue 12, memory per chat).
+        media_type = self._response.headers.get("Content-Type", "").partition(";")[0]
+        return media_type.strip().lower() == "text/event-stream"
 
     async def read_body(self, limit: int = MAX_ERROR_BODY) -> bytes:
         try:
