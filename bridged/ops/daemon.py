@@ -28,7 +28,7 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -200,11 +200,14 @@ class Daemon:
                         static=chat.static(backend_name(chat.webchat)).encode(),
                         delivered=chat.take_new_delivered(), items=items, drops=drops)
 
-    async def _run_chat(self, chat: Chat, resume: Any) -> None:
-        """Serve ``chat`` with the backend its type names (counted once, when new)."""
+    def _run_chat(self, chat: Chat, resume: Any) -> Awaitable[None]:
+        """Serve ``chat`` with the backend its type names (counted once, when new).
+
+        The backend's own coroutine, not one awaiting it: a frame less held per live chat.
+        """
         if resume is None:
             self.metrics.chats_started.inc(backend_name(chat.webchat))
-        await self.backends.run_chat(chat, resume)
+        return self.backends.run_chat(chat, resume)
 
     def _count_event(self, event: ChatEvent) -> None:
         if isinstance(event, Ended):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __all__ = ["Backend", "Backends", "backend_name", "backend_name_of"]
 
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any, Protocol
 
 from bridged.chats.chat import Chat, KeptLists
@@ -89,9 +89,12 @@ class Backends:
         """The backend that serves ``chat``."""
         return self._by_name[backend_name(chat.webchat)]
 
-    async def run_chat(self, chat: Chat, resume: Any = None) -> None:
-        """Serve ``chat`` with its backend (see :meth:`Backend.run_chat`)."""
-        await self.for_chat(chat).run_chat(chat, resume)
+    def run_chat(self, chat: Chat, resume: Any = None) -> Coroutine[Any, Any, None]:
+        """Serve ``chat`` with its backend (see :meth:`Backend.run_chat`).
+
+        The backend's own coroutine, not one awaiting it: a frame less held per live chat.
+        """
+        return self.for_chat(chat).run_chat(chat, resume)
 
     def reconfigure(self, salesforce: SalesforceConfig) -> None:
         """Hand new ``[salesforce]`` settings to every backend that takes them (SIGHUP)."""
