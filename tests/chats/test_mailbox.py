@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import pytest
 
@@ -54,6 +55,31 @@ async def test_on_put_is_called_for_each_accepted_item() -> None:
     box.put_nowait(2)
     assert box.drain() == [1, 2]
     assert len(calls) == 2
+
+
+async def test_an_on_put_method_is_called_on_its_object_and_does_not_keep_it() -> None:
+    """A chat holds its inbox and the inbox calls the chat's method: the inbox must not keep
+    the chat alive (a reference cycle would wait for the collector, which bridged runs
+    rarely), and once the chat is gone a put calls nothing."""
+
+    class Owner:
+        def __init__(self) -> None:
+            self.puts = 0
+            self.inbox: Mailbox[int] = Mailbox(4, on_put=self.put)
+
+        def put(self) -> None:
+            self.puts += 1
+
+    owner = Owner()
+    box = owner.inbox
+    box.put_nowait(1)
+    box.put_nowait(2)
+    assert owner.puts == 2
+    gone = weakref.ref(owner)
+    del owner
+    assert gone() is None  # freed by reference counting alone
+    box.put_nowait(3)  # calls no one, and raises nothing
+    assert box.drain() == [1, 2, 3]
 
 
 def test_the_load_meter_refuses_only_owners_past_their_fair_share() -> None:
