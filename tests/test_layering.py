@@ -25,7 +25,7 @@ LAYERS: dict[int, set[str]] = {
         "chats.policy", "chats.texts", "history.decoder", "salesforce.liveagent.wire",
         "salesforce.liveagent.protocol"},
     1: {"chats.mailbox", "chats.gate", "chats.chat", "chats.supervisor", "chats.dispatcher",
-        "salesforce.backend", "state.store", "chats.wakeup"},
+        "salesforce.backend", "state.store", "chats.wakeup", "chats.fartimers"},
     2: {"salesforce.liveagent.transport", "salesforce.liveagent.actor", "ocp.front",
         "ocp.admin", "ops.metrics", "history.client", "history.handover", "state.sqlite",
         "state.redisstore", "state.redisview", "ops.cluster", "ops.limits", "ops.systemd",

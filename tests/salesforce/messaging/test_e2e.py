@@ -19,7 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bridged.chats.fartimers import FarTimers
 from bridged.ops.daemon import Daemon
+from bridged.salesforce.messaging import actor as messaging_actor
 from bridged.simulators.messaging import Simulator
 from tests.conftest import running_bridged
 from tests.ocp_client import OcpClient, connect
@@ -272,9 +274,21 @@ async def test_an_expired_token_ends_the_chat_saying_so(
     assert "access token expired" in ended["detail"]
 
 
+@pytest.mark.parametrize("far_timer_s", [30.0, 0.5], ids=["loop timer", "shared far timer"])
 async def test_bridged_ends_the_chat_before_the_token_runs_out(
-        tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    """Guests get no renewal: bridged ends the hand-over gracefully before ``exp``."""
+        tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+        far_timer_s: float) -> None:
+    """Guests get no renewal: bridged ends the hand-over gracefully before ``exp``, whether
+    the wake-up is a loop timer of its own or one of the far-off ones that share one."""
+    shared: list[float] = []
+    call_later = FarTimers.call_later
+
+    def counted(self: FarTimers, delay: float, callback: Any) -> Any:
+        shared.append(delay)
+        return call_later(self, delay, callback)
+
+    monkeypatch.setattr(FarTimers, "call_later", counted)
+    monkeypatch.setattr(messaging_actor, "FAR_TIMER_S", far_timer_s)
     async with messaging_simulator(token_lifetime_s=301.0) as sim, running_bridged(
             config(sim, tmp_path)) as daemon:
         ocp = await client(http, daemon)
@@ -283,6 +297,7 @@ async def test_bridged_ends_the_chat_before_the_token_runs_out(
         await wait_for(lambda: requests(sim, "CloseConversation"), "the DELETE")
     assert ended["reason"] == "failed" and "access token expired" in ended["detail"]
     assert requests(sim, "CloseConversation")[0].status == 204  # the token still worked
+    assert bool(shared) is (far_timer_s < 1.0)  # the token's end came through the shared one
 
 
 async def test_a_burst_of_starts_over_the_token_limit_is_served_in_order(
