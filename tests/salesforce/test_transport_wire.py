@@ -312,3 +312,60 @@ async def test_only_an_event_stream_answer_is_taken_for_the_stream(
     finally:
         await transport.aclose()
         await runner.cleanup()
+
+
+async def test_a_silent_or_broken_stream_raises_the_transports_errors() -> None:
+    """read_chunk hands out aiohttp's own awaitable (no frame of ours held by every chat), so
+    aiohttp's errors become the transport's on leaving the stream's context: a stream
+    silent past its read timeout is ``TransportTimeout``, one cut off is
+    ``TransportConnectError``; the reader names them, as before."""
+    cut = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        async with asyncio.timeout(10):
+            await cut.wait()
+        return response
+
+    async def broken(request: web.Request) -> web.StreamResponse:
+        # Announces more than it sends, then the connection closes mid-body.
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b"id: 1\n")
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/silent", silent)
+    app.router.add_get("/broken", broken)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    transport = AiohttpMessagingTransport(max_connections=2, max_request_connections=1)
+
+    def request(path: str) -> ec.HttpRequest:
+        return ec.HttpRequest(method="GET", path=path, purpose=ec.Purpose.EVENTS,
+                              headers=EC_HEADERS)
+
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(TransportTimeout, match=r"^sse: silent past the read timeout$"):
+                async with transport.stream(base, request("/silent"), 5.0, 0.2) as stream:
+                    await stream.read_chunk()
+            cut.set()
+            with pytest.raises(TransportConnectError, match=r"^sse: "):
+                async with transport.stream(base, request("/broken"), 5.0, 5.0) as stream:
+                    while await stream.read_chunk():
+                        pass
+            # An error of ours raised inside the context goes out as it is.
+            with pytest.raises(TransportTimeout, match=r"^mine$"):
+                async with transport.stream(base, request("/broken"), 5.0, 5.0):
+                    raise TransportTimeout("mine")
+    finally:
+        cut.set()
+        await transport.aclose()
+        await runner.cleanup()

@@ -19,12 +19,12 @@ __all__ = ["AiohttpMessagingTransport", "Answer", "EventStream", "MessagingTrans
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
 import aiohttp
 
-from bridged.errors import TransportConnectError, TransportTimeout
+from bridged.errors import TransportConnectError, TransportError, TransportTimeout
 from bridged.salesforce.http import Pool, total_timeout
 from bridged.salesforce.messaging.protocol import HttpRequest
 
@@ -56,15 +56,19 @@ class EventStream(Protocol):
         """The answer's body, at most ``limit`` bytes (for a refusal's message)."""
         ...
 
-    async def read_chunk(self) -> bytes:
+    def read_chunk(self) -> Awaitable[bytes]:
         """The stream's next bytes, as they come; ``b""`` once the server ended the stream.
 
-        A coroutine, not an async iterator: an async generator held by each chat for its
-        stream's whole life costs it a frame and an entry in the loop's set of them.
+        An awaitable, not an async iterator: an async generator held by each chat for its
+        stream's whole life costs it a frame and an entry in the loop's set of them. And
+        the transport's own awaitable where it can: a coroutine of ours around it would be
+        one more frame held by every chat (its errors are told on leaving the stream's
+        context instead).
 
         Raises:
-            TransportTimeout: nothing came within the read timeout.
-            TransportConnectError: the connection broke.
+            TransportTimeout: nothing came within the read timeout (when awaited, or on
+                leaving the stream's context).
+            TransportConnectError: the connection broke (likewise).
         """
         ...
 
@@ -140,13 +144,9 @@ class _AiohttpStream:
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportConnectError(f"{self._what}: {type(exc).__name__}: {exc}") from exc
 
-    async def read_chunk(self) -> bytes:
-        try:
-            return await self._response.content.readany()
-        except TimeoutError as exc:
-            raise TransportTimeout(f"{self._what}: silent past the read timeout") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportConnectError(f"{self._what}: {type(exc).__name__}: {exc}") from exc
+    def read_chunk(self) -> Awaitable[bytes]:
+        # aiohttp's errors while it is awaited become ours in _OpenStream.__aexit__.
+        return self._response.content.readany()
 
 
 class _OpenStream:
@@ -188,13 +188,22 @@ class _OpenStream:
             raise
         return _AiohttpStream(self._response, what)
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None,
+                        traceback: object) -> None:
         try:
             if self._response is not None:
                 # Never back to the pool: the server may still be writing into it.
                 self._response.close()
         finally:
             await self._going.__aexit__(None, None, None)
+        # What reading the stream raised (read_chunk hands out aiohttp's own awaitable);
+        # ours (read_body's) are told already.
+        if exc is None or isinstance(exc, TransportError):
+            return
+        if isinstance(exc, TimeoutError):
+            raise TransportTimeout(f"{self._what}: silent past the read timeout") from exc
+        if isinstance(exc, (aiohttp.ClientError, OSError)):
+            raise TransportConnectError(f"{self._what}: {type(exc).__name__}: {exc}") from exc
 
 
 class AiohttpMessagingTransport:
