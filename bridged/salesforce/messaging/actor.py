@@ -43,7 +43,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import msgspec
@@ -166,16 +166,17 @@ class MessagingActor:
     # gets no key-sharing dict (about 1.6 KiB each here).
     __slots__ = ("__weakref__", "_answers", "_base_url", "_dirty", "_durable_gen", "_end_passed",
                  "_event_id_unsaved", "_far_timers", "_max_pending", "_metrics", "_outgoing",
-                 "_paced", "_parser", "_requests", "_retry", "_salesforce", "_save_gen",
-                 "_saved_chat", "_static_saved", "_store", "_stream_items", "_stream_next",
-                 "_stream_number", "_stream_room", "_stream_sent_at", "_stream_task",
-                 "_streams_opened", "_timer", "_timer_due", "_tokens", "_transport", "_waiting",
-                 "_wake", "chat", "session", "stream_open")
+                 "_paced", "_parser", "_registry", "_requests", "_retry", "_salesforce",
+                 "_save_gen", "_saved_chat", "_static_saved", "_store", "_stream_items",
+                 "_stream_next", "_stream_number", "_stream_room", "_stream_sent_at",
+                 "_stream_task", "_streams_opened", "_timer", "_timer_due", "_tokens",
+                 "_transport", "_waiting", "_wake", "chat", "session", "stream_open")
 
     def __init__(self, chat: Chat, session: MessagingSession, transport: MessagingTransport,
                  *, salesforce: SalesforceConfig, max_pending: int, retry: RetryPolicy,
                  tokens: TokenQueue, store: Store | None = None,
-                 metrics: Metrics | None = None, far_timers: FarTimers | None = None) -> None:
+                 metrics: Metrics | None = None, far_timers: FarTimers | None = None,
+                 registry: dict[str, MessagingActor] | None = None) -> None:
         self.chat = chat
         self.session = session
         self._transport = transport
@@ -221,6 +222,7 @@ class MessagingActor:
         self._timer: asyncio.Handle | FarTimer | None = None
         self._timer_due = 0.0
         self._far_timers = far_timers if far_timers is not None else FarTimers()
+        self._registry = registry  # the backend's live actors, while run() runs
 
     @property
     def paced_messages(self) -> int:
@@ -249,6 +251,8 @@ class MessagingActor:
                       host=self.chat.webchat.endpoint.host,
                       deployment=self.session.params.es_developer_name,
                       conversation=self.session.conversation_id)
+        if self._registry is not None:
+            self._registry[self.chat.id] = self
         crashed = False
         try:
             while True:
@@ -277,6 +281,8 @@ class MessagingActor:
             raise
         finally:
             self._waiting = False
+            if self._registry is not None and self._registry.get(self.chat.id) is self:
+                del self._registry[self.chat.id]
             self._tokens.leave(self.chat.id)
             await self._cancel_tasks()
             if crashed:
@@ -732,34 +738,41 @@ class MessagingBackend:
         return MessagingResume(params=_params_decoder.decode(backend_static),
                                snapshot=_snapshot_decoder.decode(state))
 
-    async def run_chat(self, chat: Chat, resume: MessagingResume | None = None) -> None:
+    def run_chat(self, chat: Chat, resume: MessagingResume | None = None
+                 ) -> Coroutine[Any, Any, None]:
         """Serve ``chat`` until it ends; the last fact it emits is ``Ended``.
+
+        The actor's own ``run`` where nothing is to be awaited first: a coroutine around it
+        would be one more frame held by every live chat.
 
         Args:
             chat: the chat.
             resume: its kept Enhanced Chat state, when it goes on after a restart.
         """
-        handover = Handover()
         if resume is not None:
             session = MessagingSession.restore(resume.params, resume.snapshot, now=time.time())
-        else:
-            # "before asking for an agent" (PROTOCOL.md 4): the history goes in the create
-            # (a hidden pre-chat field) and as the first visitor messages.
-            if self._history is not None:
-                chat.state = "fetching_history"
-                handover = await self._history.prepare(chat)
-            session = MessagingSession(messaging_params(messaging_config(chat),
-                                                        self._salesforce, handover.summary))
-        actor = MessagingActor(chat, session, self._transport, salesforce=self._salesforce,
-                               max_pending=self._max_pending, retry=self._retry,
-                               tokens=self.tokens, store=self._store, metrics=self._metrics,
-                               far_timers=self._far_timers)
-        self._actors[chat.id] = actor
-        try:
-            await actor.run(handover, resumed=resume is not None)
-        finally:
-            if self._actors.get(chat.id) is actor:
-                del self._actors[chat.id]
+            return self._actor(chat, session).run(resumed=True)
+        if self._history is not None:
+            return self._run_after_history(chat)
+        session = MessagingSession(messaging_params(messaging_config(chat), self._salesforce,
+                                                    None))
+        return self._actor(chat, session).run()
+
+    async def _run_after_history(self, chat: Chat) -> None:
+        # "before asking for an agent" (PROTOCOL.md 4): the history goes in the create
+        # (a hidden pre-chat field) and as the first visitor messages.
+        chat.state = "fetching_history"
+        assert self._history is not None
+        handover = await self._history.prepare(chat)
+        session = MessagingSession(messaging_params(messaging_config(chat), self._salesforce,
+                                                    handover.summary))
+        await self._actor(chat, session).run(handover)
+
+    def _actor(self, chat: Chat, session: MessagingSession) -> MessagingActor:
+        return MessagingActor(chat, session, self._transport, salesforce=self._salesforce,
+                              max_pending=self._max_pending, retry=self._retry,
+                              tokens=self.tokens, store=self._store, metrics=self._metrics,
+                              far_timers=self._far_timers, registry=self._actors)
 
     def _scrape(self) -> Iterable[Metric]:
         """The Enhanced Chat figures read at scrape time."""
