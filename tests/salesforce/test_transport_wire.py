@@ -258,6 +258,7 @@ async def test_an_event_streams_chunk_is_not_held_while_the_next_one_is_awaited(
     try:
         async with transport.stream(f"http://127.0.0.1:{runner.addresses[0][1]}", request,
                                     5.0, 10.0) as stream:
+            assert not hasattr(stream, "__dict__")  # held by every chat: slots only
             assert await stream.read_chunk() == b"id: 1\nevent: ping\ndata: 0\n\n"
             waiting = asyncio.ensure_future(stream.read_chunk())
             for _ in range(5):

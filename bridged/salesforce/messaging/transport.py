@@ -120,42 +120,14 @@ def _stream_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
                                  sock_read=read)
 
 
-class _AiohttpStream:
-    """An :class:`EventStream` over an aiohttp response."""
-
-    def __init__(self, response: aiohttp.ClientResponse, what: str) -> None:
-        self._response = response
-        self._what = what
-        self.status = response.status
-
-    @property
-    def is_event_stream(self) -> bool:
-        # The media type read here, not through response.content_type: that parses the
-        # header's parameters into a dict the response then keeps, 1.6 KB a chat for the
-        # stream's whole life (issue 12, memory per chat).
-        media_type = self._response.headers.get("Content-Type", "").partition(";")[0]
-        return media_type.strip().lower() == "text/event-stream"
-
-    async def read_body(self, limit: int = MAX_ERROR_BODY) -> bytes:
-        try:
-            return await _read_upto(self._response.content, limit)
-        except TimeoutError as exc:
-            raise TransportTimeout(f"{self._what}: the body did not come in time") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportConnectError(f"{self._what}: {type(exc).__name__}: {exc}") from exc
-
-    def read_chunk(self) -> Awaitable[bytes]:
-        # aiohttp's errors while it is awaited become ours in _OpenStream.__aexit__.
-        return self._response.content.readany()
-
-
 class _OpenStream:
     """:meth:`AiohttpMessagingTransport.stream`'s context: a slot of the streams' pool and
     the response, opened on entering and closed on leaving. A class, not a generator-based
     context manager: each chat holds one for its stream's whole life, and an async
-    generator costs it a frame and an entry in the loop's set of them."""
+    generator costs it a frame and an entry in the loop's set of them. It is the
+    :class:`EventStream` as well: one object a chat, not two."""
 
-    __slots__ = ("_going", "_request", "_response", "_timeout", "_url", "_what")
+    __slots__ = ("_going", "_request", "_response", "_timeout", "_url", "_what", "status")
 
     def __init__(self, pool: Pool, url: str, request: HttpRequest,
                  timeout: aiohttp.ClientTimeout) -> None:
@@ -165,8 +137,9 @@ class _OpenStream:
         self._request = request
         self._timeout = timeout
         self._response: aiohttp.ClientResponse | None = None
+        self.status = 0
 
-    async def __aenter__(self) -> _AiohttpStream:
+    async def __aenter__(self) -> _OpenStream:
         request, what = self._request, self._what
         headers = dict(request.headers)
         # The Android SDK's choices (3.1): no caching, no compression (a compressed stream
@@ -186,7 +159,31 @@ class _OpenStream:
             if isinstance(exc, (aiohttp.ClientError, OSError)):
                 raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
             raise
-        return _AiohttpStream(self._response, what)
+        self.status = self._response.status
+        return self
+
+    @property
+    def is_event_stream(self) -> bool:
+        assert self._response is not None, "entered"
+        # The media type read here, not through response.content_type: that parses the
+        # header's parameters into a dict the response then keeps, 1.6 KB a chat for the
+        # stream's whole life (issue 12, memory per chat).
+        media_type = self._response.headers.get("Content-Type", "").partition(";")[0]
+        return media_type.strip().lower() == "text/event-stream"
+
+    async def read_body(self, limit: int = MAX_ERROR_BODY) -> bytes:
+        assert self._response is not None, "entered"
+        try:
+            return await _read_upto(self._response.content, limit)
+        except TimeoutError as exc:
+            raise TransportTimeout(f"{self._what}: the body did not come in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransportConnectError(f"{self._what}: {type(exc).__name__}: {exc}") from exc
+
+    def read_chunk(self) -> Awaitable[bytes]:
+        assert self._response is not None, "entered"
+        # aiohttp's errors while it is awaited become ours in __aexit__.
+        return self._response.content.readany()
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None,
                         traceback: object) -> None:
