@@ -569,6 +569,7 @@ class MessagingActor:
             # Never two streams at once: the old connection is closed before the new one.
             previous.cancel()
             await asyncio.gather(previous, return_exceptions=True)
+            previous = None  # not held for this stream's whole life
         sf = self._salesforce
         try:
             async with self._transport.stream(self._base_url, request, sf.request_timeout_s,

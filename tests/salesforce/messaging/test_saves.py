@@ -217,6 +217,24 @@ async def test_the_stream_reader_holds_no_chunk_or_event_while_it_waits() -> Non
         assert not {"chunk", "events"} & set(waiting)
 
 
+async def test_a_reopened_streams_reader_does_not_hold_the_reader_before_it() -> None:
+    """A reconnect's reader waits for the old one to finish, then lets it go: it is not
+    kept (with its frame's last state) for the new stream's whole life."""
+    async with Scene() as scene:
+        first = scene.actor._stream_task
+        assert first is not None
+        [conv] = scene.salesforce._by_id.values()
+        conv.chunks.put_nowait(b"")  # the server ends the stream: it is opened again
+        await _until(lambda: scene.actor._stream_task not in (None, first))
+        second = scene.actor._stream_task
+        assert second is not None
+        await _until(lambda: first.done() and scene.actor.stream_open)
+        told = scene.says("still there")
+        await scene.taken(told)  # the new reader reads
+        waiting = second.get_coro().cr_frame.f_locals  # type: ignore[union-attr]
+        assert waiting.get("previous") is None
+
+
 async def test_a_release_saves_the_last_event_id_first() -> None:
     """A move's next holder reads on from the id committed: the newest one taken, even if
     only acknowledgements came after the last save (docs/cluster.md, the safe point)."""
