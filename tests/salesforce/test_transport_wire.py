@@ -11,7 +11,8 @@ failure, so that the capped pool jams and every chat's messages stop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -234,6 +235,31 @@ async def test_a_failed_or_cancelled_request_gives_its_slot_back(wire: Wire) -> 
         "/held/Chasitor/ChatMessage", "/held/message", "/Chasitor/ChatMessage", "/message"]
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def _streams_from(routes: dict[str, Handler]
+                        ) -> AsyncIterator[tuple[str, AiohttpMessagingTransport]]:
+    """A loopback server answering GET ``routes`` (path: handler), and a transport to it."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    transport = AiohttpMessagingTransport(max_connections=2, max_request_connections=1)
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", transport
+    finally:
+        await transport.aclose()
+        await runner.cleanup()
+
+
+def _stream_request(path: str = "/eventrouter/v1/sse") -> ec.HttpRequest:
+    return ec.HttpRequest(method="GET", path=path, purpose=ec.Purpose.EVENTS, headers=EC_HEADERS)
+
+
 async def test_an_event_streams_chunk_is_not_held_while_the_next_one_is_awaited() -> None:
     """An idle conversation waits minutes for its next chunk: the last one (a few KB) is
     not kept alive meanwhile by the transport; the stream's end reads as ``b""``."""
@@ -247,17 +273,9 @@ async def test_an_event_streams_chunk_is_not_held_while_the_next_one_is_awaited(
             await go_on.wait()
         return response
 
-    app = web.Application()
-    app.router.add_get("/eventrouter/v1/sse", events)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    transport = AiohttpMessagingTransport(max_connections=2, max_request_connections=1)
-    request = ec.HttpRequest(method="GET", path="/eventrouter/v1/sse", purpose=ec.Purpose.EVENTS,
-                             headers=EC_HEADERS)
     try:
-        async with transport.stream(f"http://127.0.0.1:{runner.addresses[0][1]}", request,
-                                    5.0, 10.0) as stream:
+        async with _streams_from({"/eventrouter/v1/sse": events}) as (base, transport), \
+                transport.stream(base, _stream_request(), 5.0, 10.0) as stream:
             assert not hasattr(stream, "__dict__")  # held by every chat: slots only
             assert await stream.read_chunk() == b"id: 1\nevent: ping\ndata: 0\n\n"
             waiting = asyncio.ensure_future(stream.read_chunk())
@@ -270,8 +288,6 @@ async def test_an_event_streams_chunk_is_not_held_while_the_next_one_is_awaited(
             assert await waiting == b""  # the server ended the stream
     finally:
         go_on.set()
-        await transport.aclose()
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize(("content_type", "is_stream"), [
@@ -288,31 +304,15 @@ async def test_only_an_event_stream_answer_is_taken_for_the_stream(
     error) is refused, not parsed as events; the media type's case and parameters do not
     matter (RFC 9110 8.3.1)."""
 
-    async def events(request: web.Request) -> web.Response:
+    async def events(request: web.Request) -> web.StreamResponse:
         response = web.Response(status=200, body=b"x")
-        if content_type is None:
-            response.headers.popall("Content-Type", None)
-            response.headers["Content-Type"] = ""
-        else:
-            response.headers["Content-Type"] = content_type
+        response.headers["Content-Type"] = "" if content_type is None else content_type
         return response
 
-    app = web.Application()
-    app.router.add_get("/eventrouter/v1/sse", events)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    transport = AiohttpMessagingTransport(max_connections=2, max_request_connections=1)
-    request = ec.HttpRequest(method="GET", path="/eventrouter/v1/sse", purpose=ec.Purpose.EVENTS,
-                             headers=EC_HEADERS)
-    try:
-        async with transport.stream(f"http://127.0.0.1:{runner.addresses[0][1]}", request,
-                                    5.0, 10.0) as stream:
-            assert stream.status == 200
-            assert stream.is_event_stream is is_stream
-    finally:
-        await transport.aclose()
-        await runner.cleanup()
+    async with _streams_from({"/eventrouter/v1/sse": events}) as (base, transport), \
+            transport.stream(base, _stream_request(), 5.0, 10.0) as stream:
+        assert stream.status == 200
+        assert stream.is_event_stream is is_stream
 
 
 async def test_a_silent_or_broken_stream_raises_the_transports_errors() -> None:
@@ -339,34 +339,21 @@ async def test_a_silent_or_broken_stream_raises_the_transports_errors() -> None:
         request.transport.close()
         return response
 
-    app = web.Application()
-    app.router.add_get("/silent", silent)
-    app.router.add_get("/broken", broken)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    transport = AiohttpMessagingTransport(max_connections=2, max_request_connections=1)
-
-    def request(path: str) -> ec.HttpRequest:
-        return ec.HttpRequest(method="GET", path=path, purpose=ec.Purpose.EVENTS,
-                              headers=EC_HEADERS)
-
     try:
-        async with asyncio.timeout(10):
+        async with _streams_from({"/silent": silent, "/broken": broken}) as (base, transport), \
+                asyncio.timeout(10):
             with pytest.raises(TransportTimeout, match=r"^sse: silent past the read timeout$"):
-                async with transport.stream(base, request("/silent"), 5.0, 0.2) as stream:
+                async with transport.stream(base, _stream_request("/silent"), 5.0, 0.2) as stream:
                     await stream.read_chunk()
             cut.set()
             with pytest.raises(TransportConnectError, match=r"^sse: "):
-                async with transport.stream(base, request("/broken"), 5.0, 5.0) as stream:
+                async with transport.stream(base, _stream_request("/broken"), 5.0,
+                                            5.0) as stream:
                     while await stream.read_chunk():
                         pass
             # An error of ours raised inside the context goes out as it is.
             with pytest.raises(TransportTimeout, match=r"^mine$"):
-                async with transport.stream(base, request("/broken"), 5.0, 5.0):
+                async with transport.stream(base, _stream_request("/broken"), 5.0, 5.0):
                     raise TransportTimeout("mine")
     finally:
         cut.set()
-        await transport.aclose()
-        await runner.cleanup()
