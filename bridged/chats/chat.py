@@ -342,6 +342,12 @@ class Chat:
             key = self._pending_keys.pop(message_id, None)
             if key is not None and self._pending_added.pop(key, None) is None:
                 self._pending_dropped.append(key)
+            if not self.pending_ids:
+                # Emptied dicts keep their tables (a few hundred bytes), held by every chat
+                # between two messages: new ones instead.
+                self.pending_ids = {}
+                if not self._pending_keys:
+                    self._pending_keys = {}
             if self.load is not None:
                 self.load.remove(self._owner())
 

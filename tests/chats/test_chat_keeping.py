@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import msgspec
 
 from bridged.chats import facts
@@ -128,3 +130,21 @@ def test_a_record_of_version_1_is_read_and_kept_item_by_item_from_then_on() -> N
     assert [e.seq for e in again.held] == [1, 2, 3]
     assert [c.id for c in again.inbox.peek() if isinstance(c, env.Message)] == ["m1"]
     assert list(again.pending_ids) == ["m1"]
+
+
+def test_a_chat_with_nothing_pending_holds_no_emptied_tables() -> None:
+    """Between two messages (most of a chat's life) the pending ids' dicts are as small as
+    new ones, not the tables of the messages answered (memory per live chat)."""
+    chat, kept = new_chat(), Kept()
+    empty = sys.getsizeof({})
+    for i in range(20):
+        chat.accept(f"m{i}")
+    kept.save(chat)
+    for i in range(20):
+        chat.emit(facts.Delivered(id=f"m{i}"))
+    kept.save(chat)
+    assert sys.getsizeof(chat.pending_ids) == sys.getsizeof(chat._pending_keys) == empty
+    again = kept.restored()
+    assert not again.pending_ids  # and what is kept says so
+    chat.accept("m20")
+    assert list(chat.pending_ids) == ["m20"]
