@@ -308,7 +308,8 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench-state", help="measure what keeping chats costs")
     bench.add_argument("--chats", type=int, default=10000)
     bench.add_argument("--rate", type=float, default=5000.0, help="chat changes per second")
-    bench.add_argument("--seconds", type=float, default=10.0)
+    bench.add_argument("--seconds", type=float, default=10.0,
+                       help="rate times seconds changes are made, paced at the rate")
     bench.add_argument("--size", type=int, default=2048, help="snapshot bytes")
     bench.add_argument("--store", choices=["sqlite", "redis"], default="sqlite",
                        help="sqlite: both durability settings; redis: the cluster's Redis "

@@ -21,7 +21,8 @@ def test_bench_state_compares_the_redis_store_with_sqlite(
     assert code == 0, out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
             if line and not line.startswith((" ", "(", "state", "one"))}
-    assert rows["changes"][0] == rows["changes"][1]  # the same workload on both
+    # The same workload on both, however slow the machine: rate x seconds changes.
+    assert rows["changes"][:2] == ["100.000", "100.000"], rows["changes"]
     assert rows["rows_written"][:2] == rows["changes"][:2]  # every change committed, on both
     assert float(rows["server_cpu_ms_per_change"][0]) == 0.0  # SQLite has no server
     assert len(rows["cpu_ms_per_change"]) == 3  # sqlite, redis, redis/sqlite
