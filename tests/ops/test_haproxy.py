@@ -159,6 +159,10 @@ async def test_behind_haproxy_a_node_cut_off_from_redis_hands_ocp_to_the_other_n
     nodes: dict[str, BridgedProcess] = {}
     proxy: subprocess.Popen[bytes] | None = None
     port = free_port()
+    # Made before the nodes start: openssl's key generation, on this loop, would stall the
+    # relays that carry the nodes' Redis traffic, and a busy machine then lets their leases
+    # run out (seen once, suite on 2 workers: no agent_joined).
+    pem = await asyncio.to_thread(certificate, tmp_path)
     try:
         for name, relay in relays.items():
             await relay.start()
@@ -167,7 +171,7 @@ async def test_behind_haproxy_a_node_cut_off_from_redis_hands_ocp_to_the_other_n
                 redis_url=relay.url)
         config = tmp_path / "haproxy.cfg"
         config.write_text(the_example_with(
-            certificate(tmp_path), bind=f"127.0.0.1:{port}",
+            pem, bind=f"127.0.0.1:{port}",
             servers={name: f"127.0.0.1:{node.port}" for name, node in nodes.items()}))
         with (tmp_path / "haproxy.log").open("wb") as log:
             proxy = subprocess.Popen([haproxy_binary(), "-db", "-f", str(config)],
