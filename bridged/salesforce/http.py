@@ -10,7 +10,7 @@ leaves the queue, right before it goes, not when it joined it.
 
 from __future__ import annotations
 
-__all__ = ["HELD_KEEPALIVE_S", "Pool", "total_timeout"]
+__all__ = ["CLIENT_ERRORS", "HELD_KEEPALIVE_S", "Pool", "as_transport_error", "total_timeout"]
 
 import asyncio
 import functools
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from bridged.errors import TransportConnectError
+from bridged.errors import TransportConnectError, TransportError, TransportTimeout
 
 # How long an idle connection of the Live Agent polls' pool is kept: longer than
 # salesforce.keepalive_s, because such a connection is wanted again as soon as the number
@@ -44,6 +44,19 @@ def _client_session(limit: int, keepalive_s: float) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                  raise_for_status=False, skip_auto_headers=("User-Agent",),
                                  cookie_jar=aiohttp.DummyCookieJar())
+
+
+# What aiohttp and the OS raise for a request or a read that failed on the network.
+CLIENT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
+
+
+def as_transport_error(what: str, exc: BaseException, timed_out: str) -> TransportError:
+    """One of :data:`CLIENT_ERRORS` as the bridged tree's error, for the caller to raise
+    ``from exc``: ``"{what}: {timed_out}"`` for a timeout, else the error's type and
+    text."""
+    if isinstance(exc, TimeoutError):
+        return TransportTimeout(f"{what}: {timed_out}")
+    return TransportConnectError(f"{what}: {type(exc).__name__}: {exc}")
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,10 +13,13 @@ __all__ = ["AiohttpTransport", "Transport"]
 from collections.abc import Callable
 from typing import Protocol
 
-import aiohttp
-
-from bridged.errors import TransportConnectError, TransportTimeout
-from bridged.salesforce.http import HELD_KEEPALIVE_S, Pool, total_timeout
+from bridged.salesforce.http import (
+    CLIENT_ERRORS,
+    HELD_KEEPALIVE_S,
+    Pool,
+    as_transport_error,
+    total_timeout,
+)
 from bridged.salesforce.liveagent.protocol import HttpRequest, HttpResponse, Lane
 
 
@@ -89,12 +92,9 @@ class AiohttpTransport:
             finally:
                 pool.release()
             return HttpResponse(status=response.status, body=body)
-        except TimeoutError as exc:
-            raise TransportTimeout(
-                f"{request.purpose.value}: no answer within {timeout:g} s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportConnectError(
-                f"{request.purpose.value}: {type(exc).__name__}: {exc}") from exc
+        except CLIENT_ERRORS as exc:
+            raise as_transport_error(
+                request.purpose.value, exc, f"no answer within {timeout:g} s") from exc
 
     async def aclose(self) -> None:
         await self._polls.aclose()

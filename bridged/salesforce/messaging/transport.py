@@ -24,8 +24,8 @@ from typing import NamedTuple, Protocol
 
 import aiohttp
 
-from bridged.errors import TransportConnectError, TransportError, TransportTimeout
-from bridged.salesforce.http import Pool, total_timeout
+from bridged.errors import TransportError
+from bridged.salesforce.http import CLIENT_ERRORS, Pool, as_transport_error, total_timeout
 from bridged.salesforce.messaging.protocol import HttpRequest
 
 # An error body (or a stream refused) is read at most this far: Salesforce's are small JSON.
@@ -152,12 +152,11 @@ class _OpenStream:
                 request.method, self._url, params=request.query or None, headers=headers,
                 timeout=self._timeout, allow_redirects=False, read_bufsize=_CHUNK)
         except BaseException as exc:
+            # Any failure, a cancellation too, gives the pool's slot back.
             await self._going.__aexit__(type(exc), exc, exc.__traceback__)
-            if isinstance(exc, TimeoutError):
-                raise TransportTimeout(f"{what}: no answer within "
-                                       f"{self._timeout.connect:g} s") from exc
-            if isinstance(exc, (aiohttp.ClientError, OSError)):
-                raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            if isinstance(exc, CLIENT_ERRORS):
+                raise as_transport_error(
+                    what, exc, f"no answer within {self._timeout.connect:g} s") from exc
             raise
         self.status = self._response.status
         return self
@@ -175,10 +174,8 @@ class _OpenStream:
         assert self._response is not None, "entered"
         try:
             return await _read_upto(self._response.content, limit)
-        except TimeoutError as exc:
-            raise TransportTimeout(f"{self._what}: the body did not come in time") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportConnectError(f"{self._what}: {type(exc).__name__}: {exc}") from exc
+        except CLIENT_ERRORS as exc:
+            raise as_transport_error(self._what, exc, "the body did not come in time") from exc
 
     def read_chunk(self) -> Awaitable[bytes]:
         assert self._response is not None, "entered"
@@ -195,12 +192,8 @@ class _OpenStream:
             await self._going.__aexit__(None, None, None)
         # What reading the stream raised (read_chunk hands out aiohttp's own awaitable);
         # ours (read_body's) are told already.
-        if exc is None or isinstance(exc, TransportError):
-            return
-        if isinstance(exc, TimeoutError):
-            raise TransportTimeout(f"{self._what}: silent past the read timeout") from exc
-        if isinstance(exc, (aiohttp.ClientError, OSError)):
-            raise TransportConnectError(f"{self._what}: {type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, CLIENT_ERRORS) and not isinstance(exc, TransportError):
+            raise as_transport_error(self._what, exc, "silent past the read timeout") from exc
 
 
 class AiohttpMessagingTransport:
@@ -248,10 +241,8 @@ class AiohttpMessagingTransport:
             finally:
                 pool.release()
             return Answer(response.status, body)
-        except TimeoutError as exc:
-            raise TransportTimeout(f"{what}: no answer within {timeout:g} s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportConnectError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        except CLIENT_ERRORS as exc:
+            raise as_transport_error(what, exc, f"no answer within {timeout:g} s") from exc
 
     def stream(self, base_url: str, request: HttpRequest, connect_timeout: float,
                read_timeout: float) -> contextlib.AbstractAsyncContextManager[EventStream]:
