@@ -234,7 +234,7 @@ class Chat:
         self._pending_keys: dict[str, int] = {}
         self._pending_next = 0
         self._pending_added: dict[int, str] = {}
-        self._pending_dropped: list[int] = []
+        self._pending_dropped: list[int] | tuple[()] = ()  # a list from the first (64 bytes)
 
     # --- the actor's side -------------------------------------------------------------
 
@@ -341,7 +341,10 @@ class Chat:
             del self.pending_ids[message_id]
             key = self._pending_keys.pop(message_id, None)
             if key is not None and self._pending_added.pop(key, None) is None:
-                self._pending_dropped.append(key)
+                if self._pending_dropped:
+                    self._pending_dropped.append(key)
+                else:
+                    self._pending_dropped = [key]
             if not self.pending_ids:
                 # Emptied dicts keep their tables (a few hundred bytes), held by every chat
                 # between two messages: new ones instead.
@@ -439,7 +442,7 @@ class Chat:
         # The ids of messages taken in and not yet answered.
         if self._pending_dropped:
             drops.extend((_PENDING, key, key) for key in self._pending_dropped)
-            self._pending_dropped = []
+            self._pending_dropped = ()
         if self._pending_added:
             items.extend((_PENDING, key, message_id.encode())
                          for key, message_id in self._pending_added.items())

@@ -48,6 +48,10 @@ class Mailbox(Generic[T]):
             at once.
     """
 
+    # Slots: one mailbox per chat, and an instance dict costs it ~100 bytes more.
+    __slots__ = ("_closed", "_items", "_on_put", "_on_put_self", "_reader", "_writers",
+                 "maxsize")
+
     def __init__(self, maxsize: int, on_put: Callable[[], None] | None = None) -> None:
         if maxsize < 1:
             raise ValueError("a mailbox holds at least one item")
@@ -60,7 +64,8 @@ class Mailbox(Generic[T]):
         if inspect.ismethod(on_put):
             self._on_put, self._on_put_self = on_put.__func__, weakref.ref(on_put.__self__)
         self._reader: asyncio.Future[None] | None = None
-        self._writers: list[asyncio.Future[None]] = []
+        # Made for the first writer that waits (rare: a full inbox), not for every chat.
+        self._writers: list[asyncio.Future[None]] | tuple[()] = ()
         self._closed = False
 
     def __len__(self) -> int:
@@ -101,11 +106,14 @@ class Mailbox(Generic[T]):
         """
         while self.full() and not self._closed:
             waiter = asyncio.get_running_loop().create_future()
-            self._writers.append(waiter)
+            if self._writers:
+                self._writers.append(waiter)
+            else:
+                self._writers = [waiter]
             try:
                 await waiter
             finally:
-                if waiter in self._writers:
+                if self._writers and waiter in self._writers:
                     self._writers.remove(waiter)
         self.put_nowait(item)
 
@@ -162,7 +170,7 @@ class Mailbox(Generic[T]):
         self._closed = True
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
-        writers, self._writers = self._writers, []
+        writers, self._writers = self._writers, ()
         for waiter in writers:
             if not waiter.done():
                 waiter.set_result(None)
@@ -179,6 +187,8 @@ class Mailbox(Generic[T]):
     def _wake_writer(self) -> None:
         while self._writers:
             waiter = self._writers.pop(0)
+            if not self._writers:
+                self._writers = ()
             if not waiter.done():
                 waiter.set_result(None)
                 return

@@ -111,9 +111,12 @@ class SseParser:
         self._decoder: codecs.IncrementalDecoder | None = None
         self._started = False  # the first character (a BOM, maybe) has not been seen yet
         self._after_cr = False  # the last line ended with a CR: a LF next belongs to it
-        self._partial: list[str] = []  # the current line, in pieces (fed byte by byte, maybe)
+        # Empty, both are the shared (): a parser waits between events, and an empty list
+        # takes 64 bytes (issue 12, memory per chat).
+        # The current line, in pieces (fed byte by byte, maybe).
+        self._partial: list[str] | tuple[()] = ()
         self._partial_size = 0
-        self._data: list[str] = []
+        self._data: list[str] | tuple[()] = ()
         self._data_size = 0
         self._event = ""
         self._id = self.last_event_id  # the "last event ID buffer"
@@ -160,7 +163,7 @@ class SseParser:
         if self._partial and lines:
             self._partial.append(lines[0])
             lines[0] = "".join(self._partial)
-            self._partial.clear()
+            self._partial = ()
             self._partial_size = 0
         # Line by line, inline (a call per line cost more than the work of most lines): a
         # blank line dispatches, a colon first is a comment, else a field (``data`` and
@@ -175,7 +178,10 @@ class SseParser:
             if colon and value[:1] == " ":
                 value = value[1:]
             if name == "data":
-                self._data.append(value)
+                if self._data:
+                    self._data.append(value)
+                else:
+                    self._data = [value]
                 self._data_size += len(value) + 1
                 if self._partial_size + self._data_size > self.max_size:
                     self._check_size()
@@ -184,7 +190,10 @@ class SseParser:
             else:
                 self._process_field(name, value)
         if rest:
-            self._partial.append(rest)
+            if self._partial:
+                self._partial.append(rest)
+            else:
+                self._partial = [rest]
             self._partial_size += len(rest)
             self._check_size()
         return events
@@ -207,7 +216,10 @@ class SseParser:
         if name == "event":
             self._event = value
         elif name == "data":
-            self._data.append(value)
+            if self._data:
+                self._data.append(value)
+            else:
+                self._data = [value]
             self._data_size += len(value) + 1
             self._check_size()
         elif name == "id" and "\0" not in value:
@@ -219,7 +231,7 @@ class SseParser:
     def _dispatch(self, events: list[SseEvent]) -> None:
         self.last_event_id = self._id
         data, event = self._data, self._event
-        self._data, self._data_size, self._event = [], 0, ""
+        self._data, self._data_size, self._event = (), 0, ""
         if not data:
             return
         events.append(SseEvent(event=event or "message", data="\n".join(data),

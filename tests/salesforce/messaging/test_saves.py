@@ -257,5 +257,32 @@ async def test_the_objects_a_live_chat_keeps_have_no_instance_dict() -> None:
     async with Scene() as scene:
         actor = scene.actor
         kept = [actor, actor.session, actor.session._seen, actor._parser, actor._wake,
-                actor._stream_room, scene.chat]
+                actor._stream_room, scene.chat, scene.chat.inbox]
         assert [type(o).__name__ for o in kept if hasattr(o, "__dict__")] == []
+
+
+async def test_a_chat_between_two_messages_holds_no_empty_list_for_its_queues() -> None:
+    """Between two messages (most of a chat's life) its queues are empty: the REST
+    requests to send, in flight and answered, the stream's items, the parser's line and
+    data, the events held while reconciling, the inbox's waiting writers. Each is then the
+    shared (), not an empty list of its own (64 bytes a queue, a chat: memory per chat)."""
+    async with Scene() as scene:
+        scene.chat.inbox.put_nowait(env.Message(chat="s1", id="v1", text="hello"))
+        await _until(lambda: any(isinstance(e, env.Delivered) for e in scene.link.events))
+        told = scene.says("hi")
+        await _until(lambda: any(isinstance(e, env.AgentMessage) for e in scene.link.events))
+        await scene.taken(told)
+        await _until(lambda: not scene.actor._requests)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        actor, session = scene.actor, scene.actor.session
+        queues = {
+            "outgoing": actor._outgoing, "answers": actor._answers,
+            "stream items": actor._stream_items, "outbox": session._outbox,
+            "in flight": session._in_flight, "held": session._held,
+            "reconcile entries": session._reconcile_entries,
+            "parser line": actor._parser._partial, "parser data": actor._parser._data,
+            "inbox writers": scene.chat.inbox._writers,
+            "pending dropped": scene.chat._pending_dropped,
+        }
+        assert {name: q for name, q in queues.items() if q != ()} == {}  # [] != ()
