@@ -44,7 +44,7 @@ __all__ = ["BACKEND_LISTS", "Chat", "ChatRecord", "ChatSnapshot", "ChatStatic", 
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeAlias
 
 import msgspec
@@ -217,7 +217,8 @@ class Chat:
         # A dict, not a set: an empty set takes 216 bytes, an empty dict 64, and a dict of
         # many ids is smaller than a set of them too.
         self.delivered_ids: dict[str, None] = {}
-        self.new_delivered: list[str] = []  # delivered since the last save
+        # Delivered since the last save; the shared () while none is (64 bytes a chat).
+        self.new_delivered: list[str] | tuple[()] = ()
         self.pending_ids: dict[str, None] = {}  # taken in, not yet answered; in order
         self.waker: Callable[[], None] | None = None
         self.on_finished: Callable[[Chat, facts.Ended], None] | None = None
@@ -276,7 +277,10 @@ class Chat:
             self._settle(fact.id)
             if fact.id not in self.delivered_ids:
                 self.delivered_ids[fact.id] = None
-                self.new_delivered.append(fact.id)
+                if self.new_delivered:
+                    self.new_delivered.append(fact.id)
+                else:
+                    self.new_delivered = [fact.id]
         elif isinstance(fact, (facts.AgentJoined, facts.Transferred)):
             self.agent = fact.agent
             self.queue_position = None
@@ -448,9 +452,9 @@ class Chat:
                          for key, message_id in self._pending_added.items())
             self._pending_added = {}
 
-    def take_new_delivered(self) -> list[str]:
+    def take_new_delivered(self) -> Sequence[str]:
         """The ids delivered since the last call (appended to the store with a save)."""
-        new, self.new_delivered = self.new_delivered, []
+        new, self.new_delivered = self.new_delivered, ()
         return new
 
     @classmethod

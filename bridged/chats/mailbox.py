@@ -56,7 +56,8 @@ class Mailbox(Generic[T]):
         if maxsize < 1:
             raise ValueError("a mailbox holds at least one item")
         self.maxsize = maxsize
-        self._items: list[T] = []
+        # Empty, the shared (): most chats' inboxes are empty most of the time (64 bytes).
+        self._items: list[T] | tuple[()] = ()
         # A method as its function and a weak reference to its object: a WeakMethod holds
         # the same, plus a second weak reference and a closure (450 bytes a chat, against 80).
         self._on_put: Callable[..., None] | None = on_put
@@ -89,7 +90,10 @@ class Mailbox(Generic[T]):
             raise MailboxClosed("the mailbox is closed")
         if self.full():
             raise MailboxFull(f"the mailbox holds {self.maxsize} items already")
-        self._items.append(item)
+        if self._items:
+            self._items.append(item)
+        else:
+            self._items = [item]
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
         if self._on_put is not None:
@@ -123,7 +127,12 @@ class Mailbox(Generic[T]):
         Raises:
             IndexError: the mailbox is empty.
         """
-        item = self._items.pop(0)
+        items = self._items
+        if not items:
+            raise IndexError("the mailbox is empty")
+        item = items.pop(0)
+        if not items:
+            self._items = ()
         self._wake_writer()
         return item
 
@@ -139,8 +148,14 @@ class Mailbox(Generic[T]):
     def drain(self, limit: int | None = None) -> list[T]:
         """Take up to ``limit`` items (all when ``None``), oldest first."""
         count = len(self._items) if limit is None else min(limit, len(self._items))
-        out = self._items[:count]
-        del self._items[:count]
+        items = self._items
+        if not items:
+            return []
+        if count == len(items):
+            out, self._items = items, ()
+        else:
+            out = items[:count]
+            del items[:count]
         for _ in range(count):
             self._wake_writer()
         return out

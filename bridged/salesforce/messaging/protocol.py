@@ -582,8 +582,8 @@ class MessagingSession:
         self.routing_status: str | None = None
         self._outbox: list[HttpRequest] | tuple[()] = ()
         self._in_flight: list[HttpRequest] | tuple[()] = ()
-        self._facts: list[facts.Fact] = []
-        self._notices: list[tuple[str, str]] = []
+        self._facts: list[facts.Fact] | tuple[()] = ()
+        self._notices: list[tuple[str, str]] | tuple[()] = ()
         self._unknown_events: set[str] | None = None  # made at the first one (216 bytes)
 
     # --- predicates -------------------------------------------------------------------
@@ -761,10 +761,10 @@ class MessagingSession:
         """
         self._check_live("send_text")
         if ocp_id in self._delivered:
-            self._facts.append(facts.Delivered(id=ocp_id))
+            self._fact(facts.Delivered(id=ocp_id))
             return
         if any(p.ocp_id == ocp_id for p in self._pending):
-            self._notices.append(("message_already_queued", ocp_id))
+            self._notice(("message_already_queued", ocp_id))
             return
         sf_id = _uuid5(self._namespace, f"ocp:{ocp_id}")
         self._pending.append(PendingMessage(sf_id=sf_id, ocp_id=ocp_id, text=text))
@@ -850,14 +850,14 @@ class MessagingSession:
             self._stream_state = "opening"
         return request
 
-    def facts_received(self) -> list[facts.Fact]:
+    def facts_received(self) -> Sequence[facts.Fact]:
         """Drain the facts for OCP, in the order they happened."""
-        out, self._facts = self._facts, []
+        out, self._facts = self._facts, ()
         return out
 
-    def notices_received(self) -> list[tuple[str, str]]:
+    def notices_received(self) -> Sequence[tuple[str, str]]:
         """Drain ``(event, detail)`` pairs worth a log line."""
-        out, self._notices = self._notices, []
+        out, self._notices = self._notices, ()
         return out
 
     # --- the stream ---------------------------------------------------------------------
@@ -902,7 +902,7 @@ class MessagingSession:
                                        f"({_status_text(status, body)})", now)
         else:
             self._stream_failures += 1
-            self._notices.append(("stream_lost", _status_text(status, body) if status
+            self._notice(("stream_lost", _status_text(status, body) if status
                                   else "no answer"))
             if self._stream_failures >= MAX_STREAM_ATTEMPTS:
                 self._fail_from_salesforce(
@@ -935,7 +935,7 @@ class MessagingSession:
                 self._unknown_events = set()
             if event.event not in self._unknown_events:
                 self._unknown_events.add(event.event)
-                self._notices.append(("unknown_event_type", event.event))
+                self._notice(("unknown_event_type", event.event))
             return False
         try:
             data = wire.decode_sse_data(event.data, event.event)
@@ -943,7 +943,7 @@ class MessagingSession:
             self._poison(str(exc), now)
             return True
         if data.conversation_id != self.conversation_id:
-            self._notices.append(("other_conversation_event", event.event))
+            self._notice(("other_conversation_event", event.event))
             return False
         if self.reconciling:
             if not self._held:
@@ -952,7 +952,7 @@ class MessagingSession:
             if len(self._held) < MAX_HELD_EVENTS:
                 self._held.append((event.event, data))
                 return True
-            self._notices.append(("held_events_overflow", event.event))
+            self._notice(("held_events_overflow", event.event))
         if not self._process_event(event.event, data, now):
             return False  # nothing new to act on: the next pump (a wake, an answer) will do
         self._pump(now)
@@ -976,7 +976,7 @@ class MessagingSession:
         """``request`` got no HTTP answer (``kind``): it is sent again, the same, with backoff."""
         if not self._release(request):
             return
-        self._notices.append(("no_answer", f"{request.purpose.value}: {kind.value}"))
+        self._notice(("no_answer", f"{request.purpose.value}: {kind.value}"))
         self._retry_failed(request, f"no answer ({kind.value})", now)
         self._pump(now)
 
@@ -1022,7 +1022,7 @@ class MessagingSession:
 
     def _retry_later(self, request: HttpRequest, status: int, body: bytes, now: float) -> None:
         """429 ("Too many requests") or 5xx: the same request again, after a backoff."""
-        self._notices.append(("retry", f"{request.purpose.value}: {_status_text(status, body)}"))
+        self._notice(("retry", f"{request.purpose.value}: {_status_text(status, body)}"))
         if status == 429:
             self._retry(request, failures=request.failures, now=now)
         else:
@@ -1039,12 +1039,12 @@ class MessagingSession:
         if failures < MAX_FAILURES:
             self._retry(request, failures=failures, now=now)
         elif request.purpose is Purpose.LIST_ENTRIES:
-            self._notices.append(("reconcile_abandoned", why))
+            self._notice(("reconcile_abandoned", why))
             self._finish_reconcile(now)
         elif request.purpose is Purpose.GET_CONVERSATION:
-            self._notices.append(("routing_status_unknown", why))
+            self._notice(("routing_status_unknown", why))
         elif request.purpose is Purpose.CLOSE_CONVERSATION:
-            self._notices.append(("close_abandoned", why))
+            self._notice(("close_abandoned", why))
             self._after_delete()
         else:
             self._fail_from_salesforce(
@@ -1073,16 +1073,16 @@ class MessagingSession:
             return
         token, problem = wire.decode_access_token(body)
         if problem is not None:
-            self._notices.append(("token_context_ignored", problem))
+            self._notice(("token_context_ignored", problem))
         claims = wire.read_jwt(token.access_token)
         self.access_token = token.access_token
         if claims.exp is None:
             self.token_exp = now + DEFAULT_TOKEN_LIFETIME_S
-            self._notices.append(("token_without_exp", f"assumed {DEFAULT_TOKEN_LIFETIME_S:.0f} s"))
+            self._notice(("token_without_exp", f"assumed {DEFAULT_TOKEN_LIFETIME_S:.0f} s"))
         else:
             self.token_exp = float(claims.exp)
         if claims.org_id is not None and claims.org_id[:15] != self.org_id:
-            self._notices.append(("token_org_mismatch", f"{claims.org_id} != {self.org_id}"))
+            self._notice(("token_org_mismatch", f"{claims.org_id} != {self.org_id}"))
         # "Last-Event-Id = token's lastEventId" (7.2), "else 0" (3.1).
         self.last_event_id = token.last_event_id or "0"
         self._routing_attributes = self._fit_attributes(token.context)
@@ -1108,7 +1108,7 @@ class MessagingSession:
         for name, value in self.params.routing_attributes.items():
             limit = limits.get(name)
             if limit is not None and len(value) > limit:
-                self._notices.append(("routing_attribute_cut",
+                self._notice(("routing_attribute_cut",
                                       f"{name}: {len(value)} to {limit} characters"))
                 if name == self.params.history_attribute:
                     lines = value.split("\n")
@@ -1123,7 +1123,7 @@ class MessagingSession:
     def _receive_create(self, status: int, body: bytes, now: float) -> None:
         if 200 <= status < 300 or status == 409:
             if status == 409:
-                self._notices.append(("conversation_exists", self.conversation_id))
+                self._notice(("conversation_exists", self.conversation_id))
             self._created = True
             if self.requested_at is None:
                 self.requested_at = now
@@ -1153,7 +1153,7 @@ class MessagingSession:
             if head is not None and head.sf_id == request.ref:
                 self._pending.pop(0)
                 if head.ocp_id is not None:
-                    self._facts.append(facts.Undelivered(
+                    self._fact(facts.Undelivered(
                         id=head.ocp_id,
                         detail=f"Salesforce refused the message ({_status_text(status, body)})"))
 
@@ -1161,7 +1161,7 @@ class MessagingSession:
         if 200 <= status < 300:
             self._typing_sent = request.ref == _TYPING_STARTED
         else:
-            self._notices.append(("typing_refused", _status_text(status, body)))
+            self._notice(("typing_refused", _status_text(status, body)))
             self._typing_given_up(request)
 
     def _typing_given_up(self, request: HttpRequest) -> None:
@@ -1171,7 +1171,7 @@ class MessagingSession:
     def _receive_entries(self, request: HttpRequest, status: int, body: bytes,
                          now: float) -> None:
         if status != 200:
-            self._notices.append(("reconcile_abandoned", _status_text(status, body)))
+            self._notice(("reconcile_abandoned", _status_text(status, body)))
             self._finish_reconcile(now)
             return
         page = wire.decode_entries(body).entries
@@ -1189,10 +1189,10 @@ class MessagingSession:
 
     def _receive_routing_status(self, status: int, body: bytes, now: float) -> None:
         if status != 200:
-            self._notices.append(("routing_status_unknown", _status_text(status, body)))
+            self._notice(("routing_status_unknown", _status_text(status, body)))
             return
         routing = wire.decode_conversation_status(body).routing_status
-        self._notices.append(("routing_status", routing or "(none)"))
+        self._notice(("routing_status", routing or "(none)"))
         if routing:
             self.routing_status = routing
         if self.state is not State.TRANSFERRING:
@@ -1209,7 +1209,7 @@ class MessagingSession:
         if status != 204:
             # 404/403: already closed; "Botpress ignores errors from a close on an already
             # closed conversation" (2.11).
-            self._notices.append(("close_answered", _status_text(status, body)))
+            self._notice(("close_answered", _status_text(status, body)))
         self._after_delete()
 
     # --- internals: events --------------------------------------------------------------
@@ -1226,7 +1226,7 @@ class MessagingSession:
             self._queue_position(wire.decode_queue_position(data.raw))
             return True
         if entry is None:
-            self._notices.append(("event_without_entry", name))
+            self._notice(("event_without_entry", name))
             return False
         return self._process_entry(entry, now)
 
@@ -1246,7 +1246,7 @@ class MessagingSession:
             return isinstance(payload, wire.MessagePayload) and self._echo(entry.identifier)
         if entry.identifier:
             if (entry.identifier, ts) in self._seen:
-                self._notices.append(("duplicate_entry", entry.identifier))
+                self._notice(("duplicate_entry", entry.identifier))
                 return False
             self._seen.add(entry.identifier, ts)
         match payload:
@@ -1268,12 +1268,12 @@ class MessagingSession:
     def _message(self, entry: wire.ConversationEntry, payload: wire.MessagePayload) -> None:
         text = payload.abstract_message.text
         if not text:
-            self._notices.append(("message_without_text", payload.abstract_message.message_type))
+            self._notice(("message_without_text", payload.abstract_message.message_type))
             return
         if entry.sender.role == wire.ROLE_CHATBOT:
             self._bot_seen = True
         name = entry.sender_display_name or self.agent or ""
-        self._facts.append(facts.AgentMessage(agent=name, text=text))
+        self._fact(facts.AgentMessage(agent=name, text=text))
 
     def _typing_entry(self, entry: wire.ConversationEntry, active: bool) -> bool:
         if entry.sender.role == wire.ROLE_END_USER:
@@ -1282,7 +1282,7 @@ class MessagingSession:
             if entry.identifier in self._typing_ids:
                 return False
             _keep_newest(self._typing_ids, entry.identifier, _TYPING_IDS_MAX)
-        self._facts.append(facts.AgentTyping(active=active))
+        self._fact(facts.AgentTyping(active=active))
         return True
 
     def _participant(self, change: wire.ParticipantChange, now: float) -> None:
@@ -1291,7 +1291,7 @@ class MessagingSession:
             self._bot_seen = True
         if role != wire.ROLE_AGENT:
             # "Ignore Supervisor (a supervisor joining must not count as the agent)".
-            self._notices.append(("participant_ignored", f"{role} {change.operation}"))
+            self._notice(("participant_ignored", f"{role} {change.operation}"))
             return
         key = change.participant.subject or change.display_name
         if change.operation == "add":
@@ -1299,7 +1299,7 @@ class MessagingSession:
         elif change.operation == "remove":
             self._agent_removed(key, change.display_name, now)
         else:
-            self._notices.append(("participant_operation_unknown", change.operation))
+            self._notice(("participant_operation_unknown", change.operation))
 
     def _agent_added(self, key: str, name: str) -> None:
         if key in self._agents:
@@ -1309,15 +1309,15 @@ class MessagingSession:
             self.agent_ever_joined = True
             self.agent = name
             self.state = State.CHATTING
-            self._facts.append(facts.AgentJoined(agent=name))
+            self._fact(facts.AgentJoined(agent=name))
         elif self.state is State.TRANSFERRING:
             self.agent = name
             self.state = State.CHATTING
             self._routing_check = False
-            self._facts.append(facts.Transferred(agent=name))
+            self._fact(facts.Transferred(agent=name))
         else:
             # A second agent while one is there (a consult or conference): OCP keeps its agent.
-            self._notices.append(("second_agent_joined", name))
+            self._notice(("second_agent_joined", name))
 
     def _agent_removed(self, key: str, name: str, now: float) -> None:
         removed = self._agents.pop(key, None)
@@ -1325,15 +1325,15 @@ class MessagingSession:
             match = [k for k, v in self._agents.items() if v == name]
             removed = self._agents.pop(match[0]) if match else None
         if removed is None:
-            self._notices.append(("unknown_agent_removed", name))
+            self._notice(("unknown_agent_removed", name))
             return
         # The same log line as Live Agent's AgentDisconnect: a step of the chat's life.
-        self._notices.append(("agent_disconnected", removed))
+        self._notice(("agent_disconnected", removed))
         if self._agents:
             if removed == self.agent:
                 # The other agent stays: the chat moved to them.
                 self.agent = next(iter(self._agents.values()))
-                self._facts.append(facts.Transferred(agent=self.agent))
+                self._fact(facts.Transferred(agent=self.agent))
             return
         # "Agent left = remove with role Agent → check GET /conversation/{id}" (7.5).
         if self.state is State.CHATTING:
@@ -1345,26 +1345,26 @@ class MessagingSession:
         if payload.failed:
             if payload.routing_type == "Transfer" or self._agents:
                 # "silently ignores failed Transfers" (SF-APP): logged, nothing ends.
-                self._notices.append(("routing_failed_ignored", payload.failure_detail))
+                self._notice(("routing_failed_ignored", payload.failure_detail))
                 return
             self._fail_from_salesforce(f"routing failed: {payload.failure_detail}", now)
             return
         if not self.agent_ever_joined and self.state is State.WAITING:
             wait_s = payload.estimated_wait_time.seconds if payload.estimated_wait_time else None
             position = payload.queue_position if (payload.queue_position or 0) > 0 else None
-            self._facts.append(facts.Queued(position=position, wait_s=wait_s))
+            self._fact(facts.Queued(position=position, wait_s=wait_s))
 
     def _queue_position(self, payload: wire.QueuePositionPayload) -> None:
         if self.agent_ever_joined or self.state is not State.WAITING:
             return
         if payload.value is None and payload.wait_s is None:
-            self._notices.append(("queue_position_unreadable", ""))
+            self._notice(("queue_position_unreadable", ""))
             return
-        self._facts.append(facts.Queued(position=payload.value, wait_s=payload.wait_s))
+        self._fact(facts.Queued(position=payload.value, wait_s=payload.wait_s))
 
     def _session_status(self, payload: wire.SessionStatusChangedPayload, now: float) -> None:
         status = payload.session_status
-        self._notices.append(("session_status", status or "(none)"))
+        self._notice(("session_status", status or "(none)"))
         if status.casefold() != "ended":
             return
         # "use it to handle when sessions end regardless of who initiated it" (D-SSES).
@@ -1387,7 +1387,7 @@ class MessagingSession:
                 self._pending.remove(item)
                 if item.ocp_id is not None:
                     _keep_newest(self._delivered, item.ocp_id, DELIVERED_IDS_MAX)
-                    self._facts.append(facts.Delivered(id=item.ocp_id))
+                    self._fact(facts.Delivered(id=item.ocp_id))
                 return
 
     def _finish_reconcile(self, now: float) -> None:
@@ -1396,7 +1396,7 @@ class MessagingSession:
         held, self._held = self._held, ()
         self._reconcile_entries, self._reconcile_pages = (), 0
         self._reconcile_wanted = False
-        self._notices.append(("reconciled", f"{len(entries)} entries, {len(held)} held events"))
+        self._notice(("reconciled", f"{len(entries)} entries, {len(held)} held events"))
         for entry in entries:
             self._process_entry(entry, now)
         for name, data in held:
@@ -1404,6 +1404,18 @@ class MessagingSession:
                 self._process_event(name, data, now)
 
     # --- internals: requests ------------------------------------------------------------
+
+    def _fact(self, fact: facts.Fact) -> None:
+        if self._facts:
+            self._facts.append(fact)
+        else:
+            self._facts = [fact]
+
+    def _notice(self, notice: tuple[str, str]) -> None:
+        if self._notices:
+            self._notices.append(notice)
+        else:
+            self._notices = [notice]
 
     def _rest_headers(self, *, auth: bool = True) -> tuple[tuple[str, str], ...]:
         # "Content-Type: application/json on every call; Authorization: Bearer <accessToken>
@@ -1575,7 +1587,7 @@ class MessagingSession:
             return
         deadline = self.agent_wait_deadline
         if deadline is not None and now >= deadline:
-            self._notices.append(("agent_wait_timeout", f"{self.params.agent_wait_timeout_s} s"))
+            self._notice(("agent_wait_timeout", f"{self.params.agent_wait_timeout_s} s"))
             self._end_from_bridged(facts.Ended(reason="no_agent"), now)
 
     def _end_from_bridged(self, ended: facts.Ended, now: float) -> None:
@@ -1635,14 +1647,14 @@ class MessagingSession:
         self._ended_emitted = True
         for item in self._pending:
             if item.ocp_id is not None:
-                self._facts.append(facts.Undelivered(id=item.ocp_id, detail=_UNDELIVERED))
+                self._fact(facts.Undelivered(id=item.ocp_id, detail=_UNDELIVERED))
         self._pending.clear()
         assert self._end is not None
-        self._facts.append(self._end)
+        self._fact(self._end)
 
     def _poison(self, detail: str, now: float) -> None:
         """Salesforce sent what the protocol does not allow: this chat fails (ERROR)."""
-        self._notices.append(("remote_protocol_error", detail))
+        self._notice(("remote_protocol_error", detail))
         self._poisoned = True
         if self.state in _LIVE:
             self._fail_from_salesforce(detail, now)

@@ -264,7 +264,8 @@ async def test_the_objects_a_live_chat_keeps_have_no_instance_dict() -> None:
 async def test_a_chat_between_two_messages_holds_no_empty_list_for_its_queues() -> None:
     """Between two messages (most of a chat's life) its queues are empty: the REST
     requests to send, in flight and answered, the stream's items, the parser's line and
-    data, the events held while reconciling, the inbox's waiting writers. Each is then the
+    data, the events held while reconciling, the facts and notices for the shell, the inbox
+    and its waiting writers, the ids delivered since the last save. Each is then the
     shared (), not an empty list of its own (64 bytes a queue, a chat: memory per chat)."""
     async with Scene() as scene:
         scene.chat.inbox.put_nowait(env.Message(chat="s1", id="v1", text="hello"))
@@ -282,7 +283,9 @@ async def test_a_chat_between_two_messages_holds_no_empty_list_for_its_queues() 
             "in flight": session._in_flight, "held": session._held,
             "reconcile entries": session._reconcile_entries,
             "parser line": actor._parser._partial, "parser data": actor._parser._data,
-            "inbox writers": scene.chat.inbox._writers,
+            "facts": session._facts, "notices": session._notices,
+            "inbox": scene.chat.inbox._items, "inbox writers": scene.chat.inbox._writers,
             "pending dropped": scene.chat._pending_dropped,
+            "new delivered": scene.chat.new_delivered,
         }
         assert {name: q for name, q in queues.items() if q != ()} == {}  # [] != ()
