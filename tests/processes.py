@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,27 +14,11 @@ from typing import Any
 
 import msgspec
 
+from bridged.tools.loadtest.procs import free_port
+
 ROOT = Path(__file__).parent.parent
 
 
-# Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 and up by default),
-# where outgoing connections take their local ports: a port the kernel picked from it for a
-# server that binds it only later may meanwhile be taken by another test's connection (seen:
-# a restarted bridged that could not bind, "address already in use").
-_PORTS = range(20000, 32768)
-
-
-def free_port() -> int:
-    """A loopback port nothing holds now, for a server a test starts."""
-    for _ in range(200):
-        port = random.choice(_PORTS)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError(f"no free port in {_PORTS}")
 
 
 def wait_http(url: str, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None

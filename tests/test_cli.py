@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from tests.processes import free_port
 
 ROOT = Path(__file__).parent.parent
 
@@ -63,12 +64,6 @@ def test_version() -> None:
     result = bridged("version")
     assert result.returncode == 0
     assert result.stdout.startswith("bridged 0.")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_run_serves_and_stops_on_sigterm(tmp_path: Path) -> None:

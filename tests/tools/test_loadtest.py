@@ -9,13 +9,16 @@ duplicated, every chat joined and ended, and a report with every field. Never ti
 from __future__ import annotations
 
 import asyncio
+import socket
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from bridged.tools.loadtest import run as run_module
 from bridged.tools.loadtest.options import LoadTestOptions, Topology
+from bridged.tools.loadtest.procs import free_port
 from bridged.tools.loadtest.profile import parts_of
 from bridged.tools.loadtest.report import Report, percentiles
 from bridged.tools.loadtest.run import run_loadtest, with_settings
@@ -183,3 +186,15 @@ async def test_a_window_that_never_comes_back_ends_the_wait(monkeypatch: Any) ->
     monkeypatch.setattr(run_module, "_SAT_FILL_MAX_S", 0.3)
     waited = await run_module._fill(_Echoes(), 100, 0)  # type: ignore[arg-type]
     assert 0.3 <= waited < 2.0
+
+
+def test_a_servers_port_is_below_the_range_outgoing_connections_take() -> None:
+    """The load test's thousands of outgoing connections take their local ports from the
+    kernel's ephemeral range: a server's port chosen from it could be taken before the
+    server binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= port < low for port in ports), (sorted(ports), low)
+    port = ports.pop()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # free, as promised

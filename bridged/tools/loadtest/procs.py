@@ -26,6 +26,7 @@ __all__ = [
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,12 +40,29 @@ import aiohttp
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+# Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 and up by default),
+# where outgoing connections take their local ports: a port the kernel picks from it for a
+# server that binds it only later may meanwhile be taken by one of the thousands of
+# connections a load test opens (seen in the test suite: a restarted bridged that could not
+# bind, "address already in use").
+_PORTS = range(20000, 32768)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port free on ``host`` right now, below the ephemeral range.
+
+    Raises:
+        OSError: none of 200 ports tried at random was free.
+    """
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port on {host} in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def read_rss_kib(pid: int) -> int | None:
