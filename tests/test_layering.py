@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).parent.parent / "bridged"
 # disk, metrics); layer 3 composes the daemon; layer 4 the tools an operator runs; layer 5
 # the command line, which may start any of them.
 LAYERS: dict[int, set[str]] = {
-    0: {"errors", "_log", "config.file", "config.webchat", "ocp.envelopes", "chats.facts",
+    0: {"errors", "_log", "_lists", "config.file", "config.webchat", "ocp.envelopes", "chats.facts",
         "chats.policy", "chats.texts", "history.decoder", "salesforce.liveagent.wire",
         "salesforce.liveagent.protocol"},
     1: {"chats.mailbox", "chats.gate", "chats.chat", "chats.supervisor", "chats.dispatcher",

@@ -49,6 +49,7 @@ from typing import Protocol, TypeAlias
 
 import msgspec
 
+from bridged._lists import appended
 from bridged._log import log_event
 from bridged.chats import facts
 from bridged.chats.mailbox import LoadMeter, Mailbox
@@ -217,7 +218,7 @@ class Chat:
         # A dict, not a set: an empty set takes 216 bytes, an empty dict 64, and a dict of
         # many ids is smaller than a set of them too.
         self.delivered_ids: dict[str, None] = {}
-        # Delivered since the last save; the shared () while none is (64 bytes a chat).
+        # Delivered since the last save (bridged._lists: () while empty).
         self.new_delivered: list[str] | tuple[()] = ()
         self.pending_ids: dict[str, None] = {}  # taken in, not yet answered; in order
         self.waker: Callable[[], None] | None = None
@@ -235,7 +236,7 @@ class Chat:
         self._pending_keys: dict[str, int] = {}
         self._pending_next = 0
         self._pending_added: dict[int, str] = {}
-        self._pending_dropped: list[int] | tuple[()] = ()  # a list from the first (64 bytes)
+        self._pending_dropped: list[int] | tuple[()] = ()  # bridged._lists
 
     # --- the actor's side -------------------------------------------------------------
 
@@ -277,10 +278,7 @@ class Chat:
             self._settle(fact.id)
             if fact.id not in self.delivered_ids:
                 self.delivered_ids[fact.id] = None
-                if self.new_delivered:
-                    self.new_delivered.append(fact.id)
-                else:
-                    self.new_delivered = [fact.id]
+                self.new_delivered = appended(self.new_delivered, fact.id)
         elif isinstance(fact, (facts.AgentJoined, facts.Transferred)):
             self.agent = fact.agent
             self.queue_position = None
@@ -345,10 +343,7 @@ class Chat:
             del self.pending_ids[message_id]
             key = self._pending_keys.pop(message_id, None)
             if key is not None and self._pending_added.pop(key, None) is None:
-                if self._pending_dropped:
-                    self._pending_dropped.append(key)
-                else:
-                    self._pending_dropped = [key]
+                self._pending_dropped = appended(self._pending_dropped, key)
             if not self.pending_ids:
                 # Emptied dicts keep their tables (a few hundred bytes), held by every chat
                 # between two messages: new ones instead.

@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from bridged._lists import appended
 from bridged.errors import MailboxClosed, MailboxFull
 
 T = TypeVar("T")
@@ -56,7 +57,7 @@ class Mailbox(Generic[T]):
         if maxsize < 1:
             raise ValueError("a mailbox holds at least one item")
         self.maxsize = maxsize
-        # Empty, the shared (): most chats' inboxes are empty most of the time (64 bytes).
+        # () while empty (bridged._lists): most chats' inboxes are empty most of the time.
         self._items: list[T] | tuple[()] = ()
         # A method as its function and a weak reference to its object: a WeakMethod holds
         # the same, plus a second weak reference and a closure (450 bytes a chat, against 80).
@@ -90,10 +91,7 @@ class Mailbox(Generic[T]):
             raise MailboxClosed("the mailbox is closed")
         if self.full():
             raise MailboxFull(f"the mailbox holds {self.maxsize} items already")
-        if self._items:
-            self._items.append(item)
-        else:
-            self._items = [item]
+        self._items = appended(self._items, item)
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
         if self._on_put is not None:
@@ -110,10 +108,7 @@ class Mailbox(Generic[T]):
         """
         while self.full() and not self._closed:
             waiter = asyncio.get_running_loop().create_future()
-            if self._writers:
-                self._writers.append(waiter)
-            else:
-                self._writers = [waiter]
+            self._writers = appended(self._writers, waiter)
             try:
                 await waiter
             finally:

@@ -49,6 +49,7 @@ from typing import Any
 import msgspec
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from bridged._lists import appended
 from bridged._log import log_event
 from bridged.chats import facts
 from bridged.chats.chat import Chat, ChatRecord, KeptLists, released
@@ -195,8 +196,7 @@ class MessagingActor:
         chat.waker = self._chat_woke
         # REST: waiting to go, and answered (by the tasks' callbacks).
         # Lists, not deques: a chat's queues are short, and an empty deque takes 760 bytes.
-        # Empty, each is the shared (): a chat holds them empty between two messages, and
-        # an empty list takes 64 bytes (issue 12, memory per chat).
+        # () while empty (bridged._lists): a chat holds them empty between two messages.
         self._outgoing: list[_Outgoing] | tuple[()] = ()
         self._requests: dict[asyncio.Task[_Result], tuple[HttpRequest, float]] = {}
         self._answers: list[tuple[HttpRequest, _Result, float]] | tuple[()] = ()
@@ -513,11 +513,7 @@ class MessagingActor:
             self._requests = {}
         if task.cancelled():
             return
-        answer = (request, task.result(), sent_at)
-        if self._answers:
-            self._answers.append(answer)
-        else:
-            self._answers = [answer]
+        self._answers = appended(self._answers, (request, task.result(), sent_at))
         self._wake.set()
 
     async def _exchange(self, request: HttpRequest, timeout: float) -> _Result:
@@ -569,10 +565,7 @@ class MessagingActor:
             task.cancel()
 
     def _push(self, number: int, kind: str, value: Any = None) -> None:
-        if self._stream_items:
-            self._stream_items.append((number, kind, value))
-        else:
-            self._stream_items = [(number, kind, value)]
+        self._stream_items = appended(self._stream_items, (number, kind, value))
         self._wake.set()
 
     async def _read_stream(self, number: int, request: HttpRequest,

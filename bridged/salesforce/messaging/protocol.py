@@ -201,6 +201,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
+from bridged._lists import appended
 from bridged.chats import facts
 from bridged.chats.policy import RetryPolicy
 from bridged.errors import LocalProtocolError, RemoteProtocolError
@@ -569,9 +570,8 @@ class MessagingSession:
         self._stream_failures = 0
         # Reconciliation: wanted after a reopen; pages collected; live events held.
         self._reconcile_wanted = False
-        # Empty, these lists (and the REST ones below) are the shared (): a list is made at
-        # the first item. A chat holds them empty nearly all its life, and an empty list
-        # takes 64 bytes (issue 12, memory per chat).
+        # () while empty, these and the REST ones below (bridged._lists): a chat holds them
+        # empty nearly all its life.
         self._reconcile_entries: list[wire.ConversationEntry] | tuple[()] = ()
         self._reconcile_pages = 0
         self._held: list[tuple[str, wire.SseData]] | tuple[()] = ()
@@ -903,7 +903,7 @@ class MessagingSession:
         else:
             self._stream_failures += 1
             self._notice(("stream_lost", _status_text(status, body) if status
-                                  else "no answer"))
+                          else "no answer"))
             if self._stream_failures >= MAX_STREAM_ATTEMPTS:
                 self._fail_from_salesforce(
                     f"the Salesforce event stream could not be reopened "
@@ -946,11 +946,8 @@ class MessagingSession:
             self._notice(("other_conversation_event", event.event))
             return False
         if self.reconciling:
-            if not self._held:
-                self._held = [(event.event, data)]
-                return True
             if len(self._held) < MAX_HELD_EVENTS:
-                self._held.append((event.event, data))
+                self._held = appended(self._held, (event.event, data))
                 return True
             self._notice(("held_events_overflow", event.event))
         if not self._process_event(event.event, data, now):
@@ -1109,7 +1106,7 @@ class MessagingSession:
             limit = limits.get(name)
             if limit is not None and len(value) > limit:
                 self._notice(("routing_attribute_cut",
-                                      f"{name}: {len(value)} to {limit} characters"))
+                              f"{name}: {len(value)} to {limit} characters"))
                 if name == self.params.history_attribute:
                     lines = value.split("\n")
                     if lines and lines[0] == OMITTED_MARKER:
@@ -1406,16 +1403,10 @@ class MessagingSession:
     # --- internals: requests ------------------------------------------------------------
 
     def _fact(self, fact: facts.Fact) -> None:
-        if self._facts:
-            self._facts.append(fact)
-        else:
-            self._facts = [fact]
+        self._facts = appended(self._facts, fact)
 
     def _notice(self, notice: tuple[str, str]) -> None:
-        if self._notices:
-            self._notices.append(notice)
-        else:
-            self._notices = [notice]
+        self._notices = appended(self._notices, notice)
 
     def _rest_headers(self, *, auth: bool = True) -> tuple[tuple[str, str], ...]:
         # "Content-Type: application/json on every call; Authorization: Bearer <accessToken>
@@ -1434,14 +1425,8 @@ class MessagingSession:
         return f"{API}/conversation/{self.conversation_id}{tail}"
 
     def _issue(self, request: HttpRequest) -> None:
-        if self._outbox:
-            self._outbox.append(request)
-        else:
-            self._outbox = [request]
-        if self._in_flight:
-            self._in_flight.append(request)
-        else:
-            self._in_flight = [request]
+        self._outbox = appended(self._outbox, request)
+        self._in_flight = appended(self._in_flight, request)
 
     def _busy(self, purpose: Purpose) -> bool:
         for request in self._in_flight:  # noqa: SIM110 (any() over a generator costs more)

@@ -48,6 +48,7 @@ import re
 
 import msgspec
 
+from bridged._lists import appended
 from bridged.errors import RemoteProtocolError
 
 # Salesforce sends "one JSON object on one line" per event (MESSAGING.md 3.2); a message is at
@@ -111,9 +112,8 @@ class SseParser:
         self._decoder: codecs.IncrementalDecoder | None = None
         self._started = False  # the first character (a BOM, maybe) has not been seen yet
         self._after_cr = False  # the last line ended with a CR: a LF next belongs to it
-        # Empty, both are the shared (): a parser waits between events, and an empty list
-        # takes 64 bytes (issue 12, memory per chat).
-        # The current line, in pieces (fed byte by byte, maybe).
+        # () while empty, both (bridged._lists): a parser waits between events. The current
+        # line, in pieces (fed byte by byte, maybe), and the event's data lines.
         self._partial: list[str] | tuple[()] = ()
         self._partial_size = 0
         self._data: list[str] | tuple[()] = ()
@@ -177,7 +177,7 @@ class SseParser:
                 continue  # a comment
             if colon and value[:1] == " ":
                 value = value[1:]
-            if name == "data":
+            if name == "data":  # appended(), inline: this is the loop's own work
                 if self._data:
                     self._data.append(value)
                 else:
@@ -190,10 +190,7 @@ class SseParser:
             else:
                 self._process_field(name, value)
         if rest:
-            if self._partial:
-                self._partial.append(rest)
-            else:
-                self._partial = [rest]
+            self._partial = appended(self._partial, rest)
             self._partial_size += len(rest)
             self._check_size()
         return events
@@ -216,10 +213,7 @@ class SseParser:
         if name == "event":
             self._event = value
         elif name == "data":
-            if self._data:
-                self._data.append(value)
-            else:
-                self._data = [value]
+            self._data = appended(self._data, value)
             self._data_size += len(value) + 1
             self._check_size()
         elif name == "id" and "\0" not in value:
